@@ -1,0 +1,1 @@
+"""A VPC lab (network namespaces, OpenVPN, sshd, Apache) for deployer's tests."""
