@@ -111,10 +111,11 @@ def _host(workdir: Path, i: int) -> Host:
     )
 
 
-def _sh(*argv: str, check: bool = True, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+def _sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        why = proc.stderr.strip() or proc.stdout.strip()
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {why}")
     return proc
 
 
@@ -235,8 +236,7 @@ def _add_netns(ns: str) -> None:
     _sh("ip", "netns", "add", ns)
     _in_ns(
         ns,
-        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6\n"
-        "ip link set lo up\n",
+        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6\nip link set lo up\n",
     )
 
 
@@ -585,8 +585,10 @@ class Lab:
             "shared_dir": str(self.shared_dir),
             "shared_dir_on_hosts": self.shared_dir_on_hosts,
             "vpn_server": f"{self.vpn_server_address}:{self.vpn_port}/udp (pid {self.vpn_server_pid})",
-            "hosts": {h.name: {"address": h.address, "root": str(h.root), "pid": pid}
-                      for h, pid in zip(self.hosts, self.host_pids)},  # fmt: skip
+            "hosts": {
+                h.name: {"address": h.address, "root": str(h.root), "pid": pid}
+                for h, pid in zip(self.hosts, self.host_pids, strict=False)
+            },  # fmt: skip
         }
 
 
@@ -730,7 +732,8 @@ def _bring_up(lab: Lab) -> None:
         if p.poll() is not None:
             raise LabError(f"{h.name} exited ({p.returncode}):\n{_tail(workdir / 'logs' / f'{h.name}.log')}")
 
-    for h, p in zip(lab.hosts, lab._popens):
+    for h, p in zip(lab.hosts, lab._popens, strict=True):
+
         def init_started(h: Host = h, p: subprocess.Popen = p) -> bool:
             check_alive(h, p)
             return bool(_children(p.pid))
@@ -739,7 +742,8 @@ def _bring_up(lab: Lab) -> None:
         lab.host_pids.append(_children(p.pid)[0])
     lab._save()
 
-    for h, p, pid in zip(lab.hosts, lab._popens, lab.host_pids):
+    for h, p, pid in zip(lab.hosts, lab._popens, lab.host_pids, strict=True):
+
         def serving(h: Host = h, p: subprocess.Popen = p, pid: int = pid) -> bool:
             check_alive(h, p)
             return _listening(pid, 22) and _listening(pid, 80)

@@ -1,0 +1,163 @@
+"""`deploy CONFIG_NAME HOSTNAME`: arguments in, exit code out."""
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+from deployer import __version__, context, names, plan
+from deployer.config import DEFAULT_PIPELINE, load
+from deployer.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeployError,
+    Interrupted,
+    UsageError,
+)
+from deployer.executor import Executor
+from deployer.output import Reporter, choose
+
+DESCRIPTION = """\
+Deploy a Django app to the Apache hosts of a target, through its VPN.
+
+A run packages the app into a tarball, opens the VPN, uploads and unpacks the
+tarball as a new release on every host, renders the Apache vhost template,
+runs the database migration once, then checks the Apache config, switches
+the live path to the new release and reloads Apache gracefully. The VPN is
+closed however the run ends; a failure before the switch undoes what the run
+changed on the hosts.
+
+CONFIG_NAME picks the target in targets.yaml (a name not listed there uses
+the catch-all entry "*", so demo instances need no configuration) and names
+the instance: its live code is DEPLOY_PATH=<deploy_root>/CONFIG_NAME and its
+vhost <apache dir>/sites-available/CONFIG_NAME.conf.
+"""
+
+EPILOG = f"""\
+stages (default order): {", ".join(DEFAULT_PIPELINE)}
+
+examples:
+  deploy alpha alpha.example.com                  as TeamCity runs it
+  deploy demo-acme demo-acme.example.com          a demo, no configuration
+  deploy alpha alpha.example.com --dry-run        print the plan, change nothing
+  deploy alpha alpha.example.com --only render,restart
+  deploy local local.test                         this machine, no SSH, no VPN
+
+exit codes:
+  0    deployed (or, with --dry-run, the plan is valid)
+  1    a stage failed; changes made before the live switch were undone
+  2    bad usage, config or input; nothing was run
+  130  interrupted (Ctrl-C or SIGTERM); undone and torn down as for 1
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploy", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config_name", metavar="CONFIG_NAME",
+                   help="target and instance name, a DNS label (e.g. alpha, demo-acme)")
+    p.add_argument("hostname", metavar="HOSTNAME",
+                   help="the site's host name, <<HOSTNAME>> in the template")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="print every step that would run, with the rendered vhost; run nothing")
+    p.add_argument("--targets", default="targets.yaml", metavar="PATH",
+                   help="the targets file (default: ./targets.yaml)")
+    p.add_argument("--only", type=_stage_list, default=(), metavar="STAGE[,STAGE]",
+                   help="run only these stages of the pipeline")
+    p.add_argument("--skip", type=_stage_list, default=(), metavar="STAGE[,STAGE]",
+                   help="run the pipeline without these stages")
+    p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a template token, over vars: in targets.yaml (repeatable)")
+    p.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"),
+                   default="auto",
+                   help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain")
+    p.add_argument("--version", action="version", version=f"deployer {__version__}")
+    return p
+
+
+def _stage_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _vars(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
+        names.token_name(key)
+        if key in ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME"):
+            raise UsageError(f"--var {key}: set by deployer from the command line and config")
+        out[key] = value
+    return out
+
+
+def _on_signal(reporter_box: list[Reporter]):
+    """SIGINT/SIGTERM raise Interrupted once; later ones are reported, not raised,
+    so a second Ctrl-C cannot cut the rollback and VPN teardown short."""
+    seen = []
+
+    def handler(signum, frame):
+        if seen:
+            if reporter_box:
+                reporter_box[0].note("already stopping: rolling back and closing the VPN")
+            return
+        seen.append(signum)
+        raise Interrupted(signal.Signals(signum).name)
+
+    return handler
+
+
+def main(argv: Sequence[str] | None = None, stdout=None) -> int:
+    stdout = stdout or sys.stdout
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    box: list[Reporter] = []
+    handler = _on_signal(box)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _deploy(args, stdout, box)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _deploy(args, stdout, box: list[Reporter]) -> int:
+    reporter: Reporter | None = None
+    try:
+        # Everything up to Executor.run is read-only: a UsageError here
+        # means nothing ran anywhere.
+        name = names.config_name(args.config_name)
+        hostname = names.hostname(args.hostname)
+        overrides = _vars(args.var)
+        target = load(args.targets).resolve(name)
+        selected = plan.select(target.pipeline, args.only, args.skip)
+        ctx = context.make(name, hostname, target, overrides, selected)
+        the_plan = plan.build(ctx)
+        reporter = choose(args.output, stdout, ctx.secrets)
+        box.append(reporter)
+        reporter.start(name, hostname, ctx.release, args.dry_run)
+        if args.dry_run:
+            for stage, step in the_plan.steps():
+                reporter.planned(stage, step)
+        else:
+            Executor(ctx, reporter).run(the_plan)
+    except DeployError as e:
+        return _finish(reporter, args, stdout, e.exit_code, str(e))
+    except (Interrupted, KeyboardInterrupt) as e:
+        return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})")
+    return _finish(reporter, args, stdout, EXIT_OK, None)
+
+
+def _finish(reporter: Reporter | None, args, stdout, code: int, error: str | None) -> int:
+    if reporter is None:
+        # Failed before the plan existed, so nothing ran and no secret is
+        # known yet: a usage error names keys and paths only.
+        reporter = choose(args.output, stdout, frozenset())
+    reporter.finished(code, error)
+    return code

@@ -1,0 +1,404 @@
+"""targets.yaml: read, merged with its defaults, and validated in full.
+
+Every error names the file, the key path and what is wrong, e.g.
+`targets.yaml: targets/alpha/hosts/0/port: expected an integer`, and is
+raised before any side effect. Relative paths in the file are relative to
+the file's own directory, so a checkout can be deployed from anywhere.
+"""
+
+import copy
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployer import names
+from deployer.errors import ConfigError, UsageError
+from deployer.quoting import words
+
+CATCH_ALL = "*"
+DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
+HOOK_PLACES = ("all", "first", "local")
+BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME")
+
+
+@dataclass(frozen=True)
+class Host:
+    address: str
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.address if self.port == 22 else f"{self.address}:{self.port}"
+
+
+LOCAL_HOST = Host("local")
+
+
+@dataclass(frozen=True)
+class Vpn:
+    kind: str = "none"
+    config: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Apache:
+    dir: str = "/etc/apache2"
+    ctl: tuple[str, ...] = ("apache2ctl",)
+
+
+@dataclass(frozen=True)
+class Package:
+    source: str = "."
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Var:
+    value: str
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A shell snippet from targets.yaml and where it runs."""
+
+    run: str
+    on: str = "all"
+
+
+@dataclass(frozen=True)
+class Target:
+    entry: str
+    transport: str
+    hosts: tuple[Host, ...]
+    known_hosts: str | None
+    connect_timeout: float
+    deploy_root: str
+    vpn: Vpn
+    apache: Apache
+    migrate: str | None
+    package: Package
+    template: str
+    vars: dict[str, Var] = field(hash=False)
+    pipeline: tuple[str, ...]
+    stages: dict[str, Hook] = field(hash=False)
+    before: dict[str, tuple[Hook, ...]] = field(hash=False)
+    after: dict[str, tuple[Hook, ...]] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Targets:
+    source: str
+    base: Path
+    entries: dict[str, dict] = field(hash=False)
+    defaults: dict = field(hash=False)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def resolve(self, name: str) -> Target:
+        """The target for a config name: its own entry or the catch-all."""
+        entry = name if name in self.entries else CATCH_ALL
+        if entry not in self.entries:
+            raise UsageError(
+                f"{self.source}: no target named {name!r} and no catch-all"
+                f" entry {CATCH_ALL!r}; known: {', '.join(self.names()) or 'none'}"
+            )
+        merged = _merge(self.defaults, self.entries[entry])
+        reader = _Reader(self.source, self.base, check_environment=True)
+        return reader.target(entry, merged, f"targets/{entry}")
+
+
+def load(path: str | os.PathLike) -> Targets:
+    """Read and validate every entry, so a typo in one fails every deploy."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{source}: cannot read: {e.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+    # Every entry's shape is checked now; files and environment variables
+    # only for the target being deployed (resolve), since a build agent has
+    # the VPN file and secrets of its own target only.
+    reader = _Reader(source, path.resolve().parent, check_environment=False)
+    top = reader.mapping(doc, "", {"defaults", "targets"})
+    defaults = reader.mapping(top.get("defaults") or {}, "defaults", _TARGET_KEYS)
+    entries = reader.mapping(top.get("targets"), "targets")
+    if not entries:
+        raise ConfigError(source, "targets", "expected at least one target")
+    for name, entry in entries.items():
+        if name != CATCH_ALL:
+            try:
+                names.config_name(str(name))
+            except UsageError as e:
+                raise ConfigError(source, f"targets/{name}", str(e)) from None
+        reader.target(name, _merge(defaults, entry or {}), f"targets/{name}")
+    return Targets(source, reader.base, {str(k): v or {} for k, v in entries.items()}, defaults)
+
+
+_TARGET_KEYS = {
+    "transport", "hosts", "user", "port", "identity_file", "known_hosts",
+    "connect_timeout", "deploy_root", "vpn", "apache", "migrate", "package",
+    "template", "vars", "pipeline", "stages", "hooks",
+}
+def _merge(base: dict, over: dict) -> dict:
+    """Defaults under an entry: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    if not isinstance(over, dict):
+        return over
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class _Reader:
+    """Typed access to parsed YAML that knows where in the file it is."""
+
+    def __init__(self, source: str, base: Path, check_environment: bool):
+        self.source = source
+        self.base = base
+        self.check_environment = check_environment
+
+    def fail(self, path: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, path, problem)
+
+    def path(self, value: str) -> str:
+        return str(self.base / os.path.expanduser(value))
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be strings, got {key!r}")
+            if allowed is not None and key not in allowed:
+                raise self.fail(_join(path, key), f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+        return value
+
+    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"expected a non-empty string, got {_kind(value)}")
+        if choices and value not in choices:
+            raise self.fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, "expected an integer")
+        if not low <= value <= high:
+            raise self.fail(path, f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    def number(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.fail(path, "expected a positive number of seconds")
+        return float(value)
+
+    def strings(self, value: Any, path: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list of strings, got {_kind(value)}")
+        return tuple(self.string(v, f"{path}/{i}") for i, v in enumerate(value))
+
+    def file(self, value: Any, path: str) -> str:
+        resolved = self.path(self.string(value, path))
+        if self.check_environment and not os.path.isfile(resolved):
+            raise self.fail(path, f"file not found: {resolved}")
+        return resolved
+
+    def target(self, entry: str, raw: Any, path: str) -> Target:
+        t = self.mapping(raw, path, _TARGET_KEYS)
+        transport = self.string(t.get("transport", "ssh"), f"{path}/transport", ("ssh", "local"))
+        hosts = self.hosts(t, path) if transport == "ssh" else (LOCAL_HOST,)
+        known_hosts = None
+        if transport == "ssh":
+            known_hosts = self.file(t.get("known_hosts", "~/.ssh/known_hosts"), f"{path}/known_hosts")
+        pipeline = self.strings(t.get("pipeline", list(DEFAULT_PIPELINE)), f"{path}/pipeline")
+        stages = {
+            name: self.hook(spec, f"{path}/stages/{name}")
+            for name, spec in self.mapping(t.get("stages", {}), f"{path}/stages").items()
+        }
+        known_stages = set(DEFAULT_PIPELINE) | set(stages)
+        hooks = self.mapping(t.get("hooks", {}), f"{path}/hooks", {"before", "after"})
+        before, after = (
+            self.hooks(hooks.get(when, {}), f"{path}/hooks/{when}") for when in ("before", "after")
+        )
+        migrate = t.get("migrate", "python manage.py migrate --noinput")
+        return Target(
+            entry=entry,
+            transport=transport,
+            hosts=hosts,
+            known_hosts=known_hosts,
+            connect_timeout=self.number(t.get("connect_timeout", 10), f"{path}/connect_timeout"),
+            deploy_root=self.absolute(t.get("deploy_root", "/var/www"), f"{path}/deploy_root"),
+            vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
+            apache=self.apache(t.get("apache", {}), f"{path}/apache"),
+            migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
+            package=self.package(t.get("package", {}), f"{path}/package"),
+            template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
+            vars=self.vars(t.get("vars", {}), f"{path}/vars"),
+            pipeline=self.pipeline(pipeline, known_stages, before, after, f"{path}"),
+            stages=stages,
+            before=before,
+            after=after,
+        )
+
+    def absolute(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        return os.path.normpath(self.path(text)).rstrip("/") or "/"
+
+    def hosts(self, t: dict, path: str) -> tuple[Host, ...]:
+        raw = t.get("hosts")
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(f"{path}/hosts", "expected a non-empty list of hosts")
+        user = t.get("user")
+        if user is not None:
+            user = self.string(user, f"{path}/user")
+        port = self.integer(t.get("port", 22), f"{path}/port", 1, 65535)
+        key = t.get("identity_file")
+        hosts = []
+        for i, item in enumerate(raw):
+            hpath = f"{path}/hosts/{i}"
+            if isinstance(item, str):
+                item = {"address": item}
+            h = self.mapping(item, hpath, {"address", "user", "port", "identity_file"})
+            address = self.string(h.get("address"), f"{hpath}/address")
+            try:
+                names.hostname(address)
+            except UsageError:
+                if not _is_ip(address):
+                    raise self.fail(f"{hpath}/address", f"not a host name or IP address: {address!r}") from None
+            host_key = h.get("identity_file", key)
+            hosts.append(Host(
+                address=address,
+                port=self.integer(h.get("port", port), f"{hpath}/port", 1, 65535),
+                user=self.string(h["user"], f"{hpath}/user") if "user" in h else user,
+                identity_file=None if host_key is None else self.file(host_key, f"{hpath}/identity_file"),
+            ))
+        seen = set()
+        for i, h in enumerate(hosts):
+            if h.name in seen:
+                raise self.fail(f"{path}/hosts/{i}", f"duplicate host {h.name}")
+            seen.add(h.name)
+        return tuple(hosts)
+
+    def vpn(self, raw: Any, path: str) -> Vpn:
+        v = self.mapping(raw, path, {"kind", "config", "timeout"})
+        kind = self.string(v.get("kind", "none"), f"{path}/kind", ("none", "openvpn"))
+        if kind == "none":
+            return Vpn()
+        return Vpn(
+            kind=kind,
+            config=self.file(v.get("config"), f"{path}/config"),
+            timeout=self.number(v.get("timeout", 30), f"{path}/timeout"),
+        )
+
+    def apache(self, raw: Any, path: str) -> Apache:
+        a = self.mapping(raw, path, {"dir", "ctl"})
+        ctl = words(self.string(a.get("ctl", "apache2ctl"), f"{path}/ctl"))
+        if "/" in ctl[0]:
+            # A script shipped beside targets.yaml, like tools/local-apache2ctl.
+            ctl = (self.path(ctl[0]), *ctl[1:])
+        return Apache(dir=self.absolute(a.get("dir", "/etc/apache2"), f"{path}/dir"), ctl=ctl)
+
+    def package(self, raw: Any, path: str) -> Package:
+        p = self.mapping(raw, path, {"source", "exclude"})
+        source = self.absolute(p.get("source", "."), f"{path}/source")
+        if self.check_environment and not os.path.isdir(source):
+            raise self.fail(f"{path}/source", f"directory not found: {source}")
+        return Package(source=source, exclude=self.strings(p.get("exclude", []), f"{path}/exclude"))
+
+    def vars(self, raw: Any, path: str) -> dict[str, Var]:
+        out = {}
+        for key, value in self.mapping(raw, path).items():
+            vpath = f"{path}/{key}"
+            try:
+                names.token_name(key)
+            except UsageError as e:
+                raise self.fail(vpath, str(e)) from None
+            if key in BUILTIN_TOKENS:
+                raise self.fail(vpath, f"{key} is set by deployer and cannot be overridden")
+            out[key] = self.var(value, vpath)
+        return out
+
+    def var(self, value: Any, path: str) -> Var:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return Var(str(value))
+        v = self.mapping(value, path, {"value", "env", "secret"})
+        secret = v.get("secret", False)
+        if not isinstance(secret, bool):
+            raise self.fail(f"{path}/secret", "expected true or false")
+        if ("value" in v) == ("env" in v):
+            raise self.fail(path, "expected exactly one of value or env")
+        if "env" in v:
+            env = self.string(v["env"], f"{path}/env")
+            if self.check_environment and env not in os.environ:
+                raise self.fail(f"{path}/env", f"environment variable {env} is not set")
+            return Var(os.environ.get(env, ""), secret)
+        return Var(self.var(v["value"], f"{path}/value").value, secret)
+
+    def hook(self, raw: Any, path: str) -> Hook:
+        if isinstance(raw, str):
+            raw = {"run": raw}
+        h = self.mapping(raw, path, {"run", "on"})
+        return Hook(
+            run=self.string(h.get("run"), f"{path}/run"),
+            on=self.string(h.get("on", "all"), f"{path}/on", HOOK_PLACES),
+        )
+
+    def hooks(self, raw: Any, path: str) -> dict[str, tuple[Hook, ...]]:
+        out = {}
+        for stage, items in self.mapping(raw, path).items():
+            if not isinstance(items, list):
+                items = [items]
+            out[stage] = tuple(self.hook(item, f"{path}/{stage}/{i}") for i, item in enumerate(items))
+        return out
+
+    def pipeline(self, pipeline, known, before, after, path) -> tuple[str, ...]:
+        # Entry-point stages are checked when the plan is built; here only
+        # duplicates and hooks on stages that will not run are caught.
+        seen = set()
+        for i, name in enumerate(pipeline):
+            if name in seen:
+                raise self.fail(f"{path}/pipeline/{i}", f"stage {name!r} listed twice")
+            seen.add(name)
+        for when, hooks in (("before", before), ("after", after)):
+            for stage in hooks:
+                if stage not in seen:
+                    raise self.fail(f"{path}/hooks/{when}/{stage}", "no such stage in the pipeline")
+        return pipeline
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}/{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

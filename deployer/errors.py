@@ -1,0 +1,41 @@
+"""Failures, and the exit code each one means (documented in README.md)."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class DeployError(Exception):
+    """Anything deployer reports to the user as a one-line reason."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(DeployError):
+    """Bad arguments, config or input: raised before any side effect."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """targets.yaml is wrong; the message names the file and key path."""
+
+    def __init__(self, source: str, path: str, problem: str):
+        self.source, self.path, self.problem = source, path, problem
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")
+
+
+class TemplateError(UsageError):
+    """The vhost template cannot be rendered strictly."""
+
+
+class StepFailed(DeployError):
+    """A step failed on one or more hosts while the plan was running."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds like KeyboardInterrupt so every finally runs."""
+
+    exit_code = EXIT_INTERRUPTED

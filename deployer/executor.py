@@ -1,0 +1,258 @@
+"""The one executor: runs a Plan step by step, host by host, and always cleans up.
+
+Per-host results, not exceptions that stop the world: a step runs on every
+host it names, then fails if any host failed. What each completed step
+changed is remembered (an undo log); if the deploy fails or is interrupted
+before the commit point (the switch of the live path), the log is replayed
+backwards so the hosts are left as they were. Teardown (VPN, connections,
+the work dir) runs on every exit path.
+"""
+
+import os
+import posixpath
+import shutil
+import time
+from dataclasses import dataclass
+
+from deployer import packaging, steps
+from deployer.config import LOCAL_HOST, Host
+from deployer.context import Context
+from deployer.errors import StepFailed
+from deployer.output import Reporter, StepResult
+from deployer.quoting import Command
+from deployer.transport import LocalTransport, NotALink, Result, SshTransport, Transport
+from deployer.vpn import OpenVpnTunnel
+
+RUNNER = ""  # the host name under which steps on this machine are reported
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """How to put back one change on one host."""
+
+    host: str
+    title: str
+    command: Command | None = None
+    path: str = ""
+    content: bytes | None = None  # Install: the previous file, None if there was none
+    link: str | None = None       # Link: the previous target, None if there was none
+    kind: str = "run"             # run | file | link
+
+
+class Executor:
+    def __init__(self, ctx: Context, reporter: Reporter):
+        self.ctx = ctx
+        self.reporter = reporter
+        self.hosts: dict[str, Host] = {h.name: h for h in ctx.target.hosts}
+        self.transports: dict[str, Transport] = {}
+        self.local = LocalTransport()
+        self.undo: list[_Undo] = []
+        self.teardown: list[tuple[str, object]] = []
+        self.counter = 0
+
+    def run(self, plan: steps.Plan) -> None:
+        try:
+            # mkdir, never exist_ok: a directory planted at our path is refused.
+            os.mkdir(self.ctx.workdir, 0o700)
+            self.teardown.append(("remove work dir", lambda: shutil.rmtree(self.ctx.workdir)))
+            for stage, stage_steps in plan.stages:
+                self.reporter.stage_started(stage)
+                ok = False
+                try:
+                    for step in stage_steps:
+                        self.step(stage, step)
+                    ok = True
+                finally:
+                    self.reporter.stage_finished(stage, ok)
+        except BaseException:
+            self.rollback()
+            raise
+        finally:
+            self.close()
+
+    # -- one step --------------------------------------------------------------
+
+    def step(self, stage: str, step: steps.Step) -> None:
+        if not step.hosts:
+            self.on_runner(stage, step)
+            return
+        self.connect()
+        failures = []
+        for name in step.hosts:
+            self.reporter.step_started(stage, step, name)
+            started = time.monotonic()
+            try:
+                result = self.on_host(step, name, self.transports[name])
+            except StepFailed as e:
+                result = Result(1, "", str(e))
+            except (OSError, NotALink) as e:
+                result = Result(1, "", _describe_os_error(e))
+            self.reporter.step_finished(stage, step, name,
+                                        StepResult(result, time.monotonic() - started))
+            if not result.ok:
+                failures.append((name, result))
+        if failures:
+            raise StepFailed(_failure_message(step, failures))
+        if isinstance(step, steps.Link) and step.commit:
+            # The new release is live on every host: nothing before this is undone.
+            self.undo.clear()
+
+    def on_runner(self, stage: str, step: steps.Step) -> None:
+        self.reporter.step_started(stage, step, RUNNER)
+        started = time.monotonic()
+        result = Result(0, "", "")
+        try:
+            if isinstance(step, steps.Build):
+                count = packaging.build(step.source, step.exclude, step.dest)
+                size = os.path.getsize(step.dest)
+                result = Result(0, f"{count} files, {size} bytes: {step.dest}", "")
+            elif isinstance(step, steps.OpenVpn):
+                tunnel = OpenVpnTunnel(step.config, step.workdir, step.timeout)
+                # Registered before open(): a half-started daemon is stopped too.
+                self.teardown.append(("close VPN", tunnel.close))
+                tunnel.open()
+                result = Result(0, "tunnel up", "")
+            elif isinstance(step, steps.Run):
+                result = self.local.run(step.command.line())
+            else:
+                raise TypeError(f"{type(step).__name__} cannot run on the runner")
+        except StepFailed as e:
+            result = Result(1, "", str(e))
+            raise
+        finally:
+            self.reporter.step_finished(stage, step, RUNNER,
+                                        StepResult(result, time.monotonic() - started))
+        if not result.ok:
+            raise StepFailed(_failure_message(step, [("this machine", result)]))
+
+    def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
+        if isinstance(step, steps.Run):
+            result = t.run(step.command.line())
+            if result.ok and step.undo is not None:
+                self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
+            return result
+        if isinstance(step, steps.Upload):
+            t.put(step.local, step.remote)
+            return Result(0, "", "")
+        if isinstance(step, steps.Install):
+            return self.install(step, host, t)
+        if isinstance(step, steps.Link):
+            return self.link(step, host, t)
+        raise TypeError(f"{type(step).__name__} cannot run on a host")
+
+    def install(self, step: steps.Install, host: str, t: Transport) -> Result:
+        previous = t.read(step.path)
+        self.counter += 1
+        local = os.path.join(self.ctx.workdir, f"install-{self.counter}")
+        with open(local, "w", encoding="utf-8") as f:
+            f.write(step.content)
+        tmp = f"{step.path}.deployer-tmp"
+        result = t.run(Command.of(("mkdir", "-p", "--", posixpath.dirname(step.path))).line())
+        if not result.ok:
+            return result
+        t.put(local, tmp)
+        result = t.run(Command.of(("chmod", f"{step.mode:o}", "--", tmp),
+                                  ("mv", "-f", "--", tmp, step.path)).line())
+        if result.ok:
+            self.undo.append(_Undo(host, f"restore {step.path}", kind="file", path=step.path,
+                                   content=previous))
+        return result
+
+    def link(self, step: steps.Link, host: str, t: Transport) -> Result:
+        previous = t.readlink(step.path)
+        result = t.run(_relink(step.path, step.target).line())
+        if result.ok:
+            self.undo.append(_Undo(host, f"restore link {step.path}", kind="link",
+                                   path=step.path, link=previous))
+        return result
+
+    # -- connections, rollback, teardown ---------------------------------------
+
+    def connect(self) -> None:
+        """Open every host's connection before the first remote step changes anything."""
+        if self.transports:
+            return
+        target = self.ctx.target
+        if target.transport == "local":
+            self.transports[LOCAL_HOST.name] = self.local
+            return
+        opened = {}
+        self.teardown.append(("close connections", lambda: [t.close() for t in opened.values()]))
+        errors = []
+        for host in target.hosts:
+            t = SshTransport(host, target.known_hosts, target.connect_timeout)
+            try:
+                t.open()
+            except StepFailed as e:
+                errors.append(str(e))
+                continue
+            opened[host.name] = t
+        if errors:
+            raise StepFailed("cannot connect to every host; nothing was changed on any host:\n  "
+                             + "\n  ".join(errors))
+        self.transports.update(opened)
+
+    def rollback(self) -> None:
+        if not self.undo:
+            return
+        self.reporter.note(f"rolling back {len(self.undo)} change(s)")
+        problems = []
+        for u in reversed(self.undo):
+            try:
+                result = self.undo_one(u)
+            except (OSError, NotALink, StepFailed) as e:
+                result = Result(1, "", str(e))
+            if not result.ok:
+                problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
+        self.undo.clear()
+        if problems:
+            self.reporter.note("ROLLBACK INCOMPLETE, check these by hand:\n  " + "\n  ".join(problems))
+
+    def undo_one(self, u: _Undo) -> Result:
+        t = self.transports[u.host]
+        if u.kind == "run":
+            return t.run(u.command.line())
+        if u.kind == "link":
+            if u.link is None:
+                return t.run(Command.of(("rm", "-f", "--", u.path)).line())
+            return t.run(_relink(u.path, u.link).line())
+        if u.content is None:
+            return t.run(Command.of(("rm", "-f", "--", u.path)).line())
+        self.counter += 1
+        local = os.path.join(self.ctx.workdir, f"restore-{self.counter}")
+        with open(local, "wb") as f:
+            f.write(u.content)
+        tmp = f"{u.path}.deployer-tmp"
+        t.put(local, tmp)
+        return t.run(Command.of(("mv", "-f", "--", tmp, u.path)).line())
+
+    def close(self) -> None:
+        for title, action in reversed(self.teardown):
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - teardown must go on to the next item
+                self.reporter.note(f"{title} failed: {e}")
+        self.teardown.clear()
+
+
+def _relink(path: str, target: str) -> Command:
+    # rename(2) over the old link is atomic: a reader sees the old tree or the
+    # new one, never a missing path.
+    tmp = f"{path}.deployer-tmp"
+    return Command.of(("mkdir", "-p", "--", posixpath.dirname(path)),
+                      ("ln", "-sfn", "--", target, tmp),
+                      ("mv", "-fT", "--", tmp, path))
+
+
+def _describe_os_error(e: Exception) -> str:
+    if isinstance(e, NotALink):
+        return f"{e} exists and is not a symlink; deployer will not replace it (move it aside)"
+    return f"{type(e).__name__}: {e}"
+
+
+def _failure_message(step: steps.Step, failures: list[tuple[str, Result]]) -> str:
+    lines = [f"{step.title}: failed on {len(failures)} host(s)"]
+    for host, r in failures:
+        detail = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.exit_code}")
+        lines.append(f"  {host}: " + "\n    ".join(detail.splitlines()[-20:]))
+    return "\n".join(lines)

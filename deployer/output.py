@@ -1,0 +1,246 @@
+"""What a deploy tells the person or the build server watching it.
+
+One event interface, four renderings: rich (a terminal), plain (a log file),
+teamcity (service messages, escaped by the teamcity-messages library and
+written raw: rich would read their `[...]` as markup) and json (one object a
+line). Every text goes through `redact` first, so a secret never reaches any
+of them.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import IO
+
+from teamcity.messages import TeamcityServiceMessages
+
+from deployer import steps
+from deployer.transport import Result
+
+MASK = "********"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    result: Result
+    seconds: float
+
+
+def details(step: steps.Step) -> list[str]:
+    """The lines that say exactly what a step does: dry-run and logs show them."""
+    if isinstance(step, steps.Build):
+        excl = f" (excluding {', '.join(step.exclude)})" if step.exclude else ""
+        return [f"tar -czf {step.dest} -C {step.source} .{excl}"]
+    if isinstance(step, steps.OpenVpn):
+        return [f"openvpn --config {step.config} --daemon, up within {step.timeout:g}s"
+                " or fail; closed when the deploy ends"]
+    if isinstance(step, steps.Run):
+        lines = [f"$ {step.command.line()}"]
+        if step.undo is not None:
+            lines.append(f"on failure: $ {step.undo.line()}")
+        return lines
+    if isinstance(step, steps.Upload):
+        return [f"put {step.local} -> {step.remote}"]
+    if isinstance(step, steps.Install):
+        return [f"write {step.path} (mode {step.mode:o}; previous file restored on failure):",
+                *(f"| {line}" for line in step.content.splitlines())]
+    if isinstance(step, steps.Link):
+        note = " (commit point)" if step.commit else ""
+        return [f"ln -sfn {step.target} {step.path}, atomically{note}"]
+    return []
+
+
+class Reporter:
+    """Base: keeps the redaction; subclasses render the events."""
+
+    def __init__(self, stream: IO[str], secrets: frozenset[str] = frozenset()):
+        self.stream = stream
+        # Longest first, so a secret containing another is masked whole.
+        self.secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def write(self, line: str) -> None:
+        self.stream.write(self.redact(line) + "\n")
+        self.stream.flush()
+
+    def start(self, name: str, hostname: str, release: str, dry_run: bool) -> None: ...
+    def stage_started(self, stage: str) -> None: ...
+    def stage_finished(self, stage: str, ok: bool) -> None: ...
+    def planned(self, stage: str, step: steps.Step) -> None: ...
+    def step_started(self, stage: str, step: steps.Step, host: str) -> None: ...
+    def step_finished(self, stage: str, step: steps.Step, host: str, r: StepResult) -> None: ...
+    def note(self, text: str) -> None: ...
+    def finished(self, exit_code: int, error: str | None) -> None: ...
+
+
+def _where(step: steps.Step, host: str | None = None) -> str:
+    if host is not None:
+        return host or "runner"
+    return ", ".join(step.hosts) if step.hosts else "runner"
+
+
+def _output_lines(r: Result) -> list[str]:
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+
+
+class PlainReporter(Reporter):
+    """Plain lines, for logs and pipes: everything, in order, no colour."""
+
+    def start(self, name, hostname, release, dry_run):
+        what = "dry run: would deploy" if dry_run else "deploying"
+        self.write(f"{what} {name} ({hostname}), release {release}")
+
+    def stage_started(self, stage):
+        self.write(f"== {stage}")
+
+    def planned(self, stage, step):
+        self.write(f"  - {step.title} [{_where(step)}]")
+        for line in details(step):
+            self.write(f"      {line}")
+
+    def step_finished(self, stage, step, host, r):
+        status = "ok" if r.result.ok else f"FAILED (exit {r.result.exit_code})"
+        self.write(f"  {step.title} [{_where(step, host)}]: {status} in {r.seconds:.1f}s")
+        for line in _output_lines(r.result)[-40:]:
+            self.write(f"      {line}")
+
+    def note(self, text):
+        self.write(f"!! {text}")
+
+    def finished(self, exit_code, error):
+        self.write(f"error: {error}" if error else "done")
+
+
+class TeamCityReporter(PlainReporter):
+    """Service messages for TeamCity: a block per stage, a build problem on failure."""
+
+    def __init__(self, stream, secrets=frozenset()):
+        super().__init__(stream, secrets)
+        self.tc = TeamcityServiceMessages(output=_RedactingStream(self))
+
+    def stage_started(self, stage):
+        self.tc.blockOpened(stage)
+
+    def stage_finished(self, stage, ok):
+        self.tc.blockClosed(stage)
+
+    def note(self, text):
+        self.tc.message("message", text=text, status="WARNING")
+
+    def finished(self, exit_code, error):
+        if error:
+            self.tc.buildProblem(description=error.splitlines()[0][:4000],
+                                 identity=f"deployer-exit-{exit_code}")
+        super().finished(exit_code, error)
+
+
+class _RedactingStream:
+    """What teamcity-messages writes to: redacted, then written as it is."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    def write(self, text: str) -> None:
+        self.reporter.stream.write(self.reporter.redact(text))
+
+    def flush(self) -> None:
+        self.reporter.stream.flush()
+
+
+class JsonReporter(Reporter):
+    """One JSON object per event, for tools: `jq` or a dashboard."""
+
+    def emit(self, event: str, **fields) -> None:
+        fields = {"event": event, "time": round(time.time(), 3), **fields}
+        self.write(json.dumps(fields, sort_keys=True))
+
+    def start(self, name, hostname, release, dry_run):
+        self.emit("start", config=name, hostname=hostname, release=release, dry_run=dry_run)
+
+    def stage_started(self, stage):
+        self.emit("stage_started", stage=stage)
+
+    def stage_finished(self, stage, ok):
+        self.emit("stage_finished", stage=stage, ok=ok)
+
+    def planned(self, stage, step):
+        self.emit("planned", stage=stage, step=step.title, kind=type(step).__name__.lower(),
+                  hosts=list(step.hosts), details=details(step))
+
+    def step_started(self, stage, step, host):
+        self.emit("step_started", stage=stage, step=step.title, host=host)
+
+    def step_finished(self, stage, step, host, r):
+        self.emit("step_finished", stage=stage, step=step.title, host=host, ok=r.result.ok,
+                  exit_code=r.result.exit_code, seconds=round(r.seconds, 3),
+                  stdout=r.result.stdout, stderr=r.result.stderr)
+
+    def note(self, text):
+        self.emit("note", text=text)
+
+    def finished(self, exit_code, error):
+        self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error)
+
+
+class RichReporter(PlainReporter):
+    """A terminal: a spinner per running step, colour, output only when it matters."""
+
+    def __init__(self, stream, secrets=frozenset()):
+        super().__init__(stream, secrets)
+        from rich.console import Console
+
+        self.console = Console(file=stream, highlight=False)
+        self.status = None
+
+    def _print(self, text: str, style: str = "") -> None:
+        from rich.text import Text
+
+        self.console.print(Text(self.redact(text), style=style))
+
+    def write(self, line: str) -> None:
+        self._print(line)
+
+    def stage_started(self, stage):
+        self._print(f"━━ {stage}", "bold cyan")
+
+    def step_started(self, stage, step, host):
+        self.status = self.console.status(self.redact(f"{step.title} [{_where(step, host)}]"))
+        self.status.start()
+
+    def step_finished(self, stage, step, host, r):
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        mark, style = ("✓", "green") if r.result.ok else ("✗", "bold red")
+        self._print(f"  {mark} {step.title} [{_where(step, host)}] {r.seconds:.1f}s", style)
+        if not r.result.ok:
+            for line in _output_lines(r.result)[-40:]:
+                self._print(f"      {line}", "red")
+
+    def note(self, text):
+        self._print(f"! {text}", "yellow")
+
+    def finished(self, exit_code, error):
+        if error:
+            self._print(f"error: {error}", "bold red")
+        else:
+            self._print("done", "bold green")
+
+
+def choose(kind: str, stream: IO[str], secrets: frozenset[str]) -> Reporter:
+    if kind == "auto":
+        if os.environ.get("TEAMCITY_VERSION"):
+            kind = "teamcity"
+        elif stream.isatty():
+            kind = "rich"
+        else:
+            kind = "plain"
+    cls = {"plain": PlainReporter, "rich": RichReporter, "teamcity": TeamCityReporter,
+           "json": JsonReporter}[kind]
+    return cls(stream, secrets)
+

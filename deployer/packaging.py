@@ -1,0 +1,78 @@
+"""The release tarball: which files go in, their content hash, and the archive.
+
+The hash is taken from the source tree (paths, modes, bytes) when the plan is
+made, so the release id is known before anything runs and a dry-run shows the
+same id a real run would use within the same second.
+"""
+
+import fnmatch
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+
+def files(source: str, exclude: tuple[str, ...]) -> list[str]:
+    """Relative paths to package, sorted; a pattern matching a directory prunes it.
+
+    A pattern with a slash matches the relative path, one without matches any
+    single name (as in .gitignore): `*.pyc`, `.git`, `media/uploads`.
+    """
+    root = Path(source)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        dirnames[:] = sorted(d for d in dirnames if not _excluded(os.path.join(rel_dir, d), exclude))
+        for name in filenames:
+            rel = os.path.join(rel_dir, name)
+            if not _excluded(rel, exclude):
+                out.append(rel)
+        # Symlinks to directories are packaged as links, not followed.
+        out.extend(
+            os.path.join(rel_dir, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+        )
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    return sorted(out)
+
+
+def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
+    name = os.path.basename(rel)
+    return any(
+        fnmatch.fnmatchcase(rel if "/" in p else name, p.strip("/")) for p in patterns
+    )
+
+
+def tree_hash(source: str, exclude: tuple[str, ...]) -> str:
+    """sha256 over every packaged path, its mode and its bytes (or link target)."""
+    digest = hashlib.sha256()
+    for rel in files(source, exclude):
+        path = os.path.join(source, rel)
+        st = os.lstat(path)
+        digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
+        if os.path.islink(path):
+            digest.update(os.readlink(path).encode())
+        else:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def build(source: str, exclude: tuple[str, ...], dest: str) -> int:
+    """Write the gzipped tarball; returns the number of files in it."""
+    names = files(source, exclude)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        for rel in names:
+            info = tar.gettarinfo(os.path.join(source, rel), arcname=rel)
+            # Owners are the runner's; the hosts' unpacking user owns the files.
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(os.path.join(source, rel), "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return len(names)

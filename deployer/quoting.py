@@ -1,0 +1,48 @@
+"""Every word that reaches a shell passes through here, and only here.
+
+A `Command` is data: argv lists (quoted with shlex, joined with &&) or a shell
+snippet taken verbatim from targets.yaml (trusted config, never user input),
+plus the directory and environment to run it in.
+"""
+
+import shlex
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    argvs: tuple[tuple[str, ...], ...] = ()
+    shell: str | None = None
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, *argvs: tuple[str, ...] | list[str], cwd: str | None = None) -> "Command":
+        return cls(argvs=tuple(tuple(a) for a in argvs), cwd=cwd)
+
+    @classmethod
+    def script(
+        cls, text: str, cwd: str | None = None, env: dict[str, str] | None = None
+    ) -> "Command":
+        return cls(shell=text, cwd=cwd, env=tuple(sorted((env or {}).items())))
+
+    def line(self) -> str:
+        """The one string a POSIX shell will run."""
+        parts = []
+        if self.cwd:
+            parts.append(shlex.join(["cd", "--", self.cwd]))
+        prefix = ""
+        if self.env:
+            prefix = shlex.join(["env", *(f"{k}={v}" for k, v in self.env)]) + " "
+        if self.shell is not None:
+            parts.append(prefix + shlex.join(["sh", "-c", self.shell]))
+        parts.extend(prefix + shlex.join(argv) for argv in self.argvs)
+        return " && ".join(parts)
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+def words(text: str) -> tuple[str, ...]:
+    """Split a configured command prefix (e.g. `sudo apache2ctl`) into argv."""
+    return tuple(shlex.split(text))

@@ -1,0 +1,126 @@
+"""The built-in stages: each turns a Context into a tuple of steps.
+
+A stage is any callable `(Context) -> Sequence[Step]`. Others come from the
+`deployer.stages` entry point group or from `stages:` in targets.yaml.
+"""
+
+import posixpath
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from deployer import steps, template
+from deployer.config import Hook
+from deployer.context import Context
+from deployer.errors import UsageError
+from deployer.quoting import Command
+
+StageFn = Callable[[Context], Sequence[steps.Step]]
+
+
+def package(ctx: Context) -> tuple[steps.Step, ...]:
+    src = ctx.target.package
+    return (steps.Build(f"package {src.source}", source=src.source, exclude=src.exclude,
+                        dest=ctx.tarball),)
+
+
+def vpn(ctx: Context) -> tuple[steps.Step, ...]:
+    v = ctx.target.vpn
+    if v.kind == "none":
+        return ()
+    return (steps.OpenVpn(f"open VPN ({v.config})", config=v.config, workdir=ctx.workdir,
+                          timeout=v.timeout),)
+
+
+def upload(ctx: Context) -> tuple[steps.Step, ...]:
+    hosts, rel = ctx.host_names, ctx.release_path
+    remote = f"{rel}.tar.gz"
+    return (
+        steps.Run("create release directory", hosts,
+                  command=Command.of(("mkdir", "-p", "--", ctx.releases_dir))),
+        steps.Upload("upload tarball", hosts, local=ctx.tarball, remote=remote),
+        steps.Run(
+            f"unpack release {ctx.release}", hosts,
+            command=Command.of(("mkdir", "--", rel),
+                               ("tar", "--no-same-owner", "-xzf", remote, "-C", rel),
+                               ("rm", "-f", "--", remote)),
+            undo=Command.of(("rm", "-rf", "--", rel, remote)),
+        ),
+    )
+
+
+def render(ctx: Context) -> tuple[steps.Step, ...]:
+    path = ctx.target.template
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
+    content = template.render(text, ctx.vars, path)
+    apache = ctx.target.apache.dir
+    conf = f"{ctx.name}.conf"
+    return (
+        steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
+                      path=posixpath.join(apache, "sites-available", conf), content=content),
+        # What a2ensite does, without needing a2ensite or Debian's layout helpers.
+        steps.Link(f"enable site {conf}", ctx.host_names,
+                   path=posixpath.join(apache, "sites-enabled", conf),
+                   target=posixpath.join("..", "sites-available", conf)),
+    )
+
+
+def migrate(ctx: Context) -> tuple[steps.Step, ...]:
+    if ctx.target.migrate is None:
+        return ()
+    # Once per deploy, on the first host, in the new release: the
+    # database is shared and the old code keeps serving until the switch.
+    return (steps.Run(f"migrate: {ctx.target.migrate}", ctx.host_names[:1],
+                      command=Command.script(ctx.target.migrate, cwd=ctx.code_path,
+                                             env=ctx.environment())),)
+
+
+def restart(ctx: Context) -> tuple[steps.Step, ...]:
+    ctl, hosts = ctx.target.apache.ctl, ctx.host_names
+    name = posixpath.basename(ctl[-1])
+    return (
+        steps.Run(f"{name} configtest", hosts, command=Command.of((*ctl, "configtest"))),
+        # Only a release uploaded by this run is switched to: `--only restart`
+        # must not point the live path at a directory that does not exist.
+        *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
+                      path=ctx.deploy_path, target=ctx.release_path, commit=True)]
+          if ctx.uploads else []),
+        steps.Run(f"{name} graceful", hosts, command=Command.of((*ctl, "graceful"))),
+    )
+
+
+BUILTIN: dict[str, StageFn] = {
+    "package": package, "vpn": vpn, "upload": upload,
+    "render": render, "migrate": migrate, "restart": restart,
+}
+
+
+def hook_step(ctx: Context, hook: Hook, title: str) -> steps.Run:
+    hosts = {"all": ctx.host_names, "first": ctx.host_names[:1], "local": ()}[hook.on]
+    # Remote hooks start in the new release; local ones where deploy was started.
+    cwd = ctx.code_path if hosts else None
+    return steps.Run(title, hosts, command=Command.script(hook.run, cwd=cwd, env=ctx.environment()))
+
+
+def shell_stage(hook: Hook) -> StageFn:
+    def plan(ctx: Context) -> tuple[steps.Step, ...]:
+        return (hook_step(ctx, hook, hook.run),)
+    return plan
+
+
+def find(name: str, ctx: Context) -> StageFn:
+    """A stage by name: built-in, then targets.yaml `stages:`, then a plugin."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in ctx.target.stages:
+        return shell_stage(ctx.target.stages[name])
+    plugins = entry_points(group="deployer.stages", name=name)
+    if not plugins:
+        raise UsageError(
+            f"unknown stage {name!r} in the pipeline of target {ctx.target.entry!r}: not built"
+            " in, not under stages: in targets.yaml, and no plugin in the deployer.stages group"
+        )
+    return next(iter(plugins)).load()

@@ -1,0 +1,157 @@
+"""How commands and files reach a host: one small interface, two implementations.
+
+`SshTransport` wraps a Fabric Connection but checks host keys against the
+configured known_hosts: Fabric 3 hard-codes paramiko's AutoAddPolicy and never
+loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
+"""
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from typing import Protocol
+
+import paramiko
+from fabric import Connection
+
+from deployer.config import Host
+from deployer.errors import StepFailed
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Transport(Protocol):
+    def run(self, line: str) -> Result: ...
+    def put(self, local: str, remote: str) -> None: ...
+    def read(self, path: str) -> bytes | None: ...
+    def readlink(self, path: str) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class NotALink(Exception):
+    """The path exists and is not a symlink: deployer will not replace it."""
+
+
+class LocalTransport:
+    """This machine, through /bin/sh: the embedded default and the runner's own steps."""
+
+    def run(self, line: str) -> Result:
+        proc = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def put(self, local: str, remote: str) -> None:
+        shutil.copyfile(local, remote)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def readlink(self, path: str) -> str | None:
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                raise NotALink(path)
+        except FileNotFoundError:
+            return None
+        return os.readlink(path)
+
+    def close(self) -> None:
+        pass
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """As OpenSSH prints it, so it can be compared with `ssh-keygen -lf`."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, key: paramiko.PKey):
+        super().__init__(fingerprint(key))
+        self.key = key
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """RejectPolicy, raising a type of its own so no error text is parsed."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise UnknownHostKey(key)
+
+
+class SshTransport:
+    """One SSH connection to one host, opened once and reused for the whole deploy."""
+
+    def __init__(self, host: Host, known_hosts: str, timeout: float):
+        self.host = host
+        kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
+        if host.identity_file:
+            kwargs.update(key_filename=host.identity_file, look_for_keys=False)
+        self.conn = Connection(host.address, user=host.user, port=host.port,
+                               connect_timeout=int(timeout), connect_kwargs=kwargs)
+        self.conn.client.load_host_keys(known_hosts)
+        self.conn.client.set_missing_host_key_policy(_RejectUnknown())
+        self.known_hosts = known_hosts
+        self._sftp = None
+
+    def open(self) -> None:
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException as e:
+            raise StepFailed(
+                f"{self.host.name}: host key CHANGED: the server offers {fingerprint(e.key)},"
+                f" {self.known_hosts} has another key for it; refusing to connect"
+            ) from None
+        except UnknownHostKey as e:
+            raise StepFailed(
+                f"{self.host.name}: host key {e} is not in {self.known_hosts}; refusing to"
+                " connect (check the fingerprint, then add the key to that file)"
+            ) from None
+        except paramiko.SSHException as e:
+            raise StepFailed(f"{self.host.name}: SSH failed: {e}") from None
+        except OSError as e:
+            raise StepFailed(f"{self.host.name}: cannot connect: {e.strerror or e}") from None
+
+    def run(self, line: str) -> Result:
+        r = self.conn.run(line, hide=True, warn=True, in_stream=False)
+        return Result(r.exited, r.stdout, r.stderr)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.conn.sftp()
+        return self._sftp
+
+    def put(self, local: str, remote: str) -> None:
+        self.sftp().put(local, remote)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with self.sftp().open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def readlink(self, path: str) -> str | None:
+        try:
+            if not stat.S_ISLNK(self.sftp().lstat(path).st_mode):
+                raise NotALink(path)
+        except FileNotFoundError:
+            return None
+        return self.sftp().readlink(path)
+
+    def close(self) -> None:
+        self.conn.close()
