@@ -26,6 +26,7 @@ Only one lab can be up at a time (addresses and names are fixed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -82,6 +83,48 @@ STOP_TIMEOUT = 10.0
 
 class LabError(RuntimeError):
     pass
+
+
+class VpnClient:
+    """An OpenVPN client in the runner's namespace, started and stopped by pid.
+
+    The lab itself never starts one: deployer does, in the real tests.
+    """
+
+    def __init__(self, config: Path, log: Path, timeout: float = START_TIMEOUT) -> None:
+        self.config, self.log = config, log
+        log.unlink(missing_ok=True)
+        self.popen = subprocess.Popen(
+            ["openvpn", "--config", str(config), "--log", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=CLEAN_ENV,
+        )
+        self.pid = self.popen.pid
+        try:
+            _wait(self._ready, timeout, "the OpenVPN client")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        if self.popen.poll() is not None:
+            raise LabError(f"OpenVPN client exited ({self.popen.returncode}):\n{_tail(self.log)}")
+        return self.log.exists() and "Initialization Sequence Completed" in self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            _kill([self.pid], [self.popen])
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=STOP_TIMEOUT)
+
+    def __enter__(self) -> VpnClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)
@@ -499,6 +542,51 @@ class Lab:
         if check and proc.returncode != 0:
             raise LabError(f"web{i}: {argv} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
+
+    def vpn_client(self, log: Path | None = None, timeout: float = START_TIMEOUT) -> VpnClient:
+        """Start an OpenVPN client with client.ovpn; use it as a context manager."""
+        return VpnClient(self.client_ovpn, log or self.workdir / "client.log", timeout)
+
+    def ssh_client(self, i: int, timeout: float = 10):  # -> paramiko.SSHClient
+        """A paramiko client logged in as root on host i (needs the VPN up).
+        Unknown host keys are rejected: only known_hosts counts."""
+        import paramiko
+
+        c = paramiko.SSHClient()
+        c.set_missing_host_key_policy(paramiko.RejectPolicy())
+        c.load_host_keys(str(self.known_hosts))
+        c.connect(
+            self.hosts[i].address,
+            username="root",
+            key_filename=str(self.ssh_key),
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        return c
+
+    def http_get(self, i: int, path: str = "/", host: str | None = None, timeout: float = 10):
+        """GET from host i's Apache (needs the VPN up): (status, headers, body)."""
+        import http.client
+
+        conn = http.client.HTTPConnection(self.hosts[i].address, 80, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Host": host or self.hosts[i].address})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def vpn_server_stopped(self):
+        """Stop the VPN server for the duration (a dead VPN), then restart it."""
+        self.stop_vpn_server()
+        try:
+            yield
+        finally:
+            self.start_vpn_server()
 
     def start_vpn_server(self) -> int:
         if self.vpn_server_pid and _alive(self.vpn_server_pid):
