@@ -1,0 +1,103 @@
+"""Shared fixtures: a real OpenSSH server on 127.0.0.1, and tree hashing."""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every path under root with its type, mode and content hash (or link target)."""
+    out = {}
+    if not root.exists():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = f"link {os.readlink(path)}"
+            elif path.is_dir():
+                out[rel] = f"dir {st.st_mode:o}"
+            else:
+                out[rel] = f"file {st.st_mode:o} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@dataclass
+class Sshd:
+    port: int
+    client_key: Path
+    known_hosts: Path
+    host_pub: Path
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 and a random port: own host key, own authorized_keys,
+    root login by key only. Stopped by pid at the end of the session."""
+    if not os.path.exists(SSHD) or os.geteuid() != 0:
+        pytest.skip("needs root and openssh-server (run .ci/run)")
+    d = tmp_path_factory.mktemp("sshd")
+    os.chmod(d, 0o755)
+    _keygen(d / "host_ed25519")
+    _keygen(d / "client_ed25519")
+    auth = d / "authorized_keys"
+    shutil.copy(d / "client_ed25519.pub", auth)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n"
+        f"AuthorizedKeysFile {auth}\nPidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    log = d / "sshd.log"
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"sshd did not start: {log.read_text()}")
+            time.sleep(0.05)
+    host_pub = d / "host_ed25519.pub"
+    known_hosts = d / "known_hosts"
+    key_type, key_b64 = host_pub.read_text().split()[:2]
+    known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    try:
+        yield Sshd(port, d / "client_ed25519", known_hosts, host_pub, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
