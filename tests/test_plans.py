@@ -1,0 +1,184 @@
+"""Plans as data: a config in, the exact steps out, for every stage. No host needed."""
+
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from deployer import context, packaging, plan
+from deployer.config import load
+from deployer.errors import UsageError
+from deployer.quoting import Command
+from deployer.steps import Build, Install, Link, OpenVpn, Run, Upload
+from tests.conftest import REPO
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+H = ("web1.internal", "web2.internal:2222")
+
+
+@pytest.fixture
+def make(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "manage.py").write_text("x\n")
+    (tmp_path / "vpn.ovpn").write_text("client\n")
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\nRoot <<DEPLOY_PATH>> <<EXTRA>>\n")
+
+    def build(entry=None, only=(), skip=(), overrides=None, name="alpha"):
+        doc = {"defaults": {
+            "hosts": ["web1.internal", {"address": "web2.internal", "port": 2222}],
+            "known_hosts": "known_hosts", "package": {"source": "src", "exclude": ["*.pyc"]},
+            "template": "vhost", "vars": {"EXTRA": "x"},
+            "vpn": {"kind": "openvpn", "config": "vpn.ovpn", "timeout": 12},
+        }, "targets": {"alpha": entry or {}, "*": {}}}
+        (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
+        target = load(tmp_path / "targets.yaml").resolve(name)
+        stages = plan.select(target.pipeline, only, skip)
+        ctx = context.make(name, f"{name}.example.com", target, overrides or {}, stages,
+                           now=NOW, workdir="/w")
+        return ctx, dict(plan.build(ctx).stages)
+
+    build.tmp = tmp_path
+    return build
+
+
+def test_release_id_is_time_and_source_hash(make):
+    ctx, _ = make()
+    digest = packaging.tree_hash(str(make.tmp / "src"), ("*.pyc",))
+    assert ctx.release == f"20260102T030405Z-{digest[:12]}"
+
+
+def test_package_and_vpn_steps(make):
+    ctx, stages = make()
+    assert stages["package"] == (
+        Build(f"package {make.tmp}/src", source=f"{make.tmp}/src", exclude=("*.pyc",),
+              dest=f"/w/alpha-{ctx.release}.tar.gz"),
+    )
+    assert stages["vpn"] == (
+        OpenVpn(f"open VPN ({make.tmp}/vpn.ovpn)", config=f"{make.tmp}/vpn.ovpn", workdir="/w",
+                timeout=12.0),
+    )
+
+
+def test_vpn_none_has_no_steps(make):
+    _, stages = make({"vpn": {"kind": "none"}})
+    assert stages["vpn"] == ()
+
+
+def test_upload_steps(make):
+    ctx, stages = make()
+    rel = f"/var/www/alpha.releases/{ctx.release}"
+    assert stages["upload"] == (
+        Run("create release directory", H,
+            command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"))),
+        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=f"{rel}.tar.gz"),
+        Run(f"unpack release {ctx.release}", H,
+            command=Command.of(("mkdir", "--", rel),
+                               ("tar", "--no-same-owner", "-xzf", f"{rel}.tar.gz", "-C", rel),
+                               ("rm", "-f", "--", f"{rel}.tar.gz")),
+            undo=Command.of(("rm", "-rf", "--", rel, f"{rel}.tar.gz"))),
+    )
+
+
+def test_render_steps(make):
+    _, stages = make({"apache": {"dir": "/srv/apache2"}}, overrides={"EXTRA": "over"})
+    assert stages["render"] == (
+        Install("write vhost sites-available/alpha.conf", H,
+                path="/srv/apache2/sites-available/alpha.conf",
+                content="ServerName alpha.example.com\nRoot /var/www/alpha over\n"),
+        Link("enable site alpha.conf", H, path="/srv/apache2/sites-enabled/alpha.conf",
+             target="../sites-available/alpha.conf"),
+    )
+
+
+def test_migrate_runs_once_on_first_host_in_the_new_release(make):
+    ctx, stages = make()
+    rel = f"/var/www/alpha.releases/{ctx.release}"
+    env = {"CONFIG_NAME": "alpha", "DEPLOY_PATH": "/var/www/alpha", "HOSTNAME": "alpha.example.com",
+           "RELEASE": ctx.release, "RELEASE_PATH": rel}
+    assert stages["migrate"] == (
+        Run("migrate: python manage.py migrate --noinput", H[:1],
+            command=Command.script("python manage.py migrate --noinput", cwd=rel, env=env)),
+    )
+
+
+def test_restart_checks_then_switches_then_reloads(make):
+    ctx, stages = make({"apache": {"ctl": "sudo apache2ctl"}})
+    assert stages["restart"] == (
+        Run("apache2ctl configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
+        Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
+             target=f"/var/www/alpha.releases/{ctx.release}", commit=True),
+        Run("apache2ctl graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
+    )
+
+
+def test_restart_without_upload_does_not_switch(make):
+    _, stages = make(only=("render", "restart"))
+    assert list(stages) == ["render", "restart"]
+    assert [type(s) for s in stages["restart"]] == [Run, Run]
+
+
+def test_migrate_without_upload_runs_in_the_live_release(make):
+    _, stages = make(only=("migrate",))
+    assert stages["migrate"][0].command.cwd == "/var/www/alpha"
+
+
+def test_hooks_and_shell_stages_in_order(make):
+    _, stages = make({
+        "pipeline": ["package", "upload", "collectstatic", "restart"],
+        "stages": {"collectstatic": {"run": "python manage.py collectstatic --noinput"}},
+        "hooks": {"before": {"restart": ["echo before"]},
+                  "after": {"restart": [{"run": "notify-send done", "on": "local"}]}},
+    })
+    assert list(stages) == ["package", "upload", "collectstatic", "restart"]
+    assert stages["collectstatic"][0].hosts == H
+    titles = [s.title for s in stages["restart"]]
+    assert titles[0] == "before restart: echo before"
+    assert titles[-1] == "after restart: notify-send done"
+    assert stages["restart"][-1].hosts == ()  # runs on the runner
+    assert stages["restart"][-1].command.cwd is None
+
+
+def test_catch_all_target_for_unknown_names(make):
+    ctx, stages = make(name="demo-acme")
+    assert ctx.target.entry == "*"
+    assert stages["render"][0].path == "/etc/apache2/sites-available/demo-acme.conf"
+    assert ctx.deploy_path == "/var/www/demo-acme"
+
+
+@pytest.mark.parametrize("only, skip, message", [
+    (("nope",), (), "no stage 'nope'"),
+    (("upload",), (), "needs the tarball"),
+    ((), ("package",), "needs the tarball"),
+])
+def test_bad_stage_selection_is_a_usage_error(make, only, skip, message):
+    with pytest.raises(UsageError, match=message):
+        make(only=only, skip=skip)
+
+
+def test_unknown_stage_in_pipeline(make):
+    with pytest.raises(UsageError, match="unknown stage 'deploy-docs'"):
+        make({"pipeline": ["package", "deploy-docs"]})
+
+
+def test_example_targets_file_is_valid():
+    targets = load(REPO / "targets.yaml")
+    assert {"local", "alpha", "*"} <= set(targets.names())
+
+
+def test_plugin_stage_from_entry_point(make, tmp_path, monkeypatch):
+    # A real installed-distribution layout on sys.path, found by importlib.metadata.
+    site = tmp_path / "site"
+    dist = site / "notify_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: notify-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[deployer.stages]\nnotify = notify_plugin:plan\n")
+    (site / "notify_plugin.py").write_text(
+        "from deployer.steps import Run\nfrom deployer.quoting import Command\n"
+        "def plan(ctx):\n"
+        "    return (Run('notify', (), command=Command.of(('echo', ctx.name))),)\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    _, stages = make({"pipeline": ["package", "notify"]})
+    assert stages["notify"][0].command.line() == "echo alpha"
