@@ -10,7 +10,10 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="Greeting",
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "id",
+                    models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID"),
+                ),
                 ("text", models.CharField(max_length=200)),
                 ("language", models.CharField(max_length=8)),
             ],
