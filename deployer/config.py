@@ -356,6 +356,9 @@ class _Reader:
     def hook(self, raw: Any, path: str) -> Hook:
         if isinstance(raw, str):
             raw = {"run": raw}
+        if isinstance(raw, dict) and True in raw and "on" not in raw:
+            # YAML 1.1 reads a bare `on:` key as the boolean true.
+            raw = {("on" if k is True else k): v for k, v in raw.items()}
         h = self.mapping(raw, path, {"run", "on"})
         return Hook(
             run=self.string(h.get("run"), f"{path}/run"),
