@@ -1,0 +1,172 @@
+"""deployer.template.render: strict, never escaping, and errors that point at the line."""
+
+import hashlib
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from deployer.cli import main
+from deployer.errors import TemplateError
+from deployer.template import render
+
+REPO = Path(__file__).resolve().parent.parent
+HTML = '&<>"\''
+
+
+def test_values_are_never_html_escaped():
+    assert render("<<X>> <<&X>> < <<X>> >", {"X": HTML}, "t") == f"{HTML} {HTML} < {HTML} >"
+
+
+def test_spaces_inside_a_tag_are_allowed():
+    assert render("<< X >>|<<& X >>", {"X": "v"}, "t") == "v|v"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("<<MISSING>>", 1),
+        ("ok <<A>>\n<<MISSING>>", 2),
+        # After comments and sections, one of them mentioning the token, and
+        # after a token whose name starts with the missing one.
+        (
+            "<<! MISSING is documented here >>\n"
+            "<<#A>>\n"
+            "  in section <<A>>\n"
+            "<</A>>\n"
+            "<<^EMPTY>>not shown<</EMPTY>>\n"
+            "<<MISSINGX>>\n"
+            "ServerAlias <<MISSING>>\n",
+            7,
+        ),
+        ("<<#A>>\n<<#A>>\n<</A>>\n<</A>>\n\n\n<<#MISSING>>x<</MISSING>>", 7),
+    ],
+)
+def test_missing_token_names_file_line_and_token(text, line):
+    values = {"A": "a", "EMPTY": "", "MISSINGX": "x"}
+    with pytest.raises(TemplateError) as e:
+        render(text, values, "/srv/vhost.tmpl")
+    assert str(e.value).startswith(f"/srv/vhost.tmpl:{line}: token <<MISSING>> has no value;")
+    assert "--var MISSING=VALUE" in str(e.value)
+
+
+def test_triple_brace_is_rejected_with_a_hint():
+    with pytest.raises(TemplateError, match=r"^t:2: unsupported tag .*; write <<X>> \(values are never"):
+        render("a\n<<{X}>>", {"X": "v"}, "t")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a\n<<>X>>", r"^t:2: unsupported tag \(partial\) near <<X>>$"),
+        ("<<=[[ ]]=>>[[X]]", r"^t:1: unsupported tag \(set delimiter\)"),
+        ("<<= x>>", r"^t:1: unsupported tag \(set delimiter\)"),
+        ("a\n<<#A>>\nb\n<</A>>\nServerName <<X", r"^t:5: unclosed tag '<<X'$"),
+        ("a\n\n<<>>", r"^t:3: empty tag <<>>$"),
+        ("<</A>>", r"^t:1: <</A>> closes no open section$"),
+        ("<<#A>>\n<</B>>", r"^t:2: <</B>> closes section <<#A>> of line 1$"),
+        ("x\n<<#A>>\nnever closed", r"^t:2: section <<#A>> is never closed$"),
+    ],
+)
+def test_unsupported_or_broken_tags_are_rejected(text, message):
+    with pytest.raises(TemplateError, match=message):
+        render(text, {"A": "a", "B": "b", "X": "x"}, "t")
+
+
+def test_other_template_syntaxes_are_left_alone():
+    text = "ErrorLog ${APACHE_LOG_DIR}/x.log {{x}} {{{y}}} %{GLOBAL} a<b >> c"
+    assert render(text, {}, "t") == text
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [({"A": "yes"}, "[on yes]"), ({"A": ""}, "[off]")],
+)
+def test_sections_on_defined_keys(values, expected):
+    assert render("[<<#A>>on <<A>><</A>><<^A>>off<</A>>]", values, "t") == expected
+
+
+def test_standalone_section_lines_leave_no_blank_lines():
+    assert render("a\n<<#A>>\nb\n<</A>>\nc\n", {"A": "1"}, "t") == "a\nb\nc\n"
+
+
+def test_the_default_template_renders_completely():
+    text = (REPO / "templates" / "default_template").read_text()
+    out = render(text, {"HOSTNAME": "demo-acme.example.com", "DEPLOY_PATH": "/var/www/demo-acme",
+                        "CONFIG_NAME": "demo-acme"}, "default_template")
+    assert "<<" not in out and ">>" not in out
+    lines = [line.strip() for line in out.splitlines()]
+    assert "ServerName demo-acme.example.com" in lines
+    assert "WSGIScriptAlias / /var/www/demo-acme/django.wsgi" in lines
+    assert "<Directory /var/www/demo-acme>" in lines
+    assert "ErrorLog ${APACHE_LOG_DIR}/demo-acme-error.log" in lines
+
+
+# -- through the CLI, on a real local target -----------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root with its mode and content (or link target)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                data = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            else:
+                data = None
+            out[os.path.relpath(path, root)] = (st.st_mode, data)
+    return out
+
+
+def local_target(root: Path, template: str) -> Path:
+    (root / "app").mkdir()
+    (root / "app" / "manage.py").write_text("print('hi')\n")
+    (root / "vhost.tmpl").write_text(template)
+    targets = root / "targets.yaml"
+    targets.write_text(f"""\
+defaults:
+  transport: local
+  deploy_root: www
+  apache: {{dir: apache2, ctl: "true"}}
+  migrate: touch {root}/MIGRATED
+  package: {{source: app}}
+  template: vhost.tmpl
+  pipeline: [package, upload, render, migrate, restart]
+  hooks:
+    before: {{package: [{{run: touch {root}/HOOKED, on: local}}]}}
+targets:
+  "*": {{}}
+""")
+    return targets
+
+
+def run(targets: Path) -> tuple[int, list[dict]]:
+    out = io.StringIO()
+    code = main(["demo-acme", "demo-acme.example.com", "--targets", str(targets), "--output", "json"],
+                stdout=out)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_cli_deploys_a_good_template(tmp_path):
+    # The control for the test below: this target does change the tree.
+    code, events = run(local_target(tmp_path, "ServerName <<HOSTNAME>>\n"))
+    assert (code, events[-1]["error"]) == (0, None)
+    assert (tmp_path / "apache2/sites-available/demo-acme.conf").read_text() == \
+        "ServerName demo-acme.example.com\n"
+    assert (tmp_path / "HOOKED").exists() and (tmp_path / "MIGRATED").exists()
+
+
+def test_cli_unknown_token_exits_2_and_changes_nothing(tmp_path):
+    targets = local_target(tmp_path, "ServerName <<HOSTNAME>>\n\nServerAlias <<ALIAS>>\n")
+    before = snapshot(tmp_path)
+    code, events = run(targets)
+    assert code == 2
+    assert events[-1]["error"].startswith(f"{tmp_path}/vhost.tmpl:3: token <<ALIAS>> has no value")
+    assert snapshot(tmp_path) == before
