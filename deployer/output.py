@@ -121,7 +121,9 @@ class TeamCityReporter(PlainReporter):
 
     def __init__(self, stream, secrets=frozenset()):
         super().__init__(stream, secrets)
-        self.tc = TeamcityServiceMessages(output=_RedactingStream(self))
+        # Values are redacted before the library escapes them: a secret
+        # containing ' or | would no longer match once escaped.
+        self.tc = TeamcityServiceMessages(output=_TextStream(stream), encoding="utf-8")
 
     def stage_started(self, stage):
         self.tc.blockOpened(stage)
@@ -130,26 +132,27 @@ class TeamCityReporter(PlainReporter):
         self.tc.blockClosed(stage)
 
     def note(self, text):
-        self.tc.message("message", text=text, status="WARNING")
+        self.tc.message("message", text=self.redact(text), status="WARNING")
 
     def finished(self, exit_code, error):
         if error:
-            self.tc.buildProblem(description=error.splitlines()[0][:4000],
+            # TeamCity shows the description in the build overview: one line.
+            self.tc.buildProblem(description=self.redact(error.splitlines()[0])[:4000],
                                  identity=f"deployer-exit-{exit_code}")
         super().finished(exit_code, error)
 
 
-class _RedactingStream:
-    """What teamcity-messages writes to: redacted, then written as it is."""
+class _TextStream:
+    """teamcity-messages writes encoded bytes; our stream takes text, as it is."""
 
-    def __init__(self, reporter: Reporter):
-        self.reporter = reporter
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
 
-    def write(self, text: str) -> None:
-        self.reporter.stream.write(self.reporter.redact(text))
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8"))
 
     def flush(self) -> None:
-        self.reporter.stream.flush()
+        self.stream.flush()
 
 
 class JsonReporter(Reporter):

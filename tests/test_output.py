@@ -1,0 +1,136 @@
+"""--output teamcity, json and plain, line by line, on real local deploys."""
+
+import io
+import json
+import re
+
+import pytest
+import yaml
+
+from deployer.cli import main
+from tests.conftest import REPO
+
+SECRET = "s3cr3t-Pa55word"
+TC = re.compile(r"^##teamcity\[(\w+)((?: \w+='(?:[^'|]|\|.)*')*)\]$")
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "manage.py").write_text("x\n")
+    (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n# password <<DB_PASSWORD>>\n")
+    monkeypatch.setenv("DEPLOYER_TEST_DB_PASSWORD", SECRET)
+
+    def run(*extra, migrate=f"echo migrating with {SECRET}", env=None):
+        doc = {"targets": {"local": {
+            "transport": "local", "deploy_root": "www",
+            "apache": {"dir": "apache2", "ctl": "true"},
+            "migrate": migrate, "package": {"source": "src"}, "template": "vhost",
+            "vars": {"DB_PASSWORD": {"env": "DEPLOYER_TEST_DB_PASSWORD", "secret": True}},
+        }}}
+        (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        out = io.StringIO()
+        code = main(["local", "local.test", "--targets", str(tmp_path / "targets.yaml"), *extra],
+                     stdout=out)
+        return code, out.getvalue().splitlines()
+
+    run.tmp = tmp_path
+    return run
+
+
+def _messages(lines):
+    """Parse every service message; fail on a line that is one but malformed."""
+    parsed = []
+    for line in lines:
+        if line.startswith("##teamcity"):
+            m = TC.match(line)
+            assert m, f"malformed service message: {line}"
+            attrs = dict(re.findall(r"(\w+)='((?:[^'|]|\|.)*)'", m.group(2)))
+            parsed.append((m.group(1), attrs))
+    return parsed
+
+
+def test_teamcity_blocks_open_and_close_per_stage(local):
+    code, lines = local(env={"TEAMCITY_VERSION": "2025.1"})  # --output auto picks teamcity
+    assert code == 0
+    msgs = _messages(lines)
+    blocks = [(kind, a["name"]) for kind, a in msgs if kind.startswith("block")]
+    stages = ["package", "vpn", "upload", "render", "migrate", "restart"]
+    assert blocks == [(k, s) for s in stages for k in ("blockOpened", "blockClosed")]
+    assert not [m for m in msgs if m[0] == "buildProblem"]
+
+
+def test_teamcity_failure_closes_block_and_reports_escaped_problem(local):
+    code, lines = local("--output", "teamcity", migrate="echo \"it's [bad] | now\" >&2; exit 4")
+    assert code == 1
+    msgs = _messages(lines)
+    blocks = [(kind, a["name"]) for kind, a in msgs if kind.startswith("block")]
+    assert blocks[-2:] == [("blockOpened", "migrate"), ("blockClosed", "migrate")]
+    assert "restart" not in {name for _, name in blocks}
+    problems = [a for kind, a in msgs if kind == "buildProblem"]
+    assert len(problems) == 1
+    assert problems[0]["description"].startswith("migrate: ")
+    assert problems[0]["identity"] == "deployer-exit-1"
+    # The stage's stderr is in the log, escaped where it sits inside a message.
+    assert any("it's [bad] | now" in line for line in lines if not line.startswith("##"))
+
+
+def test_json_is_one_object_per_line_in_order(local):
+    code, lines = local("--output", "json")
+    assert code == 0
+    events = [json.loads(line) for line in lines]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finished"
+    assert events[-1]["exit_code"] == 0 and events[-1]["error"] is None
+    stage_events = [(e["event"], e["stage"]) for e in events if e["event"].startswith("stage")]
+    assert stage_events[:2] == [("stage_started", "package"), ("stage_finished", "package")]
+    steps = [e for e in events if e["event"] == "step_finished"]
+    assert all(e["ok"] for e in steps)
+    assert {e["host"] for e in steps if e["stage"] != "package"} == {"local"}
+
+
+def test_json_dry_run_lists_planned_steps(local):
+    code, lines = local("--output", "json", "--dry-run")
+    assert code == 0
+    events = [json.loads(line) for line in lines]
+    planned = [e for e in events if e["event"] == "planned"]
+    assert [e["stage"] for e in planned] == [
+        "package", "upload", "upload", "upload", "render", "render", "migrate",
+        "restart", "restart", "restart"]
+    assert not (local.tmp / "www").exists()
+
+
+@pytest.mark.parametrize("output", ["plain", "json", "teamcity", "rich"])
+@pytest.mark.parametrize("dry", [True, False])
+def test_secrets_never_appear(local, output, dry):
+    code, lines = local("--output", output, *(["--dry-run"] if dry else []))
+    assert code == 0
+    text = "\n".join(lines)
+    assert SECRET not in text
+    assert "********" in text
+    if not dry:  # but the host got the real value
+        conf = (local.tmp / "apache2" / "sites-available" / "local.conf").read_text()
+        assert SECRET in conf
+
+
+def test_usage_error_exit_2_with_reason(local):
+    code, lines = local("--only", "nosuchstage", "--output", "plain")
+    assert code == 2
+    assert lines[-1].startswith("error: no stage 'nosuchstage'")
+
+
+def test_help_mentions_every_exit_code(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "130"):
+        assert f"\n  {code}" in text
+    assert "--dry-run" in text and "targets.yaml" in text
+
+
+def test_readme_documents_every_exit_code():
+    readme = (REPO / "README.md").read_text()
+    for code in ("| 0 |", "| 1 |", "| 2 |", "| 130 |"):
+        assert code in readme
