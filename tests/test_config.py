@@ -1,0 +1,359 @@
+"""targets.yaml: merging, the catch-all, paths, hosts, and errors that read like paths."""
+
+import io
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from deployer import config
+from deployer.cli import main
+from deployer.config import Apache, Host, Var, Vpn
+from deployer.errors import ConfigError, UsageError
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A checkout: targets.yaml beside the files it names, and a HOME of its own."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text("")
+    (home / ".ssh" / "id_ed25519").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    root = tmp_path / "checkout"
+    for d in ("app", "templates", "vpn", "keys", "elsewhere"):
+        (root / d).mkdir(parents=True)
+    (root / "templates" / "default_template").write_text("ServerName <<HOSTNAME>>\n")
+    (root / "vpn" / "alpha.ovpn").write_text("")
+    (root / "keys" / "web2").write_text("")
+    (root / "keys" / "known_hosts").write_text("")
+    # Run from another directory: relative paths must not depend on the cwd.
+    monkeypatch.chdir(root / "elsewhere")
+    return root
+
+
+def write(root: Path, text: str) -> Path:
+    path = root / "targets.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """\
+defaults:
+  user: deploy
+  port: 22
+  known_hosts: keys/known_hosts
+  package: {source: app, exclude: [.git, "*.pyc"]}
+  apache: {dir: /etc/apache2, ctl: apache2ctl}
+  vars: {ADMIN: ops@example.com, TIER: web}
+"""
+
+
+# -- merging and the catch-all ---------------------------------------------------
+
+
+def test_defaults_merge_under_an_entry(site):
+    targets = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    apache: {ctl: sudo apache2ctl}
+    package: {exclude: [node_modules]}
+    vars: {TIER: db}
+    pipeline: [package, upload, restart]
+"""))
+    t = targets.resolve("alpha")
+    assert t.entry == "alpha"
+    # Mappings merge key by key ...
+    assert t.apache == Apache(dir="/etc/apache2", ctl=("sudo", "apache2ctl"))
+    assert t.vars == {"ADMIN": Var("ops@example.com"), "TIER": Var("db")}
+    assert t.package.source == str(site / "app")
+    # ... lists replace.
+    assert t.package.exclude == ("node_modules",)
+    assert t.pipeline == ("package", "upload", "restart")
+
+
+def test_migrate_null_replaces_the_default_command(site):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha: {hosts: [web1.alpha.internal], migrate: null}
+""")).resolve("alpha")
+    assert t.migrate is None
+
+
+CATCH_ALL = BASE + """\
+targets:
+  alpha: {hosts: [web1.alpha.internal]}
+  "*": {hosts: [web1.demo.internal, web2.demo.internal]}
+"""
+
+
+def test_listed_name_uses_its_own_entry(site):
+    t = config.load(write(site, CATCH_ALL)).resolve("alpha")
+    assert (t.entry, [h.address for h in t.hosts]) == ("alpha", ["web1.alpha.internal"])
+
+
+@pytest.mark.parametrize("name", ["demo-acme", "demo-x", "0day"])
+def test_unknown_name_uses_the_catch_all(site, name):
+    t = config.load(write(site, CATCH_ALL)).resolve(name)
+    assert t.entry == "*"
+    assert [h.address for h in t.hosts] == ["web1.demo.internal", "web2.demo.internal"]
+
+
+def test_unknown_name_without_catch_all_is_a_usage_error(site):
+    path = write(site, BASE + "targets:\n  alpha: {hosts: [web1.alpha.internal]}\n  beta: {transport: local}\n")
+    with pytest.raises(UsageError) as e:
+        config.load(path).resolve("demo-acme")
+    assert str(e.value) == (f"{path}: no target named 'demo-acme' and no catch-all entry '*';"
+                            " known: alpha, beta")
+
+
+# -- paths -----------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_targets_file(site):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    vpn: {kind: openvpn, config: vpn/alpha.ovpn, timeout: 5}
+    deploy_root: www/
+    apache: {dir: apache2, ctl: tools/apache2ctl -k}
+    template: templates/default_template
+""")).resolve("alpha")
+    assert t.vpn == Vpn(kind="openvpn", config=str(site / "vpn/alpha.ovpn"), timeout=5.0)
+    assert t.known_hosts == str(site / "keys/known_hosts")
+    assert t.deploy_root == str(site / "www")
+    assert t.apache == Apache(dir=str(site / "apache2"), ctl=(str(site / "tools/apache2ctl"), "-k"))
+    assert t.template == str(site / "templates/default_template")
+    assert t.package.source == str(site / "app")
+
+
+def test_absolute_and_home_paths_are_kept(site, tmp_path):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    known_hosts: ~/.ssh/known_hosts
+    deploy_root: /srv/www//
+    apache: {ctl: apache2ctl}
+""")).resolve("alpha")
+    assert t.known_hosts == str(tmp_path / "home/.ssh/known_hosts")
+    assert t.deploy_root == "/srv/www"
+    assert t.apache.ctl == ("apache2ctl",)
+
+
+# -- hosts -----------------------------------------------------------------------
+
+
+def test_host_shorthand_and_per_host_overrides(site, tmp_path):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    identity_file: ~/.ssh/id_ed25519
+    hosts:
+      - web1.alpha.internal
+      - {address: web2.alpha.internal, user: root, port: 2222, identity_file: keys/web2}
+      - {address: 10.0.1.7}
+      - {address: "fd00::7", port: 2200}
+""")).resolve("alpha")
+    key = str(tmp_path / "home/.ssh/id_ed25519")
+    assert t.hosts == (
+        Host("web1.alpha.internal", 22, "deploy", key),
+        Host("web2.alpha.internal", 2222, "root", str(site / "keys/web2")),
+        Host("10.0.1.7", 22, "deploy", key),
+        Host("fd00::7", 2200, "deploy", key),
+    )
+    assert [h.name for h in t.hosts] == ["web1.alpha.internal", "web2.alpha.internal:2222",
+                                          "10.0.1.7", "fd00::7:2200"]
+
+
+def test_local_transport_needs_no_hosts_nor_known_hosts(site):
+    path = write(site, "targets:\n  local: {transport: local, package: {source: app}}\n")
+    t = config.load(path).resolve("local")
+    assert (t.transport, t.hosts, t.known_hosts) == ("local", (config.LOCAL_HOST,), None)
+
+
+def test_hooks_and_shell_stages(site):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    pipeline: [package, upload, collectstatic, restart]
+    stages: {collectstatic: python manage.py collectstatic --noinput}
+    hooks:
+      before: {restart: [{run: ./check, on: first}]}
+      after: {restart: {run: notify done, on: local}}
+""")).resolve("alpha")
+    assert t.stages == {"collectstatic": config.Hook("python manage.py collectstatic --noinput")}
+    assert t.before == {"restart": (config.Hook("./check", "first"),)}
+    assert t.after == {"restart": (config.Hook("notify done", "local"),)}
+
+
+# -- secrets from the environment --------------------------------------------------
+
+SECRETS = BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    vars: {DB_PASSWORD: {env: ALPHA_DB_PASSWORD, secret: true}}
+  beta:
+    hosts: [web1.beta.internal]
+    vpn: {kind: openvpn, config: vpn/missing-beta.ovpn}
+"""
+
+
+def test_secret_from_env_is_checked_only_for_the_target_resolved(site, monkeypatch):
+    monkeypatch.delenv("ALPHA_DB_PASSWORD", raising=False)
+    path = write(site, SECRETS)
+    targets = config.load(path)  # beta's missing VPN file and alpha's env: not checked yet
+    with pytest.raises(ConfigError) as e:
+        targets.resolve("alpha")
+    assert str(e.value) == (f"{path}: targets/alpha/vars/DB_PASSWORD/env:"
+                            " environment variable ALPHA_DB_PASSWORD is not set")
+    monkeypatch.setenv("ALPHA_DB_PASSWORD", "s3cret")
+    assert targets.resolve("alpha").vars["DB_PASSWORD"] == Var("s3cret", secret=True)
+
+
+def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
+    monkeypatch.delenv("ALPHA_DB_PASSWORD", raising=False)
+    path = write(site, SECRETS.replace("vpn/missing-beta.ovpn", "vpn/alpha.ovpn"))
+    assert config.load(path).resolve("beta").entry == "beta"
+
+
+# -- malformed files ---------------------------------------------------------------
+
+HOST = "hosts: [web1.alpha.internal]"
+UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, hooks, hosts,"
+           " identity_file, known_hosts, migrate, package, pipeline, port, stages, template,"
+           " transport, user, vars, vpn")
+
+MALFORMED = [
+    # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
+    ("targets:\n  alpha: {hosts: [{address: web1.alpha.internal, port: '22'}]}\n",
+     "targets/alpha/hosts/0/port: expected an integer"),
+    ("targets:\n  alpha: {hosts: [web1.alpha.internal], port: 70000}\n",
+     "targets/alpha/port: expected an integer from 1 to 65535, got 70000"),
+    ("targets:\n  alpha: {hots: [web1.alpha.internal]}\n", "targets/alpha/hots: " + UNKNOWN),
+    ("defaults: {portt: 22}\ntargets:\n  alpha: {" + HOST + "}\n",
+     "defaults/portt: " + UNKNOWN),
+    ("target:\n  alpha: {" + HOST + "}\n", "target: unknown key; expected one of: defaults, targets"),
+    ("targets:\n  alpha: {" + HOST + ", transport: docker}\n",
+     "targets/alpha/transport: expected one of ssh, local, got 'docker'"),
+    ("targets:\n  alpha: {" + HOST + ", vpn: {kind: wireguard}}\n",
+     "targets/alpha/vpn/kind: expected one of none, openvpn, got 'wireguard'"),
+    ("targets:\n  alpha: {" + HOST + ", vpn: {kind: openvpn, config: x.ovpn, timeout: 0}}\n",
+     "targets/alpha/vpn/timeout: expected a positive number of seconds"),
+    ("targets:\n  alpha: {hosts: []}\n", "targets/alpha/hosts: expected a non-empty list of hosts"),
+    ("targets:\n  alpha: {hosts: [web1.alpha.internal, 'web1.alpha.internal']}\n",
+     "targets/alpha/hosts/1: duplicate host web1.alpha.internal"),
+    ("targets:\n  alpha: {hosts: [web1.x, {address: web1.x, port: 22}]}\n",
+     "targets/alpha/hosts/1: duplicate host web1.x"),
+    ("targets:\n  alpha: {hosts: ['web1;reboot']}\n",
+     "targets/alpha/hosts/0/address: not a host name or IP address: 'web1;reboot'"),
+    ("targets:\n  alpha: {hosts: [{addr: web1.x}]}\n",
+     "targets/alpha/hosts/0/addr: unknown key; expected one of: address, identity_file, port, user"),
+    ("- just\n- a list\n", "expected a mapping, got a list"),
+    ("", "expected a mapping, got nothing"),
+    ("targets: {}\n", "targets: expected at least one target"),
+    ("targets:\n", "targets: expected a mapping, got nothing"),
+    ("targets:\n  Alpha: {" + HOST + "}\n",
+     "targets/Alpha: invalid config name 'Alpha': use 1-63 lowercase letters, digits and hyphens,"
+     " not starting or ending with a hyphen (e.g. demo-acme)"),
+    ("targets:\n  alpha: [web1.alpha.internal]\n", "targets/alpha: expected a mapping, got a list"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {1X: a}}\n",
+     "targets/alpha/vars/1X: invalid variable name '1X': use letters, digits and underscores,"
+     " not starting with a digit"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {SERVER-NAME: a}}\n",
+     "targets/alpha/vars/SERVER-NAME: invalid variable name 'SERVER-NAME': use letters, digits and"
+     " underscores, not starting with a digit"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {HOSTNAME: evil.example.com}}\n",
+     "targets/alpha/vars/HOSTNAME: HOSTNAME is set by deployer and cannot be overridden"),
+    ("defaults: {vars: {DEPLOY_PATH: /tmp}}\ntargets:\n  alpha: {" + HOST + "}\n",
+     "targets/alpha/vars/DEPLOY_PATH: DEPLOY_PATH is set by deployer and cannot be overridden"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {A: {env: X, value: y}}}\n",
+     "targets/alpha/vars/A: expected exactly one of value or env"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {A: {env: X, secret: 'yes'}}}\n",
+     "targets/alpha/vars/A/secret: expected true or false"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {A: [1, 2]}}\n",
+     "targets/alpha/vars/A: expected a mapping, got a list"),
+    ("targets:\n  alpha: {" + HOST + ", pipeline: [package, upload, upload]}\n",
+     "targets/alpha/pipeline/2: stage 'upload' listed twice"),
+    ("targets:\n  alpha: {" + HOST + ", pipeline: [package, upload], hooks: {before: {restart: ./x}}}\n",
+     "targets/alpha/hooks/before/restart: no such stage in the pipeline"),
+    ("targets:\n  alpha: {" + HOST + ", hooks: {afterr: {restart: ./x}}}\n",
+     "targets/alpha/hooks/afterr: unknown key; expected one of: after, before"),
+    ("targets:\n  alpha: {" + HOST + ", hooks: {after: {restart: {run: ./x, on: everywhere}}}}\n",
+     "targets/alpha/hooks/after/restart/0/on: expected one of all, first, local, got 'everywhere'"),
+    ("targets:\n  alpha: {" + HOST + ", migrate: ''}\n",
+     "targets/alpha/migrate: expected a non-empty string, got a string"),
+    ("targets:\n  alpha: {" + HOST + ", connect_timeout: true}\n",
+     "targets/alpha/connect_timeout: expected a positive number of seconds"),
+    ("targets:\n  alpha: {" + HOST + ", package: {exclude: .git}}\n",
+     "targets/alpha/package/exclude: expected a list of strings, got a string"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MALFORMED)
+def test_malformed_file_is_rejected_at_load(site, text, expected):
+    path = write(site, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(e.value) == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("targets:\n  alpha: {" + HOST + ", vpn: {kind: openvpn, config: vpn/nope.ovpn}}\n",
+         "targets/alpha/vpn/config: file not found: {site}/vpn/nope.ovpn"),
+        ("targets:\n  alpha: {" + HOST + ", known_hosts: keys/nope}\n",
+         "targets/alpha/known_hosts: file not found: {site}/keys/nope"),
+        ("targets:\n  alpha: {hosts: [{address: web1.x, identity_file: keys/nope}]}\n",
+         "targets/alpha/hosts/0/identity_file: file not found: {site}/keys/nope"),
+        ("targets:\n  alpha: {" + HOST + ", template: nope.tmpl}\n",
+         "targets/alpha/template: file not found: {site}/nope.tmpl"),
+        ("targets:\n  alpha: {" + HOST + ", package: {source: nope}}\n",
+         "targets/alpha/package/source: directory not found: {site}/nope"),
+    ],
+)
+def test_missing_files_fail_when_the_target_is_resolved(site, text, expected):
+    path = write(site, "defaults: {known_hosts: keys/known_hosts, package: {source: app}}\n" + text)
+    targets = config.load(path)
+    with pytest.raises(ConfigError) as e:
+        targets.resolve("alpha")
+    assert str(e.value) == f"{path}: {expected.format(site=site)}"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("targets:\n  alpha: {hosts: [web1\n", 3),
+        ("defaults:\n  user: deploy\n    port: 22\n", 3),
+        ("targets:\n\talpha: {}\n", 2),
+    ],
+)
+def test_text_that_is_not_yaml_names_the_line(site, text, line):
+    path = write(site, text)
+    with pytest.raises(ConfigError, match=rf"^{path}: not valid YAML \(line {line}, column \d+\): \S"):
+        config.load(path)
+
+
+def test_unreadable_file_is_a_usage_error(site):
+    with pytest.raises(UsageError, match=r"nope\.yaml: cannot read: No such file or directory$"):
+        config.load(site / "nope.yaml")
+
+
+@pytest.mark.parametrize(("text", "expected"), MALFORMED[:3] + MALFORMED[-4:])
+def test_cli_reports_a_bad_file_and_exits_2(site, text, expected):
+    path = write(site, text)
+    out = io.StringIO()
+    code = main(["alpha", "alpha.example.com", "--targets", str(path), "--output", "plain"], stdout=out)
+    assert (code, out.getvalue()) == (2, f"error: {path}: {expected}\n")
+
+
+def test_the_repository_targets_file_is_valid():
+    targets = config.load(Path(__file__).resolve().parent.parent / "targets.yaml")
+    assert targets.names() == ["*", "alpha", "local"]
+    local = targets.resolve("local")
+    assert local.transport == "local" and local.pipeline == config.DEFAULT_PIPELINE
