@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -48,9 +49,18 @@ class LocalTransport:
     """This machine, through /bin/sh: the embedded default and the runner's own steps."""
 
     def run(self, line: str) -> Result:
-        proc = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        # A session of its own, so an interrupted deploy stops the whole
+        # command (shell and children), not just the shell.
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+        return Result(proc.returncode, stdout, stderr)
 
     def put(self, local: str, remote: str) -> None:
         shutil.copyfile(local, remote)
