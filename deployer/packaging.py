@@ -63,7 +63,7 @@ def tree_hash(source: str, exclude: tuple[str, ...]) -> str:
 def build(source: str, exclude: tuple[str, ...], dest: str) -> int:
     """Write the gzipped tarball; returns the number of files in it."""
     names = files(source, exclude)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
     with tarfile.open(dest, "w:gz") as tar:
         for rel in names:
             info = tar.gettarinfo(os.path.join(source, rel), arcname=rel)
