@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from deployer import packaging, steps
+from deployer import packaging, steps, transport
 from deployer.config import LOCAL_HOST, Host
 from deployer.context import Context
 from deployer.errors import StepFailed
@@ -85,8 +85,8 @@ class Executor:
                 result = self.on_host(step, name, self.transports[name])
             except StepFailed as e:
                 result = Result(1, "", str(e))
-            except (OSError, NotALink) as e:
-                result = Result(1, "", _describe_os_error(e))
+            except transport.ERRORS as e:
+                result = Result(1, "", _describe_error(e))
             self.reporter.step_finished(stage, step, name,
                                         StepResult(result, time.monotonic() - started))
             if not result.ok:
@@ -200,8 +200,8 @@ class Executor:
         for u in reversed(self.undo):
             try:
                 result = self.undo_one(u)
-            except (OSError, NotALink, StepFailed) as e:
-                result = Result(1, "", str(e))
+            except (StepFailed, *transport.ERRORS) as e:
+                result = Result(1, "", _describe_error(e))
             if not result.ok:
                 problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
         self.undo.clear()
@@ -244,9 +244,11 @@ def _relink(path: str, target: str) -> Command:
                       ("mv", "-fT", "--", tmp, path))
 
 
-def _describe_os_error(e: Exception) -> str:
+def _describe_error(e: Exception) -> str:
     if isinstance(e, NotALink):
         return f"{e} exists and is not a symlink; deployer will not replace it (move it aside)"
+    if isinstance(e, StepFailed):
+        return str(e)
     return f"{type(e).__name__}: {e}"
 
 

@@ -45,6 +45,11 @@ class NotALink(Exception):
     """The path exists and is not a symlink: deployer will not replace it."""
 
 
+# What a transport may raise mid-step: the step fails on that host, the
+# executor goes on to the next host and then rolls back.
+ERRORS = (OSError, NotALink, paramiko.SSHException)
+
+
 class LocalTransport:
     """This machine, through /bin/sh: the embedded default and the runner's own steps."""
 
