@@ -186,3 +186,17 @@ def test_json_output_is_one_event_per_line(site):
 def site_port(site) -> int:
     doc = yaml.safe_load(site.targets_file.read_text())
     return doc["targets"]["alpha"]["hosts"][0]["port"]
+
+
+def test_live_path_that_is_a_real_directory_is_not_replaced(site):
+    # As left by the old bash script, which unpacked straight into DEPLOY_PATH.
+    legacy = site.live()
+    legacy.mkdir(parents=True)
+    (legacy / "manage.py").write_text("old\n")
+    before = tree_digest(legacy)
+    code, out = site.deploy()
+    assert code == 1
+    assert f"{legacy} exists and is not a symlink" in out
+    assert tree_digest(legacy) == before
+    assert list((site.root / "www" / "alpha.releases").iterdir()) == []  # rolled back
+    assert not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
