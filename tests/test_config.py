@@ -181,7 +181,7 @@ targets:
     hosts: [web1.alpha.internal]
     pipeline: [package, upload, collectstatic, restart]
     stages: {collectstatic: python manage.py collectstatic --noinput}
-    hooks:
+    hooks:  # a bare `on:` is the boolean true to YAML 1.1: read as "on"
       before: {restart: [{run: ./check, on: first}]}
       after: {restart: {run: notify done, on: local}}
 """)).resolve("alpha")

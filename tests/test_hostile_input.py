@@ -250,6 +250,17 @@ def test_other_invalid_input_changes_nothing(armed, name, host):
     assert_refused(*deploy(name, host, targets), root, before)
 
 
+@pytest.mark.parametrize("var", ["A;B=1", "A B=1", "$(id)=1", "1A=1", "=1", "NOVALUE", "HOSTNAME=evil.example.com",
+                                 "DEPLOY_PATH=/", "CONFIG_NAME=x"])
+def test_bad_var_option_changes_nothing(armed, var):
+    root, targets, before = armed
+    out = io.StringIO()
+    code = main([GOOD_NAME, GOOD_HOST, "--targets", str(targets), "--output", "json", "--var", var], stdout=out)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert_refused(code, events, root, before)
+    assert events[-1]["error"].startswith(("invalid variable name", "--var"))
+
+
 @pytest.mark.xfail(strict=True, reason="cli.py: argparse runs --help/--version given as CONFIG_NAME and exits 0;"
                    " a build passing such a name would report success without deploying")
 @pytest.mark.parametrize("name", ["--help", "-h", "--vers"])

@@ -21,6 +21,11 @@ def test_values_are_never_html_escaped():
     assert render("<<X>> <<&X>> < <<X>> >", {"X": HTML}, "t") == f"{HTML} {HTML} < {HTML} >"
 
 
+@pytest.mark.parametrize("value", ["<<HOSTNAME>>", "{{x}}", "<<#A>>x<</A>>", "<<", ">>"])
+def test_values_are_data_not_template(value):
+    assert render("[<<X>>]", {"X": value, "HOSTNAME": "h", "A": "a"}, "t") == f"[{value}]"
+
+
 def test_spaces_inside_a_tag_are_allowed():
     assert render("<< X >>|<<& X >>", {"X": "v"}, "t") == "v|v"
 
