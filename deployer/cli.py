@@ -55,7 +55,7 @@ exit codes:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deploy", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     p.add_argument("config_name", metavar="CONFIG_NAME",
                    help="target and instance name, a DNS label (e.g. alpha, demo-acme)")

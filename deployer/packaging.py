@@ -8,8 +8,11 @@ same id a real run would use within the same second.
 import fnmatch
 import hashlib
 import os
+import stat
 import tarfile
 from pathlib import Path
+
+from deployer.errors import UsageError
 
 
 def files(source: str, exclude: tuple[str, ...]) -> list[str]:
@@ -26,8 +29,15 @@ def files(source: str, exclude: tuple[str, ...]) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not _excluded(os.path.join(rel_dir, d), exclude))
         for name in filenames:
             rel = os.path.join(rel_dir, name)
-            if not _excluded(rel, exclude):
-                out.append(rel)
+            if _excluded(rel, exclude):
+                continue
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                # A FIFO would block the hash forever; a socket or device has
+                # no place in a release.
+                raise UsageError(f"{os.path.join(dirpath, name)}: not a regular file or symlink;"
+                                 " add it to package/exclude")
+            out.append(rel)
         # Symlinks to directories are packaged as links, not followed.
         out.extend(
             os.path.join(rel_dir, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d))
@@ -44,19 +54,28 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
 
 
 def tree_hash(source: str, exclude: tuple[str, ...]) -> str:
-    """sha256 over every packaged path, its mode and its bytes (or link target)."""
+    """sha256 over every packaged path, its mode and its bytes (or link target).
+
+    Each entry is length-prefixed, so no two different trees feed the hash
+    the same byte stream.
+    """
     digest = hashlib.sha256()
-    for rel in files(source, exclude):
-        path = os.path.join(source, rel)
-        st = os.lstat(path)
-        digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
-        if os.path.islink(path):
-            digest.update(os.readlink(path).encode())
-        else:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-        digest.update(b"\0")
+    try:
+        for rel in files(source, exclude):
+            path = os.path.join(source, rel)
+            st = os.lstat(path)
+            name = rel.encode()
+            digest.update(f"{len(name)}:".encode() + name + f"{st.st_mode:o}:".encode())
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path).encode()
+                digest.update(f"{len(target)}:".encode() + target)
+            else:
+                digest.update(f"{st.st_size}:".encode())
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+    except OSError as e:
+        raise UsageError(f"cannot package {e.filename}: {e.strerror}") from None
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from deployer import packaging
+from deployer.errors import UsageError
 
 EXCLUDE = (".git", "__pycache__", "*.pyc", "node_modules", "media/uploads")
 
@@ -172,3 +173,13 @@ def test_build_into_the_current_directory(src, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert packaging.build(str(src), EXCLUDE, "release.tar.gz") == len(PACKAGED)
     assert tarfile.is_tarfile(tmp_path / "release.tar.gz")
+
+
+def test_fifo_in_source_is_a_usage_error_not_a_hang(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(UsageError, match="pipe: not a regular file or symlink"):
+        packaging.tree_hash(str(src), ())
+    assert packaging.files(str(src), ("pipe",)) == []
+
