@@ -770,7 +770,7 @@ def up(workdir: Path, hosts: int = 2, *, replace: bool = False, owner: int | Non
             where = state["workdir"] if state else "?"
             raise LabError(
                 f"a lab is already up (state in {where}); "
-                f"run `python -m tests.lab down --dir {where}` first, or pass replace=True"
+                f"run `python -m tests.lab down --dir {where}` first, or pass --replace (replace=True)"
             )
         down(Path(state["workdir"]) if state else None)
 
