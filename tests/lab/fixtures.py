@@ -4,6 +4,8 @@
 
 `lab` is one lab per test session (hosts: env DEPLOYER_LAB_HOSTS, default 2),
 brought up on first use; `vpn` connects the runner to it for one test.
+If another process (another test run) has a lab up, the session waits for
+it, at most DEPLOYER_LAB_WAIT seconds (default 900).
 Mark such tests `@pytest.mark.lab`.
 """
 
@@ -16,6 +18,10 @@ from pathlib import Path
 import pytest
 
 from .lab import Lab, VpnClient, up
+
+# A lab that another test run owns is waited for, this long, then it fails:
+# only one lab fits on a machine.
+LAB_WAIT = float(os.environ.get("DEPLOYER_LAB_WAIT", "900"))
 
 # The session's lab hangs off pytest's config, not this module, so that one
 # lab serves even if this module is imported under two names
@@ -38,7 +44,7 @@ class LabSession:
             self.release()
         if self.lab is None:
             self._n += 1
-            self.lab = up(self.base / f"lab{self._n}", hosts)
+            self.lab = up(self.base / f"lab{self._n}", hosts, wait=LAB_WAIT)
         return self.lab
 
     def release(self) -> None:

@@ -27,6 +27,7 @@ Only one lab can be up at a time (addresses and names are fixed).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -70,6 +71,7 @@ PRIVATE_DIRS = (
 STATE_FILE = "lab.json"
 # Lets `down` with no --dir find the lab, and `up` find a leftover one.
 POINTER_FILE = Path("/run/deployer-lab.json")
+LOCK_FILE = Path("/run/deployer-lab.lock")
 DEFAULT_DIR = Path("/tmp/deployer-lab")
 
 CLEAN_ENV = {
@@ -619,6 +621,10 @@ class Lab:
 
     def down(self) -> None:
         """Remove every namespace, link and process of this lab. Idempotent."""
+        with machine_lock():
+            self._down()
+
+    def _down(self) -> None:
         _teardown(self._launchers + self.host_pids + [self.vpn_server_pid or 0], self._popens +
                   ([self._vpn_popen] if self._vpn_popen else []))  # fmt: skip
         self.host_pids, self._launchers, self.vpn_server_pid = [], [], None
@@ -732,6 +738,11 @@ def _is_live(state: dict | None) -> bool:
 def down(workdir: Path | None = None) -> None:
     """Tear down the lab recorded in workdir (default: the one that is up),
     plus anything left in the lab's namespaces and links. Idempotent."""
+    with machine_lock():
+        _down(workdir)
+
+
+def _down(workdir: Path | None) -> None:
     if workdir is None:
         try:
             workdir = Path(json.loads(POINTER_FILE.read_text())["workdir"])
@@ -745,12 +756,15 @@ def down(workdir: Path | None = None) -> None:
             _clear_pointer(workdir)
 
 
-def up(workdir: Path, hosts: int = 2, *, replace: bool = False, owner: int | None = None) -> Lab:
+def up(
+    workdir: Path, hosts: int = 2, *, replace: bool = False, owner: int | None = None, wait: float = 0.0
+) -> Lab:
     """Bring up a lab with `hosts` web hosts, its files under workdir.
 
     A leftover lab is torn down first if it is dead (its owner process gone);
-    a live one makes this fail unless replace=True. `owner` is the pid whose
-    death marks the lab stale (default: this process).
+    a live one owned by another process is waited for, up to `wait` seconds,
+    then this fails (unless replace=True: then it is torn down).
+    `owner` is the pid whose death marks the lab stale (default: this process).
     """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, bind mounts)")
@@ -764,28 +778,98 @@ def up(workdir: Path, hosts: int = 2, *, replace: bool = False, owner: int | Non
     if r.returncode != 0 and "File exists" not in r.stderr:
         raise LabError(f"cannot add the unreachable route: {r.stderr.strip()}")
 
-    if _lab_netns() or _lab_links():
+    with machine_lock():
+        _clear_leftover(replace, wait)
+        workdir = workdir.absolute()
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o755)
+        lab = Lab(workdir, hosts)
+        lab._save(owner=owner or os.getpid())
+        try:
+            _bring_up(lab)
+        except BaseException:
+            lab.down()
+            raise
+        lab._save()
+    return lab
+
+
+def _clear_leftover(replace: bool, wait: float) -> None:
+    """Tear down a dead leftover lab; wait (bounded) for a live one that
+    another process owns to go away, or fail."""
+    deadline = time.monotonic() + wait
+    while _lab_netns() or _lab_links():
         state = _leftover_state()
-        if _is_live(state) and not replace:
+        if replace or not _is_live(state):
+            down(Path(state["workdir"]) if state else None)
+            return
+        owner = (state or {}).get("owner") or {}
+        if owner.get("pid") == os.getpid() or time.monotonic() >= deadline:
             where = state["workdir"] if state else "?"
             raise LabError(
                 f"a lab is already up (state in {where}); "
                 f"run `python -m tests.lab down --dir {where}` first, or pass --replace (replace=True)"
             )
-        down(Path(state["workdir"]) if state else None)
+        # Another test run owns it: let go of the lock while it finishes.
+        depth = _LOCK.suspend()
+        time.sleep(1.0)
+        _LOCK.resume(depth)
 
-    workdir = workdir.absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir.chmod(0o755)
-    lab = Lab(workdir, hosts)
-    lab._save(owner=owner or os.getpid())
+
+class _Lock:
+    """An flock on LOCK_FILE, so that two processes never build or tear down
+    the (fixed-name) lab at the same time. Reentrant within a process."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.depth = 0
+
+    def acquire(self, timeout: float = 120.0) -> None:
+        if self.depth:
+            self.depth += 1
+            return
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LabError(f"another process holds {LOCK_FILE} for more than {timeout:.0f}s") from None
+                time.sleep(0.1)
+        self.fd, self.depth = fd, 1
+
+    def suspend(self) -> int:
+        """Drop the lock whatever the nesting; resume() takes it back."""
+        depth, self.depth = self.depth, 1
+        self.release()
+        return depth
+
+    def resume(self, depth: int) -> None:
+        self.acquire()
+        self.depth = depth
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+
+
+_LOCK = _Lock()
+
+
+@contextlib.contextmanager
+def machine_lock():
+    """Held while building or tearing down a lab; hold it to look at the
+    machine without another process's lab appearing meanwhile."""
+    _LOCK.acquire()
     try:
-        _bring_up(lab)
-    except BaseException:
-        lab.down()
-        raise
-    lab._save()
-    return lab
+        yield
+    finally:
+        _LOCK.release()
 
 
 def _bring_up(lab: Lab) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import subprocess
 import time
@@ -14,8 +15,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from .fixtures import lab, lab_session, vpn  # noqa: F401
-from .lab import HOST_NETNS_PREFIX, VPN_NETNS, Lab, LabError, up
+from .fixtures import LAB_WAIT, lab, lab_session, vpn  # noqa: F401
+from .lab import HOST_NETNS_PREFIX, VPN_NETNS, Lab, LabError, machine_lock, up
 
 pytestmark = pytest.mark.lab
 
@@ -153,6 +154,20 @@ def test_dead_vpn_server_and_restart(lab: Lab, tmp_path: Path) -> None:
         assert connect_error(lab.hosts[0].address) is None
 
 
+def _comm(p: Path) -> str:
+    try:
+        return (p / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _netns(p: Path) -> str:
+    try:
+        return os.readlink(p / "ns/net")
+    except OSError:
+        return ""
+
+
 def lab_leftovers() -> list[str]:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
@@ -163,21 +178,23 @@ def lab_leftovers() -> list[str]:
 
 def test_down_leaves_nothing_behind(lab_session, tmp_path: Path) -> None:
     lab_session.release()  # one lab at a time: this test needs the machine
-    assert lab_leftovers() == []
-    new = up(tmp_path / "lab", hosts=3)
+    new = up(tmp_path / "lab", hosts=3, wait=LAB_WAIT)
     pids = list(new.host_pids) + [new.vpn_server_pid]
     # Processes started over SSH count too: something long-running in a host.
     new.run(1, "setsid sleep 600 > /dev/null 2>&1 < /dev/null &")
-    sleeper = [p for p in new.run(1, "pgrep -x sleep").stdout.split()]
-    assert sleeper
+    # Its pid as seen from the runner (the host has its own PID namespace).
+    sleeper = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == "sleep"
+               and _netns(p) == _netns(Path(f"/proc/{new.host_pids[1]}"))]  # fmt: skip
+    assert len(sleeper) == 1
     with pytest.raises(LabError, match="already up"):
         up(tmp_path / "other", hosts=1)
-    new.down()
-    assert lab_leftovers() == []
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists(), pid
-    new.down()  # twice is fine
-    assert lab_leftovers() == []
+    with machine_lock():  # no other test run's lab may appear meanwhile
+        new.down()
+        assert lab_leftovers() == []
+        for pid in pids + [int(p) for p in sleeper]:
+            assert not Path(f"/proc/{pid}").exists(), pid
+        new.down()  # twice is fine
+        assert lab_leftovers() == []
 
 
 def test_down_after_a_failed_up(lab_session, tmp_path: Path, monkeypatch) -> None:
@@ -188,6 +205,7 @@ def test_down_after_a_failed_up(lab_session, tmp_path: Path, monkeypatch) -> Non
         return "exit 7\n"
 
     monkeypatch.setattr(labmod, "_host_script", broken)
-    with pytest.raises(LabError, match=r"web\d exited"):
-        up(tmp_path / "lab", hosts=2)
-    assert lab_leftovers() == []
+    with machine_lock():
+        with pytest.raises(LabError, match=r"web\d exited"):
+            up(tmp_path / "lab", hosts=2, wait=LAB_WAIT)
+        assert lab_leftovers() == []
