@@ -9,6 +9,7 @@ the file's own directory, so a checkout can be deployed from anywhere.
 import copy
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,24 @@ class Targets:
         return reader.target(entry, merged, f"targets/{entry}")
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: only true and false.
+
+    PyYAML follows YAML 1.1, where `on`, `off`, `yes`, `no`, `y` and `n` are
+    booleans: a hook's `on: local` key would become `True:` and a var
+    `COUNTRY: no` would render as False.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def load(path: str | os.PathLike) -> Targets:
     """Read and validate every entry, so a typo in one fails every deploy."""
     path = Path(path)
@@ -125,7 +144,7 @@ def load(path: str | os.PathLike) -> Targets:
     except OSError as e:
         raise UsageError(f"{source}: cannot read: {e.strerror}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -356,9 +375,6 @@ class _Reader:
     def hook(self, raw: Any, path: str) -> Hook:
         if isinstance(raw, str):
             raw = {"run": raw}
-        if isinstance(raw, dict) and True in raw and "on" not in raw:
-            # YAML 1.1 reads a bare `on:` key as the boolean true.
-            raw = {("on" if k is True else k): v for k, v in raw.items()}
         h = self.mapping(raw, path, {"run", "on"})
         return Hook(
             run=self.string(h.get("run"), f"{path}/run"),

@@ -357,3 +357,15 @@ def test_the_repository_targets_file_is_valid():
     assert targets.names() == ["*", "alpha", "local"]
     local = targets.resolve("local")
     assert local.transport == "local" and local.pipeline == config.DEFAULT_PIPELINE
+
+
+def test_yaml_1_1_booleans_stay_strings(tmp_path):
+    # `on: local` must stay a key named "on"; `no` is Norway, not False.
+    (tmp_path / "t").write_text("x")
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local:\n    transport: local\n    template: t\n"
+        "    vars: {COUNTRY: no, FLAG: on}\n"
+        "    hooks: {after: {restart: [{run: echo hi, on: local}]}}\n")
+    target = config.load(tmp_path / "targets.yaml").resolve("local")
+    assert {k: v.value for k, v in target.vars.items()} == {"COUNTRY": "no", "FLAG": "on"}
+    assert target.after["restart"][0].on == "local"
