@@ -19,7 +19,7 @@ from pathlib import Path
 from .lab import DEFAULT_DIR, START_TIMEOUT, LabError, down, up
 
 
-def _keep(workdir: Path, hosts: int, replace: bool, ready_fd: int) -> int:
+def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int) -> int:
     """Bring the lab up, report on ready_fd, then wait to be told to stop."""
     stop = False
 
@@ -31,7 +31,7 @@ def _keep(workdir: Path, hosts: int, replace: bool, ready_fd: int) -> int:
     signal.signal(signal.SIGINT, on_term)
     with os.fdopen(ready_fd, "w") as ready:
         try:
-            lab = up(workdir, hosts, replace=replace)
+            lab = up(workdir, hosts, replace=replace, wait=wait)
         except (LabError, OSError, subprocess.SubprocessError) as e:
             ready.write(json.dumps({"error": str(e)}))
             return 1
@@ -66,20 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--hosts", type=int, default=2)
     u.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     u.add_argument("--replace", action="store_true", help="tear down a live lab first")
+    u.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another run's lab to go")
     d = sub.add_parser("down", help="tear the lab down")
-    d.add_argument("--dir", type=Path, default=None, help="default: the lab that is up")
+    d.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    d.add_argument("--force", action="store_true", help="with no lab in DIR, tear down whatever lab is up")
     k = sub.add_parser("_keep")
     k.add_argument("--hosts", type=int)
     k.add_argument("--dir", type=Path)
     k.add_argument("--replace", action="store_true")
+    k.add_argument("--wait", type=float, default=0.0)
     k.add_argument("--fd", type=int)
     args = ap.parse_args(argv)
 
     if args.cmd == "_keep":
-        return _keep(args.dir, args.hosts, args.replace, args.fd)
+        return _keep(args.dir, args.hosts, args.replace, args.wait, args.fd)
     if args.cmd == "down":
         try:
-            down(args.dir.absolute() if args.dir else None)
+            down(args.dir.absolute(), force=args.force)
         except LabError as e:
             print(f"lab down: {e}", file=sys.stderr)
             return 1
@@ -87,17 +90,22 @@ def main(argv: list[str] | None = None) -> int:
 
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "tests.lab", "_keep", "--hosts", str(args.hosts),
-           "--dir", str(args.dir.absolute()), "--fd", str(w)]  # fmt: skip
+           "--dir", str(args.dir.absolute()), "--fd", str(w), "--wait", str(args.wait)]  # fmt: skip
     if args.replace:
         cmd.append("--replace")
+    # The keeper outlives this process: it must not hold on to our stdout.
+    args.dir.mkdir(parents=True, exist_ok=True)
+    log = open(args.dir / "keeper.log", "w")
     keeper = subprocess.Popen(
-        cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, start_new_session=True,
+        cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     os.close(w)
+    log.close()
     with os.fdopen(r) as ready:
         # The keeper bounds its own waits; this is only a backstop.
-        deadline = time.monotonic() + START_TIMEOUT * 4 + 60
+        deadline = time.monotonic() + START_TIMEOUT * 4 + 60 + args.wait
         text = ""
         while time.monotonic() < deadline:
             chunk = ready.read()

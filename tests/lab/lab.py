@@ -625,13 +625,18 @@ class Lab:
             self._down()
 
     def _down(self) -> None:
-        _teardown(self._launchers + self.host_pids + [self.vpn_server_pid or 0], self._popens +
-                  ([self._vpn_popen] if self._vpn_popen else []))  # fmt: skip
+        popens = self._popens + ([self._vpn_popen] if self._vpn_popen else [])
+        if _machine_lab_is(self.workdir):
+            _teardown(self._launchers + self.host_pids + [self.vpn_server_pid or 0], popens)
+        else:
+            # The namespaces on the machine now belong to another lab (ours
+            # was swept as stale): end only the processes we hold ourselves.
+            _kill([p.pid for p in popens if p.poll() is None], popens)
         self.host_pids, self._launchers, self.vpn_server_pid = [], [], None
         self._popens, self._vpn_popen = [], None
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
         _clear_pointer(self.workdir)
-        if self.keeper_pid and self.keeper_pid != os.getpid():
+        if self.keeper_pid and self.keeper_pid != os.getpid() and _is_keeper(self.keeper_pid, self.workdir):
             _kill([self.keeper_pid])
 
     def __enter__(self) -> Lab:
@@ -694,6 +699,20 @@ def _clear_pointer(workdir: Path) -> None:
         pass
 
 
+def _machine_lab_is(workdir: Path) -> bool:
+    """True unless the machine's lab is a live one of another workdir."""
+    state = _leftover_state()
+    return state is None or state.get("workdir") == str(workdir) or not _is_live(state)
+
+
+def _is_keeper(pid: int, workdir: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"_keep" in argv and str(workdir).encode() in argv
+
+
 def _teardown(pids: list[int], popens: list[subprocess.Popen]) -> None:
     """Kill the given pids and every process in a lab namespace, then remove
     the namespaces, links and bridges (by their fixed names)."""
@@ -735,25 +754,26 @@ def _is_live(state: dict | None) -> bool:
     return any(_alive(p) for p in state.get("host_pids", []))
 
 
-def down(workdir: Path | None = None) -> None:
-    """Tear down the lab recorded in workdir (default: the one that is up),
-    plus anything left in the lab's namespaces and links. Idempotent."""
+def down(workdir: Path | None = None, *, force: bool = False) -> None:
+    """Tear down the lab recorded in workdir, plus anything left in the lab's
+    namespaces and links. Idempotent. With no lab recorded in workdir (or no
+    workdir), only a dead lab's leftovers are swept, unless force=True."""
     with machine_lock():
-        _down(workdir)
+        _down(workdir, force)
 
 
-def _down(workdir: Path | None) -> None:
-    if workdir is None:
-        try:
-            workdir = Path(json.loads(POINTER_FILE.read_text())["workdir"])
-        except (OSError, ValueError, KeyError):
-            workdir = None
+def _down(workdir: Path | None, force: bool = False) -> None:
     if workdir is not None and (workdir / STATE_FILE).exists():
         Lab.load(workdir).down()
-    else:
-        _teardown([], [])
-        if workdir is not None:
-            _clear_pointer(workdir)
+        return
+    # No lab recorded there: sweep what is left of a dead lab, but never a
+    # live one that another process (another test run) owns.
+    if _is_live(_leftover_state()) and not force:
+        if workdir is None:
+            return
+        raise LabError(f"no lab in {workdir}; the lab that is up is {_leftover_state()['workdir']}")
+    _teardown([], [])
+    POINTER_FILE.unlink(missing_ok=True)
 
 
 def up(

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import paramiko
 import pytest
 
 from .fixtures import LAB_WAIT, lab, lab_session, vpn  # noqa: F401
-from .lab import HOST_NETNS_PREFIX, VPN_NETNS, Lab, LabError, machine_lock, up
+from .lab import HOST_NETNS_PREFIX, VPN_NETNS, Lab, LabError, _alive, _leftover_state, machine_lock, up
 
 pytestmark = pytest.mark.lab
 
@@ -209,3 +211,33 @@ def test_down_after_a_failed_up(lab_session, tmp_path: Path, monkeypatch) -> Non
         with pytest.raises(LabError, match=r"web\d exited"):
             up(tmp_path / "lab", hosts=2, wait=LAB_WAIT)
         assert lab_leftovers() == []
+
+
+def test_cli_up_and_down(lab_session, tmp_path: Path) -> None:
+    lab_session.release()
+    repo = Path(__file__).resolve().parents[2]
+    d = tmp_path / "cli"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tests.lab", *args], cwd=repo, capture_output=True,
+                              text=True, timeout=LAB_WAIT + 120)  # fmt: skip
+
+    r = cli("up", "--hosts", "2", "--dir", str(d), "--wait", str(LAB_WAIT))
+    assert r.returncode == 0, r.stderr
+    try:
+        info = json.loads(r.stdout)
+        assert info["known_hosts"] == str(d / "known_hosts")
+        assert [h["address"] for h in info["hosts"].values()] == ["198.18.1.10", "198.18.1.11"]
+        attached = Lab.load(d)  # another process can drive the lab
+        assert attached.run(1, "hostname").stdout.strip() == "web1"
+        pids = attached.host_pids + [attached.vpn_server_pid, attached.keeper_pid]
+        assert all(Path(f"/proc/{p}").exists() for p in pids)
+    finally:
+        r = cli("down", "--dir", str(d))
+    assert r.returncode == 0, r.stderr
+    for pid in pids:
+        assert not _alive(pid), pid
+    with machine_lock():
+        # Another test run may have brought up its own lab since.
+        assert lab_leftovers() == [] or _leftover_state()["workdir"] != str(d)
+    assert cli("down", "--dir", str(d)).returncode == 0  # twice is fine
