@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from deployer import packaging, steps, transport
-from deployer.config import LOCAL_HOST, Host
+from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import StepFailed
 from deployer.output import Reporter, StepResult
@@ -43,7 +43,6 @@ class Executor:
     def __init__(self, ctx: Context, reporter: Reporter):
         self.ctx = ctx
         self.reporter = reporter
-        self.hosts: dict[str, Host] = {h.name: h for h in ctx.target.hosts}
         self.transports: dict[str, Transport] = {}
         self.local = LocalTransport()
         self.undo: list[_Undo] = []
@@ -52,8 +51,11 @@ class Executor:
 
     def run(self, plan: steps.Plan) -> None:
         try:
-            # mkdir, never exist_ok: a directory planted at our path is refused.
-            os.mkdir(self.ctx.workdir, 0o700)
+            try:
+                os.mkdir(self.ctx.workdir, 0o700)
+            except FileExistsError:
+                # Never exist_ok: a directory planted at our path is not ours to write into.
+                raise StepFailed(f"work dir {self.ctx.workdir} already exists; not using it") from None
             self.teardown.append(("remove work dir", lambda: shutil.rmtree(self.ctx.workdir)))
             for stage, stage_steps in plan.stages:
                 self.reporter.stage_started(stage)
@@ -83,9 +85,7 @@ class Executor:
             started = time.monotonic()
             try:
                 result = self.on_host(step, name, self.transports[name])
-            except StepFailed as e:
-                result = Result(1, "", str(e))
-            except transport.ERRORS as e:
+            except (StepFailed, *transport.ERRORS) as e:
                 result = Result(1, "", _describe_error(e))
             self.reporter.step_finished(stage, step, name,
                                         StepResult(result, time.monotonic() - started))
