@@ -19,6 +19,15 @@ from pathlib import Path
 from .lab import DEFAULT_DIR, START_TIMEOUT, LabError, down, up
 
 
+def _report(pipe, result: dict) -> bool:
+    try:
+        with pipe:
+            pipe.write(json.dumps(result))
+        return True
+    except BrokenPipeError:
+        return False
+
+
 def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int) -> int:
     """Bring the lab up, report on ready_fd, then wait to be told to stop."""
     stop = False
@@ -29,20 +38,24 @@ def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int) 
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    with os.fdopen(ready_fd, "w") as ready:
-        try:
-            lab = up(workdir, hosts, replace=replace, wait=wait)
-        except (LabError, OSError, subprocess.SubprocessError) as e:
-            ready.write(json.dumps({"error": str(e)}))
-            return 1
-        lab.keeper_pid = os.getpid()
-        lab._save()
-        # Owned by nobody: the lab outlives this process's parent.
-        state = lab.workdir / "lab.json"
-        data = json.loads(state.read_text())
-        data["owner"] = None
-        state.write_text(json.dumps(data, indent=1) + "\n")
-        ready.write(json.dumps(lab.summary()))
+    ready = os.fdopen(ready_fd, "w")
+    try:
+        lab = up(workdir, hosts, replace=replace, wait=wait)
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        _report(ready, {"error": str(e)})
+        return 1
+    lab.keeper_pid = os.getpid()
+    lab._save()
+    # Owned by nobody: the lab outlives this process's parent.
+    state = lab.workdir / "lab.json"
+    data = json.loads(state.read_text())
+    data["owner"] = None
+    state.write_text(json.dumps(data, indent=1) + "\n")
+    if not _report(ready, lab.summary()):
+        # Whoever asked for the lab is gone (killed while we waited): a lab
+        # nobody knows about would block every later run.
+        lab.down()
+        return 1
     # Reap the lab's processes as they end; leave when `down` signals us.
     deadline = time.monotonic() + 7 * 24 * 3600
     while not stop and time.monotonic() < deadline:
