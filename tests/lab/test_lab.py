@@ -181,19 +181,28 @@ def lab_leftovers() -> list[str]:
 def test_down_leaves_nothing_behind(lab_session, tmp_path: Path) -> None:
     lab_session.release()  # one lab at a time: this test needs the machine
     new = up(tmp_path / "lab", hosts=3, wait=LAB_WAIT)
-    pids = list(new.host_pids) + [new.vpn_server_pid]
-    # Processes started over SSH count too: something long-running in a host.
-    new.run(1, "setsid sleep 600 > /dev/null 2>&1 < /dev/null &")
-    # Its pid as seen from the runner (the host has its own PID namespace).
-    sleeper = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == "sleep"
-               and _netns(p) == _netns(Path(f"/proc/{new.host_pids[1]}"))]  # fmt: skip
-    assert len(sleeper) == 1
-    with pytest.raises(LabError, match="already up"):
-        up(tmp_path / "other", hosts=1)
+    try:
+        pids = list(new.host_pids) + [new.vpn_server_pid]
+        # Processes started over SSH count too: something long-running in a host.
+        new.run(1, "setsid sleep 600 > /dev/null 2>&1 < /dev/null &")
+        host_ns = _netns(Path(f"/proc/{new.host_pids[1]}"))
+
+        def sleepers() -> list[int]:
+            # Pids as seen from the runner (the host has its own PID namespace).
+            return [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and _comm(p) == "sleep" and _netns(p) == host_ns]  # fmt: skip
+
+        eventually(lambda: len(sleepers()) == 1, "the sleeper runs")
+        pids += sleepers()
+        with pytest.raises(LabError, match="already up"):
+            up(tmp_path / "other", hosts=1)
+    except BaseException:
+        new.down()
+        raise
     with machine_lock():  # no other test run's lab may appear meanwhile
         new.down()
         assert lab_leftovers() == []
-        for pid in pids + [int(p) for p in sleeper]:
+        for pid in pids:
             assert not Path(f"/proc/{pid}").exists(), pid
         new.down()  # twice is fine
         assert lab_leftovers() == []
