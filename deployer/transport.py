@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -142,8 +143,32 @@ class SshTransport:
             raise StepFailed(f"{self.host.name}: cannot connect: {e.strerror or e}") from None
 
     def run(self, line: str) -> Result:
-        r = self.conn.run(line, hide=True, warn=True, in_stream=False)
-        return Result(r.exited, r.stdout, r.stderr)
+        # A bare paramiko channel rather than Fabric's run: invoke's runner
+        # waits for the remote command to end even when we are interrupted,
+        # so Ctrl-C would take as long as the slowest migration.
+        chan = self.conn.client.get_transport().open_session()
+        out, err = bytearray(), bytearray()
+        try:
+            chan.exec_command(line)
+            chan.shutdown_write()
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready() or chan.closed:
+                    break
+                else:
+                    time.sleep(0.005)
+            # Anything that arrived between the last read and the exit status.
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:

@@ -1,0 +1,233 @@
+"""End to end: the real `deploy` CLI, through the OpenVPN tunnel its vpn stage
+opens, onto the lab's web hosts (sshd + Apache + mod_wsgi in namespaces)."""
+
+# Fixtures are imported, so test parameters "redefine" them.
+# ruff: noqa: F811
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tree_digest
+from tests.lab.fixtures import lab, lab_session  # noqa: F401
+
+pytestmark = pytest.mark.lab
+
+DEPLOY = [sys.executable, "-m", "deployer"]
+
+
+class Site:
+    """A checkout of the example app and a targets.yaml for the lab."""
+
+    def __init__(self, lab, tmp: Path):
+        self.lab, self.tmp = lab, tmp
+        self.app = tmp / "app"
+        shutil.copytree(REPO / "examples" / "djangoapp", self.app,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        self.targets = tmp / "targets.yaml"
+        self.write()
+
+    def write(self, **changes) -> None:
+        defaults = {
+            "hosts": self.lab.addresses, "user": "root",
+            "identity_file": str(self.lab.ssh_key), "known_hosts": str(self.lab.known_hosts),
+            "vpn": {"kind": "openvpn", "config": str(self.lab.client_ovpn), "timeout": 30},
+            "package": {"source": str(self.app), "exclude": ["__pycache__", "*.pyc"]},
+            "template": str(REPO / "templates" / "default_template"),
+            # migrate: the real default, `python manage.py migrate --noinput`
+            **changes,
+        }
+        self.targets.write_text(yaml.safe_dump({"defaults": defaults,
+                                                "targets": {"alpha": {}, "*": {}}}))
+
+    def deploy(self, name: str, *extra: str) -> tuple[int, list[dict]]:
+        proc = subprocess.run(
+            [*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets),
+             "--output", "json", *extra],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert proc.stderr == "" or proc.returncode != 0, proc.stderr
+        return proc.returncode, events
+
+    def hosts_digest(self) -> list[dict]:
+        return [{d: tree_digest(h.path(d)) for d in ("/var/www", "/etc/apache2")}
+                for h in self.lab.hosts]
+
+    def health(self, i: int, name: str) -> dict:
+        with self.lab.vpn_client(log=self.tmp / f"check-{i}.log"):
+            status, _, body = self.lab.http_get(i, "/health", host=f"{name}.example.test")
+        assert status == 200, body
+        return json.loads(body)
+
+
+@pytest.fixture
+def site(lab, tmp_path):
+    return Site(lab, tmp_path)
+
+
+def error_of(events: list[dict]) -> str:
+    return events[-1]["error"] or ""
+
+
+def release_of(events: list[dict]) -> str:
+    return events[0]["release"]
+
+
+def assert_vpn_down(lab) -> None:
+    """No tunnel route left and no OpenVPN client of ours still running."""
+    with pytest.raises(OSError):
+        socket.create_connection((lab.addresses[0], 22), timeout=2).close()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        assert str(lab.client_ovpn).encode() not in cmdline or b"--daemon" not in cmdline, pid
+
+
+def applied_migrations(lab, name: str) -> list[tuple[str, int]]:
+    db = sqlite3.connect(lab.shared_dir / f"{name}.sqlite3")
+    try:
+        return db.execute("SELECT name, COUNT(*) FROM django_migrations WHERE app = 'hello'"
+                          " GROUP BY name ORDER BY name").fetchall()
+    finally:
+        db.close()
+
+
+def check_deployed(site: Site, name: str, events: list[dict]) -> None:
+    release = release_of(events)
+    for i, h in enumerate(site.lab.hosts):
+        conf = h.path(f"/etc/apache2/sites-available/{name}.conf")
+        assert f"ServerName {name}.example.test" in conf.read_text()
+        assert os.readlink(h.path(f"/etc/apache2/sites-enabled/{name}.conf")) == \
+            f"../sites-available/{name}.conf"
+        assert os.readlink(h.path(f"/var/www/{name}")) == f"/var/www/{name}.releases/{release}"
+        info = site.health(i, name)
+        assert info["instance"] == name and info["release_dir"] == release
+    migrate = [e for e in events if e["event"] == "step_finished" and e["stage"] == "migrate"]
+    assert [e["host"] for e in migrate] == [site.lab.addresses[0]]  # once, not once per host
+    assert applied_migrations(site.lab, name) == [("0001_initial", 1), ("0002_seed_greetings", 1)]
+
+
+def test_deploy_alpha_through_the_vpn(site):
+    code, events = site.deploy("alpha")
+    assert code == 0, error_of(events)
+    check_deployed(site, "alpha", events)
+    assert_vpn_down(site.lab)
+
+
+def test_second_deploy_serves_the_changed_app_on_every_host(site):
+    assert site.deploy("alpha")[0] == 0
+    (site.app / "RELEASE.txt").write_text("second\n")
+    code, events = site.deploy("alpha")
+    assert code == 0, error_of(events)
+    for i in range(len(site.lab.hosts)):
+        info = site.health(i, "alpha")
+        assert info["release"] == "second" and info["release_dir"] == release_of(events)
+
+
+def test_demo_instance_beside_alpha(site):
+    assert site.deploy("alpha")[0] == 0
+    code, events = site.deploy("demo-x")
+    assert code == 0, error_of(events)
+    check_deployed(site, "demo-x", events)
+    for i in range(len(site.lab.hosts)):
+        assert site.health(i, "alpha")["instance"] == "alpha"
+
+
+def test_dry_run_changes_nothing_and_opens_no_vpn(site):
+    assert site.deploy("alpha")[0] == 0
+    before = site.hosts_digest()
+    (site.app / "RELEASE.txt").write_text("not deployed\n")
+    code, events = site.deploy("alpha", "--dry-run")
+    assert code == 0, error_of(events)
+    assert [e["step"] for e in events if e["event"] == "planned" and e["stage"] == "vpn"]
+    assert not [e for e in events if e["event"] == "step_started"]
+    assert site.hosts_digest() == before
+    assert_vpn_down(site.lab)
+
+
+def test_unknown_host_key_fails_changes_nothing_vpn_down(site):
+    lines = site.lab.known_hosts.read_text().splitlines()
+    last = site.lab.addresses[-1]
+    kept = [line for line in lines if not line.startswith(f"{last} ")]
+    assert len(kept) < len(lines)
+    known = site.tmp / "known_hosts"
+    known.write_text("\n".join(kept) + "\n")
+    site.write(known_hosts=str(known))
+    before = site.hosts_digest()
+    code, events = site.deploy("alpha")
+    assert code == 1
+    assert f"{last}: host key" in error_of(events) and "refusing to connect" in error_of(events)
+    assert site.hosts_digest() == before
+    assert_vpn_down(site.lab)
+
+
+def test_dead_vpn_server_fails_with_its_log_changes_nothing(site):
+    site.write(vpn={"kind": "openvpn", "config": str(site.lab.client_ovpn), "timeout": 6})
+    before = site.hosts_digest()
+    with site.lab.vpn_server_stopped():
+        code, events = site.deploy("alpha")
+    assert code == 1
+    assert "VPN not up after 6s" in error_of(events) and "openvpn log" in error_of(events)
+    assert site.hosts_digest() == before
+    assert_vpn_down(site.lab)
+
+
+def test_template_with_missing_token_fails_before_anything(site):
+    template = site.tmp / "vhost"
+    template.write_text((REPO / "templates" / "default_template").read_text()
+                        + "    SetEnv TIER <<TIER>>\n")
+    site.write(template=str(template))
+    before = site.hosts_digest()
+    code, events = site.deploy("alpha")
+    assert code == 2
+    assert f"{template}:" in error_of(events) and "<<TIER>>" in error_of(events)
+    assert not [e for e in events if e["event"] in ("step_started", "planned")]
+    assert site.hosts_digest() == before
+    assert_vpn_down(site.lab)
+
+
+def test_sigterm_mid_deploy_undoes_and_closes_the_vpn(site):
+    # TeamCity's "stop build" while migrate runs on the first host.
+    started = site.lab.shared_dir / "migrate-started"
+    started.unlink(missing_ok=True)
+    site.write(migrate=f"touch {site.lab.shared_dir_on_hosts}/migrate-started && sleep 15")
+    before = site.hosts_digest()
+    proc = subprocess.Popen(
+        [*DEPLOY, "alpha", "alpha.example.test", "--targets", str(site.targets), "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert error_of(events) == "interrupted (SIGTERM)"
+    assert site.hosts_digest() == before
+    assert_vpn_down(site.lab)
+
+
+def test_deploy_alpha_on_four_hosts(lab_session, tmp_path):
+    # Last in the file: it replaces the session's 2-host lab with a 4-host one.
+    site = Site(lab_session.get(4), tmp_path)
+    code, events = site.deploy("alpha")
+    assert code == 0, error_of(events)
+    check_deployed(site, "alpha", events)
+    assert_vpn_down(site.lab)
