@@ -38,17 +38,8 @@ class Site:
         self.write()
 
     def write(self, **changes) -> None:
-        defaults = {
-            "hosts": self.lab.addresses, "user": "root",
-            "identity_file": str(self.lab.ssh_key), "known_hosts": str(self.lab.known_hosts),
-            "vpn": {"kind": "openvpn", "config": str(self.lab.client_ovpn), "timeout": 30},
-            "package": {"source": str(self.app), "exclude": ["__pycache__", "*.pyc"]},
-            "template": str(REPO / "templates" / "default_template"),
-            # migrate: the real default, `python manage.py migrate --noinput`
-            **changes,
-        }
-        self.targets.write_text(yaml.safe_dump({"defaults": defaults,
-                                                "targets": {"alpha": {}, "*": {}}}))
+        # migrate is left to the real default, `python manage.py migrate --noinput`.
+        self.targets.write_text(yaml.safe_dump(self.lab.targets(self.app, **changes)))
 
     def deploy(self, name: str, *extra: str) -> tuple[int, list[dict]]:
         proc = subprocess.run(

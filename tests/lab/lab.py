@@ -37,6 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
 LAB_NET = "198.18.0.0/15"  # the whole benchmarking range is blackholed
 RUNNER_ADDRESS = "198.18.0.1"
 VPN_SERVER_ADDRESS = "198.18.0.2"
@@ -545,6 +548,23 @@ class Lab:
             raise LabError(f"web{i}: {argv} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
+    def targets(self, app: Path = REPO / "examples" / "djangoapp", **defaults: object) -> dict:
+        """A targets.yaml document for deployer: alpha, and "*" for demos, on every host
+        through the lab's VPN, with the real default migrate command."""
+        return {
+            "defaults": {
+                "hosts": self.addresses,
+                "user": "root",
+                "identity_file": str(self.ssh_key),
+                "known_hosts": str(self.known_hosts),
+                "vpn": {"kind": "openvpn", "config": str(self.client_ovpn), "timeout": 30},
+                "package": {"source": str(app), "exclude": ["__pycache__", "*.pyc"]},
+                "template": str(REPO / "templates" / "default_template"),
+                **defaults,
+            },
+            "targets": {"alpha": {}, "*": {}},
+        }
+
     def vpn_client(self, log: Path | None = None, timeout: float = START_TIMEOUT) -> VpnClient:
         """Start an OpenVPN client with client.ovpn; use it as a context manager."""
         return VpnClient(self.client_ovpn, log or self.workdir / "client.log", timeout)
@@ -811,6 +831,8 @@ def up(
             lab.down()
             raise
         lab._save()
+        # For people trying deployer by hand: `deploy alpha alpha.example.test --targets <this>`.
+        (workdir / "targets.yaml").write_text(yaml.safe_dump(lab.targets(), sort_keys=False))
     return lab
 
 
