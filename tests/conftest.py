@@ -35,6 +35,34 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+TRACING_TEMPLATE = "ServerName <<HOSTNAME>>\nDocumentRoot <<DEPLOY_PATH>>\n"
+
+
+def armed_local_target(root: Path, template: str = TRACING_TEMPLATE) -> Path:
+    """A `transport: local` catch-all whose every stage would leave a trace under
+    root (HOOKED, MIGRATED, RESTARTED, www/, apache2/): refused input must leave none."""
+    (root / "app").mkdir()
+    (root / "app" / "manage.py").write_text("print('hi')\n")
+    (root / "vhost.tmpl").write_text(template)
+    targets = root / "targets.yaml"
+    targets.write_text(f"""\
+defaults:
+  transport: local
+  deploy_root: www
+  apache: {{dir: apache2, ctl: "true"}}
+  migrate: touch {root}/MIGRATED
+  package: {{source: app}}
+  template: vhost.tmpl
+  pipeline: [package, upload, render, migrate, restart]
+  hooks:
+    before: {{package: [{{run: touch {root}/HOOKED, on: local}}]}}
+    after: {{restart: [{{run: touch {root}/RESTARTED, on: all}}]}}
+targets:
+  "*": {{}}
+""")
+    return targets
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,11 +1,8 @@
 """CONFIG_NAME and HOSTNAME come from outside: anything but a DNS name is refused before any side effect."""
 
-import hashlib
 import io
 import json
-import os
 import re
-import stat
 import string
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from hypothesis import strategies as st
 from deployer import names
 from deployer.cli import main
 from deployer.errors import UsageError
+from tests.conftest import armed_local_target, tree_digest
 
 BOUNDED = settings(max_examples=200, deadline=None)
 
@@ -140,52 +138,11 @@ HOSTILE_TEXT = st.builds(
 GOOD_NAME, GOOD_HOST = "demo-acme", "demo-acme.example.com"
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under root with its mode and content (or link target)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st_ = os.lstat(path)
-            if stat.S_ISLNK(st_.st_mode):
-                data = os.readlink(path)
-            elif stat.S_ISREG(st_.st_mode):
-                data = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            else:
-                data = None
-            out[os.path.relpath(path, root)] = (st_.st_mode, data)
-    return out
-
-
-def local_target(root: Path) -> Path:
-    """A `transport: local` catch-all whose every stage would leave a trace under root."""
-    (root / "app").mkdir()
-    (root / "app" / "manage.py").write_text("print('hi')\n")
-    (root / "vhost.tmpl").write_text("ServerName <<HOSTNAME>>\nDocumentRoot <<DEPLOY_PATH>>\n")
-    targets = root / "targets.yaml"
-    targets.write_text(f"""\
-defaults:
-  transport: local
-  deploy_root: www
-  apache: {{dir: apache2, ctl: "true"}}
-  migrate: touch {root}/MIGRATED
-  package: {{source: app}}
-  template: vhost.tmpl
-  pipeline: [package, upload, render, migrate, restart]
-  hooks:
-    before: {{package: [{{run: touch {root}/HOOKED, on: local}}]}}
-    after: {{restart: [{{run: touch {root}/RESTARTED, on: all}}]}}
-targets:
-  "*": {{}}
-""")
-    return targets
-
-
 @pytest.fixture(scope="module")
 def armed(tmp_path_factory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("armed")
-    targets = local_target(root)
-    return root, targets, snapshot(root)
+    targets = armed_local_target(root)
+    return root, targets, tree_digest(root)
 
 
 def deploy(name: str, host: str, targets: Path) -> tuple[int, list[dict]]:
@@ -197,7 +154,7 @@ def deploy(name: str, host: str, targets: Path) -> tuple[int, list[dict]]:
 def test_the_armed_target_really_deploys(tmp_path):
     # The control: with good input the same file changes the tree, so the
     # tests below would see it if hostile input got that far.
-    code, events = deploy(GOOD_NAME, GOOD_HOST, local_target(tmp_path))
+    code, events = deploy(GOOD_NAME, GOOD_HOST, armed_local_target(tmp_path))
     assert (code, events[-1]["error"]) == (0, None)
     for marker in ("HOOKED", "MIGRATED", "RESTARTED", "apache2/sites-available/demo-acme.conf",
                    "www/demo-acme"):
@@ -209,7 +166,7 @@ def assert_refused(code: int, events: list[dict], root: Path, before: dict) -> N
     # Refused before the plan existed: no start event, only the final error
     # (or nothing, when argparse itself refused an option-like word).
     assert [e["event"] for e in events] in (["finished"], [])
-    assert snapshot(root) == before
+    assert tree_digest(root) == before
     for marker in ("HOOKED", "MIGRATED", "RESTARTED", "www", "apache2"):
         assert not (root / marker).exists()
 
@@ -276,4 +233,4 @@ def test_help_anywhere_prints_help_and_deploys_nothing(armed, flag, capsys):
     code = main([flag, GOOD_HOST, "--targets", str(targets)], stdout=io.StringIO())
     assert code == 0
     assert "usage: deploy" in capsys.readouterr().out
-    assert snapshot(root) == before
+    assert tree_digest(root) == before

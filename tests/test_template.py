@@ -1,10 +1,7 @@
 """deployer.template.render: strict, never escaping, and errors that point at the line."""
 
-import hashlib
 import io
 import json
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ import pytest
 from deployer.cli import main
 from deployer.errors import TemplateError
 from deployer.template import render
+from tests.conftest import armed_local_target, tree_digest
 
 REPO = Path(__file__).resolve().parent.parent
 HTML = '&<>"\''
@@ -113,45 +111,6 @@ def test_the_default_template_renders_completely():
 # -- through the CLI, on a real local target -----------------------------------
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under root with its mode and content (or link target)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                data = os.readlink(path)
-            elif stat.S_ISREG(st.st_mode):
-                data = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            else:
-                data = None
-            out[os.path.relpath(path, root)] = (st.st_mode, data)
-    return out
-
-
-def local_target(root: Path, template: str) -> Path:
-    (root / "app").mkdir()
-    (root / "app" / "manage.py").write_text("print('hi')\n")
-    (root / "vhost.tmpl").write_text(template)
-    targets = root / "targets.yaml"
-    targets.write_text(f"""\
-defaults:
-  transport: local
-  deploy_root: www
-  apache: {{dir: apache2, ctl: "true"}}
-  migrate: touch {root}/MIGRATED
-  package: {{source: app}}
-  template: vhost.tmpl
-  pipeline: [package, upload, render, migrate, restart]
-  hooks:
-    before: {{package: [{{run: touch {root}/HOOKED, on: local}}]}}
-targets:
-  "*": {{}}
-""")
-    return targets
-
-
 def run(targets: Path) -> tuple[int, list[dict]]:
     out = io.StringIO()
     code = main(["demo-acme", "demo-acme.example.com", "--targets", str(targets), "--output", "json"],
@@ -161,7 +120,7 @@ def run(targets: Path) -> tuple[int, list[dict]]:
 
 def test_cli_deploys_a_good_template(tmp_path):
     # The control for the test below: this target does change the tree.
-    code, events = run(local_target(tmp_path, "ServerName <<HOSTNAME>>\n"))
+    code, events = run(armed_local_target(tmp_path, "ServerName <<HOSTNAME>>\n"))
     assert (code, events[-1]["error"]) == (0, None)
     assert (tmp_path / "apache2/sites-available/demo-acme.conf").read_text() == \
         "ServerName demo-acme.example.com\n"
@@ -169,9 +128,9 @@ def test_cli_deploys_a_good_template(tmp_path):
 
 
 def test_cli_unknown_token_exits_2_and_changes_nothing(tmp_path):
-    targets = local_target(tmp_path, "ServerName <<HOSTNAME>>\n\nServerAlias <<ALIAS>>\n")
-    before = snapshot(tmp_path)
+    targets = armed_local_target(tmp_path, "ServerName <<HOSTNAME>>\n\nServerAlias <<ALIAS>>\n")
+    before = tree_digest(tmp_path)
     code, events = run(targets)
     assert code == 2
     assert events[-1]["error"].startswith(f"{tmp_path}/vhost.tmpl:3: token <<ALIAS>> has no value")
-    assert snapshot(tmp_path) == before
+    assert tree_digest(tmp_path) == before
