@@ -36,8 +36,9 @@ class OpenVpnTunnel:
         except subprocess.TimeoutExpired:
             raise StepFailed(f"openvpn did not daemonize within {self.timeout:g}s") from None
         if proc.returncode != 0:
-            raise StepFailed(f"openvpn refused to start: {(proc.stderr or proc.stdout).strip()}"
-                             f"{self._tail()}")
+            said = (proc.stderr or proc.stdout).strip()
+            raise StepFailed(f"openvpn refused to start (exit {proc.returncode})"
+                             f"{': ' + said if said else ''}{self._tail()}")
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             self.pid = self.pid or self._read_pid()
