@@ -1,21 +1,21 @@
 """`deploy CONFIG_NAME HOSTNAME`: arguments in, exit code out."""
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 
-from deployer import __version__, context, names, plan
+from deployer import __version__, context, interrupts, names, plan
 from deployer.config import DEFAULT_PIPELINE, load
 from deployer.errors import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
-    Interrupted,
     UsageError,
 )
 from deployer.executor import Executor
+from deployer.interrupts import Interrupted
 from deployer.output import Reporter, choose
 
 DESCRIPTION = """\
@@ -46,7 +46,8 @@ examples:
 
 exit codes:
   0    deployed (or, with --dry-run, the plan is valid)
-  1    a stage failed; changes made before the live switch were undone
+  1    a stage failed; if it failed before the live switch, the run's changes
+       on the hosts were undone (a failure after it, e.g. in graceful, is not)
   2    bad usage, config or input; nothing was run
   130  interrupted (Ctrl-C or SIGTERM); undone and torn down as for 1
 """
@@ -95,22 +96,6 @@ def _vars(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _on_signal(reporter_box: list[Reporter]):
-    """SIGINT/SIGTERM raise Interrupted once; later ones are reported, not raised,
-    so a second Ctrl-C cannot cut the rollback and VPN teardown short."""
-    seen = []
-
-    def handler(signum, frame):
-        if seen:
-            if reporter_box:
-                reporter_box[0].note("already stopping: rolling back and closing the VPN")
-            return
-        seen.append(signum)
-        raise Interrupted(signal.Signals(signum).name)
-
-    return handler
-
-
 def main(argv: Sequence[str] | None = None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     try:
@@ -118,13 +103,16 @@ def main(argv: Sequence[str] | None = None, stdout=None) -> int:
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     box: list[Reporter] = []
-    handler = _on_signal(box)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_repeat():
+        if box:
+            box[0].note("already stopping: undoing changes and closing the VPN")
+
+    previous = interrupts.install(on_repeat)
     try:
         return _deploy(args, stdout, box)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        interrupts.restore(previous)
 
 
 def _deploy(args, stdout, box: list[Reporter]) -> int:
@@ -151,6 +139,11 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         return _finish(reporter, args, stdout, e.exit_code, str(e))
     except (Interrupted, KeyboardInterrupt) as e:
         return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})")
+    except Exception as e:
+        # A bug: still end the output properly (TeamCity's build problem, the
+        # JSON "finished" event), then show the traceback.
+        _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {e!r}")
+        raise
     return _finish(reporter, args, stdout, EXIT_OK, None)
 
 

@@ -33,9 +33,3 @@ class TemplateError(UsageError):
 
 class StepFailed(DeployError):
     """A step failed on one or more hosts while the plan was running."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: unwinds like KeyboardInterrupt so every finally runs."""
-
-    exit_code = EXIT_INTERRUPTED

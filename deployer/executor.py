@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from deployer import packaging, steps, transport
+from deployer import interrupts, packaging, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import StepFailed
@@ -67,10 +67,12 @@ class Executor:
                 finally:
                     self.reporter.stage_finished(stage, ok)
         except BaseException:
-            self.rollback()
+            with interrupts.deferred():
+                self.rollback()
             raise
         finally:
-            self.close()
+            with interrupts.deferred():
+                self.close()
 
     # -- one step --------------------------------------------------------------
 
@@ -116,9 +118,9 @@ class Executor:
                 result = self.local.run(step.command.line())
             else:
                 raise TypeError(f"{type(step).__name__} cannot run on the runner")
-        except StepFailed as e:
-            result = Result(1, "", str(e))
-            raise
+        except (StepFailed, OSError) as e:
+            result = Result(1, "", _describe_error(e))
+            raise StepFailed(_failure_message(step, [("this machine", result)])) from None
         finally:
             self.reporter.step_finished(stage, step, RUNNER,
                                         StepResult(result, time.monotonic() - started))
@@ -126,11 +128,12 @@ class Executor:
             raise StepFailed(_failure_message(step, [("this machine", result)]))
 
     def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
+        if isinstance(step, (steps.Run, steps.Upload)) and step.undo is not None:
+            # Recorded before it runs: a step that fails halfway (a partly
+            # unpacked release) is cleaned up too. Undo commands are idempotent.
+            self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
         if isinstance(step, steps.Run):
-            result = t.run(step.command.line())
-            if result.ok and step.undo is not None:
-                self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
-            return result
+            return t.run(step.command.line())
         if isinstance(step, steps.Upload):
             t.put(step.local, step.remote)
             return Result(0, "", "")

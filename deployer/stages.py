@@ -37,7 +37,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     return (
         steps.Run("create release directory", hosts,
                   command=Command.of(("mkdir", "-p", "--", ctx.releases_dir))),
-        steps.Upload("upload tarball", hosts, local=ctx.tarball, remote=remote),
+        steps.Upload("upload tarball", hosts, local=ctx.tarball, remote=remote,
+                     undo=Command.of(("rm", "-f", "--", remote))),
         steps.Run(
             f"unpack release {ctx.release}", hosts,
             command=Command.of(("mkdir", "--", rel),
@@ -80,15 +81,14 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
 
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
     ctl, hosts = ctx.target.apache.ctl, ctx.host_names
-    name = posixpath.basename(ctl[-1])
     return (
-        steps.Run(f"{name} configtest", hosts, command=Command.of((*ctl, "configtest"))),
+        steps.Run("apache configtest", hosts, command=Command.of((*ctl, "configtest"))),
         # Only a release uploaded by this run is switched to: `--only restart`
         # must not point the live path at a directory that does not exist.
         *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
                       path=ctx.deploy_path, target=ctx.release_path, commit=True)]
           if ctx.uploads else []),
-        steps.Run(f"{name} graceful", hosts, command=Command.of((*ctl, "graceful"))),
+        steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful"))),
     )
 
 

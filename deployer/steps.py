@@ -46,6 +46,7 @@ class Run(Step):
 class Upload(Step):
     local: str = ""
     remote: str = ""
+    undo: Command | None = None
 
 
 @dataclass(frozen=True)

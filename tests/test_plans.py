@@ -72,7 +72,8 @@ def test_upload_steps(make):
     assert stages["upload"] == (
         Run("create release directory", H,
             command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"))),
-        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=f"{rel}.tar.gz"),
+        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=f"{rel}.tar.gz",
+               undo=Command.of(("rm", "-f", "--", f"{rel}.tar.gz"))),
         Run(f"unpack release {ctx.release}", H,
             command=Command.of(("mkdir", "--", rel),
                                ("tar", "--no-same-owner", "-xzf", f"{rel}.tar.gz", "-C", rel),
@@ -106,10 +107,10 @@ def test_migrate_runs_once_on_first_host_in_the_new_release(make):
 def test_restart_checks_then_switches_then_reloads(make):
     ctx, stages = make({"apache": {"ctl": "sudo apache2ctl"}})
     assert stages["restart"] == (
-        Run("apache2ctl configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
+        Run("apache configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
         Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
              target=f"/var/www/alpha.releases/{ctx.release}", commit=True),
-        Run("apache2ctl graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
+        Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
     )
 
 
