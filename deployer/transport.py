@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import paramiko
-from fabric import Connection
+from fabric import Config, Connection
 
 from deployer.config import Host
 from deployer.errors import StepFailed
@@ -114,11 +114,15 @@ class SshTransport:
 
     def __init__(self, host: Host, known_hosts: str, timeout: float):
         self.host = host
-        kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
+        kwargs: dict = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
         if host.identity_file:
             kwargs.update(key_filename=host.identity_file, look_for_keys=False)
-        self.conn = Connection(host.address, user=host.user, port=host.port,
-                               connect_timeout=int(timeout), connect_kwargs=kwargs)
+        # targets.yaml is the only source: no ~/.ssh/config (whose ProxyJump
+        # would make Fabric open a gateway that trusts any host key), no
+        # Fabric/Invoke config files, no gateway.
+        config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
+        self.conn = Connection(host.address, user=host.user, port=host.port, config=config,
+                               gateway=False, connect_kwargs=kwargs)
         self.conn.client.load_host_keys(known_hosts)
         self.conn.client.set_missing_host_key_policy(_RejectUnknown())
         self.known_hosts = known_hosts
