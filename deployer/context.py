@@ -73,7 +73,9 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
     release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:12]}"
     values = {k: v.value for k, v in target.vars.items()}
     values.update(overrides)
-    secrets = frozenset(v.value for k, v in target.vars.items() if v.secret and k not in overrides and v.value)
+    # Secret by name: a value given with --var for a secret var is masked too.
+    secrets = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
+    deploy_path = posixpath.join(target.deploy_root, name)
     return Context(
         name=name,
         hostname=hostname,
@@ -83,8 +85,7 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         # planted at this path makes the deploy fail rather than write into it.
         workdir=workdir or os.path.join(
             tempfile.gettempdir(), f"deployer-{name}-{release}-{os.getpid()}"),
-        vars={**values, "CONFIG_NAME": name, "HOSTNAME": hostname,
-              "DEPLOY_PATH": posixpath.join(target.deploy_root, name)},
+        vars={**values, "CONFIG_NAME": name, "HOSTNAME": hostname, "DEPLOY_PATH": deploy_path},
         secrets=secrets,
         stages=stages,
     )

@@ -159,8 +159,20 @@ class JsonReporter(Reporter):
     """One JSON object per event, for tools: `jq` or a dashboard."""
 
     def emit(self, event: str, **fields) -> None:
-        fields = {"event": event, "time": round(time.time(), 3), **fields}
-        self.write(json.dumps(fields, sort_keys=True))
+        # Redacted before encoding: once JSON-escaped, a secret with a quote,
+        # a backslash or a non-ASCII letter would no longer match.
+        fields = {"event": event, "time": round(time.time(), 3), **self._redacted(fields)}
+        self.stream.write(json.dumps(fields, sort_keys=True) + "\n")
+        self.stream.flush()
+
+    def _redacted(self, value):
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._redacted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redacted(v) for v in value]
+        return value
 
     def start(self, name, hostname, release, dry_run):
         self.emit("start", config=name, hostname=hostname, release=release, dry_run=dry_run)

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shlex
 
 import pytest
 import yaml
@@ -10,7 +11,10 @@ import yaml
 from deployer.cli import main
 from tests.conftest import REPO
 
-SECRET = "s3cr3t-Pa55word"
+# A quote, a backslash and a non-ASCII letter: JSON and TeamCity escape each.
+SECRET = 's3cr3t-Pä55"w\\ord|[x]'
+
+MIGRATE = f"echo migrating with {shlex.quote(SECRET)}"
 TC = re.compile(r"^##teamcity\[(\w+)((?: \w+='(?:[^'|]|\|.)*')*)\]$")
 
 
@@ -22,7 +26,7 @@ def local(tmp_path, monkeypatch):
     (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n# password <<DB_PASSWORD>>\n")
     monkeypatch.setenv("DEPLOYER_TEST_DB_PASSWORD", SECRET)
 
-    def run(*extra, migrate=f"echo migrating with {SECRET}", env=None):
+    def run(*extra, migrate=MIGRATE, env=None):
         doc = {"targets": {"local": {
             "transport": "local", "deploy_root": "www",
             "apache": {"dir": "apache2", "ctl": "true"},
@@ -108,12 +112,34 @@ def test_json_dry_run_lists_planned_steps(local):
 def test_secrets_never_appear(local, output, dry):
     code, lines = local("--output", output, *(["--dry-run"] if dry else []))
     assert code == 0
-    text = "\n".join(lines)
+    text = decoded(lines)
     assert SECRET not in text
     assert "********" in text
     if not dry:  # but the host got the real value
         conf = (local.tmp / "apache2" / "sites-available" / "local.conf").read_text()
         assert SECRET in conf
+
+
+@pytest.mark.parametrize("output", ["plain", "json", "teamcity"])
+def test_secret_given_with_var_is_masked_too(local, output):
+    other = "0ther-s3cret"
+    code, lines = local("--output", output, "--dry-run", "--var", f"DB_PASSWORD={other}")
+    assert code == 0
+    assert other not in decoded(lines)
+
+
+def decoded(lines: list[str]) -> str:
+    """The output as a reader sees it: JSON and service-message escapes undone,
+    so a secret that only survived in escaped form is found too."""
+    out = []
+    for line in lines:
+        if line.startswith("{"):
+            line = json.dumps(json.loads(line), ensure_ascii=False)
+            line = line.replace('\\"', '"').replace("\\\\", "\\")
+        elif line.startswith("##teamcity"):
+            line = re.sub(r"\|(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+        out.append(line)
+    return "\n".join(out)
 
 
 def test_usage_error_exit_2_with_reason(local):
