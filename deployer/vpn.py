@@ -1,13 +1,15 @@
 """An OpenVPN client for the length of one deploy.
 
-`openvpn --daemon` exits 0 even when the server is unreachable, so its exit
-code proves nothing: the tunnel counts as up only when the log says
+OpenVPN runs as our child in a session of its own (the effect of `--daemon`
+without its flaws): its pid is known the moment it starts, so an interrupt at
+any point can stop it, and waiting for it reaps it. Its exit code proves
+nothing about the tunnel (`--daemon` exits 0 even when the server is
+unreachable), so the tunnel counts as up only when the log says
 "Initialization Sequence Completed". The wait is bounded, and a failure
 quotes the end of OpenVPN's own log.
 """
 
 import os
-import signal
 import subprocess
 import time
 
@@ -15,60 +17,47 @@ from deployer.errors import StepFailed
 
 READY = "Initialization Sequence Completed"
 _POLL = 0.1
+_STOP_TIMEOUT = 10.0
 
 
 class OpenVpnTunnel:
     def __init__(self, config: str, workdir: str, timeout: float):
         self.config = config
         self.log = os.path.join(workdir, "openvpn.log")
-        self.pidfile = os.path.join(workdir, "openvpn.pid")
         self.timeout = timeout
-        self.pid: int | None = None
+        self.proc: subprocess.Popen | None = None
 
     def open(self) -> None:
-        argv = ["openvpn", "--config", self.config, "--daemon", "deployer-openvpn",
-                "--log", self.log, "--writepid", self.pidfile]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=self.timeout)
+            with open(self.log, "wb") as log:
+                # Options errors go to stderr before any --log would take over:
+                # both streams go to one file, which is all we quote.
+                self.proc = subprocess.Popen(
+                    ["openvpn", "--config", self.config], stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError:
             raise StepFailed("openvpn is not installed (apt-get install openvpn)") from None
-        except subprocess.TimeoutExpired:
-            raise StepFailed(f"openvpn did not daemonize within {self.timeout:g}s") from None
-        if proc.returncode != 0:
-            said = (proc.stderr or proc.stdout).strip()
-            raise StepFailed(f"openvpn refused to start (exit {proc.returncode})"
-                             f"{': ' + said if said else ''}{self._tail()}")
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            self.pid = self.pid or self._read_pid()
             if READY in self._log_text():
                 return
-            if self.pid is not None and not _alive(self.pid):
-                self.pid = None
-                raise StepFailed(f"openvpn exited before the tunnel came up{self._tail()}")
+            code = self.proc.poll()
+            if code is not None:
+                raise StepFailed(f"openvpn exited (code {code}) before the tunnel came up{self._tail()}")
             time.sleep(_POLL)
         raise StepFailed(f"VPN not up after {self.timeout:g}s (no {READY!r} in its log){self._tail()}")
 
     def close(self) -> None:
-        """Stop the daemon and wait for it, so its routes are gone when we return."""
-        pid = self.pid or self._read_pid()
-        self.pid = None
-        if pid is None or not _alive(pid):
+        """Stop OpenVPN and wait for it, so its routes are gone when we return."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(_POLL)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-    def _read_pid(self) -> int | None:
+        proc.terminate()
         try:
-            with open(self.pidfile) as f:
-                return int(f.read().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+            proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def _log_text(self) -> str:
         try:
@@ -80,14 +69,3 @@ class OpenVpnTunnel:
     def _tail(self, lines: int = 15) -> str:
         tail = self._log_text().splitlines()[-lines:]
         return ("\n  openvpn log (last lines):\n    " + "\n    ".join(tail)) if tail else ""
-
-
-def _alive(pid: int) -> bool:
-    """Whether the daemon still runs. Not `kill(pid, 0)`: the daemon double-forked,
-    so its parent is init, which may leave it a zombie for a while after it
-    exited, and a zombie answers signal 0."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
