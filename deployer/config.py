@@ -253,7 +253,10 @@ class _Reader:
             name: self.hook(spec, f"{path}/stages/{name}")
             for name, spec in self.mapping(t.get("stages", {}), f"{path}/stages").items()
         }
-        known_stages = set(DEFAULT_PIPELINE) | set(stages)
+        for name in stages:
+            if name in DEFAULT_PIPELINE:
+                raise self.fail(f"{path}/stages/{name}", "a built-in stage has this name; use hooks"
+                                " to run commands before or after it")
         hooks = self.mapping(t.get("hooks", {}), f"{path}/hooks", {"before", "after"})
         before, after = (
             self.hooks(hooks.get(when, {}), f"{path}/hooks/{when}") for when in ("before", "after")
@@ -272,7 +275,7 @@ class _Reader:
             package=self.package(t.get("package", {}), f"{path}/package"),
             template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
             vars=self.vars(t.get("vars", {}), f"{path}/vars"),
-            pipeline=self.pipeline(pipeline, known_stages, before, after, f"{path}"),
+            pipeline=self.pipeline(pipeline, before, after, path),
             stages=stages,
             before=before,
             after=after,
@@ -389,7 +392,7 @@ class _Reader:
             out[stage] = tuple(self.hook(item, f"{path}/{stage}/{i}") for i, item in enumerate(items))
         return out
 
-    def pipeline(self, pipeline, known, before, after, path) -> tuple[str, ...]:
+    def pipeline(self, pipeline, before, after, path) -> tuple[str, ...]:
         # Entry-point stages are checked when the plan is built; here only
         # duplicates and hooks on stages that will not run are caught.
         seen = set()

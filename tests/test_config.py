@@ -369,3 +369,11 @@ def test_yaml_1_1_booleans_stay_strings(tmp_path):
     target = config.load(tmp_path / "targets.yaml").resolve("local")
     assert {k: v.value for k, v in target.vars.items()} == {"COUNTRY": "no", "FLAG": "on"}
     assert target.after["restart"][0].on == "local"
+
+
+def test_shell_stage_may_not_shadow_a_built_in(tmp_path):
+    (tmp_path / "t").write_text("x")
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local:\n    transport: local\n    template: t\n    stages: {migrate: echo hi}\n")
+    with pytest.raises(UsageError, match="targets/local/stages/migrate: a built-in stage has this name"):
+        config.load(tmp_path / "targets.yaml")
