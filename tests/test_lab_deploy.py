@@ -190,6 +190,31 @@ def test_template_with_missing_token_fails_before_anything(site):
     assert_vpn_down(site.lab)
 
 
+def test_configtest_failing_on_one_host_undoes_every_host(site):
+    assert site.deploy("alpha")[0] == 0
+    live = [os.readlink(h.path("/var/www/alpha")) for h in site.lab.hosts]
+    broken = site.lab.hosts[-1].path("/etc/apache2/conf-enabled/broken.conf")
+    broken.write_text("ThisIsNotADirective on\n")
+    try:
+        (site.app / "RELEASE.txt").write_text("never live\n")
+        before = site.hosts_digest()
+        code, events = site.deploy("alpha")
+    finally:
+        broken.unlink()
+    assert code == 1
+    assert f"{site.lab.addresses[-1]}:" in error_of(events) and "ThisIsNotADirective" in error_of(events)
+    configtests = [e for e in events if e["event"] == "step_finished" and e["step"] == "apache configtest"]
+    assert [e["ok"] for e in configtests] == [True] * (len(live) - 1) + [False]
+    # Every host as it was: the host whose check passed was rolled back too.
+    after = site.hosts_digest()
+    for b, a in zip(before, after, strict=True):
+        assert a["/var/www"] == b["/var/www"]
+        assert {k: v for k, v in a["/etc/apache2"].items() if k != "conf-enabled/broken.conf"} == \
+            {k: v for k, v in b["/etc/apache2"].items() if k != "conf-enabled/broken.conf"}
+    assert [os.readlink(h.path("/var/www/alpha")) for h in site.lab.hosts] == live
+    assert_vpn_down(site.lab)
+
+
 def test_sigterm_mid_deploy_undoes_and_closes_the_vpn(site):
     # TeamCity's "stop build" while migrate runs on the first host.
     started = site.lab.shared_dir / "migrate-started"
