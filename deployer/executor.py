@@ -102,30 +102,32 @@ class Executor:
     def on_runner(self, stage: str, step: steps.Step) -> None:
         self.reporter.step_started(stage, step, RUNNER)
         started = time.monotonic()
-        result = Result(0, "", "")
+        # Until the step says otherwise it did not succeed (an interrupt lands here).
+        result = Result(1, "", "interrupted")
         try:
-            if isinstance(step, steps.Build):
-                count = packaging.build(step.source, step.exclude, step.dest)
-                size = os.path.getsize(step.dest)
-                result = Result(0, f"{count} files, {size} bytes: {step.dest}", "")
-            elif isinstance(step, steps.OpenVpn):
-                tunnel = OpenVpnTunnel(step.config, step.workdir, step.timeout)
-                # Registered before open(): a half-started daemon is stopped too.
-                self.teardown.append(("close VPN", tunnel.close))
-                tunnel.open()
-                result = Result(0, "tunnel up", "")
-            elif isinstance(step, steps.Run):
-                result = self.local.run(step.command.line())
-            else:
-                raise TypeError(f"{type(step).__name__} cannot run on the runner")
+            result = self.run_on_runner(step)
         except (StepFailed, OSError) as e:
             result = Result(1, "", _describe_error(e))
-            raise StepFailed(_failure_message(step, [("this machine", result)])) from None
         finally:
             self.reporter.step_finished(stage, step, RUNNER,
                                         StepResult(result, time.monotonic() - started))
         if not result.ok:
-            raise StepFailed(_failure_message(step, [("this machine", result)]))
+            detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}")
+            raise StepFailed(f"{step.title}: {detail}")
+
+    def run_on_runner(self, step: steps.Step) -> Result:
+        if isinstance(step, steps.Build):
+            count = packaging.build(step.source, step.exclude, step.dest)
+            return Result(0, f"{count} files, {os.path.getsize(step.dest)} bytes: {step.dest}", "")
+        if isinstance(step, steps.OpenVpn):
+            tunnel = OpenVpnTunnel(step.config, step.workdir, step.timeout)
+            # Registered before open(): a half-started OpenVPN is stopped too.
+            self.teardown.append(("close VPN", tunnel.close))
+            tunnel.open()
+            return Result(0, "tunnel up", "")
+        if isinstance(step, steps.Run):
+            return self.local.run(step.command.line())
+        raise TypeError(f"{type(step).__name__} cannot run on the runner")
 
     def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
         if isinstance(step, (steps.Run, steps.Upload)) and step.undo is not None:
