@@ -130,13 +130,16 @@ class Executor:
         raise TypeError(f"{type(step).__name__} cannot run on the runner")
 
     def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
-        if isinstance(step, (steps.Run, steps.Upload)) and step.undo is not None:
-            # Recorded before it runs: a step that fails halfway (a partly
-            # unpacked release) is cleaned up too. Undo commands are idempotent.
-            self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
         if isinstance(step, steps.Run):
-            return t.run(step.command.line())
+            result = t.run(step.command.line())
+            # Only what the step did: a failed `mkdir` of an existing release
+            # must not lead to removing that release.
+            if result.ok and step.undo is not None:
+                self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
+            return result
         if isinstance(step, steps.Upload):
+            # Before the transfer: a half-written file is removed too.
+            self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
             t.put(step.local, step.remote)
             return Result(0, "", "")
         if isinstance(step, steps.Install):

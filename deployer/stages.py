@@ -35,17 +35,16 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     hosts, rel = ctx.host_names, ctx.release_path
     remote = f"{rel}.tar.gz"
     return (
-        steps.Run("create release directory", hosts,
-                  command=Command.of(("mkdir", "-p", "--", ctx.releases_dir))),
+        # `mkdir` without -p fails if the release exists (another run's, maybe
+        # live): then no undo is recorded, and rollback never removes it.
+        steps.Run(f"create release {ctx.release}", hosts,
+                  command=Command.of(("mkdir", "-p", "--", ctx.releases_dir), ("mkdir", "--", rel)),
+                  undo=Command.of(("rm", "-rf", "--", rel))),
         steps.Upload("upload tarball", hosts, local=ctx.tarball, remote=remote,
                      undo=Command.of(("rm", "-f", "--", remote))),
-        steps.Run(
-            f"unpack release {ctx.release}", hosts,
-            command=Command.of(("mkdir", "--", rel),
-                               ("tar", "--no-same-owner", "-xzf", remote, "-C", rel),
-                               ("rm", "-f", "--", remote)),
-            undo=Command.of(("rm", "-rf", "--", rel, remote)),
-        ),
+        steps.Run("unpack release", hosts,
+                  command=Command.of(("tar", "--no-same-owner", "-xzf", remote, "-C", rel),
+                                     ("rm", "-f", "--", remote))),
     )
 
 

@@ -44,9 +44,11 @@ class Run(Step):
 
 @dataclass(frozen=True)
 class Upload(Step):
+    """Copy a file from the runner; `undo` removes it, even if the copy broke off."""
+
     local: str = ""
     remote: str = ""
-    undo: Command | None = None
+    undo: Command = field(default_factory=Command)
 
 
 @dataclass(frozen=True)

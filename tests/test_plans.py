@@ -70,15 +70,14 @@ def test_upload_steps(make):
     ctx, stages = make()
     rel = f"/var/www/alpha.releases/{ctx.release}"
     assert stages["upload"] == (
-        Run("create release directory", H,
-            command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"))),
+        Run(f"create release {ctx.release}", H,
+            command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"), ("mkdir", "--", rel)),
+            undo=Command.of(("rm", "-rf", "--", rel))),
         Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=f"{rel}.tar.gz",
                undo=Command.of(("rm", "-f", "--", f"{rel}.tar.gz"))),
-        Run(f"unpack release {ctx.release}", H,
-            command=Command.of(("mkdir", "--", rel),
-                               ("tar", "--no-same-owner", "-xzf", f"{rel}.tar.gz", "-C", rel),
-                               ("rm", "-f", "--", f"{rel}.tar.gz")),
-            undo=Command.of(("rm", "-rf", "--", rel, f"{rel}.tar.gz"))),
+        Run("unpack release", H,
+            command=Command.of(("tar", "--no-same-owner", "-xzf", f"{rel}.tar.gz", "-C", rel),
+                               ("rm", "-f", "--", f"{rel}.tar.gz"))),
     )
 
 
