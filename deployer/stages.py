@@ -65,6 +65,9 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
         steps.Link(f"enable site {conf}", ctx.host_names,
                    path=posixpath.join(apache, "sites-enabled", conf),
                    target=posixpath.join("..", "sites-available", conf)),
+        # Checked here as well as in restart: a broken vhost must fail the
+        # deploy before migrate changes the database, which no undo reverts.
+        _configtest(ctx),
     )
 
 
@@ -81,7 +84,7 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
     ctl, hosts = ctx.target.apache.ctl, ctx.host_names
     return (
-        steps.Run("apache configtest", hosts, command=Command.of((*ctl, "configtest"))),
+        _configtest(ctx),
         # Only a release uploaded by this run is switched to: `--only restart`
         # must not point the live path at a directory that does not exist.
         *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
@@ -89,6 +92,11 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
           if ctx.uploads else []),
         steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful"))),
     )
+
+
+def _configtest(ctx: Context) -> steps.Run:
+    return steps.Run("apache configtest", ctx.host_names,
+                     command=Command.of((*ctx.target.apache.ctl, "configtest")))
 
 
 BUILTIN: dict[str, StageFn] = {

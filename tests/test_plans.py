@@ -89,6 +89,7 @@ def test_render_steps(make):
                 content="ServerName alpha.example.com\nRoot /var/www/alpha over\n"),
         Link("enable site alpha.conf", H, path="/srv/apache2/sites-enabled/alpha.conf",
              target="../sites-available/alpha.conf"),
+        Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest"))),
     )
 
 
