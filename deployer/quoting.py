@@ -46,3 +46,16 @@ class Command:
 def words(text: str) -> tuple[str, ...]:
     """Split a configured command prefix (e.g. `sudo apache2ctl`) into argv."""
     return tuple(shlex.split(text))
+
+
+PID_MARKER = b"deployer-pid:"
+
+
+def reporting_pid(line: str) -> str:
+    """`line`, run by a shell that first writes `deployer-pid:PID` to stderr.
+
+    sshd starts each command as a session leader, so that pid is also the
+    process group of everything the command starts: one `kill -- -PID`
+    stops it all when the deploy is interrupted.
+    """
+    return f"echo {PID_MARKER.decode()}$$ >&2; exec /bin/sh -c {shlex.quote(line)}"

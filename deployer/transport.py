@@ -21,6 +21,7 @@ from fabric import Config, Connection
 
 from deployer.config import Host
 from deployer.errors import StepFailed
+from deployer.quoting import PID_MARKER, Command, reporting_pid
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,15 @@ class _RejectUnknown(paramiko.RejectPolicy):
         raise UnknownHostKey(key)
 
 
+def _pid_of(err: bytes) -> int | None:
+    """The pid `reporting_pid` wrote, once its whole line has arrived."""
+    start = err.find(PID_MARKER)
+    end = err.find(b"\n", start)
+    if start < 0 or end < 0:
+        return None
+    return int(err[start + len(PID_MARKER):end])
+
+
 class SshTransport:
     """One SSH connection to one host, opened once and reused for the whole deploy."""
 
@@ -152,14 +162,17 @@ class SshTransport:
         # so Ctrl-C would take as long as the slowest migration.
         chan = self.conn.client.get_transport().open_session()
         out, err = bytearray(), bytearray()
+        pid = None
         try:
-            chan.exec_command(line)
+            chan.exec_command(reporting_pid(line))
             chan.shutdown_write()
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                    if pid is None:
+                        pid = _pid_of(err)
                 elif chan.exit_status_ready() or chan.closed:
                     break
                 else:
@@ -170,9 +183,28 @@ class SshTransport:
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
             code = chan.recv_exit_status()
+        except BaseException:
+            if pid is not None:
+                self.stop_group(pid)
+            raise
         finally:
             chan.close()
+        pid = pid if pid is not None else _pid_of(err)
+        if pid is not None:
+            err = err.replace(b"%s%d\n" % (PID_MARKER, pid), b"", 1)
         return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def stop_group(self, pid: int) -> None:
+        """Interrupted: stop the remote command and its children (closing the
+        channel alone leaves them running on the host)."""
+        chan = self.conn.client.get_transport().open_session()
+        try:
+            chan.exec_command(Command.of(("kill", "-TERM", "--", f"-{pid}")).line())
+            chan.status_event.wait(5)
+        except (OSError, paramiko.SSHException):
+            pass  # best effort: the rollback and VPN teardown come next
+        finally:
+            chan.close()
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:

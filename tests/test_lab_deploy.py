@@ -239,6 +239,8 @@ def test_sigterm_mid_deploy_undoes_and_closes_the_vpn(site):
     assert error_of(events) == "interrupted (SIGTERM)"
     assert site.hosts_digest() == before
     assert_vpn_down(site.lab)
+    # The migrate command itself was stopped on the host, not left to run.
+    assert site.lab.run(0, "pgrep -x sleep", check=False).returncode == 1
 
 
 def test_deploy_alpha_on_four_hosts(lab_session, tmp_path):

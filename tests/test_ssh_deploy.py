@@ -84,6 +84,7 @@ def test_full_deploy_lands_release_vhost_and_one_migration(site):
     # Migrate ran once, inside the new release, before the switch.
     assert (site.root / "migrations.log").read_text() == f"{release.name} {release}\n"
     assert "Syntax OK" in out  # the real Apache configtest of the rendered vhost
+    assert "deployer-pid" not in out  # the transport's own marker never shows
     leftovers = [p for p in tree_digest(site.root) if p.endswith((".tar.gz", ".deployer-tmp"))]
     assert leftovers == []
 
