@@ -47,10 +47,19 @@ def files(source: str, exclude: tuple[str, ...]) -> list[str]:
 
 
 def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
-    name = os.path.basename(rel)
-    return any(
-        fnmatch.fnmatchcase(rel if "/" in p else name, p.strip("/")) for p in patterns
-    )
+    parts = rel.split("/")
+    for pattern in patterns:
+        # As in .gitignore: a trailing slash only says "a directory"; a slash
+        # elsewhere anchors the pattern at the root, where `*` never crosses
+        # a slash; without one, the pattern matches a name at any depth.
+        p = pattern.rstrip("/")
+        if "/" in p:
+            pp = p.lstrip("/").split("/")
+            if len(pp) == len(parts) and all(map(fnmatch.fnmatchcase, parts, pp)):
+                return True
+        elif fnmatch.fnmatchcase(parts[-1], p):
+            return True
+    return False
 
 
 def tree_hash(source: str, exclude: tuple[str, ...]) -> str:

@@ -72,6 +72,11 @@ def test_files_without_excludes_lists_everything_but_directories(src):
         (("static",), ["static"]),                  # a directory link, by name
         (("/docs",), ["docs/media/uploads/keep.txt"]),  # a leading slash anchors at the root
         (("app/*.py",), ["app/__init__.py", "app/views.py"]),
+        # `*` stops at a slash, and a trailing slash matches a name anywhere.
+        (("*/uploads/*",), []),
+        (("docs/*.txt",), []),
+        (("docs/*/*/*.txt",), ["docs/media/uploads/keep.txt"]),
+        (("uploads/",), ["docs/media/uploads/keep.txt"]),
         (("*.py",), ["app/__init__.py", "app/views.py", "current.py", "manage.py"]),
         # A name matches at any depth.
         (("media",), ["media/logo.png", "media/uploads.txt", "docs/media/uploads/keep.txt"]),
