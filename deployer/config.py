@@ -360,7 +360,9 @@ class _Reader:
         return out
 
     def var(self, value: Any, path: str) -> Var:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool) or value is None:
+            raise self.fail(path, f"{_kind(value)} is not a value for a template; quote it")
+        if isinstance(value, (str, int, float)):
             return Var(str(value))
         v = self.mapping(value, path, {"value", "env", "secret"})
         secret = v.get("secret", False)
@@ -414,6 +416,8 @@ def _join(path: str, key: str) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
+    if value == "":
+        return "an empty string"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 

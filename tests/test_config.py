@@ -286,7 +286,7 @@ MALFORMED = [
     ("targets:\n  alpha: {" + HOST + ", hooks: {after: {restart: {run: ./x, on: everywhere}}}}\n",
      "targets/alpha/hooks/after/restart/0/on: expected one of all, first, local, got 'everywhere'"),
     ("targets:\n  alpha: {" + HOST + ", migrate: ''}\n",
-     "targets/alpha/migrate: expected a non-empty string, got a string"),
+     "targets/alpha/migrate: expected a non-empty string, got an empty string"),
     ("targets:\n  alpha: {" + HOST + ", connect_timeout: true}\n",
      "targets/alpha/connect_timeout: expected a positive number of seconds"),
     ("targets:\n  alpha: {" + HOST + ", package: {exclude: .git}}\n",
@@ -377,3 +377,16 @@ def test_shell_stage_may_not_shadow_a_built_in(tmp_path):
         "targets:\n  local:\n    transport: local\n    template: t\n    stages: {migrate: echo hi}\n")
     with pytest.raises(UsageError, match="targets/local/stages/migrate: a built-in stage has this name"):
         config.load(tmp_path / "targets.yaml")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("true", "a boolean is not a value for a template; quote it"),
+    ("null", "nothing is not a value for a template; quote it"),
+])
+def test_unquoted_boolean_or_null_var_says_quote_it(tmp_path, value, message):
+    (tmp_path / "t").write_text("x")
+    (tmp_path / "targets.yaml").write_text(
+        f"targets:\n  local:\n    transport: local\n    template: t\n    vars: {{DEBUG: {value}}}\n")
+    with pytest.raises(UsageError, match=f"targets/local/vars/DEBUG: {message}"):
+        config.load(tmp_path / "targets.yaml")
+
