@@ -33,8 +33,8 @@ def details(step: steps.Step) -> list[str]:
         excl = f" (excluding {', '.join(step.exclude)})" if step.exclude else ""
         return [f"tar -czf {step.dest} -C {step.source} .{excl}"]
     if isinstance(step, steps.OpenVpn):
-        return [f"openvpn --config {step.config} --daemon, up within {step.timeout:g}s"
-                " or fail; closed when the deploy ends"]
+        return [f"openvpn --config {step.config} in the background, up within {step.timeout:g}s"
+                " or fail; stopped when the deploy ends"]
     if isinstance(step, steps.Run):
         lines = [f"$ {step.command.line()}"]
         if step.undo is not None:
