@@ -150,21 +150,25 @@ class Executor:
 
     def install(self, step: steps.Install, host: str, t: Transport) -> Result:
         previous = t.read(step.path)
-        self.counter += 1
-        local = os.path.join(self.ctx.workdir, f"install-{self.counter}")
-        with open(local, "w", encoding="utf-8") as f:
-            f.write(step.content)
-        tmp = f"{step.path}.deployer-tmp"
-        result = t.run(Command.of(("mkdir", "-p", "--", posixpath.dirname(step.path))).line())
-        if not result.ok:
-            return result
-        t.put(local, tmp)
-        result = t.run(Command.of(("chmod", f"{step.mode:o}", "--", tmp),
-                                  ("mv", "-f", "--", tmp, step.path)).line())
+        result = self.write_file(t, step.path, step.content.encode(), step.mode)
         if result.ok:
             self.undo.append(_Undo(host, f"restore {step.path}", kind="file", path=step.path,
                                    content=previous))
         return result
+
+    def write_file(self, t: Transport, path: str, data: bytes, mode: int | None = None) -> Result:
+        """Put `data` at `path` on the host atomically: a temp file beside it, renamed over it."""
+        self.counter += 1
+        local = os.path.join(self.ctx.workdir, f"file-{self.counter}")
+        with open(local, "wb") as f:
+            f.write(data)
+        result = t.run(Command.of(("mkdir", "-p", "--", posixpath.dirname(path))).line())
+        if not result.ok:
+            return result
+        tmp = f"{path}.deployer-tmp"
+        t.put(local, tmp)
+        chmod = [("chmod", f"{mode:o}", "--", tmp)] if mode is not None else []
+        return t.run(Command.of(*chmod, ("mv", "-f", "--", tmp, path)).line())
 
     def link(self, step: steps.Link, host: str, t: Transport) -> Result:
         previous = t.readlink(step.path)
@@ -226,13 +230,7 @@ class Executor:
             return t.run(_relink(u.path, u.link).line())
         if u.content is None:
             return t.run(Command.of(("rm", "-f", "--", u.path)).line())
-        self.counter += 1
-        local = os.path.join(self.ctx.workdir, f"restore-{self.counter}")
-        with open(local, "wb") as f:
-            f.write(u.content)
-        tmp = f"{u.path}.deployer-tmp"
-        t.put(local, tmp)
-        return t.run(Command.of(("mv", "-f", "--", tmp, u.path)).line())
+        return self.write_file(t, u.path, u.content)
 
     def close(self) -> None:
         for title, action in reversed(self.teardown):
