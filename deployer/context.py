@@ -17,9 +17,15 @@ class Context:
     target: Target
     release: str
     workdir: str
-    vars: dict[str, str] = field(hash=False)
+    values: dict[str, str] = field(hash=False)  # vars: and --var, merged
     secrets: frozenset[str] = frozenset()
     stages: tuple[str, ...] = ()
+
+    @property
+    def vars(self) -> dict[str, str]:
+        """Every template token: the user's values and the three deployer sets."""
+        return {**self.values, "CONFIG_NAME": self.name, "HOSTNAME": self.hostname,
+                "DEPLOY_PATH": self.deploy_path}
 
     @property
     def uploads(self) -> bool:
@@ -75,7 +81,6 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
     values.update(overrides)
     # Secret by name: a value given with --var for a secret var is masked too.
     secrets = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
-    deploy_path = posixpath.join(target.deploy_root, name)
     return Context(
         name=name,
         hostname=hostname,
@@ -85,7 +90,7 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         # planted at this path makes the deploy fail rather than write into it.
         workdir=workdir or os.path.join(
             tempfile.gettempdir(), f"deployer-{name}-{release}-{os.getpid()}"),
-        vars={**values, "CONFIG_NAME": name, "HOSTNAME": hostname, "DEPLOY_PATH": deploy_path},
+        values=values,
         secrets=secrets,
         stages=stages,
     )
