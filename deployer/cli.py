@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from deployer import __version__, context, interrupts, names, plan
@@ -92,7 +93,9 @@ def _vars(pairs: list[str]) -> dict[str, str]:
         names.token_name(key)
         if key in ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME"):
             raise UsageError(f"--var {key}: set by deployer from the command line and config")
-        out[key] = value
+        # TeamCity build parameters arrive here: whoever may start a build
+        # with custom parameters must not be able to write Apache directives.
+        out[key] = names.token_value(key, value, "--var")
     return out
 
 
@@ -139,11 +142,14 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         return _finish(reporter, args, stdout, e.exit_code, str(e))
     except (Interrupted, KeyboardInterrupt) as e:
         return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
         # A bug: still end the output properly (TeamCity's build problem, the
-        # JSON "finished" event), then show the traceback.
-        _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {e!r}")
-        raise
+        # JSON "finished" event), then show the traceback, redacted like the
+        # rest: an exception's text can quote a secret (a vhost, a value).
+        code = _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {e!r}")
+        trace = "".join(traceback.format_exception(e))
+        sys.stderr.write(reporter.redact(trace) if reporter else trace)
+        return code
     return _finish(reporter, args, stdout, EXIT_OK, None)
 
 

@@ -363,7 +363,7 @@ class _Reader:
         if isinstance(value, bool) or value is None:
             raise self.fail(path, f"{_kind(value)} is not a value for a template; quote it")
         if isinstance(value, (str, int, float)):
-            return Var(str(value))
+            return Var(self.value(str(value), path))
         v = self.mapping(value, path, {"value", "env", "secret"})
         secret = v.get("secret", False)
         if not isinstance(secret, bool):
@@ -374,8 +374,15 @@ class _Reader:
             env = self.string(v["env"], f"{path}/env")
             if self.check_environment and env not in os.environ:
                 raise self.fail(f"{path}/env", f"environment variable {env} is not set")
-            return Var(os.environ.get(env, ""), secret)
+            value = self.value(os.environ.get(env, ""), f"{path}/env", f"environment variable {env}")
+            return Var(value, secret)
         return Var(self.var(v["value"], f"{path}/value").value, secret)
+
+    def value(self, text: str, path: str, what: str = "value") -> str:
+        problem = names.value_problem(text)
+        if problem:
+            raise self.fail(path, f"{what} {problem}")
+        return text
 
     def hook(self, raw: Any, path: str) -> Hook:
         if isinstance(raw, str):

@@ -94,7 +94,7 @@ class Executor:
             if not result.ok:
                 failures.append((name, result))
         if failures:
-            raise StepFailed(_failure_message(step, failures))
+            raise StepFailed(_failure_message(step, failures, self.reporter.redact))
         if isinstance(step, steps.Link) and step.commit:
             # The new release is live on every host: nothing before this is undone.
             self.undo.clear()
@@ -258,9 +258,10 @@ def _describe_error(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _failure_message(step: steps.Step, failures: list[tuple[str, Result]]) -> str:
+def _failure_message(step: steps.Step, failures: list[tuple[str, Result]], redact) -> str:
     lines = [f"{step.title}: failed on {len(failures)} host(s)"]
     for host, r in failures:
-        detail = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.exit_code}")
+        # Redacted before it is cut into lines: a split secret would no longer match.
+        detail = redact(r.stderr.strip() or r.stdout.strip() or f"exit code {r.exit_code}")
         lines.append(f"  {host}: " + "\n    ".join(detail.splitlines()[-20:]))
     return "\n".join(lines)

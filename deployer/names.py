@@ -1,11 +1,13 @@
-"""The two words TeamCity passes us, validated before anything else looks at them.
+"""The words that come from outside, validated before anything else looks at them.
 
-Both end up in paths, Apache config and shell commands, so they are held to
-rules that leave no room for a metacharacter: a DNS label for the config name
-and an RFC 1123 host name for the hostname.
+The config name and hostname TeamCity passes us end up in paths, Apache
+config and shell commands, so they are held to rules that leave no room for
+a metacharacter: a DNS label and an RFC 1123 host name. Template values
+(`--var`, `vars:`, the environment) may be any one line of UTF-8 text.
 """
 
 import re
+import unicodedata
 
 from deployer.errors import UsageError
 
@@ -46,4 +48,34 @@ def token_name(value: str) -> str:
             f"invalid variable name {value!r}: use letters, digits and"
             " underscores, not starting with a digit"
         )
+    return value
+
+
+# Apache reads its configuration a line at a time: a value with a line break
+# in it is a new directive (an Alias to /etc), and a trailing backslash
+# joins the next line of the template to it. Python's splitlines() also
+# breaks at U+2028/U+2029, which would let a value slip past line-based
+# masking. Lone surrogates are how Python hands over bytes that were not
+# UTF-8 in argv or the environment.
+_REFUSED_CATEGORIES = {"Cc": "a control character", "Cs": "bytes that are not UTF-8",
+                       "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def value_problem(value: str) -> str | None:
+    """Why `value` may not go into the vhost, or None; never quotes the value (it may be a secret)."""
+    for ch in value:
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+        if what is not None:
+            code = "" if what.startswith("bytes") else f" (U+{ord(ch):04X})"
+            return f"contains {what}{code}; a value must be one line of UTF-8 text"
+    if value.endswith("\\"):
+        return "ends with a backslash, which Apache reads as a line continuation"
+    return None
+
+
+def token_value(key: str, value: str, where: str) -> str:
+    """`value` for token `key` if it is one safe line; `where` says where it came from."""
+    problem = value_problem(value)
+    if problem:
+        raise UsageError(f"{where}: value of {key} {problem}")
     return value

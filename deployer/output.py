@@ -27,8 +27,12 @@ class StepResult:
     seconds: float
 
 
-def details(step: steps.Step) -> list[str]:
-    """The lines that say exactly what a step does: dry-run and logs show them."""
+def details(step: steps.Step, redact=lambda text: text) -> list[str]:
+    """The lines that say exactly what a step does: dry-run and logs show them.
+
+    Free text (a command, a file's content) is redacted whole before it is
+    split into lines, so no secret can be cut in two by a line break.
+    """
     if isinstance(step, steps.Build):
         excl = f" (excluding {', '.join(step.exclude)})" if step.exclude else ""
         return [f"tar -czf {step.dest} -C {step.source} .{excl}"]
@@ -36,15 +40,15 @@ def details(step: steps.Step) -> list[str]:
         return [f"openvpn --config {step.config} in the background, up within {step.timeout:g}s"
                 " or fail; stopped when the deploy ends"]
     if isinstance(step, steps.Run):
-        lines = [f"$ {step.command.line()}"]
+        lines = [f"$ {line}" for line in redact(step.command.line()).splitlines()]
         if step.undo is not None:
-            lines.append(f"on failure: $ {step.undo.line()}")
+            lines.extend(f"on failure: $ {line}" for line in redact(step.undo.line()).splitlines())
         return lines
     if isinstance(step, steps.Upload):
         return [f"put {step.local} -> {step.remote}"]
     if isinstance(step, steps.Install):
         return [f"write {step.path} (mode {step.mode:o}; previous file restored on failure):",
-                *(f"| {line}" for line in step.content.splitlines())]
+                *(f"| {line}" for line in redact(step.content).splitlines())]
     if isinstance(step, steps.Link):
         note = " (commit point)" if step.commit else ""
         return [f"ln -sfn {step.target} {step.path}, atomically{note}"]
@@ -68,6 +72,10 @@ class Reporter:
         self.stream.write(self.redact(line) + "\n")
         self.stream.flush()
 
+    def output_lines(self, r: Result) -> list[str]:
+        """A command's output, redacted whole, then split."""
+        return [line for line in self.redact(r.stdout + r.stderr).splitlines() if line.strip()]
+
     def start(self, name: str, hostname: str, release: str, dry_run: bool) -> None: ...
     def stage_started(self, stage: str) -> None: ...
     def stage_finished(self, stage: str, ok: bool) -> None: ...
@@ -84,8 +92,6 @@ def _where(step: steps.Step, host: str | None = None) -> str:
     return ", ".join(step.hosts) if step.hosts else "runner"
 
 
-def _output_lines(r: Result) -> list[str]:
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
 
 
 class PlainReporter(Reporter):
@@ -100,13 +106,13 @@ class PlainReporter(Reporter):
 
     def planned(self, stage, step):
         self.write(f"  - {step.title} [{_where(step)}]")
-        for line in details(step):
+        for line in details(step, self.redact):
             self.write(f"      {line}")
 
     def step_finished(self, stage, step, host, r):
         status = "ok" if r.result.ok else f"FAILED (exit {r.result.exit_code})"
         self.write(f"  {step.title} [{_where(step, host)}]: {status} in {r.seconds:.1f}s")
-        for line in _output_lines(r.result)[-40:]:
+        for line in self.output_lines(r.result)[-40:]:
             self.write(f"      {line}")
 
     def note(self, text):
@@ -137,7 +143,7 @@ class TeamCityReporter(PlainReporter):
     def finished(self, exit_code, error):
         if error:
             # TeamCity shows the description in the build overview: one line.
-            self.tc.buildProblem(description=self.redact(error.splitlines()[0])[:4000],
+            self.tc.buildProblem(description=self.redact(error).splitlines()[0][:4000],
                                  identity=f"deployer-exit-{exit_code}")
         super().finished(exit_code, error)
 
@@ -185,7 +191,7 @@ class JsonReporter(Reporter):
 
     def planned(self, stage, step):
         self.emit("planned", stage=stage, step=step.title, kind=type(step).__name__.lower(),
-                  hosts=list(step.hosts), details=details(step))
+                  hosts=list(step.hosts), details=details(step, self.redact))
 
     def step_started(self, stage, step, host):
         self.emit("step_started", stage=stage, step=step.title, host=host)
@@ -234,7 +240,7 @@ class RichReporter(PlainReporter):
         mark, style = ("✓", "green") if r.result.ok else ("✗", "bold red")
         self._print(f"  {mark} {step.title} [{_where(step, host)}] {r.seconds:.1f}s", style)
         if not r.result.ok:
-            for line in _output_lines(r.result)[-40:]:
+            for line in self.output_lines(r.result)[-40:]:
                 self._print(f"      {line}", "red")
 
     def note(self, text):
