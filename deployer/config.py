@@ -9,7 +9,9 @@ the file's own directory, so a checkout can be deployed from anywhere.
 import copy
 import ipaddress
 import os
+import posixpath
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,51 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# YAML 1.2 has no timestamps either: `RELEASE_DATE: 2026-01-01` stays a string.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+
+
+class _Int(int):
+    """An integer that remembers how it was written: under vars:, `0755`,
+    `12:30` and `0x1F` are the strings a template means, not 493, 750, 31."""
+
+    text: str
+
+
+class _Float(float):
+    text: str
+
+
+def _as_written(kind, construct):
+    def construct_as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+        number = kind(construct(loader, node))
+        number.text = node.value
+        return number
+    return construct_as_written
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    # PyYAML keeps the last of two equal keys: a second `alpha:` would
+    # silently replace the first target.
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key].start_mark.line + 1})",
+                key_node.start_mark)
+        if isinstance(key, Hashable):
+            seen[key] = key_node
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _as_written(_Int, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _as_written(_Float, yaml.SafeLoader.construct_yaml_float))
+_Loader.add_constructor("tag:yaml.org,2002:map", _unique_mapping)
 
 
 def load(path: str | os.PathLike) -> Targets:
@@ -143,6 +190,9 @@ def load(path: str | os.PathLike) -> Targets:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{source}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(source, "", f"not UTF-8 (line {line})") from None
     try:
         doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
@@ -268,9 +318,9 @@ class _Reader:
             hosts=hosts,
             known_hosts=known_hosts,
             connect_timeout=self.number(t.get("connect_timeout", 10), f"{path}/connect_timeout"),
-            deploy_root=self.absolute(t.get("deploy_root", "/var/www"), f"{path}/deploy_root"),
+            deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
-            apache=self.apache(t.get("apache", {}), f"{path}/apache"),
+            apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),
             migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
             package=self.package(t.get("package", {}), f"{path}/package"),
             template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
@@ -284,6 +334,26 @@ class _Reader:
     def absolute(self, value: Any, path: str) -> str:
         text = self.string(value, path)
         return os.path.normpath(self.path(text)).rstrip("/") or "/"
+
+    def host_path(self, value: Any, path: str, transport: str) -> str:
+        """A path on the hosts. For the local target the hosts are this machine,
+        so it may be relative to this file; for SSH it is never resolved here
+        (`~/www` would become the runner's home, `www` a folder on the runner)."""
+        if transport == "local":
+            return self.absolute(value, path)
+        text = self.string(value, path)
+        if not text.startswith("/"):
+            raise self.fail(path, f"expected an absolute path on the hosts (starting with /), got {text!r}")
+        return posixpath.normpath(text).rstrip("/") or "/"
+
+    def deploy_root(self, value: Any, path: str, transport: str) -> str:
+        root = self.host_path(value, path, transport)
+        # DEPLOY_PATH goes into the vhost unquoted (<<DEPLOY_PATH>>/static).
+        problem = names.value_problem(root) or (
+            "contains white space, which would split it in the vhost" if re.search(r"\s", root) else None)
+        if problem:
+            raise self.fail(path, f"{root!r} {problem}")
+        return root
 
     def hosts(self, t: dict, path: str) -> tuple[Host, ...]:
         raw = t.get("hosts")
@@ -331,13 +401,14 @@ class _Reader:
             timeout=self.number(v.get("timeout", 30), f"{path}/timeout"),
         )
 
-    def apache(self, raw: Any, path: str) -> Apache:
+    def apache(self, raw: Any, path: str, transport: str) -> Apache:
         a = self.mapping(raw, path, {"dir", "ctl"})
         ctl = words(self.string(a.get("ctl", "apache2ctl"), f"{path}/ctl"))
         if "/" in ctl[0]:
-            # A script shipped beside targets.yaml, like tools/local-apache2ctl.
-            ctl = (self.path(ctl[0]), *ctl[1:])
-        return Apache(dir=self.absolute(a.get("dir", "/etc/apache2"), f"{path}/dir"), ctl=ctl)
+            # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare
+            # name (apache2ctl, sudo) is looked up on the host's PATH.
+            ctl = (self.host_path(ctl[0], f"{path}/ctl", transport), *ctl[1:])
+        return Apache(dir=self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport), ctl=ctl)
 
     def package(self, raw: Any, path: str) -> Package:
         p = self.mapping(raw, path, {"source", "exclude"})
@@ -362,6 +433,8 @@ class _Reader:
     def var(self, value: Any, path: str) -> Var:
         if isinstance(value, bool) or value is None:
             raise self.fail(path, f"{_kind(value)} is not a value for a template; quote it")
+        if isinstance(value, (_Int, _Float)):
+            return Var(self.value(value.text, path))
         if isinstance(value, (str, int, float)):
             return Var(self.value(str(value), path))
         v = self.mapping(value, path, {"value", "env", "secret"})

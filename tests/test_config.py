@@ -117,16 +117,102 @@ targets:
   alpha:
     hosts: [web1.alpha.internal]
     vpn: {kind: openvpn, config: vpn/alpha.ovpn, timeout: 5}
-    deploy_root: www/
-    apache: {dir: apache2, ctl: tools/apache2ctl -k}
     template: templates/default_template
 """)).resolve("alpha")
     assert t.vpn == Vpn(kind="openvpn", config=str(site / "vpn/alpha.ovpn"), timeout=5.0)
     assert t.known_hosts == str(site / "keys/known_hosts")
-    assert t.deploy_root == str(site / "www")
-    assert t.apache == Apache(dir=str(site / "apache2"), ctl=(str(site / "tools/apache2ctl"), "-k"))
     assert t.template == str(site / "templates/default_template")
     assert t.package.source == str(site / "app")
+
+
+def test_local_target_host_paths_are_relative_to_the_targets_file(site):
+    # Its hosts are this machine, so its deploy_root and Apache paths may be too.
+    t = config.load(write(site, BASE + """targets:
+  local:
+    transport: local
+    deploy_root: www/
+    apache: {dir: apache2, ctl: tools/apache2ctl -k}
+""")).resolve("local")
+    assert t.deploy_root == str(site / "www")
+    assert t.apache == Apache(dir=str(site / "apache2"), ctl=(str(site / "tools/apache2ctl"), "-k"))
+
+
+@pytest.mark.parametrize(("line", "key", "value"), [
+    ("deploy_root: ~/www", "deploy_root", "~/www"),
+    ("deploy_root: www", "deploy_root", "www"),
+    ("deploy_root: ./www", "deploy_root", "./www"),
+    ("apache: {dir: apache2}", "apache/dir", "apache2"),
+    ("apache: {dir: ~deploy/apache2}", "apache/dir", "~deploy/apache2"),
+    ("apache: {ctl: tools/apache2ctl}", "apache/ctl", "tools/apache2ctl"),
+    ("apache: {ctl: ./apache2ctl configtest}", "apache/ctl", "./apache2ctl"),
+])
+def test_ssh_host_paths_are_never_resolved_on_the_runner(site, line, key, value):
+    path = write(site, BASE + f"targets:\n  alpha:\n    hosts: [web1.alpha.internal]\n    {line}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(e.value) == (f"{path}: targets/alpha/{key}: expected an absolute path on the hosts"
+                            f" (starting with /), got {value!r}")
+
+
+@pytest.mark.parametrize(("root", "problem"), [
+    ('"/srv/my www"', "contains white space, which would split it in the vhost"),
+    ('"/srv/www\\nAlias /x /etc"', "contains a control character (U+000A)"),
+])
+def test_deploy_root_must_fit_unquoted_in_the_vhost(site, root, problem):
+    path = write(site, BASE + f"targets:\n  alpha:\n    hosts: [web1.alpha.internal]\n    deploy_root: {root}\n")
+    with pytest.raises(ConfigError, match="targets/alpha/deploy_root: '/srv/") as e:
+        config.load(path)
+    assert problem in str(e.value)
+
+
+def test_duplicate_keys_are_errors_naming_both_lines(site):
+    path = write(site, BASE + """\
+targets:
+  alpha: {hosts: [web1.alpha.internal]}
+  beta: {hosts: [web1.beta.internal]}
+  alpha: {hosts: [web9.alpha.internal]}
+""")
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    first = BASE.count("\n") + 2
+    assert str(e.value) == (f"{path}: not valid YAML (line {first + 2}, column 3): duplicate key 'alpha'"
+                            f" (first on line {first})")
+
+
+def test_duplicate_var_is_an_error(site):
+    path = write(site, BASE + "targets:\n  alpha:\n    hosts: [web1.alpha.internal]\n"
+                 "    vars: {A: 1, B: 2, A: 3}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'A'"):
+        config.load(path)
+
+
+def test_vars_are_strings_as_written(site):
+    # YAML 1.1 would read these as 493, 750, 31, 1.1 and a date.
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    hosts: [web1.alpha.internal]
+    vars: {AT: 12:30, MASK: 0x1F, VERSION: 1.10, SINCE: 2026-01-01, N: 7, BIG: 1_000, NEG: -0o17, E: 1e3}
+""")).resolve("alpha")
+    assert {k: v.value for k, v in t.vars.items()} == {
+        "ADMIN": "ops@example.com", "TIER": "web", "AT": "12:30", "MASK": "0x1F", "VERSION": "1.10",
+        "SINCE": "2026-01-01", "N": "7", "BIG": "1_000", "NEG": "-0o17", "E": "1e3"}
+
+
+def test_vars_in_defaults_are_strings_as_written_after_merging(site):
+    path = site / "targets.yaml"
+    path.write_text("defaults:\n  known_hosts: keys/known_hosts\n  vars: {MODE: 0755}\n"
+                    "targets:\n  alpha: {hosts: [web1.alpha.internal], vars: {UMASK: 0027}}\n")
+    t = config.load(path).resolve("alpha")
+    assert {k: v.value for k, v in t.vars.items()} == {"MODE": "0755", "UMASK": "0027"}
+
+
+def test_targets_file_that_is_not_utf8_is_a_config_error(site):
+    path = site / "targets.yaml"
+    path.write_bytes(b"targets:\n  alpha:\n    vars: {A: caf\xe9}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(e.value) == f"{path}: not UTF-8 (line 3)"
 
 
 def test_absolute_and_home_paths_are_kept(site, tmp_path):
