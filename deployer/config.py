@@ -12,7 +12,7 @@ import os
 import posixpath
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,28 @@ class Vpn:
 class Apache:
     dir: str = "/etc/apache2"
     ctl: tuple[str, ...] = ("apache2ctl",)
+    # Apache reads its configuration as root, and a vhost may hold secrets
+    # (SetEnv DB_PASSWORD ...): nobody else needs to read it.
+    vhost_mode: int = 0o640
+    vhost_owner: str = ""
+    vhost_group: str = ""
+
+    @property
+    def vhost_chown(self) -> str:
+        """The argument to chown, or "" to leave the writing user's."""
+        if self.vhost_group:
+            return f"{self.vhost_owner}:{self.vhost_group}"
+        return self.vhost_owner
 
 
 @dataclass(frozen=True)
 class Package:
     source: str = "."
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()  # paths packaged although the safe defaults withhold them
+    # (path, why): the targets file and every file it names, in any target;
+    # never packaged unless included by name.
+    protected: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,7 @@ class Targets:
     base: Path
     entries: dict[str, dict] = field(hash=False)
     defaults: dict = field(hash=False)
+    protected: tuple[tuple[str, str], ...] = ()
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -116,7 +133,8 @@ class Targets:
             )
         merged = _merge(self.defaults, self.entries[entry])
         reader = _Reader(self.source, self.base, check_environment=True)
-        return reader.target(entry, merged, f"targets/{entry}")
+        target = reader.target(entry, merged, f"targets/{entry}")
+        return replace(target, package=replace(target.package, protected=self.protected))
 
 
 class _Loader(yaml.SafeLoader):
@@ -209,14 +227,23 @@ def load(path: str | os.PathLike) -> Targets:
     entries = reader.mapping(top.get("targets"), "targets")
     if not entries:
         raise ConfigError(source, "targets", "expected at least one target")
+    named: list[str] = []
     for name, entry in entries.items():
         if name != CATCH_ALL:
             try:
                 names.config_name(str(name))
             except UsageError as e:
                 raise ConfigError(source, f"targets/{name}", str(e)) from None
-        reader.target(name, _merge(defaults, entry or {}), f"targets/{name}")
-    return Targets(source, reader.base, {str(k): v or {} for k, v in entries.items()}, defaults)
+        named.extend(_files_named(reader.target(name, _merge(defaults, entry or {}), f"targets/{name}")))
+    protected = ((str(path.resolve()), "the targets file"),
+                 *((f, f"named in {path.name}") for f in sorted(set(named))))
+    return Targets(source, reader.base, {str(k): v or {} for k, v in entries.items()}, defaults, protected)
+
+
+def _files_named(t: Target) -> list[str]:
+    """The runner's files a target names: whatever it is, never packaged by default."""
+    files = [t.template, *(h.identity_file for h in t.hosts if h.identity_file)]
+    return files + [f for f in (t.known_hosts, t.vpn.config) if f]
 
 
 _TARGET_KEYS = {
@@ -273,7 +300,7 @@ class _Reader:
             raise self.fail(path, "expected an integer")
         if not low <= value <= high:
             raise self.fail(path, f"expected an integer from {low} to {high}, got {value}")
-        return value
+        return int(value)  # a plain int: getaddrinfo refuses the subclass that remembers its text
 
     def number(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -402,20 +429,46 @@ class _Reader:
         )
 
     def apache(self, raw: Any, path: str, transport: str) -> Apache:
-        a = self.mapping(raw, path, {"dir", "ctl"})
+        a = self.mapping(raw, path, {"dir", "ctl", "vhost_mode", "vhost_owner", "vhost_group"})
         ctl = words(self.string(a.get("ctl", "apache2ctl"), f"{path}/ctl"))
         if "/" in ctl[0]:
             # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare
             # name (apache2ctl, sudo) is looked up on the host's PATH.
             ctl = (self.host_path(ctl[0], f"{path}/ctl", transport), *ctl[1:])
-        return Apache(dir=self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport), ctl=ctl)
+        return Apache(
+            dir=self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport), ctl=ctl,
+            vhost_mode=self.private_mode(a.get("vhost_mode", "0640"), f"{path}/vhost_mode"),
+            vhost_owner=self.account(a.get("vhost_owner"), f"{path}/vhost_owner"),
+            vhost_group=self.account(a.get("vhost_group"), f"{path}/vhost_group"),
+        )
+
+    def private_mode(self, value: Any, path: str) -> int:
+        # Written as in chmod; an unquoted 0640 is read as YAML wrote it.
+        text = value.text if isinstance(value, _Int) else value
+        if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{3}", text):
+            got = repr(text) if isinstance(text, str) else _kind(value)
+            raise self.fail(path, f"expected an octal mode such as \"0640\", got {got}")
+        mode = int(text, 8)
+        if mode & ~0o660 or not mode & 0o400:
+            raise self.fail(path, f"{text}: the owner must read it, and nobody else but the group may"
+                            " (no execute bits): e.g. 0600 or 0640")
+        return mode
+
+    def account(self, value: Any, path: str) -> str:
+        if value is None:
+            return ""
+        text = value.text if isinstance(value, _Int) else value
+        if not isinstance(text, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?|[0-9]+", text):
+            raise self.fail(path, f"expected a user or group name or number, got {_kind(value)}")
+        return text
 
     def package(self, raw: Any, path: str) -> Package:
-        p = self.mapping(raw, path, {"source", "exclude"})
+        p = self.mapping(raw, path, {"source", "exclude", "include"})
         source = self.absolute(p.get("source", "."), f"{path}/source")
         if self.check_environment and not os.path.isdir(source):
             raise self.fail(f"{path}/source", f"directory not found: {source}")
-        return Package(source=source, exclude=self.strings(p.get("exclude", []), f"{path}/exclude"))
+        return Package(source=source, exclude=self.strings(p.get("exclude", []), f"{path}/exclude"),
+                       include=self.strings(p.get("include", []), f"{path}/include"))
 
     def vars(self, raw: Any, path: str) -> dict[str, Var]:
         out = {}

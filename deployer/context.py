@@ -2,6 +2,7 @@
 
 import os
 import posixpath
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,15 @@ class Context:
     values: dict[str, str] = field(hash=False)  # vars: and --var, merged
     secrets: frozenset[str] = frozenset()
     stages: tuple[str, ...] = ()
+    # Random per run: the names deployer creates beside live files on hosts
+    # cannot be guessed, so nobody can plant a file or link there first.
+    run_id: str = ""
+    manifest: packaging.Manifest | None = field(default=None, hash=False)
+
+    @property
+    def package_rules(self) -> packaging.Rules:
+        p = self.target.package
+        return packaging.Rules(exclude=p.exclude, include=p.include, protected=p.protected)
 
     @property
     def vars(self) -> dict[str, str]:
@@ -75,12 +85,13 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
          workdir: str | None = None) -> Context:
     """Build the context: hashes the source tree (read-only) for the release id."""
     now = now or datetime.now(UTC)
-    digest = packaging.tree_hash(target.package.source, target.package.exclude)
-    release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:12]}"
+    p = target.package
+    manifest = packaging.scan(p.source, packaging.Rules(p.exclude, p.include, p.protected))
+    release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12]}"
     values = {k: v.value for k, v in target.vars.items()}
     values.update(overrides)
     # Secret by name: a value given with --var for a secret var is masked too.
-    secrets = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
+    masked = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
     return Context(
         name=name,
         hostname=hostname,
@@ -91,6 +102,8 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         workdir=workdir or os.path.join(
             tempfile.gettempdir(), f"deployer-{name}-{release}-{os.getpid()}"),
         values=values,
-        secrets=secrets,
+        secrets=masked,
         stages=stages,
+        run_id=secrets.token_hex(8),
+        manifest=manifest,
     )

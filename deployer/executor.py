@@ -9,7 +9,6 @@ the work dir) runs on every exit path.
 """
 
 import os
-import posixpath
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from deployer import interrupts, packaging, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
-from deployer.errors import StepFailed
+from deployer.errors import DeployError, StepFailed
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
 from deployer.transport import LocalTransport, NotALink, Result, SshTransport, Transport
@@ -28,15 +27,12 @@ RUNNER = ""  # the host name under which steps on this machine are reported
 
 @dataclass(frozen=True)
 class _Undo:
-    """How to put back one change on one host."""
+    """How to put back one change on one host, and what to tidy if it is kept."""
 
     host: str
     title: str
-    command: Command | None = None
-    path: str = ""
-    content: bytes | None = None  # Install: the previous file, None if there was none
-    link: str | None = None       # Link: the previous target, None if there was none
-    kind: str = "run"             # run | file | link
+    command: Command
+    keep: Command | None = None
 
 
 class Executor:
@@ -47,7 +43,6 @@ class Executor:
         self.local = LocalTransport()
         self.undo: list[_Undo] = []
         self.teardown: list[tuple[str, object]] = []
-        self.counter = 0
 
     def run(self, plan: steps.Plan) -> None:
         try:
@@ -66,6 +61,7 @@ class Executor:
                     ok = True
                 finally:
                     self.reporter.stage_finished(stage, ok)
+            self.keep_changes()
         except BaseException:
             with interrupts.deferred():
                 self.rollback()
@@ -97,7 +93,7 @@ class Executor:
             raise StepFailed(_failure_message(step, failures, self.reporter.redact))
         if isinstance(step, steps.Link) and step.commit:
             # The new release is live on every host: nothing before this is undone.
-            self.undo.clear()
+            self.keep_changes()
 
     def on_runner(self, stage: str, step: steps.Step) -> None:
         self.reporter.step_started(stage, step, RUNNER)
@@ -106,7 +102,7 @@ class Executor:
         result = Result(1, "", "interrupted")
         try:
             result = self.run_on_runner(step)
-        except (StepFailed, OSError) as e:
+        except (DeployError, OSError) as e:
             result = Result(1, "", _describe_error(e))
         finally:
             self.reporter.step_finished(stage, step, RUNNER,
@@ -117,8 +113,10 @@ class Executor:
 
     def run_on_runner(self, step: steps.Step) -> Result:
         if isinstance(step, steps.Build):
-            count = packaging.build(step.source, step.exclude, step.dest)
-            return Result(0, f"{count} files, {os.path.getsize(step.dest)} bytes: {step.dest}", "")
+            expect = step.manifest.digest if step.manifest else None
+            m = packaging.build(step.source, step.rules, step.dest, expect=expect)
+            return Result(0, f"{len(m.files)} files, {m.size} bytes, {os.path.getsize(step.dest)} bytes"
+                          f" compressed: {step.dest}", "")
         if isinstance(step, steps.OpenVpn):
             tunnel = OpenVpnTunnel(step.config, step.workdir, step.timeout)
             # Registered before open(): a half-started OpenVPN is stopped too.
@@ -135,48 +133,27 @@ class Executor:
             # Only what the step did: a failed `mkdir` of an existing release
             # must not lead to removing that release.
             if result.ok and step.undo is not None:
-                self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
+                self.undo.append(_Undo(host, f"undo {step.title}", step.undo))
             return result
         if isinstance(step, steps.Upload):
             # Before the transfer: a half-written file is removed too.
-            self.undo.append(_Undo(host, f"undo {step.title}", command=step.undo))
+            self.undo.append(_Undo(host, f"undo {step.title}", step.undo))
             t.put(step.local, step.remote)
             return Result(0, "", "")
         if isinstance(step, steps.Install):
-            return self.install(step, host, t)
+            # Before the change, and safe to run if it never happened: an
+            # interrupt between the write and the record must not lose it.
+            self.undo.append(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
+            return t.run(step.command().line(), stdin=step.content.encode())
         if isinstance(step, steps.Link):
-            return self.link(step, host, t)
-        raise TypeError(f"{type(step).__name__} cannot run on a host")
-
-    def install(self, step: steps.Install, host: str, t: Transport) -> Result:
-        previous = t.read(step.path)
-        result = self.write_file(t, step.path, step.content.encode(), step.mode)
-        if result.ok:
-            self.undo.append(_Undo(host, f"restore {step.path}", kind="file", path=step.path,
-                                   content=previous))
-        return result
-
-    def write_file(self, t: Transport, path: str, data: bytes, mode: int | None = None) -> Result:
-        """Put `data` at `path` on the host atomically: a temp file beside it, renamed over it."""
-        self.counter += 1
-        local = os.path.join(self.ctx.workdir, f"file-{self.counter}")
-        with open(local, "wb") as f:
-            f.write(data)
-        result = t.run(Command.of(("mkdir", "-p", "--", posixpath.dirname(path))).line())
-        if not result.ok:
+            previous = t.readlink(step.path)
+            result = t.run(step.command().line())
+            if result.ok:
+                undo = (Command.of(("rm", "-f", "--", step.path)) if previous is None
+                        else step.command(target=previous))
+                self.undo.append(_Undo(host, f"restore link {step.path}", undo))
             return result
-        tmp = f"{path}.deployer-tmp"
-        t.put(local, tmp)
-        chmod = [("chmod", f"{mode:o}", "--", tmp)] if mode is not None else []
-        return t.run(Command.of(*chmod, ("mv", "-f", "--", tmp, path)).line())
-
-    def link(self, step: steps.Link, host: str, t: Transport) -> Result:
-        previous = t.readlink(step.path)
-        result = t.run(_relink(step.path, step.target).line())
-        if result.ok:
-            self.undo.append(_Undo(host, f"restore link {step.path}", kind="link",
-                                   path=step.path, link=previous))
-        return result
+        raise TypeError(f"{type(step).__name__} cannot run on a host")
 
     # -- connections, rollback, teardown ---------------------------------------
 
@@ -210,27 +187,29 @@ class Executor:
         self.reporter.note(f"rolling back {len(self.undo)} change(s)")
         problems = []
         for u in reversed(self.undo):
-            try:
-                result = self.undo_one(u)
-            except (StepFailed, *transport.ERRORS) as e:
-                result = Result(1, "", _describe_error(e))
+            result = self.run_quietly(u.host, u.command)
             if not result.ok:
                 problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
         self.undo.clear()
         if problems:
             self.reporter.note("ROLLBACK INCOMPLETE, check these by hand:\n  " + "\n  ".join(problems))
 
-    def undo_one(self, u: _Undo) -> Result:
-        t = self.transports[u.host]
-        if u.kind == "run":
-            return t.run(u.command.line())
-        if u.kind == "link":
-            if u.link is None:
-                return t.run(Command.of(("rm", "-f", "--", u.path)).line())
-            return t.run(_relink(u.path, u.link).line())
-        if u.content is None:
-            return t.run(Command.of(("rm", "-f", "--", u.path)).line())
-        return self.write_file(t, u.path, u.content)
+    def run_quietly(self, host: str, command: Command) -> Result:
+        """For rollback and tidying, which go on past a host that fails."""
+        try:
+            return self.transports[host].run(command.line())
+        except (StepFailed, *transport.ERRORS) as e:
+            return Result(1, "", _describe_error(e))
+
+    def keep_changes(self) -> None:
+        """The changes stand: drop the undo log, and what it kept on the hosts."""
+        for u in self.undo:
+            if u.keep is None:
+                continue
+            result = self.run_quietly(u.host, u.keep)
+            if not result.ok:
+                self.reporter.note(f"{u.host}: could not tidy after {u.title}: {result.stderr.strip()}")
+        self.undo.clear()
 
     def close(self) -> None:
         for title, action in reversed(self.teardown):
@@ -241,19 +220,10 @@ class Executor:
         self.teardown.clear()
 
 
-def _relink(path: str, target: str) -> Command:
-    # rename(2) over the old link is atomic: a reader sees the old tree or the
-    # new one, never a missing path.
-    tmp = f"{path}.deployer-tmp"
-    return Command.of(("mkdir", "-p", "--", posixpath.dirname(path)),
-                      ("ln", "-sfn", "--", target, tmp),
-                      ("mv", "-fT", "--", tmp, path))
-
-
 def _describe_error(e: Exception) -> str:
     if isinstance(e, NotALink):
         return f"{e} exists and is not a symlink; deployer will not replace it (move it aside)"
-    if isinstance(e, StepFailed):
+    if isinstance(e, DeployError):
         return str(e)
     return f"{type(e).__name__}: {e}"
 

@@ -34,8 +34,15 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
     split into lines, so no secret can be cut in two by a line break.
     """
     if isinstance(step, steps.Build):
-        excl = f" (excluding {', '.join(step.exclude)})" if step.exclude else ""
-        return [f"tar -czf {step.dest} -C {step.source} .{excl}"]
+        excl = f" (excluding {', '.join(step.rules.exclude)})" if step.rules.exclude else ""
+        lines = [f"tar -czf {step.dest} -C {step.source} .{excl}"]
+        m = step.manifest
+        if m is not None:
+            lines.append(f"{len(m.files)} files, {_size(m.size)}")
+            lines.extend(f"left out: {path}: {why}" for path, why in m.withheld)
+            lines.extend(f"packaged because package/include names it: {path} ({why})"
+                         for path, why in m.included)
+        return lines
     if isinstance(step, steps.OpenVpn):
         return [f"openvpn --config {step.config} in the background, up within {step.timeout:g}s"
                 " or fail; stopped when the deploy ends"]
@@ -47,12 +54,23 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
     if isinstance(step, steps.Upload):
         return [f"put {step.local} -> {step.remote}"]
     if isinstance(step, steps.Install):
-        return [f"write {step.path} (mode {step.mode:o}; previous file restored on failure):",
+        owner = f", chown {step.owner}" if step.owner else ""
+        return [f"write {step.path} (mode {step.mode:04o}{owner}; only over a file whose first line is"
+                " the mark below; the previous file is kept until the deploy ends and put back on failure):",
+                *(f"$ {line}" for line in step.command().line().splitlines()),
+                "with this on its standard input:",
                 *(f"| {line}" for line in redact(step.content).splitlines())]
     if isinstance(step, steps.Link):
         note = " (commit point)" if step.commit else ""
-        return [f"ln -sfn {step.target} {step.path}, atomically{note}"]
+        return [f"point {step.path} at {step.target}, atomically{note}:",
+                *(f"$ {line}" for line in step.command().line().splitlines())]
     return []
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
 
 
 class Reporter:

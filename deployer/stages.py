@@ -8,7 +8,7 @@ import posixpath
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from deployer import steps, template
+from deployer import hostscripts, steps, template
 from deployer.config import Hook
 from deployer.context import Context
 from deployer.errors import UsageError
@@ -18,9 +18,8 @@ StageFn = Callable[[Context], Sequence[steps.Step]]
 
 
 def package(ctx: Context) -> tuple[steps.Step, ...]:
-    src = ctx.target.package
-    return (steps.Build(f"package {src.source}", source=src.source, exclude=src.exclude,
-                        dest=ctx.tarball),)
+    return (steps.Build(f"package {ctx.target.package.source}", source=ctx.target.package.source,
+                        rules=ctx.package_rules, dest=ctx.tarball, manifest=ctx.manifest),)
 
 
 def vpn(ctx: Context) -> tuple[steps.Step, ...]:
@@ -33,7 +32,9 @@ def vpn(ctx: Context) -> tuple[steps.Step, ...]:
 
 def upload(ctx: Context) -> tuple[steps.Step, ...]:
     hosts, rel = ctx.host_names, ctx.release_path
-    remote = f"{rel}.tar.gz"
+    # Inside the directory this run just created (mkdir fails on an existing
+    # one), under a random name, and created exclusively.
+    remote = posixpath.join(rel, f".deployer-{ctx.run_id}.tar.gz")
     return (
         # `mkdir` without -p fails if the release exists (another run's, maybe
         # live): then no undo is recorded, and rollback never removes it.
@@ -48,6 +49,12 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     )
 
 
+def owner_mark(name: str) -> str:
+    """The first line of every file deployer writes for instance `name`: a
+    file at that path without it is not ours to replace."""
+    return f"# Written by deployer for instance {name}; the next deploy replaces this file."
+
+
 def render(ctx: Context) -> tuple[steps.Step, ...]:
     path = ctx.target.template
     try:
@@ -55,16 +62,24 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
             text = f.read()
     except OSError as e:
         raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
-    content = template.render(text, ctx.vars, path)
-    apache = ctx.target.apache.dir
+    mark = owner_mark(ctx.name)
+    content = f"{mark}\n{template.render(text, ctx.vars, path)}"
+    apache = ctx.target.apache
     conf = f"{ctx.name}.conf"
+    available = posixpath.join(apache.dir, "sites-available")
+    enabled = posixpath.join(apache.dir, "sites-enabled")
     return (
+        steps.Run(f"check that no other site serves {ctx.hostname}", ctx.host_names,
+                  command=hostscripts.name_is_free(enabled, conf, ctx.hostname)),
         steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
-                      path=posixpath.join(apache, "sites-available", conf), content=content),
+                      path=posixpath.join(available, conf), content=content, mark=mark,
+                      mode=apache.vhost_mode, owner=apache.vhost_chown,
+                      backup=posixpath.join(available, f".{conf}.deployer-previous-{ctx.run_id}"),
+                      created=posixpath.join(available, f".{conf}.deployer-created-{ctx.run_id}")),
         # What a2ensite does, without needing a2ensite or Debian's layout helpers.
         steps.Link(f"enable site {conf}", ctx.host_names,
-                   path=posixpath.join(apache, "sites-enabled", conf),
-                   target=posixpath.join("..", "sites-available", conf)),
+                   path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),
+                   tmp=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
         # Checked here as well as in restart: a broken vhost must fail the
         # deploy before migrate changes the database, which no undo reverts.
         _configtest(ctx),
@@ -88,7 +103,8 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
         # Only a release uploaded by this run is switched to: `--only restart`
         # must not point the live path at a directory that does not exist.
         *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
-                      path=ctx.deploy_path, target=ctx.release_path, commit=True)]
+                      path=ctx.deploy_path, target=ctx.release_path,
+                      tmp=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
           if ctx.uploads else []),
         steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful"))),
     )

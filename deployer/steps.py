@@ -7,6 +7,7 @@ means the step runs on this machine (the runner).
 
 from dataclasses import dataclass, field
 
+from deployer import hostscripts, packaging
 from deployer.quoting import Command
 
 
@@ -21,8 +22,11 @@ class Build(Step):
     """Make the release tarball of `source` at `dest` (on the runner)."""
 
     source: str = ""
-    exclude: tuple[str, ...] = ()
+    rules: packaging.Rules = field(default_factory=packaging.Rules)
     dest: str = ""
+    # What the plan saw (the release id is its digest); the build fails if
+    # the tree differs by then.
+    manifest: packaging.Manifest | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,37 @@ class Upload(Step):
 
 @dataclass(frozen=True)
 class Install(Step):
-    """Write `content` to `path` atomically; on a later failure, put back what was there."""
+    """Write `content` to `path` atomically, with its mode and owner; on a later
+    failure, put back what was there (the same file: content, mode, owner).
+
+    A file already at `path` is replaced only if its first line is `mark`,
+    the line deployer writes first: never a file it did not write.
+    `backup` and `created` are names beside `path`, random per run, that
+    hold what the undo needs until the deploy keeps the change.
+    """
 
     path: str = ""
     content: str = field(default="", repr=False)
-    mode: int = 0o644
+    mark: str = ""
+    mode: int = 0o640
+    owner: str = ""  # for chown: "user", "user:group", ":group" or "" to leave it
+    backup: str = ""
+    created: str = ""
+
+    def command(self) -> Command:
+        return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.backup, self.created)
+
+    def undo(self) -> Command:
+        return hostscripts.restore(self.path, self.backup, self.created)
+
+    def keep(self) -> Command:
+        return hostscripts.forget(self.backup, self.created)
 
 
 @dataclass(frozen=True)
 class Link(Step):
-    """Point the symlink `path` at `target` atomically (rename over it).
+    """Point the symlink `path` at `target` atomically (a new link at `tmp`,
+    renamed over it).
 
     `commit` marks the point of no return: once it has run on every host,
     undo information is dropped, since the new release is live.
@@ -70,7 +95,11 @@ class Link(Step):
 
     path: str = ""
     target: str = ""
+    tmp: str = ""
     commit: bool = False
+
+    def command(self, target: str | None = None) -> Command:
+        return hostscripts.relink(self.path, self.target if target is None else target, self.tmp)
 
 
 @dataclass(frozen=True)

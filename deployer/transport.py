@@ -8,6 +8,7 @@ loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
 import base64
 import hashlib
 import os
+import selectors
 import shutil
 import signal
 import stat
@@ -35,10 +36,33 @@ class Result:
         return self.exit_code == 0
 
 
+class Tail:
+    """The last `limit` bytes of a stream, and how many came before them.
+
+    A migration that prints 300 MB must not take 300 MB of memory (nor put
+    it in one JSON line): what is kept is the end, where errors are.
+    """
+
+    def __init__(self, limit: int = 256 * 1024):
+        self.limit = limit
+        self.data = bytearray()
+        self.cut = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.cut += excess
+
+    def text(self) -> str:
+        kept = self.data.decode(errors="replace")
+        return f"[{self.cut} earlier bytes of output not kept]\n{kept}" if self.cut else kept
+
+
 class Transport(Protocol):
-    def run(self, line: str) -> Result: ...
+    def run(self, line: str, stdin: bytes = b"") -> Result: ...
     def put(self, local: str, remote: str) -> None: ...
-    def read(self, path: str) -> bytes | None: ...
     def readlink(self, path: str) -> str | None: ...
     def close(self) -> None: ...
 
@@ -50,34 +74,62 @@ class NotALink(Exception):
 # What a transport may raise mid-step: the step fails on that host, the
 # executor goes on to the next host and then rolls back.
 ERRORS = (OSError, NotALink, paramiko.SSHException)
+_CHUNK = 65536
 
 
 class LocalTransport:
     """This machine, through /bin/sh: the embedded default and the runner's own steps."""
 
-    def run(self, line: str) -> Result:
+    def run(self, line: str, stdin: bytes = b"") -> Result:
         # A session of its own, so an interrupted deploy stops the whole
         # command (shell and children), not just the shell.
         proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                start_new_session=True)
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
         try:
-            stdout, stderr = proc.communicate()
+            out, err = self._pump(proc, stdin)
+            code = proc.wait()
         except BaseException:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
             raise
-        return Result(proc.returncode, stdout, stderr)
+        return Result(code, out.text(), err.text())
+
+    @staticmethod
+    def _pump(proc: subprocess.Popen, stdin: bytes) -> tuple[Tail, Tail]:
+        """Feed stdin and keep the tails of stdout and stderr, all at once, so
+        neither side waits on a full pipe."""
+        tails = {proc.stdout: Tail(), proc.stderr: Tail()}
+        offset = 0
+        with selectors.DefaultSelector() as sel:
+            for stream in tails:
+                sel.register(stream, selectors.EVENT_READ)
+            if stdin:
+                sel.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+            while sel.get_map():
+                for key, _ in sel.select():
+                    if key.fileobj is proc.stdin:
+                        try:
+                            offset += os.write(proc.stdin.fileno(), stdin[offset:offset + _CHUNK])
+                        except BrokenPipeError:
+                            offset = len(stdin)
+                        if offset >= len(stdin):
+                            sel.unregister(proc.stdin)
+                            proc.stdin.close()
+                        continue
+                    chunk = os.read(key.fd, _CHUNK)
+                    if chunk:
+                        tails[key.fileobj].add(chunk)
+                    else:
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+        return tails[proc.stdout], tails[proc.stderr]
 
     def put(self, local: str, remote: str) -> None:
-        shutil.copyfile(local, remote)
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        # Exclusive: a file or link planted at `remote` fails the copy.
+        with open(local, "rb") as src, open(remote, "xb") as dst:
+            shutil.copyfileobj(src, dst)
 
     def readlink(self, path: str) -> str | None:
         try:
@@ -119,6 +171,10 @@ def _pid_of(err: bytes) -> int | None:
     return int(err[start + len(PID_MARKER):end])
 
 
+def _without_pid(err: bytes, pid: int) -> bytes:
+    return bytes(err).replace(b"%s%d\n" % (PID_MARKER, pid), b"", 1)
+
+
 class SshTransport:
     """One SSH connection to one host, opened once and reused for the whole deploy."""
 
@@ -156,32 +212,48 @@ class SshTransport:
         except OSError as e:
             raise StepFailed(f"{self.host.name}: cannot connect: {e.strerror or e}") from None
 
-    def run(self, line: str) -> Result:
+    def run(self, line: str, stdin: bytes = b"") -> Result:
         # A bare paramiko channel rather than Fabric's run: invoke's runner
         # waits for the remote command to end even when we are interrupted,
         # so Ctrl-C would take as long as the slowest migration.
         chan = self.conn.client.get_transport().open_session()
-        out, err = bytearray(), bytearray()
+        out, err = Tail(), Tail()
+        head = bytearray()  # stderr until the pid line has arrived whole
         pid = None
+        offset = 0
         try:
             chan.exec_command(reporting_pid(line))
-            chan.shutdown_write()
+            if not stdin:
+                chan.shutdown_write()
             while True:
+                busy = False
+                if offset < len(stdin) and chan.send_ready():
+                    # Interleaved with reading: a command that writes while
+                    # we send must not fill its window and stall us both.
+                    offset += chan.send(stdin[offset:offset + _CHUNK])
+                    if offset >= len(stdin):
+                        chan.shutdown_write()
+                    busy = True
                 if chan.recv_ready():
-                    out += chan.recv(65536)
-                elif chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
+                    out.add(chan.recv(_CHUNK))
+                    busy = True
+                if chan.recv_stderr_ready():
+                    chunk = chan.recv_stderr(_CHUNK)
                     if pid is None:
-                        pid = _pid_of(err)
-                elif chan.exit_status_ready() or chan.closed:
-                    break
-                else:
+                        head += chunk
+                        pid = _pid_of(head)
+                        chunk, head = (_without_pid(head, pid), bytearray()) if pid is not None else (b"", head)
+                    err.add(chunk)
+                    busy = True
+                if not busy:
+                    if chan.exit_status_ready() or chan.closed:
+                        break
                     time.sleep(0.005)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
-                out += chan.recv(65536)
+                out.add(chan.recv(_CHUNK))
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
+                err.add(chan.recv_stderr(_CHUNK))
             code = chan.recv_exit_status()
         except BaseException:
             if pid is not None:
@@ -189,10 +261,8 @@ class SshTransport:
             raise
         finally:
             chan.close()
-        pid = pid if pid is not None else _pid_of(err)
-        if pid is not None:
-            err = err.replace(b"%s%d\n" % (PID_MARKER, pid), b"", 1)
-        return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))
+        err.add(bytes(head))
+        return Result(code, out.text(), err.text())
 
     def stop_group(self, pid: int) -> None:
         """Interrupted: stop the remote command and its children (closing the
@@ -212,14 +282,11 @@ class SshTransport:
         return self._sftp
 
     def put(self, local: str, remote: str) -> None:
-        self.sftp().put(local, remote)
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            with self.sftp().open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        # "x": SFTP's exclusive create, so a file or link planted at `remote`
+        # fails the upload instead of being written through.
+        with open(local, "rb") as src, self.sftp().open(remote, "wbx") as dst:
+            dst.set_pipelined(True)
+            shutil.copyfileobj(src, dst, 32768)
 
     def readlink(self, path: str) -> str | None:
         try:

@@ -30,6 +30,8 @@ def tree_digest(root: Path) -> dict[str, str]:
                 out[rel] = f"link {os.readlink(path)}"
             elif path.is_dir():
                 out[rel] = f"dir {st.st_mode:o}"
+            elif not path.is_file():
+                out[rel] = f"special {st.st_mode:o}"  # a FIFO: reading it would block
             else:
                 out[rel] = f"file {st.st_mode:o} {hashlib.sha256(path.read_bytes()).hexdigest()}"
     return out

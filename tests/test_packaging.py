@@ -1,6 +1,9 @@
-"""The release tarball: what goes in, its content hash, and the archive itself."""
+"""The release tarball: what goes in, what is withheld and why, its content hash, and the archive itself."""
 
+import errno
+import io
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -8,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from deployer import packaging
-from deployer.errors import UsageError
+from deployer.cli import main
+from deployer.errors import StepFailed, UsageError
+from deployer.packaging import Rules
+
+# Split, so that this file is no private key to `scan` itself.
+BEGIN = "-" * 5 + "BEGIN "
 
 EXCLUDE = (".git", "__pycache__", "*.pyc", "node_modules", "media/uploads")
 
@@ -26,70 +34,368 @@ FILES = {
     # A slash pattern matches the path from the root, not a name anywhere.
     "docs/media/uploads/keep.txt": "kept",
     "media/uploads.txt": "kept: the pattern is a path, not a prefix",
+    "notes/uploads": "a file: `uploads/` names directories only",
+    "assets/static/site.css": "body {}\n",
+    "assets/static/js/app.js.map": "{}",
 }
 
 PACKAGED = [
     "app/__init__.py",
     "app/views.py",
+    "assets/static/js/app.js.map",
+    "assets/static/site.css",
     "current.py",
     "dangling",
     "docs/media/uploads/keep.txt",
     "manage.py",
     "media/logo.png",
     "media/uploads.txt",
+    "notes/uploads",
     "static",
 ]
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (root / rel).write_bytes(content)
+        else:
+            (root / rel).write_text(content)
 
 
 @pytest.fixture
 def src(tmp_path) -> Path:
     root = tmp_path / "src"
-    for rel, text in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+    write(root, FILES)
     (root / "manage.py").chmod(0o755)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("not part of the app")
-    (root / "static").symlink_to("../outside")  # a directory link: packaged, not followed
+    (root / "static").symlink_to("assets/static")  # a directory link inside the tree: packaged, not followed
     (root / "current.py").symlink_to("app/views.py")
     (root / "dangling").symlink_to("nowhere")
     return root
 
 
-def test_files_applies_name_and_path_patterns(src):
-    assert packaging.files(str(src), EXCLUDE) == PACKAGED
+def scan(src: Path, exclude: tuple[str, ...] = EXCLUDE, **rules) -> packaging.Manifest:
+    return packaging.scan(str(src), Rules(exclude=exclude, **rules))
 
 
-def test_files_without_excludes_lists_everything_but_directories(src):
-    listed = packaging.files(str(src), ())
-    assert listed == sorted([*FILES, "current.py", "dangling", "static"])
+def members(dest: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(dest) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def contents(dest: Path) -> dict[str, bytes]:
+    with tarfile.open(dest) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
+
+
+def test_scan_applies_name_and_path_patterns(src):
+    manifest = scan(src)
+    assert list(manifest.files) == PACKAGED
+    # An excluded path is just excluded, not reported as withheld.
+    assert manifest.withheld == manifest.included == ()
+
+
+def test_without_excludes_everything_but_the_safe_defaults_is_packaged(src):
+    manifest = scan(src, ())
+    assert list(manifest.files) == sorted([*FILES.keys() - {".git/HEAD"}, "current.py", "dangling", "static"])
+    assert manifest.withheld == ((".git", "version control directory"),)
 
 
 @pytest.mark.parametrize(
     ("exclude", "gone"),
     [
-        (("static",), ["static"]),                  # a directory link, by name
+        (("/static",), ["static"]),                 # a directory link, by name
+        (("static",), ["static", "assets/static/js/app.js.map", "assets/static/site.css"]),
         (("/docs",), ["docs/media/uploads/keep.txt"]),  # a leading slash anchors at the root
         (("app/*.py",), ["app/__init__.py", "app/views.py"]),
-        # `*` stops at a slash, and a trailing slash matches a name anywhere.
+        # `*` stops at a slash.
         (("*/uploads/*",), []),
         (("docs/*.txt",), []),
         (("docs/*/*/*.txt",), ["docs/media/uploads/keep.txt"]),
+        # A trailing slash matches a directory (at any depth), never a file or a link.
         (("uploads/",), ["docs/media/uploads/keep.txt"]),
+        (("static/",), ["assets/static/js/app.js.map", "assets/static/site.css"]),
+        (("assets/static/",), ["assets/static/js/app.js.map", "assets/static/site.css"]),
         (("*.py",), ["app/__init__.py", "app/views.py", "current.py", "manage.py"]),
         # A name matches at any depth.
         (("media",), ["media/logo.png", "media/uploads.txt", "docs/media/uploads/keep.txt"]),
+        # `**` crosses directories, as in .gitignore.
+        (("**/*.map",), ["assets/static/js/app.js.map"]),
+        (("assets/**/site.css",), ["assets/static/site.css"]),
+        # `!` takes a file back.
+        (("*.py", "!manage.py"), ["app/__init__.py", "app/views.py", "current.py"]),
+        # ... but not out of an excluded directory, which is not walked.
+        (("uploads/", "!docs/media/uploads/keep.txt"), ["docs/media/uploads/keep.txt"]),
     ],
 )
 def test_more_excludes(src, exclude, gone):
-    assert packaging.files(str(src), EXCLUDE + exclude) == [p for p in PACKAGED if p not in gone]
+    assert list(scan(src, EXCLUDE + exclude).files) == [p for p in PACKAGED if p not in gone]
+
+
+def test_an_excluded_directory_is_not_walked(src):
+    os.mkfifo(src / "node_modules/pipe")
+    assert list(scan(src).files) == PACKAGED
+
+
+CREDENTIALS = {
+    ".git/HEAD": "ref: refs/heads/main\n",
+    ".git/objects/ab/cdef": "blob",
+    ".hg/store/data": "x",
+    ".svn/entries": "x",
+    ".bzr/branch-format": "x",
+    "_darcs/format": "x",
+    "lib/CVS/Root": "x",
+    "vendor/sub/.git": "gitdir: ../../.git/modules/sub\n",  # a submodule's .git is a file
+    "vendor/sub/lib.py": "",
+    "keys/id_rsa": "k",
+    "keys/id_dsa": "k",
+    "keys/id_ecdsa": "k",
+    "keys/id_ed25519": "k",
+    "keys/id_ecdsa_sk": "k",
+    "keys/id_ed25519_sk": "k",
+    "keys/id_ed25519.pub": "ssh-ed25519 AAAAC3Nza deploy@ci\n",
+    "keys/id_rsa.pub": "ssh-rsa AAAAB3Nza deploy@ci\n",
+    "certs/server.pem": "k",
+    "certs/server.KEY": "k",
+    "certs/client.p12": "k",
+    "certs/client.pfx": "k",
+    "certs/trust.jks": "k",
+    "certs/app.keystore": "k",
+    "vpn/demo.ovpn": "remote vpn.example.com\n",
+    "home/.ssh/config": "Host *\n",
+    "home/.gnupg/pubring.kbx": "k",
+    ".netrc": "machine x password y\n",
+    "config/.pgpass": "db:5432:*:app:secret\n",
+    ".env": "SECRET_KEY=x\n",
+    ".env.production": "SECRET_KEY=y\n",
+    "config/.env.local": "SECRET_KEY=z\n",
+    "config/k.txt": "notes\n" + BEGIN + "OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n",
+    "config/rsa": BEGIN + "RSA PRIVATE KEY-----\n",
+    "config/enc.bin": b"\x00" * 100 + (BEGIN + "ENCRYPTED PRIVATE KEY-----\n").encode(),
+    # Past the first 16 KiB read by the tarball writer, inside the 64 KiB that are checked.
+    "config/late.txt": "x" * 60_000 + BEGIN + "PRIVATE KEY-----\n",
+    "config/cert.txt": BEGIN + "CERTIFICATE-----\n",
+    "config/public.txt": BEGIN + "PUBLIC KEY-----\n",
+    "config/env.py": "not a .env file",
+    "app.py": "print('ok')\n",
+}
+
+WITHHELD = {
+    ".bzr": "version control directory",
+    ".env": "environment file",
+    ".env.production": "environment file",
+    ".git": "version control directory",
+    ".hg": "version control directory",
+    ".netrc": "credentials file",
+    ".svn": "version control directory",
+    "_darcs": "version control directory",
+    "certs/app.keystore": "private key (by name)",
+    "certs/client.p12": "private key (by name)",
+    "certs/client.pfx": "private key (by name)",
+    "certs/server.KEY": "private key (by name)",
+    "certs/server.pem": "private key (by name)",
+    "certs/trust.jks": "private key (by name)",
+    "config/.env.local": "environment file",
+    "config/.pgpass": "credentials file",
+    "config/enc.bin": "contains a private key",
+    "config/k.txt": "contains a private key",
+    "config/late.txt": "contains a private key",
+    "config/rsa": "contains a private key",
+    "home/.gnupg": "credentials directory",
+    "home/.ssh": "credentials directory",
+    "keys/id_dsa": "private key (by name)",
+    "keys/id_ecdsa": "private key (by name)",
+    "keys/id_ecdsa_sk": "private key (by name)",
+    "keys/id_ed25519": "private key (by name)",
+    "keys/id_ed25519_sk": "private key (by name)",
+    "keys/id_rsa": "private key (by name)",
+    "lib/CVS": "version control directory",
+    "vendor/sub/.git": "version control directory",
+    "vpn/demo.ovpn": "VPN config (by name)",
+}
+
+SHIPPED = ["app.py", "config/cert.txt", "config/env.py", "config/public.txt", "keys/id_ed25519.pub",
+           "keys/id_rsa.pub", "vendor/sub/lib.py"]
+
+
+@pytest.fixture
+def creds(tmp_path) -> Path:
+    root = tmp_path / "creds"
+    write(root, CREDENTIALS)
+    return root
+
+
+def test_credentials_are_withheld_by_default(creds, tmp_path):
+    dest = tmp_path / "release.tar.gz"
+    manifest = packaging.build(str(creds), Rules(), str(dest))
+    assert dict(manifest.withheld) == WITHHELD
+    assert list(manifest.files) == SHIPPED
+    assert manifest.size == sum(len(CREDENTIALS[p]) for p in SHIPPED)
+    assert manifest.included == ()
+    assert sorted(contents(dest)) == SHIPPED
+
+
+def test_a_withheld_directory_is_not_walked(creds):
+    os.mkfifo(creds / ".git/pipe")
+    (creds / ".git/hooks").symlink_to("/etc/shadow")
+    assert dict(scan(creds, ()).withheld)[".git"] == "version control directory"
+
+
+def test_files_of_the_targets_file_are_withheld_by_any_spelling(creds, tmp_path):
+    write(creds, {"targets.yaml": "targets: {}\n", "deploy/client.conf": "remote vpn\n",
+                  "deploy/known_hosts": "host ssh-ed25519 AAAA\n"})
+    os.link(creds / "deploy/client.conf", creds / "client-copy.conf")
+    (creds / "deploy/current.conf").symlink_to("client.conf")
+    alias = tmp_path / "alias"
+    alias.symlink_to(creds)
+    protected = ((str(alias / "targets.yaml"), "the targets file"),
+                 (str(alias / "deploy/../deploy/current.conf"), "named in targets.yaml"),
+                 (str(creds / "deploy/known_hosts"), "named in targets.yaml"),
+                 (str(tmp_path / "no/such/known_hosts"), "named in targets.yaml"))
+    manifest = scan(creds, (), protected=protected)
+    assert dict(manifest.withheld) == WITHHELD | {
+        "targets.yaml": "the targets file",
+        "deploy/current.conf": "named in targets.yaml",
+        "deploy/client.conf": "named in targets.yaml",  # what that link points to
+        "client-copy.conf": "named in targets.yaml",  # a hard link is the same file
+        "deploy/known_hosts": "named in targets.yaml",
+    }
+    assert list(manifest.files) == SHIPPED
+
+
+def test_include_packages_what_the_defaults_withhold(creds, tmp_path):
+    write(creds, {"keys/deploy.pem": "the app's own TLS key\n", "targets.yaml": "targets: {}\n"})
+    dest = tmp_path / "release.tar.gz"
+    rules = Rules(include=("keys/deploy.pem", "config/k.txt", "home/.ssh", "targets.yaml"),
+                  protected=((str(creds / "targets.yaml"), "the targets file"),))
+    manifest = packaging.build(str(creds), rules, str(dest))
+    assert manifest.included == (
+        ("config/k.txt", "contains a private key"),
+        ("home/.ssh", "credentials directory"),
+        ("keys/deploy.pem", "private key (by name)"),
+        ("targets.yaml", "the targets file"),
+    )
+    assert contents(dest)["keys/deploy.pem"] == b"the app's own TLS key\n"
+    assert sorted(contents(dest)) == sorted(
+        [*SHIPPED, "keys/deploy.pem", "config/k.txt", "home/.ssh/config", "targets.yaml"])
+    # Only what was named: the other keys stay out.
+    assert dict(manifest.withheld) == {k: v for k, v in WITHHELD.items() if k not in rules.include}
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "message"),
+    [
+        ("nope.txt", (), "package/include: nope.txt: no such file or directory"),
+        ("keys/*", (), r"package/include: keys/\*: no such file or directory .* not patterns"),
+        ("../outside/secret.txt", (), "package/include: ../outside/secret.txt: must be a path inside"),
+        ("/etc/passwd", (), "package/include: /etc/passwd: must be a path inside"),
+        ("config/cert.txt", ("*.txt",), "package/include: config/cert.txt is excluded by package/exclude"),
+        ("keys/id_rsa", ("keys/",), "package/include: keys/id_rsa is excluded by package/exclude"),
+        ("certs/a/b/server.pem", ("**/*.pem",), "package/include: certs/a/b/server.pem is excluded"),
+        (".git/HEAD", (), "package/include: .git/HEAD is inside .git, which is withheld"),
+    ],
+)
+def test_bad_include(creds, include, exclude, message):
+    write(creds, {"certs/a/b/server.pem": "k"})
+    with pytest.raises(UsageError, match=message):
+        scan(creds, exclude, include=(include,))
+
+
+def test_double_star_exclude_reaches_any_depth(creds):
+    write(creds, {"certs/a/b/server.pem": "k"})
+    manifest = scan(creds, ("**/*.pem",))
+    # Excluded, so neither packaged nor reported as withheld.
+    assert "certs/a/b/server.pem" not in dict(manifest.withheld)
+    assert "certs/server.pem" not in dict(manifest.withheld)
+    assert list(manifest.files) == SHIPPED
+
+
+def test_modes_are_normalized_and_owners_times_dropped(tmp_path):
+    root = tmp_path / "src"
+    write(root, {"bin/tool": "#!/bin/sh\n", "bin/g.sh": "", "settings.py": "DEBUG = False\n",
+                 "run.sh": "", "private.txt": "", "data/x": ""})
+    modes = {"bin/tool": 0o4755, "bin/g.sh": 0o2775, "settings.py": 0o666, "run.sh": 0o700,
+             "private.txt": 0o600, "bin": 0o2777, "data": 0o1777}
+    for rel, mode in modes.items():
+        (root / rel).chmod(mode)
+    dest = tmp_path / "release.tar.gz"
+    packaging.build(str(root), Rules(), str(dest))
+    got = members(dest)
+    assert {name: m.mode for name, m in got.items()} == {
+        "bin": 0o755, "bin/tool": 0o755, "bin/g.sh": 0o755, "settings.py": 0o644, "run.sh": 0o755,
+        "private.txt": 0o644, "data": 0o755, "data/x": 0o644,
+    }
+    assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in got.values()} == {(0, 0, "", "", 0)}
+    assert {name for name, m in got.items() if m.isdir()} == {"bin", "data"}
+
+
+def test_build_writes_exactly_the_files(src, tmp_path):
+    dest = tmp_path / "release.tar.gz"
+    manifest = packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    assert manifest == scan(src)
+    got = members(dest)
+    assert sorted(name for name, m in got.items() if not m.isdir()) == PACKAGED
+    assert {m.mode for m in got.values() if m.isdir()} == {0o755}
+    assert got["manage.py"].mode == 0o755
+    assert contents(dest)["app/views.py"] == b"def index(): ...\n"
+    links = {m.name: m.linkname for m in got.values() if m.issym()}
+    assert links == {"current.py": "app/views.py", "dangling": "nowhere", "static": "assets/static"}
+    # Directories are entries of their own (0755, checked above), not left to the hosts' tar.
+    assert sorted(name for name, m in got.items() if m.isdir()) == [
+        "app", "assets", "assets/static", "assets/static/js", "docs", "docs/media", "docs/media/uploads",
+        "media", "notes"]
+
+
+def test_links_inside_the_tree_are_packaged_as_links(src):
+    (src / "app/top.py").symlink_to("../manage.py")
+    (src / "app/chain.py").symlink_to("../current.py")
+    (src / "app/gone").symlink_to("../no/such/file")
+    assert list(scan(src).files) == sorted([*PACKAGED, "app/top.py", "app/chain.py", "app/gone"])
+
+
+@pytest.mark.parametrize(
+    ("links", "exclude", "message"),
+    [
+        ({"shadow": "/etc/shadow"}, (), "shadow -> /etc/shadow: symlink points outside"),
+        ({"app/root": "../../../../root"}, (), "app/root -> ../../../../root: symlink points outside"),
+        ({"app/up": "../static/../../outside"}, (), "app/up -> ../static/../../outside: symlink points outside"),
+        # Inside by its text, outside once the link it goes through is followed.
+        ({"ext": "../outside", "via": "ext/secret.txt"}, ("/ext",),
+         "via -> ext/secret.txt: symlink resolves to .*/outside/secret.txt, outside"),
+    ],
+)
+def test_a_link_out_of_the_tree_fails_the_package(src, tmp_path, links, exclude, message):
+    for link, target in links.items():
+        (src / link).symlink_to(target)
+    with pytest.raises(UsageError, match=message):
+        scan(src, EXCLUDE + exclude)
+    dest = tmp_path / "release.tar.gz"
+    with pytest.raises(UsageError, match=message):
+        packaging.build(str(src), Rules(exclude=EXCLUDE + exclude), str(dest))
+    assert not dest.exists()
+
+
+def test_an_unreadable_directory_fails_the_package(src, monkeypatch):
+    real = os.scandir
+
+    def scandir(path):
+        if os.path.basename(path) == "assets":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UsageError, match=f"cannot package {re.escape(str(src))}/assets: Permission denied"):
+        scan(src)
 
 
 def test_same_tree_elsewhere_has_the_same_hash(src, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(src, copy, symlinks=True)
-    assert packaging.tree_hash(str(copy), EXCLUDE) == packaging.tree_hash(str(src), EXCLUDE)
+    assert scan(copy).digest == scan(src).digest
 
 
 def _touch_mtime(src: Path) -> None:
@@ -102,6 +408,14 @@ def _change_byte(src: Path) -> None:
 
 def _change_mode(src: Path) -> None:
     (src / "app/views.py").chmod(0o755)
+
+
+def _group_writable(src: Path) -> None:
+    (src / "app/views.py").chmod(0o664)
+
+
+def _setuid_without_exec(src: Path) -> None:
+    (src / "app/views.py").chmod(0o4644)
 
 
 def _rename(src: Path) -> None:
@@ -127,6 +441,11 @@ def _change_excluded(src: Path) -> None:
     (src / "media/uploads/b.jpg").write_text("new upload")
 
 
+def _add_withheld(src: Path) -> None:
+    (src / "app/id_ed25519").write_text("k")
+    (src / "app/notes.txt").write_text(BEGIN + "PRIVATE KEY-----\n")
+
+
 def _add_empty_dir(src: Path) -> None:
     (src / "app/migrations").mkdir()
 
@@ -141,42 +460,67 @@ def _add_empty_dir(src: Path) -> None:
         (_add_empty_file, True),
         (_file_becomes_link, True),
         (_touch_mtime, False),
+        (_group_writable, False),  # packaged 0644 either way
+        (_setuid_without_exec, False),
         (_change_excluded, False),
+        (_add_withheld, False),
         (_add_empty_dir, False),  # not packaged, so not hashed
     ],
 )
 def test_tree_hash(src, change, changes_hash):
-    before = packaging.tree_hash(str(src), EXCLUDE)
+    before = scan(src).digest
     change(src)
-    assert (packaging.tree_hash(str(src), EXCLUDE) != before) is changes_hash
+    assert (scan(src).digest != before) is changes_hash
 
 
-def test_build_writes_exactly_the_files_owned_by_root(src, tmp_path):
-    dest = tmp_path / "work" / "nested" / "release.tar.gz"
-    assert packaging.build(str(src), EXCLUDE, str(dest)) == len(PACKAGED)
-    with tarfile.open(dest) as tar:
-        members = tar.getmembers()
-        assert [m.name for m in members] == packaging.files(str(src), EXCLUDE)
-        assert {(m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, "", "")}
-        by_name = {m.name: m for m in members}
-        assert by_name["manage.py"].mode == 0o755
-        assert tar.extractfile("app/views.py").read() == b"def index(): ...\n"
-        links = {m.name: m.linkname for m in members if m.issym()}
-        assert links == {"current.py": "app/views.py", "dangling": "nowhere", "static": "../outside"}
+def test_two_builds_are_byte_identical(src, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, symlinks=True)
+    for path in copy.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    first, second, third = (tmp_path / f"{n}.tar.gz" for n in ("first", "second", "third"))
+    packaging.build(str(src), Rules(exclude=EXCLUDE), str(first))
+    packaging.build(str(src), Rules(exclude=EXCLUDE), str(second))
+    packaging.build(str(copy), Rules(exclude=EXCLUDE), str(third))
+    assert first.read_bytes() == second.read_bytes() == third.read_bytes()
+    # The gzip header holds neither the file's name (flags 0) nor the time of the build.
+    assert first.read_bytes()[3:8] == bytes(5)
 
 
 def test_unpacked_tarball_hashes_like_its_source(src, tmp_path):
     dest = tmp_path / "release.tar.gz"
-    packaging.build(str(src), EXCLUDE, str(dest))
+    packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
     out = tmp_path / "unpacked"
     with tarfile.open(dest) as tar:
         tar.extractall(out, filter="tar")
-    assert packaging.tree_hash(str(out), ()) == packaging.tree_hash(str(src), EXCLUDE)
+    assert scan(out, ()).digest == scan(src).digest
+
+
+def test_build_checks_the_planned_digest(src, tmp_path):
+    planned = scan(src).digest
+    ok = tmp_path / "ok.tar.gz"
+    assert packaging.build(str(src), Rules(exclude=EXCLUDE), str(ok), expect=planned).digest == planned
+    (src / "app/views.py").write_text("changed after the plan\n")
+    dest = tmp_path / "release.tar.gz"
+    with pytest.raises(StepFailed, match="source changed since the plan was made"):
+        packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest), expect=planned)
+    assert not dest.exists()
+
+
+def test_build_never_writes_through_a_planted_link(src, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    dest = tmp_path / "release.tar.gz"
+    dest.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    assert victim.read_text() == "untouched"
+    assert dest.is_symlink()
 
 
 def test_build_into_the_current_directory(src, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert packaging.build(str(src), EXCLUDE, "release.tar.gz") == len(PACKAGED)
+    assert len(packaging.build(str(src), Rules(exclude=EXCLUDE), "release.tar.gz").files) == len(PACKAGED)
     assert tarfile.is_tarfile(tmp_path / "release.tar.gz")
 
 
@@ -185,6 +529,43 @@ def test_fifo_in_source_is_a_usage_error_not_a_hang(tmp_path):
     src.mkdir()
     os.mkfifo(src / "pipe")
     with pytest.raises(UsageError, match="pipe: not a regular file or symlink"):
-        packaging.tree_hash(str(src), ())
-    assert packaging.files(str(src), ("pipe",)) == []
+        scan(src, ())
+    assert scan(src, ("pipe",)).files == ()
 
+
+# -- through the CLI: the default package of a checkout -------------------------------------
+
+def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
+    # The review's reproduction: no package: key, so the source is the
+    # checkout itself, VPN config, SSH key, .env and .git included.
+    (tmp_path / "manage.py").write_text("x\n")
+    (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n")
+    planted = {"vpn/demo.ovpn": "client\n", "keys/id_ed25519": "k\n", ".env": "SECRET=1\n", ".git/HEAD": "ref\n",
+               "certs/a/b/server.pem": "c\n", "notes/key.txt": BEGIN + "PRIVATE KEY-----\n"}
+    for rel, text in planted.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  demo:\n    transport: local\n    deploy_root: www\n"
+        "    apache: {dir: apache2, ctl: 'true'}\n    migrate: null\n    template: vhost\n"
+        "    vpn: {kind: none}\n"
+        "  alpha: {hosts: [web1.internal], known_hosts: keys/known,"
+        " vpn: {kind: openvpn, config: vpn/demo.ovpn}}\n")
+    (tmp_path / "keys" / "known").write_text("")
+    args = ["demo", "demo.example.test", "--targets", str(tmp_path / "targets.yaml"), "--output", "plain"]
+    out = io.StringIO()
+    assert main([*args, "--dry-run"], stdout=out) == 0
+    shown = out.getvalue()
+    for line in ("left out: .env: environment file", "left out: .git: version control directory",
+                 "left out: certs/a/b/server.pem: private key (by name)",
+                 "left out: keys/id_ed25519: private key (by name)",
+                 "left out: keys/known: named in targets.yaml",
+                 "left out: notes/key.txt: contains a private key",
+                 "left out: targets.yaml: the targets file",
+                 "left out: vhost: named in targets.yaml",
+                 "left out: vpn/demo.ovpn: named in targets.yaml"):
+        assert line in shown, shown
+    assert "1 files, 2 bytes" in shown
+    assert main(args, stdout=io.StringIO()) == 0
+    release = next((tmp_path / "www" / "demo.releases").iterdir())
+    assert sorted(p.name for p in release.iterdir()) == ["manage.py"]

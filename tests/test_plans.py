@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from deployer import context, packaging, plan
+from deployer import context, hostscripts, packaging, plan
 from deployer.config import load
 from deployer.errors import UsageError
 from deployer.quoting import Command
@@ -45,16 +45,20 @@ def make(tmp_path):
 
 def test_release_id_is_time_and_source_hash(make):
     ctx, _ = make()
-    digest = packaging.tree_hash(str(make.tmp / "src"), ("*.pyc",))
+    digest = packaging.scan(str(make.tmp / "src"), packaging.Rules(exclude=("*.pyc",))).digest
     assert ctx.release == f"20260102T030405Z-{digest[:12]}"
 
 
 def test_package_and_vpn_steps(make):
     ctx, stages = make()
+    protected = ((str(make.tmp / "targets.yaml"), "the targets file"),
+                 *((str(make.tmp / f), "named in targets.yaml") for f in ("known_hosts", "vhost", "vpn.ovpn")))
     assert stages["package"] == (
-        Build(f"package {make.tmp}/src", source=f"{make.tmp}/src", exclude=("*.pyc",),
-              dest=f"/w/alpha-{ctx.release}.tar.gz"),
+        Build(f"package {make.tmp}/src", source=f"{make.tmp}/src",
+              rules=packaging.Rules(exclude=("*.pyc",), protected=protected),
+              dest=f"/w/alpha-{ctx.release}.tar.gz", manifest=ctx.manifest),
     )
+    assert ctx.manifest.files == ("manage.py",)
     assert stages["vpn"] == (
         OpenVpn(f"open VPN ({make.tmp}/vpn.ovpn)", config=f"{make.tmp}/vpn.ovpn", workdir="/w",
                 timeout=12.0),
@@ -69,28 +73,43 @@ def test_vpn_none_has_no_steps(make):
 def test_upload_steps(make):
     ctx, stages = make()
     rel = f"/var/www/alpha.releases/{ctx.release}"
+    tarball = f"{rel}/.deployer-{ctx.run_id}.tar.gz"
     assert stages["upload"] == (
         Run(f"create release {ctx.release}", H,
             command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"), ("mkdir", "--", rel)),
             undo=Command.of(("rm", "-rf", "--", rel))),
-        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=f"{rel}.tar.gz",
-               undo=Command.of(("rm", "-f", "--", f"{rel}.tar.gz"))),
+        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=tarball,
+               undo=Command.of(("rm", "-f", "--", tarball))),
         Run("unpack release", H,
-            command=Command.of(("tar", "--no-same-owner", "-xzf", f"{rel}.tar.gz", "-C", rel),
-                               ("rm", "-f", "--", f"{rel}.tar.gz"))),
+            command=Command.of(("tar", "--no-same-owner", "-xzf", tarball, "-C", rel),
+                               ("rm", "-f", "--", tarball))),
     )
 
 
 def test_render_steps(make):
-    _, stages = make({"apache": {"dir": "/srv/apache2"}}, overrides={"EXTRA": "over"})
+    ctx, stages = make({"apache": {"dir": "/srv/apache2", "vhost_mode": "0600", "vhost_group": "www-data"}},
+                       overrides={"EXTRA": "over"})
+    mark = "# Written by deployer for instance alpha; the next deploy replaces this file."
+    available, enabled = "/srv/apache2/sites-available", "/srv/apache2/sites-enabled"
     assert stages["render"] == (
+        Run("check that no other site serves alpha.example.com", H,
+            command=hostscripts.name_is_free(enabled, "alpha.conf", "alpha.example.com")),
         Install("write vhost sites-available/alpha.conf", H,
-                path="/srv/apache2/sites-available/alpha.conf",
-                content="ServerName alpha.example.com\nRoot /var/www/alpha over\n"),
-        Link("enable site alpha.conf", H, path="/srv/apache2/sites-enabled/alpha.conf",
-             target="../sites-available/alpha.conf"),
+                path=f"{available}/alpha.conf", mark=mark,
+                content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
+                mode=0o600, owner=":www-data",
+                backup=f"{available}/.alpha.conf.deployer-previous-{ctx.run_id}",
+                created=f"{available}/.alpha.conf.deployer-created-{ctx.run_id}"),
+        Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
+             target="../sites-available/alpha.conf", tmp=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
         Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest"))),
     )
+
+
+def test_names_made_beside_live_files_differ_every_run(make):
+    # Random per run, so nobody can plant a file or link at them beforehand.
+    first, second = make()[0], make()[0]
+    assert len(first.run_id) == 16 and first.run_id != second.run_id
 
 
 def test_migrate_runs_once_on_first_host_in_the_new_release(make):
@@ -109,7 +128,8 @@ def test_restart_checks_then_switches_then_reloads(make):
     assert stages["restart"] == (
         Run("apache configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
         Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
-             target=f"/var/www/alpha.releases/{ctx.release}", commit=True),
+             target=f"/var/www/alpha.releases/{ctx.release}", tmp=f"/var/www/alpha.deployer-{ctx.run_id}",
+             commit=True),
         Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
     )
 
@@ -144,7 +164,7 @@ def test_hooks_and_shell_stages_in_order(make):
 def test_catch_all_target_for_unknown_names(make):
     ctx, stages = make(name="demo-acme")
     assert ctx.target.entry == "*"
-    assert stages["render"][0].path == "/etc/apache2/sites-available/demo-acme.conf"
+    assert stages["render"][1].path == "/etc/apache2/sites-available/demo-acme.conf"
     assert ctx.deploy_path == "/var/www/demo-acme"
 
 

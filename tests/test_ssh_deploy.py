@@ -1,9 +1,11 @@
 """Whole deploys over a real sshd on 127.0.0.1 (vpn none), checked on disk."""
 
+import grp
 import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,142 @@ def test_live_path_that_is_a_real_directory_is_not_replaced(site):
     assert tree_digest(legacy) == before
     assert list((site.root / "www" / "alpha.releases").iterdir()) == []  # rolled back
     assert not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
+
+
+# -- files on the host: modes, owners, planted names, files that are not ours ------------
+
+def vhost(site) -> Path:
+    return site.root / "apache2" / "sites-available" / "alpha.conf"
+
+
+def test_vhost_is_not_readable_by_others(site):
+    assert site.deploy()[0] == 0
+    st = vhost(site).stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o640, 0)
+
+
+def test_vhost_mode_owner_and_group_come_from_targets_yaml(site):
+    site.edit(apache={**yaml.safe_load(site.targets_file.read_text())["targets"]["alpha"]["apache"],
+                      "vhost_mode": "0600", "vhost_owner": "root", "vhost_group": "www-data"})
+    assert site.deploy()[0] == 0
+    st = vhost(site).stat()
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 0, grp.getgrnam("www-data").gr_gid)
+
+
+def test_rollback_puts_back_the_previous_vhost_with_its_mode_and_owner(site, tmp_path):
+    assert site.deploy()[0] == 0
+    www_data = grp.getgrnam("www-data").gr_gid
+    os.chown(vhost(site), 0, www_data)
+    os.chmod(vhost(site), 0o640)
+    before = vhost(site).stat()
+    content = vhost(site).read_bytes()
+    broken = tmp_path / "broken_template"
+    broken.write_text("NotAnApacheDirective <<HOSTNAME>>\n")
+    site.edit(template=str(broken))
+    code, out = site.deploy()
+    assert code == 1 and "rolling back" in out
+    after = vhost(site).stat()
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_gid) == \
+        (before.st_ino, before.st_mode, 0, www_data)
+    assert vhost(site).read_bytes() == content
+    # Nothing deployer kept for the undo is left beside it.
+    assert sorted(p.name for p in vhost(site).parent.iterdir()) == ["alpha.conf"]
+
+
+def test_a_link_planted_at_the_old_temp_name_is_never_written_through(site, tmp_path):
+    # deployer used to write sites-available/alpha.conf.deployer-tmp and rename it.
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    available = vhost(site).parent
+    available.mkdir(parents=True)
+    (available / "alpha.conf.deployer-tmp").symlink_to(victim)
+    code, out = site.deploy()
+    assert code == 0, out
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o644
+    assert not vhost(site).is_symlink() and vhost(site).read_text().startswith("# Written by deployer")
+
+
+@pytest.mark.parametrize(("plant", "message"), [
+    (lambda p: p.symlink_to("/dev/zero"), "is a symbolic link; deployer will not write through it"),
+    (lambda p: os.mkfifo(p), "exists and is not a regular file"),
+    (lambda p: p.write_text("<VirtualHost *:80>\n</VirtualHost>\n"), "was not written by deployer"),
+    (lambda p: p.write_bytes(b"x" * (1024 * 1024 + 1)), "is larger than 1 MiB"),
+])
+def test_a_vhost_path_that_is_not_our_file_fails_the_deploy_and_changes_nothing(site, plant, message):
+    vhost(site).parent.mkdir(parents=True)
+    plant(vhost(site))
+    before = tree_digest(site.root)
+    # In a child with a bound: a FIFO used to hang the deploy and /dev/zero to exhaust its memory.
+    proc = subprocess.run([sys.executable, "-m", "deployer", "alpha", "alpha.example.test", "--targets",
+                           str(site.targets_file), "--output", "plain"], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stdout
+    assert f"{vhost(site)} {message}" in proc.stdout
+    after = tree_digest(site.root)
+    assert after == {**before, "www": after["www"], "www/alpha.releases": after["www/alpha.releases"]}
+    assert list((site.root / "www" / "alpha.releases").iterdir()) == []  # the new release was removed
+
+
+def test_a_config_name_cannot_take_a_vhost_deployer_did_not_write(site):
+    # Debian's own site: `deploy 000-default ...` must not replace it.
+    site.edit()
+    doc = yaml.safe_load(site.targets_file.read_text())
+    doc["targets"]["000-default"] = doc["targets"]["alpha"]
+    site.targets_file.write_text(yaml.safe_dump(doc))
+    default = vhost(site).parent / "000-default.conf"
+    default.parent.mkdir(parents=True)
+    default.write_text("<VirtualHost *:80>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n")
+    out = io.StringIO()
+    code = main(["000-default", "default.example.test", "--targets", str(site.targets_file),
+                 "--output", "plain"], stdout=out)
+    assert code == 1
+    assert f"{default} was not written by deployer" in out.getvalue()
+    assert default.read_text().startswith("<VirtualHost")
+
+
+@pytest.mark.parametrize("served_as", [
+    "ServerName alpha.example.test",
+    "ServerName other.test\n    ServerAlias www.other.test Alpha.Example.Test:80",
+    "ServerAlias *.example.test",
+])
+def test_a_hostname_another_site_serves_is_refused(site, served_as):
+    enabled = site.root / "apache2" / "sites-enabled"
+    enabled.mkdir(parents=True)
+    (enabled / "other.conf").write_text(f"<VirtualHost *:80>\n    {served_as}\n</VirtualHost>\n")
+    before = tree_digest(site.root)
+    code, out = site.deploy()
+    assert code == 1
+    assert f"alpha.example.test is already served by other.conf in {enabled}" in out
+    after = tree_digest(site.root)
+    assert after == {**before, "www": after["www"], "www/alpha.releases": after["www/alpha.releases"]}
+
+
+def test_one_instance_cannot_take_anothers_hostname(site):
+    assert site.deploy()[0] == 0
+    doc = yaml.safe_load(site.targets_file.read_text())
+    doc["targets"]["aaa"] = doc["targets"]["alpha"]
+    site.targets_file.write_text(yaml.safe_dump(doc))
+    out = io.StringIO()
+    code = main(["aaa", "alpha.example.test", "--targets", str(site.targets_file), "--output", "plain"],
+                stdout=out)
+    assert code == 1
+    assert "alpha.example.test is already served by alpha.conf" in out.getvalue()
+    assert not (vhost(site).parent / "aaa.conf").exists()
+    # The same instance may of course deploy its own hostname again.
+    assert site.deploy()[0] == 0
+
+
+# -- what a command prints is kept bounded ----------------------------------------------
+
+def test_a_migration_that_prints_megabytes_keeps_only_the_tail(site):
+    site.edit(migrate="head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the end")
+    out = io.StringIO()
+    code = main(["alpha", "alpha.example.test", "--targets", str(site.targets_file), "--output", "json"],
+                stdout=out)
+    assert code == 0
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (migrate,) = [e for e in events if e["event"] == "step_finished" and e["stage"] == "migrate"]
+    kept = 256 * 1024
+    assert migrate["stdout"].startswith(f"[{20000000 + 1 + 8 - kept} earlier bytes of output not kept]\n")
+    assert migrate["stdout"].endswith("x\nthe end\n")
+    assert len(migrate["stdout"]) < kept + 100

@@ -167,8 +167,8 @@ def test_no_var_value_adds_a_line_to_the_vhost(target_with_secret, value):
         return
     assert code == 0, out
     lines = rendered(out)
-    assert len(lines) == 3
-    assert lines[1] == f"SetEnv APP_ENV {value} end"
+    assert len(lines) == 4  # deployer's mark, then the template's three
+    assert lines[2] == f"SetEnv APP_ENV {value} end"
 
 
 @PROPERTY
