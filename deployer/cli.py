@@ -129,9 +129,10 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         target = load(args.targets).resolve(name)
         selected = plan.select(target.pipeline, args.only, args.skip)
         ctx = context.make(name, hostname, target, overrides, selected)
-        the_plan = plan.build(ctx)
+        # From here on every message may quote a secret: all go through it.
         reporter = choose(args.output, stdout, ctx.secrets)
         box.append(reporter)
+        the_plan = plan.build(ctx)
         reporter.start(name, hostname, ctx.release, args.dry_run)
         if args.dry_run:
             for stage, step in the_plan.steps():
@@ -146,7 +147,7 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         # A bug: still end the output properly (TeamCity's build problem, the
         # JSON "finished" event), then show the traceback, redacted like the
         # rest: an exception's text can quote a secret (a vhost, a value).
-        code = _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {e!r}")
+        code = _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {type(e).__name__}: {e}")
         trace = "".join(traceback.format_exception(e))
         sys.stderr.write(reporter.redact(trace) if reporter else trace)
         return code

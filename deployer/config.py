@@ -181,16 +181,20 @@ def _as_written(kind, construct):
 
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
     # PyYAML keeps the last of two equal keys: a second `alpha:` would
-    # silently replace the first target.
+    # silently replace the first target. Keys merged in with `<<: *anchor`
+    # may be overridden, as YAML means them to be.
     seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node)
-        if isinstance(key, Hashable) and key in seen:
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value", key_node.start_mark)
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {seen[key].start_mark.line + 1})",
                 key_node.start_mark)
-        if isinstance(key, Hashable):
-            seen[key] = key_node
+        seen[key] = key_node
     loader.flatten_mapping(node)
     return dict(loader.construct_pairs(node))
 
@@ -213,6 +217,8 @@ def load(path: str | os.PathLike) -> Targets:
         raise ConfigError(source, "", f"not UTF-8 (line {line})") from None
     try:
         doc = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ConfigError(source, "", "not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -243,7 +249,31 @@ def load(path: str | os.PathLike) -> Targets:
 def _files_named(t: Target) -> list[str]:
     """The runner's files a target names: whatever it is, never packaged by default."""
     files = [t.template, *(h.identity_file for h in t.hosts if h.identity_file)]
-    return files + [f for f in (t.known_hosts, t.vpn.config) if f]
+    if t.vpn.config:
+        files += [t.vpn.config, *_vpn_secret_files(t.vpn.config)]
+    return files + ([t.known_hosts] if t.known_hosts else [])
+
+
+# OpenVPN options that name a file holding a key or a password.
+_VPN_SECRET_OPTIONS = {"auth-user-pass", "askpass", "key", "pkcs12", "secret", "tls-auth", "tls-crypt",
+                       "tls-crypt-v2", "http-proxy-user-pass"}
+
+
+def _vpn_secret_files(config: str) -> list[str]:
+    """Files an OpenVPN config reads secrets from; a relative one may mean the
+    config's folder or the directory deploy runs in, so both are listed."""
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            lines = f.read(1024 * 1024).splitlines()
+    except OSError:
+        return []  # this runner may not hold that target's VPN file: nothing to withhold
+    out = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] in _VPN_SECRET_OPTIONS:
+            name = words[1].strip("'\"")
+            out += [os.path.join(os.path.dirname(config), name), os.path.abspath(name)]
+    return out
 
 
 _TARGET_KEYS = {

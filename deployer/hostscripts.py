@@ -10,14 +10,18 @@ file or link planted at a name we use can only make the step fail.
 
 from deployer.quoting import Command
 
-# The previous file is kept as a hard link: the same inode, so a rollback
-# restores its content, mode and owner exactly, and nothing is read into
-# memory (a link to /dev/zero or a FIFO cannot exhaust or hang us: they are
-# refused before anything reads them).
+# Everything the install needs beside the file lives in one directory of its
+# own, `work` (random per run, made with mkdir, which never follows a link
+# and fails on any existing name): the new content before it is renamed into
+# place, and the previous file as a hard link, the same inode, so a rollback
+# restores its content, mode and owner exactly. Nothing of the previous file
+# is read into memory: a link to /dev/zero or a FIFO is refused before
+# anything reads it.
 _INSTALL = r"""set -eu
-path=$1 mark=$2 mode=$3 owner=$4 backup=$5 created=$6
+path=$1 mark=$2 mode=$3 owner=$4 work=$5
 dir=${path%/*}
 mkdir -p -- "$dir"
+umask 077
 if [ -L "$path" ]; then
     echo "$path is a symbolic link; deployer will not write through it (remove it)" >&2
     exit 1
@@ -35,26 +39,27 @@ elif [ -e "$path" ]; then
              "deployer will not replace it: move it aside, or deploy under another config name" >&2
         exit 1
     fi
-    ln -T -- "$path" "$backup"
+    mkdir -- "$work"
+    ln -T -- "$path" "$work/previous"
 else
-    mkdir -- "$created"
+    mkdir -- "$work"
+    : > "$work/none"
 fi
-tmp=$(mktemp -- "$dir/.deployer-XXXXXXXXXX")
-trap 'rm -f -- "$tmp"' EXIT
-cat > "$tmp"
-chmod "$mode" "$tmp"
-if [ -n "$owner" ]; then chown -- "$owner" "$tmp"; fi
-mv -fT -- "$tmp" "$path"
-trap - EXIT
+cat > "$work/new"
+chmod "$mode" "$work/new"
+if [ -n "$owner" ]; then chown -- "$owner" "$work/new"; fi
+mv -fT -- "$work/new" "$path"
 """
 
-# Safe whether or not the install got as far as changing anything.
-_RESTORE = r"""path=$1 backup=$2 created=$3
-if [ -f "$backup" ] && [ ! -L "$backup" ]; then
-    mv -fT -- "$backup" "$path"
-elif [ -d "$created" ] && [ ! -L "$created" ]; then
-    rm -f -- "$path" && rmdir -- "$created"
+# Safe in every state an install can stop in, including never started.
+_RESTORE = r"""path=$1 work=$2
+[ -d "$work" ] && [ ! -L "$work" ] || exit 0
+if [ -f "$work/previous" ]; then
+    if [ ! "$work/previous" -ef "$path" ]; then mv -fT -- "$work/previous" "$path"; fi
+elif [ -e "$work/none" ]; then
+    rm -f -- "$path"
 fi
+rm -rf -- "$work"
 """
 
 # rename(2) over the old link is atomic: a reader sees the old target or the
@@ -71,27 +76,71 @@ mv -fT -- "$tmp" "$path" || { rm -f -- "$tmp"; exit 1; }
 # Name-based virtual hosts: Apache answers a Host header from the first
 # site whose ServerName or ServerAlias matches it (wildcards included), so a
 # second site with the same name takes another's traffic, or loses its own.
-_NAME_IS_FREE = r"""dir=$1 own=$2 host=$3
+# Names go to awk through the environment: `awk -v` would expand backslashes.
+# A name that is not a plain host name pattern can match no host we serve;
+# an awk that fails counts as a conflict, never as "free".
+_NAMES_ARE_FREE = r"""dir=$1 own=$2
+shift 2
 [ -d "$dir" ] || exit 0
 taken=
 for f in "$dir"/*.conf; do
     [ -f "$f" ] || continue
     [ "${f##*/}" = "$own" ] && continue
-    if awk -v host="$host" '
+    hit=$(DEPLOYER_NAMES="$*" awk '
+        function pattern(name,    out, i, c) {
+            out = ""
+            for (i = 1; i <= length(name); i++) {
+                c = substr(name, i, 1)
+                if (c == "*") out = out ".*"
+                else if (c == "?") out = out "."
+                else if (c == ".") out = out "[.]"
+                else if (c ~ /[a-z0-9_-]/) out = out c
+                else return ""
+            }
+            return "^" out "$"
+        }
+        function clean(name) {
+            name = tolower(name)
+            gsub(/"/, "", name)
+            sub(/^[a-z][a-z0-9+.-]*:\/\//, "", name)
+            sub(/:[0-9*]+$/, "", name)
+            return name
+        }
+        BEGIN {
+            n = split(ENVIRON["DEPLOYER_NAMES"], ours, " ")
+            for (j = 1; j <= n; j++) mine[j] = pattern(ours[j])
+        }
+        { sub(/\r$/, "") }
+        /\\$/ { held = held substr($0, 1, length($0) - 1) " "; next }
+        held != "" { $0 = held $0; held = "" }
         tolower($1) == "servername" || tolower($1) == "serveralias" {
             for (i = 2; i <= NF; i++) {
-                name = tolower($i); sub(/^[a-z][a-z0-9+.-]*:\/\//, "", name); sub(/:[0-9*]+$/, "", name)
-                pat = name; gsub(/\./, "\\.", pat); gsub(/\*/, ".*", pat); gsub(/\?/, ".", pat)
-                if (tolower(host) ~ ("^" pat "$")) { found = 1; exit }
+                theirs = clean($i); p = pattern(theirs)
+                for (j = 1; j <= n; j++)
+                    if (theirs == ours[j] || (p != "" && ours[j] ~ p) || (mine[j] != "" && theirs ~ mine[j])) {
+                        print ours[j]; found = 1; exit
+                    }
             }
         }
-        END { exit !found }' "$f"; then
-        taken="$taken ${f##*/}"
-    fi
+        END { exit !found }' "$f")
+    case $? in
+    0) taken="$taken ${f##*/} ($hit)" ;;
+    1) ;;
+    *) taken="$taken ${f##*/} (unreadable)" ;;
+    esac
 done
 if [ -n "$taken" ]; then
-    echo "$host is already served by$taken in $dir; deployer will not take a site from another" \
-         "instance (destroy that one first, or use another hostname)" >&2
+    echo "a name this site would serve is already served by$taken in $dir; deployer will not take" \
+         "a site from another instance (destroy that one first, or use another name)" >&2
+    exit 1
+fi
+"""
+
+
+# Checked before anything changes: the switch at the end would refuse to
+# replace a real directory (the old script's layout), but only after migrate.
+_IS_LINK_OR_ABSENT = r"""if [ -e "$1" ] && [ ! -L "$1" ]; then
+    echo "$1 exists and is not a symlink; deployer will not replace it (move it aside)" >&2
     exit 1
 fi
 """
@@ -101,25 +150,30 @@ def _program(name: str, text: str, *args: str) -> Command:
     return Command.of(("sh", "-c", text, name, *args))
 
 
-def install(path: str, mark: str, mode: int, owner: str, backup: str, created: str) -> Command:
-    """Write stdin to `path` through a temp file renamed over it, refusing a
-    path deployer did not write (its first line is not `mark`)."""
-    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, backup, created)
+def install(path: str, mark: str, mode: int, owner: str, work: str) -> Command:
+    """Write stdin to `path` through a file in `work` renamed over it, refusing
+    a path deployer did not write (its first line is not `mark`)."""
+    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, work)
 
 
-def restore(path: str, backup: str, created: str) -> Command:
+def restore(path: str, work: str) -> Command:
     """Undo `install`: the previous file back, or no file if there was none."""
-    return _program("deployer-restore", _RESTORE, path, backup, created)
+    return _program("deployer-restore", _RESTORE, path, work)
 
 
-def forget(backup: str, created: str) -> Command:
-    """Once the new file is kept: what `restore` would have needed goes."""
-    return Command.of(("rm", "-rf", "--", backup, created))
+def forget(work: str) -> Command:
+    """Once the new file is kept, what `restore` would have needed goes."""
+    return Command.of(("rm", "-rf", "--", work))
+
+
+def is_link_or_absent(path: str) -> Command:
+    return _program("deployer-check-link", _IS_LINK_OR_ABSENT, path)
 
 
 def relink(path: str, target: str, tmp: str) -> Command:
     return _program("deployer-relink", _RELINK, path, target, tmp)
 
 
-def name_is_free(sites_enabled: str, own: str, hostname: str) -> Command:
-    return _program("deployer-check-name", _NAME_IS_FREE, sites_enabled, own, hostname)
+def names_are_free(sites_enabled: str, own: str, names: tuple[str, ...]) -> Command:
+    """Fails if another enabled site serves one of `names` (lowercase host names or patterns)."""
+    return _program("deployer-check-names", _NAMES_ARE_FREE, sites_enabled, own, *names)

@@ -16,7 +16,7 @@ from typing import IO
 from teamcity.messages import TeamcityServiceMessages
 
 from deployer import steps
-from deployer.transport import Result
+from deployer.transport import CUT_NOTE, Result
 
 MASK = "********"
 
@@ -78,13 +78,36 @@ class Reporter:
 
     def __init__(self, stream: IO[str], secrets: frozenset[str] = frozenset()):
         self.stream = stream
-        # Longest first, so a secret containing another is masked whole.
-        self.secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+        self.secrets = tuple(s for s in secrets if s)
 
     def redact(self, text: str) -> str:
+        """`text` with every secret masked, also where two overlap, and the end
+        of one that a kept output tail begins with (the cut fell inside it)."""
+        if not self.secrets:
+            return text
+        spans = []
         for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return text
+            at = text.find(secret)
+            while at != -1:
+                spans.append((at, at + len(secret)))
+                at = text.find(secret, at + 1)
+        for cut in CUT_NOTE.finditer(text):
+            start = cut.end()
+            part = max((n for s in self.secrets for n in range(1, len(s)) if text.startswith(s[-n:], start)),
+                       default=0)
+            if part:
+                spans.append((start, start + part))
+        out, done = [], 0
+        for start, end in sorted(spans):
+            if end <= done:
+                continue
+            if start > done:
+                out.append(text[done:start])
+            if start >= done:
+                out.append(MASK)
+            done = end
+        out.append(text[done:])
+        return "".join(out)
 
     def write(self, line: str) -> None:
         self.stream.write(self.redact(line) + "\n")
@@ -148,6 +171,17 @@ class TeamCityReporter(PlainReporter):
         # Values are redacted before the library escapes them: a secret
         # containing ' or | would no longer match once escaped.
         self.tc = TeamcityServiceMessages(output=_TextStream(stream), encoding="utf-8")
+
+    def write(self, line):
+        # Text from hosts and file names is not ours: a line holding a
+        # service message (a compromised host printing publishArtifacts of
+        # the agent's key) goes out escaped, inside a message of our own.
+        for part in self.redact(line).split("\n"):
+            if "##teamcity[" in part.lower():
+                self.tc.message("message", text=part)
+            else:
+                self.stream.write(part + "\n")
+        self.stream.flush()
 
     def stage_started(self, stage):
         self.tc.blockOpened(stage)
@@ -248,7 +282,10 @@ class RichReporter(PlainReporter):
         self._print(f"━━ {stage}", "bold cyan")
 
     def step_started(self, stage, step, host):
-        self.status = self.console.status(self.redact(f"{step.title} [{_where(step, host)}]"))
+        from rich.text import Text
+
+        # Text, not a string: rich would read `[/]` in a hook's title as markup.
+        self.status = self.console.status(Text(self.redact(f"{step.title} [{_where(step, host)}]")))
         self.status.start()
 
     def step_finished(self, stage, step, host, r):

@@ -24,15 +24,22 @@ import pathspec
 
 from deployer.errors import StepFailed, UsageError
 
-# Withheld whatever their type (`.git` is a file in a worktree).
+# Withheld whatever their type (`.git` is a file in a worktree); names are
+# compared in lower case (`.ENV` is read as .env on a case-insensitive disk).
 _WITHHELD_NAMES = {
-    **dict.fromkeys((".git", ".hg", ".svn", ".bzr", "_darcs", "CVS"), "version control directory"),
-    **dict.fromkeys((".ssh", ".gnupg"), "credentials directory"),
+    **dict.fromkeys((".git", ".hg", ".svn", ".bzr", "_darcs", "cvs"), "version control directory"),
+    **dict.fromkeys((".ssh", ".gnupg", ".aws", ".docker", ".kube", ".azure", ".gcloud"), "credentials directory"),
+    **dict.fromkeys((".netrc", ".pgpass", ".git-credentials", ".npmrc", ".pypirc", ".htpasswd"),
+                    "credentials file"),
+    **dict.fromkeys((".env", ".envrc"), "environment file"),
 }
 _SSH_KEYS = frozenset(f"id_{kind}{sk}" for kind in ("rsa", "dsa", "ecdsa", "ed25519") for sk in ("", "_sk"))
-_KEY_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".jks", ".keystore")
-_KEY_SCAN = 64 * 1024
-_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_KEY_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".ppk", ".der")
+# Whole files up to this size are checked for a key; larger ones (media,
+# bundles) only this far: certificate chains with a key after them are small.
+_KEY_SCAN = 1024 * 1024
+_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|-----BEGIN OpenVPN Static key"
+                          rb"|PuTTY-User-Key-File-")
 
 _Reasons = dict[str, str]  # relative path: why
 
@@ -187,19 +194,19 @@ def _walk(source: str, rules: Rules, include: frozenset[str]) -> tuple[list[tupl
 
 
 def _withheld_by_name(name: str, is_dir: bool) -> str | None:
-    if name in _WITHHELD_NAMES:
-        return _WITHHELD_NAMES[name]
+    lower = name.lower()
+    if lower in _WITHHELD_NAMES:
+        return _WITHHELD_NAMES[lower]
     if is_dir:
         return None
-    lower = name.lower()
-    if name in _SSH_KEYS or lower.endswith(_KEY_SUFFIXES):
+    if lower in _SSH_KEYS or lower.endswith(_KEY_SUFFIXES):
         return "private key (by name)"
     if lower.endswith(".ovpn"):
         return "VPN config (by name)"
-    if name in (".netrc", ".pgpass"):
-        return "credentials file"
-    if name == ".env" or name.startswith(".env."):
+    if lower.startswith(".env.") or lower.endswith(".env"):
         return "environment file"
+    if ".tfstate" in lower:
+        return "Terraform state (holds secrets)"
     return None
 
 

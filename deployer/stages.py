@@ -5,6 +5,7 @@ A stage is any callable `(Context) -> Sequence[Step]`. Others come from the
 """
 
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
@@ -36,6 +37,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     # one), under a random name, and created exclusively.
     remote = posixpath.join(rel, f".deployer-{ctx.run_id}.tar.gz")
     return (
+        steps.Run(f"check that {ctx.deploy_path} can be switched", hosts,
+                  command=hostscripts.is_link_or_absent(ctx.deploy_path)),
         # `mkdir` without -p fails if the release exists (another run's, maybe
         # live): then no undo is recorded, and rollback never removes it.
         steps.Run(f"create release {ctx.release}", hosts,
@@ -55,6 +58,23 @@ def owner_mark(name: str) -> str:
     return f"# Written by deployer for instance {name}; the next deploy replaces this file."
 
 
+_SERVER_NAME = re.compile(r"\s*server(?:name|alias)\s+(.*)", re.IGNORECASE)
+
+
+def served_names(vhost: str, hostname: str) -> tuple[str, ...]:
+    """HOSTNAME and every name the rendered vhost answers to (a var can add a
+    ServerAlias): each must be free of other sites on the hosts."""
+    names = {hostname.lower()}
+    for line in vhost.splitlines():
+        m = _SERVER_NAME.fullmatch(line)
+        if m:
+            for word in m.group(1).split():
+                name = re.sub(r"^[a-z][a-z0-9+.-]*://|:[0-9*]+$", "", word.strip('"').lower())
+                if name:
+                    names.add(name)
+    return tuple(sorted(names))
+
+
 def render(ctx: Context) -> tuple[steps.Step, ...]:
     path = ctx.target.template
     try:
@@ -64,18 +84,18 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
         raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
     mark = owner_mark(ctx.name)
     content = f"{mark}\n{template.render(text, ctx.vars, path)}"
+    names = served_names(content, ctx.hostname)
     apache = ctx.target.apache
     conf = f"{ctx.name}.conf"
     available = posixpath.join(apache.dir, "sites-available")
     enabled = posixpath.join(apache.dir, "sites-enabled")
     return (
-        steps.Run(f"check that no other site serves {ctx.hostname}", ctx.host_names,
-                  command=hostscripts.name_is_free(enabled, conf, ctx.hostname)),
+        steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
+                  command=hostscripts.names_are_free(enabled, conf, names)),
         steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
                       path=posixpath.join(available, conf), content=content, mark=mark,
                       mode=apache.vhost_mode, owner=apache.vhost_chown,
-                      backup=posixpath.join(available, f".{conf}.deployer-previous-{ctx.run_id}"),
-                      created=posixpath.join(available, f".{conf}.deployer-created-{ctx.run_id}")),
+                      work=posixpath.join(available, f".{conf}.deployer-{ctx.run_id}")),
         # What a2ensite does, without needing a2ensite or Debian's layout helpers.
         steps.Link(f"enable site {conf}", ctx.host_names,
                    path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),

@@ -61,9 +61,9 @@ class Install(Step):
     failure, put back what was there (the same file: content, mode, owner).
 
     A file already at `path` is replaced only if its first line is `mark`,
-    the line deployer writes first: never a file it did not write.
-    `backup` and `created` are names beside `path`, random per run, that
-    hold what the undo needs until the deploy keeps the change.
+    the line deployer writes first: never a file it did not write. `work`
+    is a directory beside `path`, random per run, holding what the undo
+    needs until the deploy keeps the change.
     """
 
     path: str = ""
@@ -71,17 +71,16 @@ class Install(Step):
     mark: str = ""
     mode: int = 0o640
     owner: str = ""  # for chown: "user", "user:group", ":group" or "" to leave it
-    backup: str = ""
-    created: str = ""
+    work: str = ""
 
     def command(self) -> Command:
-        return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.backup, self.created)
+        return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.work)
 
     def undo(self) -> Command:
-        return hostscripts.restore(self.path, self.backup, self.created)
+        return hostscripts.restore(self.path, self.work)
 
     def keep(self) -> Command:
-        return hostscripts.forget(self.backup, self.created)
+        return hostscripts.forget(self.work)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
 import base64
 import hashlib
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -58,6 +59,10 @@ class Tail:
     def text(self) -> str:
         kept = self.data.decode(errors="replace")
         return f"[{self.cut} earlier bytes of output not kept]\n{kept}" if self.cut else kept
+
+
+# What Tail.text puts where it cut: a secret may have been cut in two there.
+CUT_NOTE = re.compile(r"\[\d+ earlier bytes of output not kept\]\n")
 
 
 class Transport(Protocol):

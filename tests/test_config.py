@@ -476,3 +476,29 @@ def test_unquoted_boolean_or_null_var_says_quote_it(tmp_path, value, message):
     with pytest.raises(UsageError, match=f"targets/local/vars/DEBUG: {message}"):
         config.load(tmp_path / "targets.yaml")
 
+
+
+def test_merge_keys_still_work_and_may_be_overridden(site):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha: &alpha
+    hosts: [web1.alpha.internal]
+    vars: {TIER: web}
+  beta:
+    <<: *alpha
+    vars: {TIER: db}
+""")).resolve("beta")
+    assert t.hosts == (Host("web1.alpha.internal", user="deploy"),)
+    assert t.vars["TIER"] == Var("db")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("targets:\n  ? [a]\n  : {}\n", "not valid YAML (line 2, column 5): a key must be a plain value"),
+    ("targets: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML: nested too deeply"),
+])
+def test_odd_yaml_is_a_config_error_not_a_crash(site, text, message):
+    path = site / "targets.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(e.value) == f"{path}: {message}"

@@ -50,31 +50,51 @@ def test_relink_replaces_a_link_atomically_and_leaves_no_temp(tmp_path):
     assert os.readlink(path) == "second" and not tmp.exists() and not tmp.is_symlink()
 
 
+def install(path, work, mode=0o600, owner="", content=b"# mark\nServerName x\n"):
+    return LocalTransport().run(hostscripts.install(str(path), "# mark", mode, owner, str(work)).line(),
+                                stdin=content)
+
+
+def restore(path, work):
+    return LocalTransport().run(hostscripts.restore(str(path), str(work)).line())
+
+
 def test_install_then_restore_leaves_no_file_where_there_was_none(tmp_path):
-    path = tmp_path / "site.conf"
-    backup, created = tmp_path / ".site.conf.prev", tmp_path / ".site.conf.new"
-    t = LocalTransport()
-    assert t.run(hostscripts.install(str(path), "# mark", 0o600, "", str(backup), str(created)).line(),
-                 stdin=b"# mark\nServerName x\n").ok
+    path, work = tmp_path / "site.conf", tmp_path / ".site.conf.work"
+    assert install(path, work).ok
     assert path.read_text() == "# mark\nServerName x\n" and path.stat().st_mode & 0o777 == 0o600
-    assert t.run(hostscripts.restore(str(path), str(backup), str(created)).line()).ok
+    assert restore(path, work).ok
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_install_then_restore_puts_back_the_same_file(tmp_path):
+    path, work = tmp_path / "site.conf", tmp_path / ".site.conf.work"
+    path.write_text("# mark\nold\n")
+    path.chmod(0o640)
+    inode = path.stat().st_ino
+    assert install(path, work).ok and path.read_text().endswith("ServerName x\n")
+    assert restore(path, work).ok
+    assert (path.stat().st_ino, path.stat().st_mode & 0o777, path.read_text()) == (inode, 0o640, "# mark\nold\n")
+    assert sorted(os.listdir(tmp_path)) == ["site.conf"]
 
 
 def test_restore_is_harmless_when_the_install_never_ran(tmp_path):
     path = tmp_path / "site.conf"
     path.write_text("# somebody else's\n")
-    result = LocalTransport().run(hostscripts.restore(str(path), str(tmp_path / "b"), str(tmp_path / "c")).line())
-    assert result.ok and path.read_text() == "# somebody else's\n"
+    assert restore(path, tmp_path / "work").ok and path.read_text() == "# somebody else's\n"
 
 
-def test_a_failed_install_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "site.conf"
-    result = LocalTransport().run(
-        hostscripts.install(str(path), "# mark", 0o640, "no-such-user-here", str(tmp_path / "b"),
-                            str(tmp_path / "c")).line(), stdin=b"# mark\n")
+def test_an_install_that_failed_half_way_is_undone_whole(tmp_path):
+    # chown fails after the previous file was linked and the new one written:
+    # the restore must keep the previous file (not rename it onto itself) and
+    # leave nothing of the new one, whose content may be a secret.
+    path, work = tmp_path / "site.conf", tmp_path / ".site.conf.work"
+    path.write_text("# mark\nold\n")
+    result = install(path, work, owner="no-such-user-here", content=b"# mark\nSetEnv DB s3cret\n")
     assert not result.ok and "no-such-user-here" in result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["c"]  # the record that restore uses to remove it
+    assert restore(path, work).ok
+    assert path.read_text() == "# mark\nold\n"
+    assert sorted(os.listdir(tmp_path)) == ["site.conf"]
 
 
 def test_copy_to_the_host_never_writes_through_a_planted_link(tmp_path):

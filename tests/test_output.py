@@ -102,7 +102,7 @@ def test_json_dry_run_lists_planned_steps(local):
     events = [json.loads(line) for line in lines]
     planned = [e for e in events if e["event"] == "planned"]
     assert [e["stage"] for e in planned] == [
-        "package", "upload", "upload", "upload", "render", "render", "render", "render", "migrate",
+        "package", "upload", "upload", "upload", "upload", "render", "render", "render", "render", "migrate",
         "restart", "restart", "restart"]
     assert not (local.tmp / "www").exists()
 
@@ -160,3 +160,21 @@ def test_readme_documents_every_exit_code():
     readme = (REPO / "README.md").read_text()
     for code in ("| 0 |", "| 1 |", "| 2 |", "| 130 |"):
         assert code in readme
+
+
+def test_teamcity_service_messages_from_a_host_are_escaped(local):
+    # A compromised host printing a service message must not get TeamCity to
+    # publish the agent's key or set a parameter.
+    forged = "##teamcity[publishArtifacts '/root/.ssh/id_ed25519']"
+    code, lines = local("--output", "teamcity", migrate=f"echo \"{forged}\"; echo \"  {forged}\" >&2; exit 1")
+    assert code == 1
+    assert not [line for line in lines if "##teamcity[publishArtifacts" in line]
+    assert not [kind for kind, _ in _messages(lines) if kind == "publishArtifacts"]
+    texts = [a["text"] for kind, a in _messages(lines) if kind == "message"]
+    assert any("publishArtifacts" in t for t in texts)
+
+
+def test_rich_output_takes_brackets_in_titles_as_text(local, monkeypatch):
+    code, lines = local("--output", "rich", migrate="echo '[/]' done; echo '[bold]x'")
+    assert code == 0, lines
+    assert any("[/]" in line for line in lines)

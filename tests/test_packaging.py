@@ -176,8 +176,26 @@ CREDENTIALS = {
     "config/k.txt": "notes\n" + BEGIN + "OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n",
     "config/rsa": BEGIN + "RSA PRIVATE KEY-----\n",
     "config/enc.bin": b"\x00" * 100 + (BEGIN + "ENCRYPTED PRIVATE KEY-----\n").encode(),
-    # Past the first 16 KiB read by the tarball writer, inside the 64 KiB that are checked.
+    # Past the first 16 KiB read by the tarball writer, and past 64 KiB (a certificate chain, then its key).
     "config/late.txt": "x" * 60_000 + BEGIN + "PRIVATE KEY-----\n",
+    "certs/bundle.crt": (BEGIN + "CERTIFICATE-----\n") * 5000 + BEGIN + "RSA PRIVATE KEY-----\n",
+    "vpn/client.conf": "#\n" + BEGIN + "OpenVPN Static key V1-----\n",
+    "keys/deploy.key.txt": "PuTTY-User-Key-File-3: ssh-ed25519\n",
+    # What the review found still shipped.
+    ".ENV": "A=1\n",
+    "prod.env": "A=1\n",
+    ".envrc": "export A=1\n",
+    ".git-credentials": "https://u:p@example.com\n",
+    ".aws/credentials": "[default]\n",
+    ".docker/config.json": "{}\n",
+    ".kube/config": "x\n",
+    ".npmrc": "//r/:_authToken=x\n",
+    ".pypirc": "[pypi]\n",
+    "site/.htpasswd": "u:x\n",
+    "terraform.tfstate": "{}\n",
+    "terraform.tfstate.backup": "{}\n",
+    "keys/deploy.ppk": "k\n",
+    "keys/key.der": "k\n",
     "config/cert.txt": BEGIN + "CERTIFICATE-----\n",
     "config/public.txt": BEGIN + "PUBLIC KEY-----\n",
     "config/env.py": "not a .env file",
@@ -185,6 +203,23 @@ CREDENTIALS = {
 }
 
 WITHHELD = {
+    ".ENV": "environment file",
+    ".aws": "credentials directory",
+    ".docker": "credentials directory",
+    ".envrc": "environment file",
+    ".git-credentials": "credentials file",
+    ".kube": "credentials directory",
+    ".npmrc": "credentials file",
+    ".pypirc": "credentials file",
+    "certs/bundle.crt": "contains a private key",
+    "keys/deploy.key.txt": "contains a private key",
+    "keys/deploy.ppk": "private key (by name)",
+    "keys/key.der": "private key (by name)",
+    "prod.env": "environment file",
+    "site/.htpasswd": "credentials file",
+    "terraform.tfstate": "Terraform state (holds secrets)",
+    "terraform.tfstate.backup": "Terraform state (holds secrets)",
+    "vpn/client.conf": "contains a private key",
     ".bzr": "version control directory",
     ".env": "environment file",
     ".env.production": "environment file",
@@ -540,7 +575,8 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
     # checkout itself, VPN config, SSH key, .env and .git included.
     (tmp_path / "manage.py").write_text("x\n")
     (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n")
-    planted = {"vpn/demo.ovpn": "client\n", "keys/id_ed25519": "k\n", ".env": "SECRET=1\n", ".git/HEAD": "ref\n",
+    planted = {"vpn/demo.ovpn": "client\nauth-user-pass auth.txt\n", "vpn/auth.txt": "me\npw\n",
+               "keys/id_ed25519": "k\n", ".env": "SECRET=1\n", ".git/HEAD": "ref\n",
                "certs/a/b/server.pem": "c\n", "notes/key.txt": BEGIN + "PRIVATE KEY-----\n"}
     for rel, text in planted.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -563,6 +599,7 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
                  "left out: notes/key.txt: contains a private key",
                  "left out: targets.yaml: the targets file",
                  "left out: vhost: named in targets.yaml",
+                 "left out: vpn/auth.txt: named in targets.yaml",  # the password file the .ovpn names
                  "left out: vpn/demo.ovpn: named in targets.yaml"):
         assert line in shown, shown
     assert "1 files, 2 bytes" in shown

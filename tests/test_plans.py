@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from deployer import context, hostscripts, packaging, plan
+from deployer import stages as stage_lib
 from deployer.config import load
 from deployer.errors import UsageError
 from deployer.quoting import Command
@@ -75,6 +76,8 @@ def test_upload_steps(make):
     rel = f"/var/www/alpha.releases/{ctx.release}"
     tarball = f"{rel}/.deployer-{ctx.run_id}.tar.gz"
     assert stages["upload"] == (
+        Run("check that /var/www/alpha can be switched", H,
+            command=hostscripts.is_link_or_absent("/var/www/alpha")),
         Run(f"create release {ctx.release}", H,
             command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"), ("mkdir", "--", rel)),
             undo=Command.of(("rm", "-rf", "--", rel))),
@@ -93,17 +96,24 @@ def test_render_steps(make):
     available, enabled = "/srv/apache2/sites-available", "/srv/apache2/sites-enabled"
     assert stages["render"] == (
         Run("check that no other site serves alpha.example.com", H,
-            command=hostscripts.name_is_free(enabled, "alpha.conf", "alpha.example.com")),
+            command=hostscripts.names_are_free(enabled, "alpha.conf", ("alpha.example.com",))),
         Install("write vhost sites-available/alpha.conf", H,
                 path=f"{available}/alpha.conf", mark=mark,
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
-                mode=0o600, owner=":www-data",
-                backup=f"{available}/.alpha.conf.deployer-previous-{ctx.run_id}",
-                created=f"{available}/.alpha.conf.deployer-created-{ctx.run_id}"),
+                mode=0o600, owner=":www-data", work=f"{available}/.alpha.conf.deployer-{ctx.run_id}"),
         Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
              target="../sites-available/alpha.conf", tmp=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
         Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest"))),
     )
+
+
+@pytest.mark.parametrize(("vhost", "names"), [
+    ("ServerName alpha.example.com\n", ("alpha.example.com",)),
+    ("ServerName x\n  serveralias \"WWW.Alpha.example.com\" http://b.test:8080 *.c.test\n",
+     ("*.c.test", "alpha.example.com", "b.test", "www.alpha.example.com", "x")),
+])
+def test_every_name_the_vhost_serves_is_checked(vhost, names):
+    assert stage_lib.served_names(vhost, "alpha.example.com") == names
 
 
 def test_names_made_beside_live_files_differ_every_run(make):

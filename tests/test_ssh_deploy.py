@@ -198,8 +198,9 @@ def test_live_path_that_is_a_real_directory_is_not_replaced(site):
     code, out = site.deploy()
     assert code == 1
     assert f"{legacy} exists and is not a symlink" in out
+    assert not (site.root / "migrations.log").exists()  # found before migrate, not at the switch
     assert tree_digest(legacy) == before
-    assert list((site.root / "www" / "alpha.releases").iterdir()) == []  # rolled back
+    assert not (site.root / "www" / "alpha.releases").exists()  # refused before the first change
     assert not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
 
 
@@ -298,6 +299,10 @@ def test_a_config_name_cannot_take_a_vhost_deployer_did_not_write(site):
     "ServerName alpha.example.test",
     "ServerName other.test\n    ServerAlias www.other.test Alpha.Example.Test:80",
     "ServerAlias *.example.test",
+    'ServerName "alpha.example.test"',
+    "ServerName alpha.example.test\r",
+    "ServerAlias other.test \\\n        alpha.example.test",
+    "ServerAlias foo(bar.test [a-z]*.test alpha.example.test",
 ])
 def test_a_hostname_another_site_serves_is_refused(site, served_as):
     enabled = site.root / "apache2" / "sites-enabled"
@@ -306,9 +311,35 @@ def test_a_hostname_another_site_serves_is_refused(site, served_as):
     before = tree_digest(site.root)
     code, out = site.deploy()
     assert code == 1
-    assert f"alpha.example.test is already served by other.conf in {enabled}" in out
+    assert f"already served by other.conf (alpha.example.test) in {enabled}" in out
     after = tree_digest(site.root)
     assert after == {**before, "www": after["www"], "www/alpha.releases": after["www/alpha.releases"]}
+
+
+@pytest.mark.parametrize("served_as", ["ServerName other.test", "ServerAlias [a-z]*.test foo(bar.test",
+                                       "# ServerName alpha.example.test", "ServerAlias *.other.test"])
+def test_other_sites_that_do_not_serve_the_name_are_no_obstacle(site, served_as):
+    enabled = site.root / "apache2" / "sites-enabled"
+    enabled.mkdir(parents=True)
+    (enabled / "other.conf").write_text(f"<VirtualHost *:80>\n    {served_as}\n</VirtualHost>\n")
+    code, out = site.deploy()
+    assert code == 0, out
+
+
+def test_an_alias_given_as_a_var_cannot_take_another_site(site, tmp_path):
+    # TeamCity parameters reach --var: `ServerAlias <<ALIAS>>` with another
+    # instance's name would have made this site answer for it.
+    template = tmp_path / "aliased"
+    template.write_text("<VirtualHost *:80>\n    ServerName <<HOSTNAME>>\n    ServerAlias <<ALIAS>>\n"
+                        "</VirtualHost>\n")
+    site.edit(template=str(template))
+    enabled = site.root / "apache2" / "sites-enabled"
+    enabled.mkdir(parents=True)
+    (enabled / "beta.conf").write_text("<VirtualHost *:80>\n    ServerName beta.example.test\n</VirtualHost>\n")
+    code, out = site.deploy("--var", "ALIAS=www.alpha.example.test beta.example.test")
+    assert code == 1
+    assert f"already served by beta.conf (beta.example.test) in {enabled}" in out
+    assert site.deploy("--var", "ALIAS=www.alpha.example.test")[0] == 0
 
 
 def test_one_instance_cannot_take_anothers_hostname(site):
@@ -320,7 +351,7 @@ def test_one_instance_cannot_take_anothers_hostname(site):
     code = main(["aaa", "alpha.example.test", "--targets", str(site.targets_file), "--output", "plain"],
                 stdout=out)
     assert code == 1
-    assert "alpha.example.test is already served by alpha.conf" in out.getvalue()
+    assert "already served by alpha.conf (alpha.example.test)" in out.getvalue()
     assert not (vhost(site).parent / "aaa.conf").exists()
     # The same instance may of course deploy its own hostname again.
     assert site.deploy()[0] == 0

@@ -190,3 +190,25 @@ def test_no_secret_appears_unmasked_in_any_output(target_with_secret, secret):
             counts.append(out.count(secret))
         else:
             assert counts[0] <= counts[1], (output, out)
+
+
+def test_overlapping_secrets_are_masked_whole():
+    reporter = choose("plain", io.StringIO(), frozenset({"abcdef", "defghi"}))
+    assert reporter.redact("x abcdefghi y") == "x ******** y"
+
+
+def test_a_secret_cut_in_two_where_output_was_dropped_stays_masked(target_with_secret):
+    # Only the last 256 KiB of a command's output are kept: a cut inside a
+    # secret must not leave its end readable.
+    secret = "Sup3rSecretDbPassw0rd"
+    os.environ[SECRET_ENV] = secret
+    doc = yaml.safe_load(target_with_secret.read_text())
+    # The secret, then just enough to push its first 7 characters out of the tail.
+    filler = 256 * 1024 - 14
+    doc["targets"]["*"]["migrate"] = f"printf %s {secret}; head -c {filler} /dev/zero | tr '\\0' y; exit 1"
+    target_with_secret.write_text(yaml.safe_dump(doc))
+    for output in FORMATS:
+        code, out = deploy(target_with_secret, "--var", "APP_ENV=x", output=output)
+        assert code == 1
+        assert "earlier bytes of output not kept" in out, output
+        assert "Passw0rd" not in out and secret[-5:] not in out, output
