@@ -73,11 +73,19 @@ def parser() -> argparse.ArgumentParser:
                    help="run the pipeline without these stages")
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
                    help="set a template token, over vars: in targets.yaml (repeatable)")
+    p.add_argument("--parallel", type=_positive, metavar="N",
+                   help="at most N hosts at once (default: parallel: in targets.yaml, else all up to 32)")
     p.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"),
                    default="auto",
                    help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain")
     p.add_argument("--version", action="version", version=f"deployer {__version__}")
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of hosts, at least 1: {text!r}")
+    return int(text)
 
 
 def _stage_list(text: str) -> tuple[str, ...]:
@@ -138,7 +146,8 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
             for stage, step in the_plan.steps():
                 reporter.planned(stage, step)
         else:
-            Executor(ctx, reporter).run(the_plan)
+            parallel = min(args.parallel or target.parallel, len(target.hosts))
+            Executor(ctx, reporter, parallel).run(the_plan)
     except DeployError as e:
         return _finish(reporter, args, stdout, e.exit_code, str(e))
     except (Interrupted, KeyboardInterrupt) as e:

@@ -23,6 +23,11 @@ from deployer.errors import ConfigError, UsageError
 from deployer.quoting import words
 
 CATCH_ALL = "*"
+# Hosts at once, by default. Each host costs the runner a thread, an SSH
+# connection and paramiko's own reader thread, and its CPU encrypts every
+# byte for every session: past a few dozen, more at once only adds
+# contention on a build agent's cores (README: "Hosts at once").
+MAX_PARALLEL = 32
 DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
 HOOK_PLACES = ("all", "first", "local")
 BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME")
@@ -99,6 +104,9 @@ class Target:
     hosts: tuple[Host, ...]
     known_hosts: str | None
     connect_timeout: float
+    step_timeout: float
+    migrate_timeout: float
+    parallel: int
     deploy_root: str
     vpn: Vpn
     apache: Apache
@@ -278,8 +286,8 @@ def _vpn_secret_files(config: str) -> list[str]:
 
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
-    "connect_timeout", "deploy_root", "vpn", "apache", "migrate", "package",
-    "template", "vars", "pipeline", "stages", "hooks",
+    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "deploy_root", "vpn", "apache",
+    "migrate", "package", "template", "vars", "pipeline", "stages", "hooks",
 }
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
@@ -375,6 +383,9 @@ class _Reader:
             hosts=hosts,
             known_hosts=known_hosts,
             connect_timeout=self.number(t.get("connect_timeout", 10), f"{path}/connect_timeout"),
+            step_timeout=self.number(t.get("step_timeout", 600), f"{path}/step_timeout"),
+            migrate_timeout=self.number(t.get("migrate_timeout", 3600), f"{path}/migrate_timeout"),
+            parallel=self.integer(t.get("parallel", MAX_PARALLEL), f"{path}/parallel", 1, 1000),
             deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
             apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),

@@ -10,7 +10,9 @@ the work dir) runs on every exit path.
 
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from deployer import interrupts, packaging, steps, transport
@@ -23,6 +25,7 @@ from deployer.transport import LocalTransport, NotALink, Result, SshTransport, T
 from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported
+UNDO_TIMEOUT = 120.0  # seconds for one undo or tidying command on one host
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,20 @@ class _Undo:
 
 
 class Executor:
-    def __init__(self, ctx: Context, reporter: Reporter):
+    def __init__(self, ctx: Context, reporter: Reporter, parallel: int = 1):
         self.ctx = ctx
         self.reporter = reporter
         self.transports: dict[str, Transport] = {}
-        self.local = LocalTransport()
+        # Set when the deploy is interrupted: every host's running command is
+        # stopped, and transfers end between two chunks.
+        self.stop = threading.Event()
+        self.local = LocalTransport(self.stop)
         self.undo: list[_Undo] = []
         self.teardown: list[tuple[str, object]] = []
+        # Host steps run in threads: the undo log and the reporter are shared.
+        self.lock = threading.Lock()
+        self.parallel = parallel
+        self.pool: ThreadPoolExecutor | None = None
 
     def run(self, plan: steps.Plan) -> None:
         try:
@@ -77,23 +87,49 @@ class Executor:
             self.on_runner(stage, step)
             return
         self.connect()
-        failures = []
-        for name in step.hosts:
-            self.reporter.step_started(stage, step, name)
-            started = time.monotonic()
-            try:
-                result = self.on_host(step, name, self.transports[name])
-            except (StepFailed, *transport.ERRORS) as e:
-                result = Result(1, "", _describe_error(e))
-            self.reporter.step_finished(stage, step, name,
-                                        StepResult(result, time.monotonic() - started))
-            if not result.ok:
-                failures.append((name, result))
+        results = self.fan_out(step.hosts, lambda name: self.host_step(stage, step, name))
+        failures = [(name, r) for name, r in zip(step.hosts, results, strict=True) if not r.ok]
         if failures:
             raise StepFailed(_failure_message(step, failures, self.reporter.redact))
         if isinstance(step, steps.Link) and step.commit:
             # The new release is live on every host: nothing before this is undone.
             self.keep_changes()
+
+    def host_step(self, stage: str, step: steps.Step, name: str) -> Result:
+        """One step on one host, in a thread of the pool."""
+        with self.lock:
+            self.reporter.step_started(stage, step, name)
+        started = time.monotonic()
+        result = Result(1, "", "stopped")
+        try:
+            result = self.on_host(step, name, self.transports[name])
+        except (StepFailed, *transport.ERRORS) as e:
+            result = Result(1, "", _describe_error(e))
+        finally:
+            with self.lock:
+                self.reporter.step_finished(stage, step, name, StepResult(result, time.monotonic() - started))
+        return result
+
+    def fan_out(self, items, fn) -> list:
+        """`fn` on every item at once (at most `parallel` at a time); results in order.
+
+        The main thread only waits, in short slices, so Ctrl-C and SIGTERM
+        land here and never inside the SSH library. An interrupt sets the
+        stop flag, waits until every host's command has stopped, then goes on
+        to the rollback.
+        """
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.parallel, "host", initializer=interrupts.block_in_thread)
+        futures = [self.pool.submit(fn, item) for item in items]
+        try:
+            while not all(f.done() for f in futures):
+                wait(futures, timeout=0.1)
+        except BaseException:
+            self.stop.set()
+            wait(futures)
+            self.stop.clear()
+            raise
+        return [f.result() for f in futures]
 
     def on_runner(self, stage: str, step: steps.Step) -> None:
         self.reporter.step_started(stage, step, RUNNER)
@@ -124,72 +160,94 @@ class Executor:
             tunnel.open()
             return Result(0, "tunnel up", "")
         if isinstance(step, steps.Run):
-            return self.local.run(step.command.line())
+            return self.local.run(step.command.line(), timeout=self.timeout(step))
         raise TypeError(f"{type(step).__name__} cannot run on the runner")
+
+    def timeout(self, step: steps.Step) -> float:
+        return getattr(step, "timeout", None) or self.ctx.target.step_timeout
+
+    def record(self, undo: "_Undo") -> None:
+        with self.lock:
+            self.undo.append(undo)
 
     def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
         if isinstance(step, steps.Run):
-            result = t.run(step.command.line())
+            result = t.run(step.command.line(), timeout=self.timeout(step))
             # Only what the step did: a failed `mkdir` of an existing release
             # must not lead to removing that release.
             if result.ok and step.undo is not None:
-                self.undo.append(_Undo(host, f"undo {step.title}", step.undo))
+                self.record(_Undo(host, f"undo {step.title}", step.undo))
             return result
         if isinstance(step, steps.Upload):
             # Before the transfer: a half-written file is removed too.
-            self.undo.append(_Undo(host, f"undo {step.title}", step.undo))
+            self.record(_Undo(host, f"undo {step.title}", step.undo))
             t.put(step.local, step.remote)
             return Result(0, "", "")
         if isinstance(step, steps.Install):
             # Before the change, and safe to run if it never happened: an
             # interrupt between the write and the record must not lose it.
-            self.undo.append(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
-            return t.run(step.command().line(), stdin=step.content.encode())
+            self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
+            return t.run(step.command().line(), stdin=step.content.encode(), timeout=self.timeout(step))
         if isinstance(step, steps.Link):
             previous = t.readlink(step.path)
-            result = t.run(step.command().line())
+            result = t.run(step.command().line(), timeout=self.timeout(step))
             if result.ok:
                 undo = (Command.of(("rm", "-f", "--", step.path)) if previous is None
                         else step.command(target=previous))
-                self.undo.append(_Undo(host, f"restore link {step.path}", undo))
+                self.record(_Undo(host, f"restore link {step.path}", undo))
             return result
         raise TypeError(f"{type(step).__name__} cannot run on a host")
 
     # -- connections, rollback, teardown ---------------------------------------
 
     def connect(self) -> None:
-        """Open every host's connection before the first remote step changes anything."""
+        """Open every host's connection, all at once, before the first remote
+        step changes anything."""
         if self.transports:
             return
         target = self.ctx.target
         if target.transport == "local":
             self.transports[LOCAL_HOST.name] = self.local
             return
-        opened = {}
+        opened: dict[str, SshTransport] = {}
         self.teardown.append(("close connections", lambda: [t.close() for t in opened.values()]))
-        errors = []
-        for host in target.hosts:
-            t = SshTransport(host, target.known_hosts, target.connect_timeout)
+
+        def open_one(host) -> str | None:
+            t = SshTransport(host, target.known_hosts, target.connect_timeout, self.stop)
             try:
                 t.open()
             except StepFailed as e:
-                errors.append(str(e))
-                continue
-            opened[host.name] = t
+                return str(e)
+            with self.lock:
+                opened[host.name] = t
+            return None
+
+        errors = [e for e in self.fan_out(target.hosts, open_one) if e]
         if errors:
             raise StepFailed("cannot connect to every host; nothing was changed on any host:\n  "
                              + "\n  ".join(errors))
         self.transports.update(opened)
 
     def rollback(self) -> None:
+        """Every host's changes undone, newest first, hosts at once; each undo
+        command has a time limit, so a host that stopped answering cannot
+        hold the rollback of the others."""
         if not self.undo:
             return
         self.reporter.note(f"rolling back {len(self.undo)} change(s)")
-        problems = []
-        for u in reversed(self.undo):
-            result = self.run_quietly(u.host, u.command)
-            if not result.ok:
-                problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
+        by_host: dict[str, list[_Undo]] = {}
+        for u in self.undo:
+            by_host.setdefault(u.host, []).append(u)
+
+        def undo_host(host: str) -> list[str]:
+            problems = []
+            for u in reversed(by_host[host]):
+                result = self.run_quietly(u.host, u.command)
+                if not result.ok:
+                    problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
+            return problems
+
+        problems = [p for found in self.fan_out(list(by_host), undo_host) for p in found]
         self.undo.clear()
         if problems:
             self.reporter.note("ROLLBACK INCOMPLETE, check these by hand:\n  " + "\n  ".join(problems))
@@ -197,21 +255,21 @@ class Executor:
     def run_quietly(self, host: str, command: Command) -> Result:
         """For rollback and tidying, which go on past a host that fails."""
         try:
-            return self.transports[host].run(command.line())
+            return self.transports[host].run(command.line(), timeout=UNDO_TIMEOUT)
         except (StepFailed, *transport.ERRORS) as e:
             return Result(1, "", _describe_error(e))
 
     def keep_changes(self) -> None:
         """The changes stand: drop the undo log, and what it kept on the hosts."""
-        for u in self.undo:
-            if u.keep is None:
-                continue
-            result = self.run_quietly(u.host, u.keep)
+        kept = [u for u in self.undo if u.keep is not None]
+        for u, result in zip(kept, self.fan_out(kept, lambda u: self.run_quietly(u.host, u.keep)), strict=True):
             if not result.ok:
                 self.reporter.note(f"{u.host}: could not tidy after {u.title}: {result.stderr.strip()}")
         self.undo.clear()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         for title, action in reversed(self.teardown):
             try:
                 action()

@@ -146,6 +146,26 @@ fi
 """
 
 
+# TERM the group, KILL it if it outlives the grace, then wait until no
+# process of it is left: a migrate that ignores TERM must not go on working
+# after the deploy said it was stopped.
+# (dash's kill takes no `--`; a negative pid after the signal is a group.)
+_STOP_GROUP = r"""pid=$1 grace=$2
+kill -TERM "-$pid" 2>/dev/null || exit 0
+for signal in KILL ''; do
+    i=0
+    while kill -0 "-$pid" 2>/dev/null; do
+        i=$((i + 1))
+        if [ "$i" -gt "$((grace * 10))" ]; then
+            [ -n "$signal" ] && kill -"$signal" "-$pid" 2>/dev/null
+            break
+        fi
+        sleep 0.1
+    done
+done
+"""
+
+
 def _program(name: str, text: str, *args: str) -> Command:
     return Command.of(("sh", "-c", text, name, *args))
 
@@ -168,6 +188,10 @@ def forget(work: str) -> Command:
 
 def is_link_or_absent(path: str) -> Command:
     return _program("deployer-check-link", _IS_LINK_OR_ABSENT, path)
+
+
+def stop_group(pid: int, grace: float) -> Command:
+    return _program("deployer-stop", _STOP_GROUP, str(pid), str(int(grace)))
 
 
 def relink(path: str, target: str, tmp: str) -> Command:

@@ -27,6 +27,13 @@ def deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def block_in_thread() -> None:
+    """For threads the deploy starts: the signals go to the main thread only,
+    which decides what an interrupt stops (a thread that took one would let
+    its Python handler run in the main thread even inside `deferred`)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def install(on_repeat) -> dict:
     """Raise Interrupted on the first signal; call on_repeat() on later ones, so a
     second Ctrl-C cannot cut the rollback short. Returns the previous handlers."""

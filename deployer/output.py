@@ -9,13 +9,14 @@ of them.
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO
 
 from teamcity.messages import TeamcityServiceMessages
 
-from deployer import steps
+from deployer import interrupts, steps
 from deployer.transport import CUT_NOTE, Result
 
 MASK = "********"
@@ -261,19 +262,36 @@ class JsonReporter(Reporter):
 
 
 class RichReporter(PlainReporter):
-    """A terminal: a spinner per running step, colour, output only when it matters."""
+    """A terminal: a live line per running host with its time, colour, and
+    a command's output only when it failed."""
 
     def __init__(self, stream, secrets=frozenset()):
         super().__init__(stream, secrets)
         from rich.console import Console
 
         self.console = Console(file=stream, highlight=False)
-        self.status = None
+        # (title, host) -> (started, spinner); drawn by rich's refresh thread.
+        self.running: dict[tuple[str, str], tuple[float, object]] = {}
+        self.running_lock = threading.Lock()
+        self.live = None
 
     def _print(self, text: str, style: str = "") -> None:
         from rich.text import Text
 
+        # Text, not a string: rich would read `[/]` in a hook's title as markup.
         self.console.print(Text(self.redact(text), style=style))
+
+    def _running_lines(self):
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table.grid(padding=(0, 1))
+        now = time.monotonic()
+        with self.running_lock:
+            rows = list(self.running.items())
+        for (title, host), (started, spinner) in rows:
+            grid.add_row(spinner, Text(self.redact(f"{title} [{host}]")), Text(f"{now - started:.0f}s", "dim"))
+        return grid
 
     def write(self, line: str) -> None:
         self._print(line)
@@ -282,21 +300,30 @@ class RichReporter(PlainReporter):
         self._print(f"━━ {stage}", "bold cyan")
 
     def step_started(self, stage, step, host):
-        from rich.text import Text
+        from rich.live import Live
+        from rich.spinner import Spinner
 
-        # Text, not a string: rich would read `[/]` in a hook's title as markup.
-        self.status = self.console.status(Text(self.redact(f"{step.title} [{_where(step, host)}]")))
-        self.status.start()
+        with self.running_lock:
+            self.running[(step.title, _where(step, host))] = (time.monotonic(), Spinner("dots"))
+        if self.live is None:
+            self.live = Live(console=self.console, get_renderable=self._running_lines, transient=True,
+                             refresh_per_second=8, redirect_stdout=False, redirect_stderr=False)
+            # Its refresh thread must not be the one that takes Ctrl-C.
+            with interrupts.deferred():
+                self.live.start()
 
     def step_finished(self, stage, step, host, r):
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        with self.running_lock:
+            self.running.pop((step.title, _where(step, host)), None)
+            idle = not self.running
         mark, style = ("✓", "green") if r.result.ok else ("✗", "bold red")
         self._print(f"  {mark} {step.title} [{_where(step, host)}] {r.seconds:.1f}s", style)
         if not r.result.ok:
             for line in self.output_lines(r.result)[-40:]:
                 self._print(f"      {line}", "red")
+        if idle and self.live is not None:
+            self.live.stop()
+            self.live = None
 
     def note(self, text):
         self._print(f"! {text}", "yellow")

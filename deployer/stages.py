@@ -112,8 +112,8 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
     # Once per deploy, on the first host, in the new release: the
     # database is shared and the old code keeps serving until the switch.
     return (steps.Run(f"migrate: {ctx.target.migrate}", ctx.host_names[:1],
-                      command=Command.script(ctx.target.migrate, cwd=ctx.code_path,
-                                             env=ctx.environment())),)
+                      command=Command.script(ctx.target.migrate, cwd=ctx.code_path, env=ctx.environment()),
+                      timeout=ctx.target.migrate_timeout),)
 
 
 def restart(ctx: Context) -> tuple[steps.Step, ...]:

@@ -44,6 +44,7 @@ class Run(Step):
 
     command: Command = field(default_factory=Command)
     undo: Command | None = None
+    timeout: float | None = None  # seconds; None: the target's step_timeout
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import hashlib
 import os
 import re
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,9 +21,11 @@ from typing import Protocol
 import paramiko
 from fabric import Config, Connection
 
+from deployer import hostscripts
 from deployer.config import Host
 from deployer.errors import StepFailed
-from deployer.quoting import PID_MARKER, Command, reporting_pid
+from deployer.interrupts import Interrupted
+from deployer.quoting import PID_MARKER, reporting_pid
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ CUT_NOTE = re.compile(r"\[\d+ earlier bytes of output not kept\]\n")
 
 
 class Transport(Protocol):
-    def run(self, line: str, stdin: bytes = b"") -> Result: ...
+    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result: ...
     def put(self, local: str, remote: str) -> None: ...
     def readlink(self, path: str) -> str | None: ...
     def close(self) -> None: ...
@@ -80,29 +82,49 @@ class NotALink(Exception):
 # executor goes on to the next host and then rolls back.
 ERRORS = (OSError, NotALink, paramiko.SSHException)
 _CHUNK = 65536
+_POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
+GRACE = 5.0       # after SIGTERM, how long a command has to end before SIGKILL
+TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
+
+
+def _timed_out(result_err: str, timeout: float) -> str:
+    return f"{result_err}[deployer: stopped after {timeout:g} s, the time limit of this step]\n"
+
+
+class Stopped(Interrupted):
+    """The deploy is being interrupted: a command running for it was stopped."""
 
 
 class LocalTransport:
-    """This machine, through /bin/sh: the embedded default and the runner's own steps."""
+    """This machine, through /bin/sh: the embedded default and the runner's own steps.
 
-    def run(self, line: str, stdin: bytes = b"") -> Result:
+    `stop` is the deploy's stop flag: set, every running command is stopped
+    (TERM, then KILL after GRACE) and its run raises Stopped.
+    """
+
+    def __init__(self, stop: threading.Event | None = None):
+        self.stop = stop or threading.Event()
+
+    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         # A session of its own, so an interrupted deploy stops the whole
         # command (shell and children), not just the shell.
         proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            out, err = self._pump(proc, stdin)
+            out, err, finished = self._pump(proc, stdin, deadline)
+            if not finished:
+                _stop_local_group(proc)
+                return Result(TIMED_OUT, out.text(), _timed_out(err.text(), timeout))
             code = proc.wait()
         except BaseException:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            _stop_local_group(proc)
             raise
         return Result(code, out.text(), err.text())
 
-    @staticmethod
-    def _pump(proc: subprocess.Popen, stdin: bytes) -> tuple[Tail, Tail]:
+    def _pump(self, proc: subprocess.Popen, stdin: bytes, deadline: float | None) -> tuple[Tail, Tail, bool]:
         """Feed stdin and keep the tails of stdout and stderr, all at once, so
-        neither side waits on a full pipe."""
+        neither side waits on a full pipe; False if the deadline came first."""
         tails = {proc.stdout: Tail(), proc.stderr: Tail()}
         offset = 0
         with selectors.DefaultSelector() as sel:
@@ -113,7 +135,11 @@ class LocalTransport:
             else:
                 proc.stdin.close()
             while sel.get_map():
-                for key, _ in sel.select():
+                if self.stop.is_set():
+                    raise Stopped("stopped")
+                if deadline is not None and time.monotonic() > deadline:
+                    return tails[proc.stdout], tails[proc.stderr], False
+                for key, _ in sel.select(_POLL):
                     if key.fileobj is proc.stdin:
                         try:
                             offset += os.write(proc.stdin.fileno(), stdin[offset:offset + _CHUNK])
@@ -129,12 +155,19 @@ class LocalTransport:
                     else:
                         sel.unregister(key.fileobj)
                         key.fileobj.close()
-        return tails[proc.stdout], tails[proc.stderr]
+        # Output closed; the command may still run (a daemon it left holds no pipe).
+        while proc.poll() is None:
+            if self.stop.is_set():
+                raise Stopped("stopped")
+            if deadline is not None and time.monotonic() > deadline:
+                return tails[proc.stdout], tails[proc.stderr], False
+            time.sleep(_POLL)
+        return tails[proc.stdout], tails[proc.stderr], True
 
     def put(self, local: str, remote: str) -> None:
         # Exclusive: a file or link planted at `remote` fails the copy.
         with open(local, "rb") as src, open(remote, "xb") as dst:
-            shutil.copyfileobj(src, dst)
+            _copy(src, dst, self.stop)
 
     def readlink(self, path: str) -> str | None:
         try:
@@ -146,6 +179,35 @@ class LocalTransport:
 
     def close(self) -> None:
         pass
+
+
+def _stop_local_group(proc: subprocess.Popen) -> None:
+    """TERM the command's process group, KILL it after GRACE, and return only
+    when no process of it is left: stopped means stopped."""
+    for sig, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, GRACE)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never empties
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait()
+                return
+            time.sleep(_POLL)
+    proc.wait()
+
+
+def _copy(src, dst, stop: threading.Event) -> None:
+    """A copy that looks at the stop flag between chunks: an interrupt never
+    lands inside the SSH library's packet writer."""
+    while chunk := src.read(32768):
+        if stop.is_set():
+            raise Stopped("stopped")
+        dst.write(chunk)
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -183,8 +245,9 @@ def _without_pid(err: bytes, pid: int) -> bytes:
 class SshTransport:
     """One SSH connection to one host, opened once and reused for the whole deploy."""
 
-    def __init__(self, host: Host, known_hosts: str, timeout: float):
+    def __init__(self, host: Host, known_hosts: str, timeout: float, stop: threading.Event | None = None):
         self.host = host
+        self.stop = stop or threading.Event()
         kwargs: dict = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
         if host.identity_file:
             kwargs.update(key_filename=host.identity_file, look_for_keys=False)
@@ -216,8 +279,11 @@ class SshTransport:
             raise StepFailed(f"{self.host.name}: SSH failed: {e}") from None
         except OSError as e:
             raise StepFailed(f"{self.host.name}: cannot connect: {e.strerror or e}") from None
+        # Traffic on an idle connection (a long migrate on another host), so
+        # that a firewall or the VPN does not drop it as dead.
+        self.conn.transport.set_keepalive(15)
 
-    def run(self, line: str, stdin: bytes = b"") -> Result:
+    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
         # A bare paramiko channel rather than Fabric's run: invoke's runner
         # waits for the remote command to end even when we are interrupted,
         # so Ctrl-C would take as long as the slowest migration.
@@ -226,6 +292,7 @@ class SshTransport:
         head = bytearray()  # stderr until the pid line has arrived whole
         pid = None
         offset = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             chan.exec_command(reporting_pid(line))
             if not stdin:
@@ -253,6 +320,13 @@ class SshTransport:
                 if not busy:
                     if chan.exit_status_ready() or chan.closed:
                         break
+                    if self.stop.is_set():
+                        raise Stopped("stopped")
+                    if deadline is not None and time.monotonic() > deadline:
+                        # A dead link ends here too: nothing answers, the time runs out.
+                        if pid is not None:
+                            self.stop_group(pid)
+                        return Result(TIMED_OUT, out.text(), _timed_out(err.text(), timeout))
                     time.sleep(0.005)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
@@ -270,16 +344,18 @@ class SshTransport:
         return Result(code, out.text(), err.text())
 
     def stop_group(self, pid: int) -> None:
-        """Interrupted: stop the remote command and its children (closing the
-        channel alone leaves them running on the host)."""
-        chan = self.conn.client.get_transport().open_session()
+        """Stop the remote command and its children (closing the channel alone
+        leaves them running on the host): TERM, KILL after GRACE, and back
+        only when the group is gone or the host stops answering."""
         try:
-            chan.exec_command(Command.of(("kill", "-TERM", "--", f"-{pid}")).line())
-            chan.status_event.wait(5)
+            chan = self.conn.client.get_transport().open_session()
+            try:
+                chan.exec_command(hostscripts.stop_group(pid, GRACE).line())
+                chan.status_event.wait(2 * GRACE + 5)
+            finally:
+                chan.close()
         except (OSError, paramiko.SSHException):
-            pass  # best effort: the rollback and VPN teardown come next
-        finally:
-            chan.close()
+            pass  # best effort: the host may be gone; the rollback and VPN teardown come next
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -291,7 +367,7 @@ class SshTransport:
         # fails the upload instead of being written through.
         with open(local, "rb") as src, self.sftp().open(remote, "wbx") as dst:
             dst.set_pipelined(True)
-            shutil.copyfileobj(src, dst, 32768)
+            _copy(src, dst, self.stop)
 
     def readlink(self, path: str) -> str | None:
         try:

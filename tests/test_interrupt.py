@@ -57,3 +57,52 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _local_target(tmp_path, migrate: str, **extra) -> str:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "manage.py").write_text("x\n")
+    doc = {"targets": {"local": {
+        "transport": "local", "deploy_root": "host/www", "apache": {"dir": "host/apache2", "ctl": "true"},
+        "migrate": migrate, "package": {"source": "src"},
+        "template": str(REPO / "templates" / "default_template"), **extra,
+    }}}
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(doc))
+    return str(tmp_path / "targets.yaml")
+
+
+def _deploy(targets: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "deployer", "local", "local.test", "--targets", targets,
+                             "--output", "plain"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def test_a_migrate_that_ignores_sigterm_is_killed_before_deploy_exits(tmp_path):
+    # It would finish its work 17 s after the deploy said "interrupted".
+    started, done = tmp_path / "started", tmp_path / "DONE"
+    targets = _local_target(tmp_path, f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started};"
+                                      f" sleep 15; touch {done}")
+    proc = _deploy(targets)
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    # Gone by the time deploy exits, not some time later.
+    assert not _running(int(started.read_text()))
+    assert not done.exists()
+
+
+def test_a_step_past_its_time_limit_is_stopped_and_the_run_undone(tmp_path):
+    started = tmp_path / "started"
+    targets = _local_target(tmp_path, f"echo $$ > {started}; exec sleep 30", migrate_timeout=1)
+    proc = _deploy(targets)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "stopped after 1 s, the time limit of this step" in out
+    assert "rolling back" in out
+    assert not _running(int(started.read_text()))
+    assert {k for k, v in tree_digest(tmp_path / "host").items() if not v.startswith("dir")} == set()

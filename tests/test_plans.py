@@ -129,7 +129,7 @@ def test_migrate_runs_once_on_first_host_in_the_new_release(make):
            "RELEASE": ctx.release, "RELEASE_PATH": rel}
     assert stages["migrate"] == (
         Run("migrate: python manage.py migrate --noinput", H[:1],
-            command=Command.script("python manage.py migrate --noinput", cwd=rel, env=env)),
+            command=Command.script("python manage.py migrate --noinput", cwd=rel, env=env), timeout=3600.0),
     )
 
 

@@ -4,8 +4,10 @@ import grp
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -371,3 +373,42 @@ def test_a_migration_that_prints_megabytes_keeps_only_the_tail(site):
     assert migrate["stdout"].startswith(f"[{20000000 + 1 + 8 - kept} earlier bytes of output not kept]\n")
     assert migrate["stdout"].endswith("x\nthe end\n")
     assert len(migrate["stdout"]) < kept + 100
+
+
+# -- every remote command is bounded, and stopped means stopped ------------------------------
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_remote_command_that_ignores_sigterm_is_killed_before_deploy_exits(site, tmp_path):
+    started, done = tmp_path / "started", tmp_path / "DONE"
+    site.edit(migrate=f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started}; sleep 15;"
+                      f" touch {done}")
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "alpha", "alpha.example.test", "--targets",
+                             str(site.targets_file), "--output", "plain"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 130, out
+    assert not _running(int(started.read_text()))
+    assert not done.exists()
+    assert not site.live().exists()  # undone
+
+
+def test_a_remote_step_past_its_time_limit_fails_and_is_undone(site, tmp_path):
+    started = tmp_path / "started"
+    site.edit(migrate_timeout=1, migrate=f"echo $$ > {started}; exec sleep 30")
+    code, out = site.deploy()
+    assert code == 1
+    assert "stopped after 1 s, the time limit of this step" in out
+    assert not _running(int(started.read_text()))
+    assert not site.live().exists()
