@@ -250,3 +250,61 @@ def test_deploy_alpha_on_four_hosts(lab_session, tmp_path):
     assert code == 0, error_of(events)
     check_deployed(site, "alpha", events)
     assert_vpn_down(site.lab)
+
+
+@pytest.fixture
+def four(lab_session, tmp_path):
+    site = Site(lab_session.get(4), tmp_path)
+    code, events = site.deploy("alpha")
+    assert code == 0, error_of(events)
+    return site
+
+
+@pytest.mark.parametrize("stage", ["upload", "render", "migrate", "before-restart"])
+def test_a_failure_on_one_host_of_four_leaves_all_four_as_they_were(four, stage):
+    when, stage = ("before", "restart") if stage == "before-restart" else ("after", stage)
+    four.write(hooks={when: {stage: ["test ! -e /etc/apache2/deployer-test-fail"]}})
+    (four.app / "RELEASE.txt").write_text("never live\n")
+    flag = four.lab.hosts[2].path("/etc/apache2/deployer-test-fail")
+    flag.write_text("")
+    try:
+        before = four.hosts_digest()
+        code, events = four.deploy("alpha")
+        after = four.hosts_digest()
+    finally:
+        flag.unlink()
+    assert code == 1, error_of(events)
+    failed = [e["host"] for e in events if e["event"] == "step_finished" and not e["ok"]]
+    assert failed == [four.lab.addresses[2]]
+    assert after == before
+    assert_vpn_down(four.lab)
+
+
+def test_sigterm_while_four_hosts_run_stops_every_command_and_undoes_every_host(four):
+    shared = four.lab.shared_dir
+    for old in shared.glob("slow-*"):
+        old.unlink()
+    # A command that ignores TERM on every host at once: each must be killed.
+    four.write(stages={"slow": {"run": f"touch {four.lab.shared_dir_on_hosts}/slow-$(hostname);"
+                                       " trap '' TERM; sleep 20", "on": "all"}},
+               pipeline=["package", "vpn", "upload", "render", "slow", "migrate", "restart"])
+    before = four.hosts_digest()
+    proc = subprocess.Popen(
+        [*DEPLOY, "alpha", "alpha.example.test", "--targets", str(four.targets), "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(shared.glob("slow-*"))) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert error_of([json.loads(line) for line in out.splitlines()]) == "interrupted (SIGTERM)"
+    for i in range(4):
+        assert four.lab.run(i, "pgrep -x sleep", check=False).returncode == 1, i
+    assert four.hosts_digest() == before
+    assert_vpn_down(four.lab)
