@@ -41,6 +41,12 @@ _KEY_SCAN = 1024 * 1024
 _PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|-----BEGIN OpenVPN Static key"
                           rb"|PuTTY-User-Key-File-")
 
+# Measured on the example app with Django's source as ballast (21 MB, 3,512
+# files): level 9 took 2.6 s for 4.74 MB, level 6 1.3 s for 4.80 MB, level 1
+# 0.9 s for 6.02 MB. While every host receives its own copy through the VPN,
+# 6 is the better trade; level 1 wins once the artifact crosses it once.
+_GZIP_LEVEL = 6
+
 _Reasons = dict[str, str]  # relative path: why
 
 
@@ -78,7 +84,7 @@ def build(source: str, rules: Rules, dest: str, expect: str | None = None) -> Ma
     with open(dest, "xb") as raw:
         try:
             # No file name or time in the gzip header: the bytes depend on the tree only.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=_GZIP_LEVEL) as gz, \
                     tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 manifest = _pack(source, rules, tar)
             if expect is not None and manifest.digest != expect:
