@@ -8,6 +8,7 @@ backwards so the hosts are left as they were. Teardown (VPN, connections,
 the work dir) runs on every exit path.
 """
 
+import hashlib
 import os
 import shutil
 import threading
@@ -53,6 +54,7 @@ class Executor:
         self.lock = threading.Lock()
         self.parallel = parallel
         self.pool: ThreadPoolExecutor | None = None
+        self.checksums: dict[str, bytes] = {}
 
     def run(self, plan: steps.Plan) -> None:
         try:
@@ -163,6 +165,14 @@ class Executor:
             return self.local.run(step.command.line(), timeout=self.timeout(step))
         raise TypeError(f"{type(step).__name__} cannot run on the runner")
 
+    def artifact_sha256(self, path: str) -> bytes:
+        """Once per deploy, not once per host."""
+        with self.lock:
+            if path not in self.checksums:
+                with open(path, "rb") as f:
+                    self.checksums[path] = hashlib.file_digest(f, "sha256").hexdigest().encode()
+            return self.checksums[path]
+
     def timeout(self, step: steps.Step) -> float:
         return getattr(step, "timeout", None) or self.ctx.target.step_timeout
 
@@ -179,10 +189,11 @@ class Executor:
                 self.record(_Undo(host, f"undo {step.title}", step.undo))
             return result
         if isinstance(step, steps.Upload):
-            # Before the transfer: a half-written file is removed too.
+            # Before the transfer: a half-made release is removed too.
             self.record(_Undo(host, f"undo {step.title}", step.undo))
-            t.put(step.local, step.remote)
-            return Result(0, "", "")
+            with open(step.local, "rb") as artifact:
+                return t.run(step.command.line(), stdin=_Prefixed(self.artifact_sha256(step.local), artifact),
+                             timeout=self.timeout(step))
         if isinstance(step, steps.Install):
             # Before the change, and safe to run if it never happened: an
             # interrupt between the write and the record must not lose it.
@@ -276,6 +287,19 @@ class Executor:
             except Exception as e:  # noqa: BLE001 - teardown must go on to the next item
                 self.reporter.note(f"{title} failed: {e}")
         self.teardown.clear()
+
+
+class _Prefixed:
+    """A line, then a file: read in chunks, so the artifact is never in memory whole."""
+
+    def __init__(self, line: bytes, f):
+        self.head, self.f = line + b"\n", f
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            chunk, self.head = self.head[:n], self.head[n:]
+            return chunk
+        return self.f.read(n)
 
 
 def _describe_error(e: Exception) -> str:

@@ -137,6 +137,54 @@ fi
 """
 
 
+# The artifact arrives on stdin, in the session that makes the release: no
+# tarball is stored on the host, and the bytes tar read are the bytes whose
+# sha256 is checked. It unpacks into a directory of the run's own (random
+# name, mode 0700, made with mkdir) and is renamed to the release only when
+# whole and verified; the release carries the run's id, so an undo removes
+# only a release this run made. DEPLOY_PATH is checked first: the switch at
+# the end would refuse a real directory there, but only after migrate.
+_UNPACK = r"""set -eu
+releases=$1 release=$2 tmp=$3 run=$4 live=$5
+# The first line of stdin is the artifact's sha256; read takes only that line.
+IFS= read -r expect
+if [ -e "$live" ] && [ ! -L "$live" ]; then
+    echo "$live exists and is not a symlink; deployer will not replace it (move it aside)" >&2
+    exit 1
+fi
+mkdir -p -- "$releases"
+if [ -e "$release" ] || [ -L "$release" ]; then
+    echo "$release already exists; deployer will not touch another deploy's release" >&2
+    exit 1
+fi
+mkdir -m 700 -- "$tmp"
+mkdir -m 755 -- "$tmp/tree"
+mkfifo -m 600 -- "$tmp/stream"
+tar -xzf "$tmp/stream" -C "$tmp/tree" --no-same-owner &
+unpacking=$!
+got=$(tee -- "$tmp/stream" | sha256sum)
+if ! wait "$unpacking"; then
+    echo "unpacking the artifact failed (full disk? see tar's message above)" >&2
+    exit 1
+fi
+if [ "${got%% *}" != "$expect" ]; then
+    echo "the artifact arrived damaged: sha256 ${got%% *}, expected $expect" >&2
+    exit 1
+fi
+printf '%s\n' "$run" > "$tmp/tree/.deployer-release-id"
+mv -T -- "$tmp/tree" "$release"
+rm -rf -- "$tmp"
+"""
+
+# Safe in every state the unpack can stop in: a release is removed only if
+# it carries this run's id.
+_DISCARD = r"""release=$1 tmp=$2 run=$3
+rm -rf -- "$tmp"
+if [ -f "$release/.deployer-release-id" ] && [ "$(cat -- "$release/.deployer-release-id")" = "$run" ]; then
+    rm -rf -- "$release"
+fi
+"""
+
 # Checked before anything changes: the switch at the end would refuse to
 # replace a real directory (the old script's layout), but only after migrate.
 _IS_LINK_OR_ABSENT = r"""if [ -e "$1" ] && [ ! -L "$1" ]; then
@@ -184,6 +232,17 @@ def restore(path: str, work: str) -> Command:
 def forget(work: str) -> Command:
     """Once the new file is kept, what `restore` would have needed goes."""
     return Command.of(("rm", "-rf", "--", work))
+
+
+def unpack(releases: str, release: str, tmp: str, run_id: str, live: str) -> Command:
+    """Make `release` from stdin (the artifact's sha256 on a line, then the
+    gzipped tar), if `live` can be switched to it later."""
+    return _program("deployer-unpack", _UNPACK, releases, release, tmp, run_id, live)
+
+
+def discard(release: str, tmp: str, run_id: str) -> Command:
+    """Undo `unpack`."""
+    return _program("deployer-discard", _DISCARD, release, tmp, run_id)
 
 
 def is_link_or_absent(path: str) -> Command:

@@ -53,7 +53,9 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
             lines.extend(f"on failure: $ {line}" for line in redact(step.undo.line()).splitlines())
         return lines
     if isinstance(step, steps.Upload):
-        return [f"put {step.local} -> {step.remote}"]
+        return [*(f"$ {line}" for line in step.command.line().splitlines()),
+                f"with the sha256 of {step.local} on a line, then the file itself, on its standard input",
+                *(f"on failure: $ {line}" for line in step.undo.line().splitlines())]
     if isinstance(step, steps.Install):
         owner = f", chown {step.owner}" if step.owner else ""
         return [f"write {step.path} (mode {step.mode:04o}{owner}; only over a file whose first line is"

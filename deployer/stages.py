@@ -32,23 +32,13 @@ def vpn(ctx: Context) -> tuple[steps.Step, ...]:
 
 
 def upload(ctx: Context) -> tuple[steps.Step, ...]:
-    hosts, rel = ctx.host_names, ctx.release_path
-    # Inside the directory this run just created (mkdir fails on an existing
-    # one), under a random name, and created exclusively.
-    remote = posixpath.join(rel, f".deployer-{ctx.run_id}.tar.gz")
+    # A name of the run's own beside the release, for the part-made tree.
+    tmp = posixpath.join(ctx.releases_dir, f".{ctx.release}.deployer-{ctx.run_id}")
     return (
-        steps.Run(f"check that {ctx.deploy_path} can be switched", hosts,
-                  command=hostscripts.is_link_or_absent(ctx.deploy_path)),
-        # `mkdir` without -p fails if the release exists (another run's, maybe
-        # live): then no undo is recorded, and rollback never removes it.
-        steps.Run(f"create release {ctx.release}", hosts,
-                  command=Command.of(("mkdir", "-p", "--", ctx.releases_dir), ("mkdir", "--", rel)),
-                  undo=Command.of(("rm", "-rf", "--", rel))),
-        steps.Upload("upload tarball", hosts, local=ctx.tarball, remote=remote,
-                     undo=Command.of(("rm", "-f", "--", remote))),
-        steps.Run("unpack release", hosts,
-                  command=Command.of(("tar", "--no-same-owner", "-xzf", remote, "-C", rel),
-                                     ("rm", "-f", "--", remote))),
+        steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, local=ctx.tarball,
+                     command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
+                                                ctx.deploy_path),
+                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id)),
     )
 
 

@@ -49,10 +49,12 @@ class Run(Step):
 
 @dataclass(frozen=True)
 class Upload(Step):
-    """Copy a file from the runner; `undo` removes it, even if the copy broke off."""
+    """Stream the artifact at `local` into a new release on the host, in one
+    session; its sha256 is checked there. `undo` removes what this run made,
+    whatever point the upload reached."""
 
     local: str = ""
-    remote: str = ""
+    command: Command = field(default_factory=Command)
     undo: Command = field(default_factory=Command)
 
 

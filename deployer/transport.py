@@ -67,9 +67,15 @@ class Tail:
 CUT_NOTE = re.compile(r"\[\d+ earlier bytes of output not kept\]\n")
 
 
+class Reader(Protocol):
+    def read(self, n: int) -> bytes: ...
+
+
+Stdin = bytes | Reader  # what a command reads: bytes, or a file read in chunks
+
+
 class Transport(Protocol):
-    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result: ...
-    def put(self, local: str, remote: str) -> None: ...
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result: ...
     def readlink(self, path: str) -> str | None: ...
     def close(self) -> None: ...
 
@@ -105,7 +111,7 @@ class LocalTransport:
     def __init__(self, stop: threading.Event | None = None):
         self.stop = stop or threading.Event()
 
-    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result:
         # A session of its own, so an interrupted deploy stops the whole
         # command (shell and children), not just the shell.
         proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
@@ -122,11 +128,11 @@ class LocalTransport:
             raise
         return Result(code, out.text(), err.text())
 
-    def _pump(self, proc: subprocess.Popen, stdin: bytes, deadline: float | None) -> tuple[Tail, Tail, bool]:
+    def _pump(self, proc: subprocess.Popen, stdin: Stdin, deadline: float | None) -> tuple[Tail, Tail, bool]:
         """Feed stdin and keep the tails of stdout and stderr, all at once, so
         neither side waits on a full pipe; False if the deadline came first."""
         tails = {proc.stdout: Tail(), proc.stderr: Tail()}
-        offset = 0
+        feed = _Feed(stdin)
         with selectors.DefaultSelector() as sel:
             for stream in tails:
                 sel.register(stream, selectors.EVENT_READ)
@@ -142,10 +148,10 @@ class LocalTransport:
                 for key, _ in sel.select(_POLL):
                     if key.fileobj is proc.stdin:
                         try:
-                            offset += os.write(proc.stdin.fileno(), stdin[offset:offset + _CHUNK])
+                            feed.sent(os.write(proc.stdin.fileno(), feed.pending()))
                         except BrokenPipeError:
-                            offset = len(stdin)
-                        if offset >= len(stdin):
+                            feed.done = True
+                        if feed.done:
                             sel.unregister(proc.stdin)
                             proc.stdin.close()
                         continue
@@ -163,11 +169,6 @@ class LocalTransport:
                 return tails[proc.stdout], tails[proc.stderr], False
             time.sleep(_POLL)
         return tails[proc.stdout], tails[proc.stderr], True
-
-    def put(self, local: str, remote: str) -> None:
-        # Exclusive: a file or link planted at `remote` fails the copy.
-        with open(local, "rb") as src, open(remote, "xb") as dst:
-            _copy(src, dst, self.stop)
 
     def readlink(self, path: str) -> str | None:
         try:
@@ -201,13 +202,26 @@ def _stop_local_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _copy(src, dst, stop: threading.Event) -> None:
-    """A copy that looks at the stop flag between chunks: an interrupt never
-    lands inside the SSH library's packet writer."""
-    while chunk := src.read(32768):
-        if stop.is_set():
-            raise Stopped("stopped")
-        dst.write(chunk)
+class _Feed:
+    """A command's stdin, handed out a chunk at a time: a file is never read
+    whole into memory, and the stop flag is looked at between chunks."""
+
+    def __init__(self, stdin: Stdin):
+        self.reader = stdin if not isinstance(stdin, bytes) else None
+        self.buffer = stdin if isinstance(stdin, bytes) else b""
+        self.done = not stdin
+
+    def pending(self) -> bytes:
+        if not self.buffer and self.reader is not None:
+            self.buffer = self.reader.read(_CHUNK)
+            if not self.buffer:
+                self.done = True
+        return self.buffer[:_CHUNK]
+
+    def sent(self, n: int) -> None:
+        self.buffer = self.buffer[n:]
+        if not self.buffer and self.reader is None:
+            self.done = True
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -283,7 +297,7 @@ class SshTransport:
         # that a firewall or the VPN does not drop it as dead.
         self.conn.transport.set_keepalive(15)
 
-    def run(self, line: str, stdin: bytes = b"", timeout: float | None = None) -> Result:
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result:
         # A bare paramiko channel rather than Fabric's run: invoke's runner
         # waits for the remote command to end even when we are interrupted,
         # so Ctrl-C would take as long as the slowest migration.
@@ -291,20 +305,29 @@ class SshTransport:
         out, err = Tail(), Tail()
         head = bytearray()  # stderr until the pid line has arrived whole
         pid = None
-        offset = 0
+        feed = _Feed(stdin)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             chan.exec_command(reporting_pid(line))
-            if not stdin:
+            if feed.done:
                 chan.shutdown_write()
             while True:
                 busy = False
-                if offset < len(stdin) and chan.send_ready():
+                if not feed.done and chan.send_ready():
                     # Interleaved with reading: a command that writes while
                     # we send must not fill its window and stall us both.
-                    offset += chan.send(stdin[offset:offset + _CHUNK])
-                    if offset >= len(stdin):
-                        chan.shutdown_write()
+                    chunk = feed.pending()
+                    try:
+                        if chunk:
+                            feed.sent(chan.send(chunk))
+                        if feed.done:
+                            chan.shutdown_write()
+                    except OSError:
+                        # The command stopped reading (it failed): its exit
+                        # status and stderr, still to come, say why.
+                        feed.done = True
+                    if self.stop.is_set():
+                        raise Stopped("stopped")
                     busy = True
                 if chan.recv_ready():
                     out.add(chan.recv(_CHUNK))
@@ -361,13 +384,6 @@ class SshTransport:
         if self._sftp is None:
             self._sftp = self.conn.sftp()
         return self._sftp
-
-    def put(self, local: str, remote: str) -> None:
-        # "x": SFTP's exclusive create, so a file or link planted at `remote`
-        # fails the upload instead of being written through.
-        with open(local, "rb") as src, self.sftp().open(remote, "wbx") as dst:
-            dst.set_pipelined(True)
-            _copy(src, dst, self.stop)
 
     def readlink(self, path: str) -> str | None:
         try:

@@ -29,7 +29,7 @@ def test_an_existing_release_of_the_same_id_is_never_removed(tmp_path):
     # second fails to create the directory and must not roll back the first's.
     _run(tmp_path)
     before = tree_digest(tmp_path / "www")
-    with pytest.raises(StepFailed, match="create release"):
+    with pytest.raises(StepFailed, match="already exists; deployer will not touch another deploy's release"):
         _run(tmp_path)
     assert tree_digest(tmp_path / "www") == before
 

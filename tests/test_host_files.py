@@ -1,11 +1,11 @@
 """What deployer writes on a host, on the local transport: names nobody can plant
 first, files it never writes through, and output it keeps bounded."""
 
+import hashlib
 import io
 import json
 import os
-
-import pytest
+import tarfile
 
 from deployer import hostscripts
 from deployer.cli import main
@@ -97,14 +97,60 @@ def test_an_install_that_failed_half_way_is_undone_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["site.conf"]
 
 
-def test_copy_to_the_host_never_writes_through_a_planted_link(tmp_path):
-    src, victim, dest = tmp_path / "src", tmp_path / "victim", tmp_path / "dest"
-    src.write_text("artifact")
-    victim.write_text("precious")
-    dest.symlink_to(victim)
-    with pytest.raises(FileExistsError):
-        LocalTransport().put(str(src), str(dest))
-    assert victim.read_text() == "precious"
+def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None):
+    releases, release = tmp_path / "www" / "a.releases", tmp_path / "www" / "a.releases" / "r1"
+    tmp = releases / ".r1.tmp"
+    digest = checksum or hashlib.sha256(artifact).hexdigest().encode()
+    t = LocalTransport()
+    result = t.run(hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"))
+                   .line(), stdin=digest + b"\n" + artifact)
+    return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1").line())
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_the_artifact_is_streamed_into_a_release_and_checked(tmp_path):
+    result, release, tmp, discard = unpack(tmp_path, tarball({"manage.py": b"x\n", "app/v.py": b"y\n"}))
+    assert result.ok, result.stderr
+    assert (release / "app" / "v.py").read_bytes() == b"y\n"
+    assert (release / ".deployer-release-id").read_text() == "run-1\n"
+    assert not tmp.exists()
+    assert discard().ok and not release.exists()
+
+
+def test_a_damaged_artifact_leaves_no_release(tmp_path):
+    artifact = tarball({"manage.py": b"x\n"})
+    result, release, tmp, discard = unpack(tmp_path, artifact, checksum=b"0" * 64)
+    assert not result.ok and "the artifact arrived damaged" in result.stderr
+    assert not release.exists()
+    assert discard().ok and not tmp.exists()
+
+
+def test_a_truncated_artifact_fails_the_unpack(tmp_path):
+    artifact = tarball({"manage.py": b"x\n" * 1000})
+    result, release, _, discard = unpack(tmp_path, artifact[:len(artifact) // 2],
+                                         checksum=hashlib.sha256(artifact).hexdigest().encode())
+    assert not result.ok and "unpacking the artifact failed" in result.stderr
+    assert not release.exists()
+    assert discard().ok
+
+
+def test_another_runs_release_is_never_touched(tmp_path):
+    release = tmp_path / "www" / "a.releases" / "r1"
+    release.mkdir(parents=True)
+    (release / ".deployer-release-id").write_text("run-0\n")
+    result, _, _, discard = unpack(tmp_path, tarball({"manage.py": b"x\n"}))
+    assert not result.ok and "already exists" in result.stderr
+    assert discard().ok
+    assert (release / ".deployer-release-id").read_text() == "run-0\n"
 
 
 # -- output ---------------------------------------------------------------------------------

@@ -605,4 +605,5 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
     assert "1 files, 2 bytes" in shown
     assert main(args, stdout=io.StringIO()) == 0
     release = next((tmp_path / "www" / "demo.releases").iterdir())
-    assert sorted(p.name for p in release.iterdir()) == ["manage.py"]
+    # The app, and the id of the run that made the release.
+    assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", "manage.py"]

@@ -74,18 +74,11 @@ def test_vpn_none_has_no_steps(make):
 def test_upload_steps(make):
     ctx, stages = make()
     rel = f"/var/www/alpha.releases/{ctx.release}"
-    tarball = f"{rel}/.deployer-{ctx.run_id}.tar.gz"
+    tmp = f"/var/www/alpha.releases/.{ctx.release}.deployer-{ctx.run_id}"
     assert stages["upload"] == (
-        Run("check that /var/www/alpha can be switched", H,
-            command=hostscripts.is_link_or_absent("/var/www/alpha")),
-        Run(f"create release {ctx.release}", H,
-            command=Command.of(("mkdir", "-p", "--", "/var/www/alpha.releases"), ("mkdir", "--", rel)),
-            undo=Command.of(("rm", "-rf", "--", rel))),
-        Upload("upload tarball", H, local=f"/w/alpha-{ctx.release}.tar.gz", remote=tarball,
-               undo=Command.of(("rm", "-f", "--", tarball))),
-        Run("unpack release", H,
-            command=Command.of(("tar", "--no-same-owner", "-xzf", tarball, "-C", rel),
-                               ("rm", "-f", "--", tarball))),
+        Upload(f"upload and unpack release {ctx.release}", H, local=f"/w/alpha-{ctx.release}.tar.gz",
+               command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha"),
+               undo=hostscripts.discard(rel, tmp, ctx.run_id)),
     )
 
 
