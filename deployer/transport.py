@@ -86,11 +86,15 @@ class NotALink(Exception):
 
 # What a transport may raise mid-step: the step fails on that host, the
 # executor goes on to the next host and then rolls back.
-ERRORS = (OSError, NotALink, paramiko.SSHException)
+ERRORS = (OSError, EOFError, NotALink, paramiko.SSHException)
 _CHUNK = 65536
 _POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
 GRACE = 5.0       # after SIGTERM, how long a command has to end before SIGKILL
 TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
+# How long opening a channel or an SFTP reply may take: a host that takes
+# longer is not there (a dead link answers nothing, and TCP can take many
+# minutes to notice).
+ANSWER_TIMEOUT = 30.0
 
 
 def _timed_out(result_err: str, timeout: float) -> str:
@@ -275,6 +279,7 @@ class SshTransport:
         self.conn.client.set_missing_host_key_policy(_RejectUnknown())
         self.known_hosts = known_hosts
         self._sftp = None
+        self.lost = False
 
     def open(self) -> None:
         try:
@@ -301,7 +306,38 @@ class SshTransport:
         # A bare paramiko channel rather than Fabric's run: invoke's runner
         # waits for the remote command to end even when we are interrupted,
         # so Ctrl-C would take as long as the slowest migration.
-        chan = self.conn.client.get_transport().open_session()
+        if self.lost:
+            raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
+        # Past every bound of its own (the command's limit, the stop's grace,
+        # the answers it waits for), a run that is still stuck in the SSH
+        # library is ended by closing the connection under it.
+        watchdog = threading.Timer((timeout or 3600) + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._run(line, stdin, timeout)
+        except ERRORS as e:
+            if self.lost:
+                raise StepFailed(f"{self.host.name}: no answer, connection closed ({type(e).__name__})") from None
+            raise
+        finally:
+            watchdog.cancel()
+
+    def give_up(self) -> None:
+        self.lost = True
+        self.conn.close()
+
+    def open_channel(self) -> paramiko.Channel:
+        try:
+            return self.conn.client.get_transport().open_session(timeout=ANSWER_TIMEOUT)
+        except (OSError, EOFError, paramiko.SSHException):
+            # Not there: every later command on this host fails at once
+            # instead of waiting as long again (a rollback runs several).
+            self.give_up()
+            raise
+
+    def _run(self, line: str, stdin: Stdin, timeout: float | None) -> Result:
+        chan = self.open_channel()
         out, err = Tail(), Tail()
         head = bytearray()  # stderr until the pid line has arrived whole
         pid = None
@@ -371,18 +407,22 @@ class SshTransport:
         leaves them running on the host): TERM, KILL after GRACE, and back
         only when the group is gone or the host stops answering."""
         try:
-            chan = self.conn.client.get_transport().open_session()
+            chan = self.open_channel()
             try:
                 chan.exec_command(hostscripts.stop_group(pid, GRACE).line())
-                chan.status_event.wait(2 * GRACE + 5)
+                if not chan.status_event.wait(2 * GRACE + ANSWER_TIMEOUT):
+                    self.give_up()
             finally:
                 chan.close()
-        except (OSError, paramiko.SSHException):
+        except (OSError, EOFError, paramiko.SSHException):
             pass  # best effort: the host may be gone; the rollback and VPN teardown come next
 
     def sftp(self) -> paramiko.SFTPClient:
+        if self.lost:
+            raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
         if self._sftp is None:
             self._sftp = self.conn.sftp()
+            self._sftp.get_channel().settimeout(ANSWER_TIMEOUT)
         return self._sftp
 
     def readlink(self, path: str) -> str | None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, tree_digest
+from tests.lab import lab as tests_lab
 from tests.lab.fixtures import lab, lab_session  # noqa: F401
 
 pytestmark = pytest.mark.lab
@@ -310,3 +311,39 @@ def test_sigterm_while_four_hosts_run_stops_every_command_and_undoes_every_host(
         assert four.lab.run(i, "pgrep -x sleep", check=False).returncode == 1, i
     assert four.hosts_digest() == before
     assert_vpn_down(four.lab)
+
+
+def test_a_host_whose_link_dies_mid_step_fails_the_deploy_within_its_time_limit(site):
+    # It used to hang the deploy: nothing answers, and TCP takes many minutes to tell.
+    shared = site.lab.shared_dir
+    for old in shared.glob("slow-*"):
+        old.unlink()
+    site.write(step_timeout=5, hooks={"before": {"restart": [
+        f"touch {site.lab.shared_dir_on_hosts}/slow-$(hostname); sleep 30"]}})
+    link = f"{tests_lab.HOST_LINK_PREFIX}1"
+    proc = subprocess.Popen(
+        [*DEPLOY, "demo-cut", "demo-cut.example.test", "--targets", str(site.targets), "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(shared.glob("slow-*"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        subprocess.run(["ip", "link", "set", link, "down"], check=True)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+        if proc.poll() is None:
+            proc.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 1, err
+    dead, alive = site.lab.addresses[1], site.lab.addresses[0]
+    assert f"{dead}:" in error_of(events)
+    notes = " ".join(e["text"] for e in events if e["event"] == "note")
+    assert "ROLLBACK INCOMPLETE" in notes and dead in notes and alive not in notes.split("INCOMPLETE")[1]
+    # The host that answered is as it was; the other needs a person, and is told so.
+    host = site.lab.hosts[0]
+    assert not host.path("/etc/apache2/sites-available/demo-cut.conf").exists()
+    assert not list(host.path("/var/www").glob("demo-cut*/*"))
+    assert_vpn_down(site.lab)
+    site.lab.run(1, "rm -rf /var/www/demo-cut* /etc/apache2/sites-*/demo-cut.conf /etc/apache2/sites-*/.demo-cut*")
