@@ -22,7 +22,7 @@ from deployer.context import Context
 from deployer.errors import DeployError, StepFailed
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
-from deployer.transport import LocalTransport, NotALink, Result, SshTransport, Transport
+from deployer.transport import LocalTransport, Result, SshTransport, Transport
 from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported
@@ -194,19 +194,12 @@ class Executor:
             with open(step.local, "rb") as artifact:
                 return t.run(step.command.line(), stdin=_Prefixed(self.artifact_sha256(step.local), artifact),
                              timeout=self.timeout(step))
-        if isinstance(step, steps.Install):
+        if isinstance(step, (steps.Install, steps.Link)):
             # Before the change, and safe to run if it never happened: an
-            # interrupt between the write and the record must not lose it.
+            # interrupt between the change and the record must not lose it.
             self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
-            return t.run(step.command().line(), stdin=step.content.encode(), timeout=self.timeout(step))
-        if isinstance(step, steps.Link):
-            previous = t.readlink(step.path)
-            result = t.run(step.command().line(), timeout=self.timeout(step))
-            if result.ok:
-                undo = (Command.of(("rm", "-f", "--", step.path)) if previous is None
-                        else step.command(target=previous))
-                self.record(_Undo(host, f"restore link {step.path}", undo))
-            return result
+            stdin = step.content.encode() if isinstance(step, steps.Install) else b""
+            return t.run(step.command().line(), stdin=stdin, timeout=self.timeout(step))
         raise TypeError(f"{type(step).__name__} cannot run on a host")
 
     # -- connections, rollback, teardown ---------------------------------------
@@ -253,7 +246,7 @@ class Executor:
         def undo_host(host: str) -> list[str]:
             problems = []
             for u in reversed(by_host[host]):
-                result = self.run_quietly(u.host, u.command)
+                result = self.run_quietly(u.host, u.command.line())
                 if not result.ok:
                     problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
             return problems
@@ -263,19 +256,25 @@ class Executor:
         if problems:
             self.reporter.note("ROLLBACK INCOMPLETE, check these by hand:\n  " + "\n  ".join(problems))
 
-    def run_quietly(self, host: str, command: Command) -> Result:
+    def run_quietly(self, host: str, line: str) -> Result:
         """For rollback and tidying, which go on past a host that fails."""
         try:
-            return self.transports[host].run(command.line(), timeout=UNDO_TIMEOUT)
+            return self.transports[host].run(line, timeout=UNDO_TIMEOUT)
         except (StepFailed, *transport.ERRORS) as e:
             return Result(1, "", _describe_error(e))
 
     def keep_changes(self) -> None:
-        """The changes stand: drop the undo log, and what it kept on the hosts."""
-        kept = [u for u in self.undo if u.keep is not None]
-        for u, result in zip(kept, self.fan_out(kept, lambda u: self.run_quietly(u.host, u.keep)), strict=True):
+        """The changes stand: drop the undo log, and what it kept on the hosts
+        (one session per host for all of it)."""
+        tidy: dict[str, list[str]] = {}
+        for u in self.undo:
+            if u.keep is not None:
+                tidy.setdefault(u.host, []).append(u.keep.line())
+        hosts = list(tidy)
+        for host, result in zip(hosts, self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(tidy[h]))),
+                                strict=True):
             if not result.ok:
-                self.reporter.note(f"{u.host}: could not tidy after {u.title}: {result.stderr.strip()}")
+                self.reporter.note(f"{host}: could not tidy after the deploy: {result.stderr.strip()}")
         self.undo.clear()
 
     def close(self) -> None:
@@ -303,8 +302,6 @@ class _Prefixed:
 
 
 def _describe_error(e: Exception) -> str:
-    if isinstance(e, NotALink):
-        return f"{e} exists and is not a symlink; deployer will not replace it (move it aside)"
     if isinstance(e, DeployError):
         return str(e)
     return f"{type(e).__name__}: {e}"

@@ -63,14 +63,33 @@ rm -rf -- "$work"
 """
 
 # rename(2) over the old link is atomic: a reader sees the old target or the
-# new one, never a missing path. `ln -s` without -f fails on any existing
-# name (-T: not even a directory, which it would otherwise put the link
-# into), and `mv -T` will not move a link into a directory planted at `path`.
+# new one, never a missing path. The new link is made inside `work`, a
+# directory of the run's own beside it (mkdir: never through a planted
+# name), which also keeps the previous target for the undo: no second round
+# trip to read it first. `mv -T` will not put the link into a directory
+# planted at `path`, and a real file or directory there is refused.
 _RELINK = r"""set -eu
-path=$1 target=$2 tmp=$3
+path=$1 target=$2 work=$3
 mkdir -p -- "${path%/*}"
-ln -sT -- "$target" "$tmp"
-mv -fT -- "$tmp" "$path" || { rm -f -- "$tmp"; exit 1; }
+if [ -e "$path" ] && [ ! -L "$path" ]; then
+    echo "$path exists and is not a symlink; deployer will not replace it (move it aside)" >&2
+    exit 1
+fi
+mkdir -m 700 -- "$work"
+if [ -L "$path" ]; then readlink -- "$path" > "$work/previous"; else : > "$work/none"; fi
+ln -sT -- "$target" "$work/new"
+mv -fT -- "$work/new" "$path"
+"""
+
+# Safe in every state a relink can stop in, including never started.
+_RESTORE_LINK = r"""path=$1 work=$2
+[ -d "$work" ] && [ ! -L "$work" ] || exit 0
+if [ -f "$work/previous" ]; then
+    ln -sfT -- "$(cat -- "$work/previous")" "$work/back" && mv -fT -- "$work/back" "$path"
+elif [ -e "$work/none" ]; then
+    rm -f -- "$path"
+fi
+rm -rf -- "$work"
 """
 
 # Name-based virtual hosts: Apache answers a Host header from the first
@@ -230,7 +249,7 @@ def restore(path: str, work: str) -> Command:
 
 
 def forget(work: str) -> Command:
-    """Once the new file is kept, what `restore` would have needed goes."""
+    """Once a change is kept, what its undo would have needed goes."""
     return Command.of(("rm", "-rf", "--", work))
 
 
@@ -253,8 +272,14 @@ def stop_group(pid: int, grace: float) -> Command:
     return _program("deployer-stop", _STOP_GROUP, str(pid), str(int(grace)))
 
 
-def relink(path: str, target: str, tmp: str) -> Command:
-    return _program("deployer-relink", _RELINK, path, target, tmp)
+def relink(path: str, target: str, work: str) -> Command:
+    """Point the symlink `path` at `target`, keeping what `restore_link` needs in `work`."""
+    return _program("deployer-relink", _RELINK, path, target, work)
+
+
+def restore_link(path: str, work: str) -> Command:
+    """Undo `relink`: the previous target back, or no link if there was none."""
+    return _program("deployer-restore-link", _RESTORE_LINK, path, work)
 
 
 def names_are_free(sites_enabled: str, own: str, names: tuple[str, ...]) -> Command:

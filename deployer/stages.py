@@ -89,7 +89,7 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
         # What a2ensite does, without needing a2ensite or Debian's layout helpers.
         steps.Link(f"enable site {conf}", ctx.host_names,
                    path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),
-                   tmp=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
+                   work=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
         # Checked here as well as in restart: a broken vhost must fail the
         # deploy before migrate changes the database, which no undo reverts.
         _configtest(ctx),
@@ -114,7 +114,7 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
         # must not point the live path at a directory that does not exist.
         *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
                       path=ctx.deploy_path, target=ctx.release_path,
-                      tmp=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
+                      work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
           if ctx.uploads else []),
         steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful"))),
     )

@@ -88,8 +88,9 @@ class Install(Step):
 
 @dataclass(frozen=True)
 class Link(Step):
-    """Point the symlink `path` at `target` atomically (a new link at `tmp`,
-    renamed over it).
+    """Point the symlink `path` at `target` atomically; on a later failure,
+    point it back (or remove it, if there was none). `work` is a directory
+    beside `path`, random per run, holding what the undo needs.
 
     `commit` marks the point of no return: once it has run on every host,
     undo information is dropped, since the new release is live.
@@ -97,11 +98,17 @@ class Link(Step):
 
     path: str = ""
     target: str = ""
-    tmp: str = ""
+    work: str = ""
     commit: bool = False
 
-    def command(self, target: str | None = None) -> Command:
-        return hostscripts.relink(self.path, self.target if target is None else target, self.tmp)
+    def command(self) -> Command:
+        return hostscripts.relink(self.path, self.target, self.work)
+
+    def undo(self) -> Command:
+        return hostscripts.restore_link(self.path, self.work)
+
+    def keep(self) -> Command:
+        return hostscripts.forget(self.work)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""How commands and files reach a host: one small interface, two implementations.
+"""How commands reach a host, files included (on their stdin): one small
+interface, two implementations.
 
 `SshTransport` wraps a Fabric Connection but checks host keys against the
 configured known_hosts: Fabric 3 hard-codes paramiko's AutoAddPolicy and never
@@ -11,7 +12,6 @@ import os
 import re
 import selectors
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -76,24 +76,18 @@ Stdin = bytes | Reader  # what a command reads: bytes, or a file read in chunks
 
 class Transport(Protocol):
     def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result: ...
-    def readlink(self, path: str) -> str | None: ...
     def close(self) -> None: ...
-
-
-class NotALink(Exception):
-    """The path exists and is not a symlink: deployer will not replace it."""
 
 
 # What a transport may raise mid-step: the step fails on that host, the
 # executor goes on to the next host and then rolls back.
-ERRORS = (OSError, EOFError, NotALink, paramiko.SSHException)
+ERRORS = (OSError, EOFError, paramiko.SSHException)
 _CHUNK = 65536
 _POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
 GRACE = 5.0       # after SIGTERM, how long a command has to end before SIGKILL
 TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
-# How long opening a channel or an SFTP reply may take: a host that takes
-# longer is not there (a dead link answers nothing, and TCP can take many
-# minutes to notice).
+# How long opening a channel may take: a host that takes longer is not there
+# (a dead link answers nothing, and TCP can take many minutes to notice).
 ANSWER_TIMEOUT = 30.0
 
 
@@ -173,14 +167,6 @@ class LocalTransport:
                 return tails[proc.stdout], tails[proc.stderr], False
             time.sleep(_POLL)
         return tails[proc.stdout], tails[proc.stderr], True
-
-    def readlink(self, path: str) -> str | None:
-        try:
-            if not stat.S_ISLNK(os.lstat(path).st_mode):
-                raise NotALink(path)
-        except FileNotFoundError:
-            return None
-        return os.readlink(path)
 
     def close(self) -> None:
         pass
@@ -278,7 +264,6 @@ class SshTransport:
         self.conn.client.load_host_keys(known_hosts)
         self.conn.client.set_missing_host_key_policy(_RejectUnknown())
         self.known_hosts = known_hosts
-        self._sftp = None
         self.lost = False
 
     def open(self) -> None:
@@ -416,22 +401,6 @@ class SshTransport:
                 chan.close()
         except (OSError, EOFError, paramiko.SSHException):
             pass  # best effort: the host may be gone; the rollback and VPN teardown come next
-
-    def sftp(self) -> paramiko.SFTPClient:
-        if self.lost:
-            raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
-        if self._sftp is None:
-            self._sftp = self.conn.sftp()
-            self._sftp.get_channel().settimeout(ANSWER_TIMEOUT)
-        return self._sftp
-
-    def readlink(self, path: str) -> str | None:
-        try:
-            if not stat.S_ISLNK(self.sftp().lstat(path).st_mode):
-                raise NotALink(path)
-        except FileNotFoundError:
-            return None
-        return self.sftp().readlink(path)
 
     def close(self) -> None:
         self.conn.close()

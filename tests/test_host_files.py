@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 
 from deployer import hostscripts
@@ -42,12 +43,33 @@ def test_relink_fails_rather_than_use_a_planted_temp_name(tmp_path):
     assert os.readlink(path) == "old" and list(tmp.iterdir()) == []
 
 
-def test_relink_replaces_a_link_atomically_and_leaves_no_temp(tmp_path):
-    path, tmp = tmp_path / "sub" / "live", tmp_path / "sub" / ".live.tmp"
-    t = LocalTransport()
-    assert t.run(hostscripts.relink(str(path), "first", str(tmp)).line()).ok
-    assert t.run(hostscripts.relink(str(path), "second", str(tmp)).line()).ok
-    assert os.readlink(path) == "second" and not tmp.exists() and not tmp.is_symlink()
+def relink(path, target, work):
+    return LocalTransport().run(hostscripts.relink(str(path), target, str(work)).line())
+
+
+def restore_link(path, work):
+    return LocalTransport().run(hostscripts.restore_link(str(path), str(work)).line())
+
+
+def test_relink_then_restore_puts_the_previous_target_back(tmp_path):
+    path, work = tmp_path / "sub" / "live", tmp_path / "sub" / ".live.work"
+    assert relink(path, "first", work).ok
+    assert restore_link(path, work).ok
+    assert not path.is_symlink() and sorted(os.listdir(path.parent)) == []  # there was no link
+    assert relink(path, "first", work).ok
+    shutil.rmtree(work)  # the change is kept: tidied, as a deploy that succeeds does
+    assert relink(path, "second", work).ok and os.readlink(path) == "second"
+    assert restore_link(path, work).ok
+    assert os.readlink(path) == "first" and sorted(os.listdir(path.parent)) == ["live"]
+
+
+def test_relink_refuses_a_real_file_or_directory_at_the_path(tmp_path):
+    path = tmp_path / "live"
+    path.mkdir()
+    result = relink(path, "new", tmp_path / ".work")
+    assert not result.ok and "exists and is not a symlink" in result.stderr
+    assert path.is_dir() and not path.is_symlink() and not (tmp_path / ".work").exists()
+    assert restore_link(path, tmp_path / ".work").ok and path.is_dir()
 
 
 def install(path, work, mode=0o600, owner="", content=b"# mark\nServerName x\n"):

@@ -95,7 +95,7 @@ def test_render_steps(make):
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
                 mode=0o600, owner=":www-data", work=f"{available}/.alpha.conf.deployer-{ctx.run_id}"),
         Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
-             target="../sites-available/alpha.conf", tmp=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
+             target="../sites-available/alpha.conf", work=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
         Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest"))),
     )
 
@@ -131,7 +131,7 @@ def test_restart_checks_then_switches_then_reloads(make):
     assert stages["restart"] == (
         Run("apache configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
         Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
-             target=f"/var/www/alpha.releases/{ctx.release}", tmp=f"/var/www/alpha.deployer-{ctx.run_id}",
+             target=f"/var/www/alpha.releases/{ctx.release}", work=f"/var/www/alpha.deployer-{ctx.run_id}",
              commit=True),
         Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
     )
