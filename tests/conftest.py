@@ -37,6 +37,23 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has ended; only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(ready, proc: subprocess.Popen, seconds: float = 60.0) -> None:
+    """Until ready() holds; fails if `proc` (a deploy) ends first or the time runs out."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
 TRACING_TEMPLATE = "ServerName <<HOSTNAME>>\nDocumentRoot <<DEPLOY_PATH>>\n"
 
 

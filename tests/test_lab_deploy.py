@@ -12,13 +12,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, tree_digest
+from tests.conftest import REPO, tree_digest, wait_until
 from tests.lab import lab as tests_lab
 from tests.lab.fixtures import lab, lab_session  # noqa: F401
 
@@ -50,6 +49,20 @@ class Site:
         events = [json.loads(line) for line in proc.stdout.splitlines()]
         assert proc.stderr == "" or proc.returncode != 0, proc.stderr
         return proc.returncode, events
+
+    def deploy_and(self, name: str, ready, act, timeout: float = 60) -> tuple[int, list[dict], str]:
+        """Start a deploy, wait until ready(), then act(proc): send a signal, cut a link."""
+        proc = subprocess.Popen(
+            [*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets), "--output", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            wait_until(ready, proc)
+            act(proc)
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        return proc.returncode, [json.loads(line) for line in out.splitlines()], err
 
     def hosts_digest(self) -> list[dict]:
         return [{d: tree_digest(h.path(d)) for d in ("/var/www", "/etc/apache2")}
@@ -224,21 +237,8 @@ def test_sigterm_mid_deploy_undoes_and_closes_the_vpn(site):
     started.unlink(missing_ok=True)
     site.write(migrate=f"touch {site.lab.shared_dir_on_hosts}/migrate-started && sleep 15")
     before = site.hosts_digest()
-    proc = subprocess.Popen(
-        [*DEPLOY, "alpha", "alpha.example.test", "--targets", str(site.targets), "--output", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    events = [json.loads(line) for line in out.splitlines()]
+    code, events, err = site.deploy_and("alpha", started.exists, lambda p: p.send_signal(signal.SIGTERM))
+    assert code == 130, err
     assert error_of(events) == "interrupted (SIGTERM)"
     assert site.hosts_digest() == before
     assert_vpn_down(site.lab)
@@ -292,21 +292,10 @@ def test_sigterm_while_four_hosts_run_stops_every_command_and_undoes_every_host(
                                        " trap '' TERM; sleep 20", "on": "all"}},
                pipeline=["package", "vpn", "upload", "render", "slow", "migrate", "restart"])
     before = four.hosts_digest()
-    proc = subprocess.Popen(
-        [*DEPLOY, "alpha", "alpha.example.test", "--targets", str(four.targets), "--output", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(shared.glob("slow-*"))) < 4:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert error_of([json.loads(line) for line in out.splitlines()]) == "interrupted (SIGTERM)"
+    code, events, err = four.deploy_and("alpha", lambda: len(list(shared.glob("slow-*"))) == 4,
+                                        lambda p: p.send_signal(signal.SIGTERM))
+    assert code == 130, err
+    assert error_of(events) == "interrupted (SIGTERM)"
     for i in range(4):
         assert four.lab.run(i, "pgrep -x sleep", check=False).returncode == 1, i
     assert four.hosts_digest() == before
@@ -321,22 +310,13 @@ def test_a_host_whose_link_dies_mid_step_fails_the_deploy_within_its_time_limit(
     site.write(step_timeout=5, hooks={"before": {"restart": [
         f"touch {site.lab.shared_dir_on_hosts}/slow-$(hostname); sleep 30"]}})
     link = f"{tests_lab.HOST_LINK_PREFIX}1"
-    proc = subprocess.Popen(
-        [*DEPLOY, "demo-cut", "demo-cut.example.test", "--targets", str(site.targets), "--output", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(shared.glob("slow-*"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        subprocess.run(["ip", "link", "set", link, "down"], check=True)
-        out, err = proc.communicate(timeout=240)
+        code, events, err = site.deploy_and(
+            "demo-cut", lambda: len(list(shared.glob("slow-*"))) == 2,
+            lambda _: subprocess.run(["ip", "link", "set", link, "down"], check=True), timeout=240)
     finally:
         subprocess.run(["ip", "link", "set", link, "up"], check=True)
-        if proc.poll() is None:
-            proc.kill()
-    events = [json.loads(line) for line in out.splitlines()]
-    assert proc.returncode == 1, err
+    assert code == 1, err
     dead, alive = site.lab.addresses[1], site.lab.addresses[0]
     assert f"{dead}:" in error_of(events)
     notes = " ".join(e["text"] for e in events if e["event"] == "note")

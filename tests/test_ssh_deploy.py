@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from deployer.cli import main
-from tests.conftest import REPO, tree_digest
+from tests.conftest import REPO, process_running, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -377,14 +376,6 @@ def test_a_migration_that_prints_megabytes_keeps_only_the_tail(site):
 
 # -- every remote command is bounded, and stopped means stopped ------------------------------
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_remote_command_that_ignores_sigterm_is_killed_before_deploy_exits(site, tmp_path):
     started, done = tmp_path / "started", tmp_path / "DONE"
     site.edit(migrate=f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started}; sleep 15;"
@@ -392,14 +383,11 @@ def test_a_remote_command_that_ignores_sigterm_is_killed_before_deploy_exits(sit
     proc = subprocess.Popen([sys.executable, "-m", "deployer", "alpha", "alpha.example.test", "--targets",
                              str(site.targets_file), "--output", "plain"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not started.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_until(started.exists, proc, 30)
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=40)
     assert proc.returncode == 130, out
-    assert not _running(int(started.read_text()))
+    assert not process_running(int(started.read_text()))
     assert not done.exists()
     assert not site.live().exists()  # undone
 
@@ -410,5 +398,5 @@ def test_a_remote_step_past_its_time_limit_fails_and_is_undone(site, tmp_path):
     code, out = site.deploy()
     assert code == 1
     assert "stopped after 1 s, the time limit of this step" in out
-    assert not _running(int(started.read_text()))
+    assert not process_running(int(started.read_text()))
     assert not site.live().exists()
