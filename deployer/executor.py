@@ -1,10 +1,11 @@
-"""The one executor: runs a Plan step by step, host by host, and always cleans up.
+"""The one executor: runs a Plan step by step, each step on all its hosts at
+once, and always cleans up.
 
 Per-host results, not exceptions that stop the world: a step runs on every
-host it names, then fails if any host failed. What each completed step
-changed is remembered (an undo log); if the deploy fails or is interrupted
-before the commit point (the switch of the live path), the log is replayed
-backwards so the hosts are left as they were. Teardown (VPN, connections,
+host it names, then fails if any host failed. How to undo each change is
+recorded (an undo log); if the deploy fails or is interrupted before the
+commit point (the switch of the live path), the log is replayed backwards on
+every host so the hosts are left as they were. Teardown (VPN, connections,
 the work dir) runs on every exit path.
 """
 
