@@ -5,6 +5,7 @@ import io
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -526,8 +527,9 @@ def test_unpacked_tarball_hashes_like_its_source(src, tmp_path):
     dest = tmp_path / "release.tar.gz"
     packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
     out = tmp_path / "unpacked"
-    with tarfile.open(dest) as tar:
-        tar.extractall(out, filter="tar")
+    out.mkdir()
+    # With tar itself, as the hosts unpack it.
+    subprocess.run(["tar", "-xzf", dest, "-C", out, "--no-same-owner"], check=True)
     assert scan(out, ()).digest == scan(src).digest
 
 
