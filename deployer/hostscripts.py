@@ -3,9 +3,9 @@
 Each program is constant text; everything that varies (paths, names, the
 mark) is passed as a positional argument and quoted by `Command`, so no value
 is ever spliced into shell code. Names that deployer creates beside a file
-are random per run (`Context.run_id`) and created exclusively (`ln`, `mkdir`,
-`mktemp` all fail on an existing name and never write through a link), so a
-file or link planted at a name we use can only make the step fail.
+are random per run (`Context.run_id`) and made with `mkdir`, which fails on
+an existing name and never writes through a link, so a file or link planted
+at a name we use can only make the step fail.
 """
 
 from deployer.quoting import Command
@@ -204,15 +204,6 @@ if [ -f "$release/.deployer-release-id" ] && [ "$(cat -- "$release/.deployer-rel
 fi
 """
 
-# Checked before anything changes: the switch at the end would refuse to
-# replace a real directory (the old script's layout), but only after migrate.
-_IS_LINK_OR_ABSENT = r"""if [ -e "$1" ] && [ ! -L "$1" ]; then
-    echo "$1 exists and is not a symlink; deployer will not replace it (move it aside)" >&2
-    exit 1
-fi
-"""
-
-
 # TERM the group, KILL it if it outlives the grace, then wait until no
 # process of it is left: a migrate that ignores TERM must not go on working
 # after the deploy said it was stopped.
@@ -262,10 +253,6 @@ def unpack(releases: str, release: str, tmp: str, run_id: str, live: str) -> Com
 def discard(release: str, tmp: str, run_id: str) -> Command:
     """Undo `unpack`."""
     return _program("deployer-discard", _DISCARD, release, tmp, run_id)
-
-
-def is_link_or_absent(path: str) -> Command:
-    return _program("deployer-check-link", _IS_LINK_OR_ABSENT, path)
 
 
 def stop_group(pid: int, grace: float) -> Command:
