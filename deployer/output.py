@@ -40,8 +40,8 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
         m = step.manifest
         if m is not None:
             lines.append(f"{len(m.files)} files, {_size(m.size)}")
-            lines.extend(f"left out: {path}: {why}" for path, why in m.withheld)
-            lines.extend(f"packaged because package/include names it: {path} ({why})"
+            lines.extend(f"left out: {_shown(path)}: {why}" for path, why in m.withheld)
+            lines.extend(f"packaged because package/include names it: {_shown(path)} ({why})"
                          for path, why in m.included)
         return lines
     if isinstance(step, steps.OpenVpn):
@@ -68,6 +68,12 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
         return [f"point {step.path} at {step.target}, atomically{note}:",
                 *(f"$ {line}" for line in step.command().line().splitlines())]
     return []
+
+
+def _shown(path: str) -> str:
+    """A file name as it can be printed: one with a line break or another
+    control character in it is shown quoted, so it cannot forge a line."""
+    return path if path.isprintable() else repr(path)
 
 
 def _size(n: int) -> str:

@@ -8,7 +8,9 @@ import shlex
 import pytest
 import yaml
 
+from deployer import packaging, steps
 from deployer.cli import main
+from deployer.output import details
 from tests.conftest import REPO
 
 # A quote, a backslash and a non-ASCII letter: JSON and TeamCity escape each.
@@ -178,3 +180,11 @@ def test_rich_output_takes_brackets_in_titles_as_text(local, monkeypatch):
     code, lines = local("--output", "rich", migrate="echo '[/]' done; echo '[bold]x'")
     assert code == 0, lines
     assert any("[/]" in line for line in lines)
+
+
+def test_a_file_name_with_a_line_break_cannot_forge_a_line_of_the_plan():
+    name = ".env\n##teamcity[setParameter name='x' value='y']"
+    manifest = packaging.Manifest("0" * 64, ("app.py",), 3, ((name, "environment file"),), ())
+    lines = details(steps.Build("package", source="/src", dest="/w/a.tgz", manifest=manifest))
+    assert f"left out: {name!r}: environment file" in lines
+    assert not [line for line in lines if line.startswith("##teamcity")]
