@@ -28,8 +28,7 @@ class Context:
 
     @property
     def package_rules(self) -> packaging.Rules:
-        p = self.target.package
-        return packaging.Rules(exclude=p.exclude, include=p.include, protected=p.protected)
+        return _rules(self.target)
 
     @property
     def vars(self) -> dict[str, str]:
@@ -80,13 +79,17 @@ class Context:
         }
 
 
+def _rules(target: Target) -> packaging.Rules:
+    p = target.package
+    return packaging.Rules(exclude=p.exclude, include=p.include, protected=p.protected)
+
+
 def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
          stages: tuple[str, ...], now: datetime | None = None,
          workdir: str | None = None) -> Context:
     """Build the context: hashes the source tree (read-only) for the release id."""
     now = now or datetime.now(UTC)
-    p = target.package
-    manifest = packaging.scan(p.source, packaging.Rules(p.exclude, p.include, p.protected))
+    manifest = packaging.scan(target.package.source, _rules(target))
     release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12]}"
     values = {k: v.value for k, v in target.vars.items()}
     values.update(overrides)

@@ -147,8 +147,7 @@ class Executor:
             self.reporter.step_finished(stage, step, RUNNER,
                                         StepResult(result, time.monotonic() - started))
         if not result.ok:
-            detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}")
-            raise StepFailed(f"{step.title}: {detail}")
+            raise StepFailed(f"{step.title}: {_detail(result)}")
 
     def run_on_runner(self, step: steps.Step) -> Result:
         if isinstance(step, steps.Build):
@@ -308,10 +307,15 @@ def _describe_error(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _detail(r: Result) -> str:
+    """What a failed command said: its stderr, else its stdout, else its exit code."""
+    return r.stderr.strip() or r.stdout.strip() or f"exit code {r.exit_code}"
+
+
 def _failure_message(step: steps.Step, failures: list[tuple[str, Result]], redact) -> str:
     lines = [f"{step.title}: failed on {len(failures)} host(s)"]
     for host, r in failures:
         # Redacted before it is cut into lines: a split secret would no longer match.
-        detail = redact(r.stderr.strip() or r.stdout.strip() or f"exit code {r.exit_code}")
+        detail = redact(_detail(r))
         lines.append(f"  {host}: " + "\n    ".join(detail.splitlines()[-20:]))
     return "\n".join(lines)

@@ -138,11 +138,16 @@ class LocalTransport:
                 sel.register(proc.stdin, selectors.EVENT_WRITE)
             else:
                 proc.stdin.close()
-            while sel.get_map():
+            # Until the output is closed and the command has ended (a daemon
+            # it left may hold no pipe while the command still runs).
+            while sel.get_map() or proc.poll() is None:
                 if self.stop.is_set():
                     raise Stopped("stopped")
                 if deadline is not None and time.monotonic() > deadline:
                     return tails[proc.stdout], tails[proc.stderr], False
+                if not sel.get_map():
+                    time.sleep(_POLL)
+                    continue
                 for key, _ in sel.select(_POLL):
                     if key.fileobj is proc.stdin:
                         try:
@@ -159,13 +164,6 @@ class LocalTransport:
                     else:
                         sel.unregister(key.fileobj)
                         key.fileobj.close()
-        # Output closed; the command may still run (a daemon it left holds no pipe).
-        while proc.poll() is None:
-            if self.stop.is_set():
-                raise Stopped("stopped")
-            if deadline is not None and time.monotonic() > deadline:
-                return tails[proc.stdout], tails[proc.stderr], False
-            time.sleep(_POLL)
         return tails[proc.stdout], tails[proc.stderr], True
 
     def close(self) -> None:
@@ -315,7 +313,7 @@ class SshTransport:
     def open_channel(self) -> paramiko.Channel:
         try:
             return self.conn.client.get_transport().open_session(timeout=ANSWER_TIMEOUT)
-        except (OSError, EOFError, paramiko.SSHException):
+        except ERRORS:
             # Not there: every later command on this host fails at once
             # instead of waiting as long again (a rollback runs several).
             self.give_up()
@@ -333,6 +331,8 @@ class SshTransport:
             if feed.done:
                 chan.shutdown_write()
             while True:
+                if self.stop.is_set():
+                    raise Stopped("stopped")
                 busy = False
                 if not feed.done and chan.send_ready():
                     # Interleaved with reading: a command that writes while
@@ -347,8 +347,6 @@ class SshTransport:
                         # The command stopped reading (it failed): its exit
                         # status and stderr, still to come, say why.
                         feed.done = True
-                    if self.stop.is_set():
-                        raise Stopped("stopped")
                     busy = True
                 if chan.recv_ready():
                     out.add(chan.recv(_CHUNK))
@@ -364,8 +362,6 @@ class SshTransport:
                 if not busy:
                     if chan.exit_status_ready() or chan.closed:
                         break
-                    if self.stop.is_set():
-                        raise Stopped("stopped")
                     if deadline is not None and time.monotonic() > deadline:
                         # A dead link ends here too: nothing answers, the time runs out.
                         if pid is not None:
@@ -399,7 +395,7 @@ class SshTransport:
                     self.give_up()
             finally:
                 chan.close()
-        except (OSError, EOFError, paramiko.SSHException):
+        except ERRORS:
             pass  # best effort: the host may be gone; the rollback and VPN teardown come next
 
     def close(self) -> None:
