@@ -360,7 +360,9 @@ class SshTransport:
                     err.add(chunk)
                     busy = True
                 if not busy:
-                    if chan.exit_status_ready() or chan.closed:
+                    # The exit status can overtake output that sshd still holds
+                    # for want of window: done only once it has sent EOF too.
+                    if (chan.exit_status_ready() and chan.eof_received) or chan.closed:
                         break
                     if deadline is not None and time.monotonic() > deadline:
                         # A dead link ends here too: nothing answers, the time runs out.
