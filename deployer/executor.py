@@ -10,6 +10,7 @@ the work dir) runs on every exit path.
 """
 
 import hashlib
+import io
 import os
 import shutil
 import threading
@@ -17,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import interrupts, packaging, steps, transport
+from deployer import interrupts, packaging, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed
@@ -56,6 +57,10 @@ class Executor:
         self.parallel = parallel
         self.pool: ThreadPoolExecutor | None = None
         self.checksums: dict[str, bytes] = {}
+        # Per host, the commands that remove what the undo of kept changes needed.
+        self.pending_keep: dict[str, list[str]] = {}
+        self.stage: str | None = None  # the stage the reporter was last told of
+        self.stage_ok = True
 
     def run(self, plan: steps.Plan) -> None:
         try:
@@ -65,53 +70,144 @@ class Executor:
                 # Never exist_ok: a directory planted at our path is not ours to write into.
                 raise StepFailed(f"work dir {self.ctx.workdir} already exists; not using it") from None
             self.teardown.append(("remove work dir", lambda: shutil.rmtree(self.ctx.workdir)))
-            for stage, stage_steps in plan.stages:
-                self.reporter.stage_started(stage)
-                ok = False
-                try:
-                    for step in stage_steps:
-                        self.step(stage, step)
-                    ok = True
-                finally:
-                    self.reporter.stage_finished(stage, ok)
+            for group in session.groups(plan):
+                if group.hosts:
+                    self.on_hosts(group)
+                else:
+                    stage, step = group.steps[0]
+                    with self.lock:
+                        self.enter(stage)
+                    self.on_runner(stage, step)
+            self.leave(True)
             self.keep_changes()
         except BaseException:
             with interrupts.deferred():
+                self.leave(False)
                 self.rollback()
             raise
         finally:
             with interrupts.deferred():
+                self.tidy()
                 self.close()
 
-    # -- one step --------------------------------------------------------------
+    # -- stages, as the reporter sees them ---------------------------------------
 
-    def step(self, stage: str, step: steps.Step) -> None:
-        if not step.hosts:
-            self.on_runner(stage, step)
-            return
+    def enter(self, stage: str) -> None:
+        """Report `stage` as begun, and the one before it as ended (lock held)."""
+        if stage != self.stage:
+            self.leave(True)
+            self.stage, self.stage_ok = stage, True
+            self.reporter.stage_started(stage)
+
+    def leave(self, ok: bool) -> None:
+        if self.stage is not None:
+            self.reporter.stage_finished(self.stage, self.stage_ok and ok)
+            self.stage = None
+
+    # -- steps on hosts, a session per host --------------------------------------
+
+    def on_hosts(self, group: session.Group) -> None:
+        """A group of steps, in one session on each of its hosts, all hosts at once."""
         self.connect()
-        results = self.fan_out(step.hosts, lambda name: self.host_step(stage, step, name))
-        failures = [(name, r) for name, r in zip(step.hosts, results, strict=True) if not r.ok]
-        if failures:
-            raise StepFailed(_failure_message(step, failures, self.reporter.redact))
-        if isinstance(step, steps.Link) and step.commit:
+        gate = _Gate(self, group)
+        results = self.fan_out(group.hosts, lambda host: self.host_session(group, host, gate))
+        messages = []
+        for j, (_, step) in enumerate(group.steps):
+            failed = [(host, r[j]) for host, r in zip(group.hosts, results, strict=True)
+                      if r[j] is not None and not r[j].ok]
+            if failed:
+                messages.append(_failure_message(step, failed, self.reporter.redact))
+        if messages:
+            raise StepFailed("\n".join(messages))
+        last = group.steps[-1][1]
+        if isinstance(last, steps.Link) and last.commit:
             # The new release is live on every host: nothing before this is undone.
             self.keep_changes()
 
-    def host_step(self, stage: str, step: steps.Step, name: str) -> Result:
-        """One step on one host, in a thread of the pool."""
+    def host_session(self, group: session.Group, host: str, gate: "_Gate") -> list[Result | None]:
+        """The group's steps on one host, in one session (in a thread of the pool)."""
+        entries: list[session.Entry] = []
+        owners: list[int | None] = []  # index into group.steps, None for the tidying entry
+        results: list[Result | None] = [None] * len(group.steps)
         with self.lock:
-            self.reporter.step_started(stage, step, name)
-        started = time.monotonic()
-        result = Result(1, "", "stopped")
+            keep = self.pending_keep.pop(host, [])
+        if keep:
+            # What the undo log of a kept change needed: gone before the next
+            # step, in its session (its result only matters if it failed).
+            entries.append(session.Entry(" ; ".join(keep) + " ; true", timeout=UNDO_TIMEOUT))
+            owners.append(None)
+        for j, (_, step) in enumerate(group.steps):
+            entries.append(self.entry(step, host))
+            owners.append(j)
+        started: dict[int, float] = {}
+
+        def on_start(i: int) -> None:
+            j = owners[i]
+            if j is not None:
+                started[j] = time.monotonic()
+                stage, step = group.steps[j]
+                gate.event(j, lambda: self.reporter.step_started(stage, step, host))
+
+        def on_end(i: int, result: Result) -> None:
+            j = owners[i]
+            if j is None:
+                if result.stderr.strip():
+                    with self.lock:
+                        self.reporter.note(f"{host}: could not tidy after the deploy: {result.stderr.strip()}")
+                return
+            stage, step = group.steps[j]
+            results[j] = result
+            # Only what the step did: a failed `mkdir` of an existing release
+            # must not lead to removing that release.
+            if isinstance(step, steps.Run) and result.ok and step.undo is not None:
+                self.record(_Undo(host, f"undo {step.title}", step.undo))
+            took = StepResult(result, time.monotonic() - started[j])
+
+            def report() -> None:
+                if not result.ok:
+                    self.stage_ok = False
+                self.reporter.step_finished(stage, step, host, took)
+            gate.event(j, report)
+            gate.progressed(host, j + 1)
+
+        split = session.Split(entries, on_start, on_end)
+        stdin = session.Input(split.token, entries)
         try:
-            result = self.on_host(step, name, self.transports[name])
+            result = self.transports[host].run(session.command(entries).line(), stdin=stdin,
+                                               timeout=split, out=split.out, err=split.err)
         except (StepFailed, *transport.ERRORS) as e:
             result = Result(1, "", _describe_error(e))
+        except BaseException:
+            split.finish(Result(1, "", "stopped"))
+            raise
         finally:
-            with self.lock:
-                self.reporter.step_finished(stage, step, name, StepResult(result, time.monotonic() - started))
-        return result
+            stdin.close()
+            gate.progressed(host, len(group.steps))
+        split.finish(result)
+        return results
+
+    def entry(self, step: steps.Step, host: str) -> session.Entry:
+        """How one step runs in a session; the undo of a change is recorded
+        before the session starts, and is safe to run if the change never
+        happened: an interrupt between the change and the record must not
+        lose it."""
+        timeout = self.timeout(step)
+        if isinstance(step, steps.Run):
+            return session.Entry(step.command.line(), timeout=timeout)
+        if isinstance(step, steps.Upload):
+            self.record(_Undo(host, f"undo {step.title}", step.undo))
+            head = self.artifact_sha256(step.local)
+            size = len(head) + 1 + os.path.getsize(step.local)
+            return session.Entry(step.command.line(), timeout=timeout,
+                                 data=session.Piece(size, lambda: _Prefixed(head, open(step.local, "rb"))))
+        if isinstance(step, (steps.Install, steps.Link)):
+            self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
+            data = None
+            if isinstance(step, steps.Install):
+                content = step.content.encode()
+                data = session.Piece(len(content), lambda: io.BytesIO(content))
+            return session.Entry(step.command().line(), timeout=timeout, data=data)
+        raise TypeError(f"{type(step).__name__} cannot run on a host")
 
     def fan_out(self, items, fn) -> list:
         """`fn` on every item at once (at most `parallel` at a time); results in order.
@@ -180,28 +276,6 @@ class Executor:
         with self.lock:
             self.undo.append(undo)
 
-    def on_host(self, step: steps.Step, host: str, t: Transport) -> Result:
-        if isinstance(step, steps.Run):
-            result = t.run(step.command.line(), timeout=self.timeout(step))
-            # Only what the step did: a failed `mkdir` of an existing release
-            # must not lead to removing that release.
-            if result.ok and step.undo is not None:
-                self.record(_Undo(host, f"undo {step.title}", step.undo))
-            return result
-        if isinstance(step, steps.Upload):
-            # Before the transfer: a half-made release is removed too.
-            self.record(_Undo(host, f"undo {step.title}", step.undo))
-            with open(step.local, "rb") as artifact:
-                return t.run(step.command.line(), stdin=_Prefixed(self.artifact_sha256(step.local), artifact),
-                             timeout=self.timeout(step))
-        if isinstance(step, (steps.Install, steps.Link)):
-            # Before the change, and safe to run if it never happened: an
-            # interrupt between the change and the record must not lose it.
-            self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
-            stdin = step.content.encode() if isinstance(step, steps.Install) else b""
-            return t.run(step.command().line(), stdin=stdin, timeout=self.timeout(step))
-        raise TypeError(f"{type(step).__name__} cannot run on a host")
-
     # -- connections, rollback, teardown ---------------------------------------
 
     def connect(self) -> None:
@@ -264,18 +338,22 @@ class Executor:
             return Result(1, "", _describe_error(e))
 
     def keep_changes(self) -> None:
-        """The changes stand: drop the undo log, and what it kept on the hosts
-        (one session per host for all of it)."""
-        tidy: dict[str, list[str]] = {}
-        for u in self.undo:
-            if u.keep is not None:
-                tidy.setdefault(u.host, []).append(u.keep.line())
-        hosts = list(tidy)
-        for host, result in zip(hosts, self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(tidy[h]))),
-                                strict=True):
+        """The changes stand: drop the undo log. What it kept on the hosts is
+        removed in each host's next session, or by `tidy` at the end."""
+        with self.lock:
+            for u in self.undo:
+                if u.keep is not None:
+                    self.pending_keep.setdefault(u.host, []).append(u.keep.line())
+            self.undo.clear()
+
+    def tidy(self) -> None:
+        """What kept changes left for their undo, on hosts that had no session after."""
+        hosts = [h for h in self.pending_keep if h in self.transports]
+        results = self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(self.pending_keep[h])))
+        for host, result in zip(hosts, results, strict=True):
             if not result.ok:
                 self.reporter.note(f"{host}: could not tidy after the deploy: {result.stderr.strip()}")
-        self.undo.clear()
+        self.pending_keep.clear()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -286,6 +364,43 @@ class Executor:
             except Exception as e:  # noqa: BLE001 - teardown must go on to the next item
                 self.reporter.note(f"{title} failed: {e}")
         self.teardown.clear()
+
+
+class _Gate:
+    """The reporter hears of stages in order, one at a time, while a session
+    spanning stages runs ahead on some hosts: what a host does in a later
+    stage is held back until every host is past the earlier one."""
+
+    def __init__(self, ex: Executor, group: session.Group):
+        self.ex = ex
+        self.stage_of = [stage for stage, _ in group.steps]
+        self.stages = list(dict.fromkeys(self.stage_of))
+        self.last = {stage: j for j, stage in enumerate(self.stage_of)}
+        self.open = 0  # index into stages of the one reported as running
+        self.held: list[tuple[int, object]] = []
+        self.position = dict.fromkeys(group.hosts, 0)  # per host: steps it is past
+        with ex.lock:
+            ex.enter(self.stages[0])
+
+    def event(self, j: int, report) -> None:
+        with self.ex.lock:
+            at = self.stages.index(self.stage_of[j])
+            if at == self.open:
+                report()
+            else:
+                self.held.append((at, report))
+
+    def progressed(self, host: str, position: int) -> None:
+        with self.ex.lock:
+            self.position[host] = max(self.position[host], position)
+            while (self.open + 1 < len(self.stages)
+                   and all(p > self.last[self.stages[self.open]] for p in self.position.values())):
+                self.open += 1
+                self.ex.enter(self.stages[self.open])
+                now = [r for at, r in self.held if at == self.open]
+                self.held = [(at, r) for at, r in self.held if at != self.open]
+                for report in now:
+                    report()
 
 
 class _Prefixed:
@@ -299,6 +414,9 @@ class _Prefixed:
             chunk, self.head = self.head[:n], self.head[n:]
             return chunk
         return self.f.read(n)
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def _describe_error(e: Exception) -> str:

@@ -18,7 +18,7 @@ from deployer.quoting import Command
 # is read into memory: a link to /dev/zero or a FIFO is refused before
 # anything reads it.
 _INSTALL = r"""set -eu
-path=$1 mark=$2 mode=$3 owner=$4 work=$5
+path=$1 mark=$2 mode=$3 owner=$4 work=$5 size=$6
 dir=${path%/*}
 mkdir -p -- "$dir"
 umask 077
@@ -46,6 +46,11 @@ else
     : > "$work/none"
 fi
 cat > "$work/new"
+# Cut short (the runner died mid-send), it is not installed.
+if [ "$(wc -c < "$work/new")" -ne "$size" ]; then
+    echo "the new content of $path arrived incomplete" >&2
+    exit 1
+fi
 chmod "$mode" "$work/new"
 if [ -n "$owner" ]; then chown -- "$owner" "$work/new"; fi
 mv -fT -- "$work/new" "$path"
@@ -224,14 +229,48 @@ done
 """
 
 
+# Several steps in one remote shell: one SSH session per host for a group
+# of steps instead of one each (a session costs a process start on the host
+# and a round trip). Each argument pair is a step's own command line and
+# whether it reads stdin. stdin starts with a token line (random per session,
+# so no output can fake the end of a step; on stdin, not in the arguments,
+# so `ps` on the host does not show it), then each reading step's bytes
+# after their length on a line: `head -c` reads exactly that many, and
+# what the step leaves unread is drained, so the next step starts at its
+# own bytes. After each step the script writes "\n<token> <index> <exit
+# code>\n" to stdout and to stderr, which the runner splits the output on;
+# it stops at the first step that fails.
+_SESSION = r"""IFS= read -r token || exit 1
+i=0
+while [ "$#" -gt 1 ]; do
+    line=$1 input=$2
+    shift 2
+    if [ "$input" = 1 ]; then
+        if ! IFS= read -r size; then
+            echo "deployer: the input of step $i ended early" >&2
+            exit 1
+        fi
+        head -c "$size" | { sh -c "$line"; code=$?; cat > /dev/null; exit "$code"; }
+    else
+        sh -c "$line" < /dev/null
+    fi
+    code=$?
+    printf '\n%s %s %s\n' "$token" "$i" "$code"
+    printf '\n%s %s %s\n' "$token" "$i" "$code" >&2
+    [ "$code" = 0 ] || exit "$code"
+    i=$((i + 1))
+done
+"""
+
+
 def _program(name: str, text: str, *args: str) -> Command:
     return Command.of(("sh", "-c", text, name, *args))
 
 
-def install(path: str, mark: str, mode: int, owner: str, work: str) -> Command:
-    """Write stdin to `path` through a file in `work` renamed over it, refusing
-    a path deployer did not write (its first line is not `mark`)."""
-    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, work)
+def install(path: str, mark: str, mode: int, owner: str, work: str, size: int) -> Command:
+    """Write stdin (`size` bytes) to `path` through a file in `work` renamed
+    over it, refusing a path deployer did not write (its first line is not `mark`)."""
+    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, work, str(size))
 
 
 def restore(path: str, work: str) -> Command:
@@ -272,3 +311,9 @@ def restore_link(path: str, work: str) -> Command:
 def names_are_free(sites_enabled: str, own: str, names: tuple[str, ...]) -> Command:
     """Fails if another enabled site serves one of `names` (lowercase host names or patterns)."""
     return _program("deployer-check-names", _NAMES_ARE_FREE, sites_enabled, own, *names)
+
+
+def session(entries: tuple[tuple[str, bool], ...]) -> Command:
+    """Run each (command line, reads stdin) in turn in one shell, marking the
+    end of each; see _SESSION for what stdin must hold."""
+    return _program("deployer-session", _SESSION, *(w for line, reads in entries for w in (line, "01"[reads])))

@@ -81,7 +81,7 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
     enabled = posixpath.join(apache.dir, "sites-enabled")
     return (
         steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
-                  command=hostscripts.names_are_free(enabled, conf, names)),
+                  command=hostscripts.names_are_free(enabled, conf, names), waits=False),
         steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
                       path=posixpath.join(available, conf), content=content, mark=mark,
                       mode=apache.vhost_mode, owner=apache.vhost_chown,
@@ -92,7 +92,7 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
                    work=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
         # Checked here as well as in restart: a broken vhost must fail the
         # deploy before migrate changes the database, which no undo reverts.
-        _configtest(ctx),
+        _configtest(ctx, waits=False),
     )
 
 
@@ -109,6 +109,9 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
     ctl, hosts = ctx.target.apache.ctl, ctx.host_names
     return (
+        # After migrate has ended; each host switches right after its own
+        # configtest, in the same session, and a host whose configtest fails
+        # puts every host back, those that switched a moment before included.
         _configtest(ctx),
         # Only a release uploaded by this run is switched to: `--only restart`
         # must not point the live path at a directory that does not exist.
@@ -120,8 +123,8 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
     )
 
 
-def _configtest(ctx: Context) -> steps.Run:
-    return steps.Run("apache configtest", ctx.host_names,
+def _configtest(ctx: Context, waits: bool = True) -> steps.Run:
+    return steps.Run("apache configtest", ctx.host_names, waits=waits,
                      command=Command.of((*ctx.target.apache.ctl, "configtest")))
 
 

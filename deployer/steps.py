@@ -15,6 +15,12 @@ from deployer.quoting import Command
 class Step:
     title: str
     hosts: tuple[str, ...] = ()
+    # Starts only once every step before it has ended on every host. A step
+    # that does not wait runs in the same SSH session as the one before it
+    # (see session.py): right for a change the undo log can take back, or
+    # a check; not for a command whose effects nothing undoes (migrate, a
+    # hook), which must not start while another host may still fail.
+    waits: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Upload(Step):
     session; its sha256 is checked there. `undo` removes what this run made,
     whatever point the upload reached."""
 
+    waits: bool = False
     local: str = ""
     command: Command = field(default_factory=Command)
     undo: Command = field(default_factory=Command)
@@ -69,6 +76,7 @@ class Install(Step):
     needs until the deploy keeps the change.
     """
 
+    waits: bool = False
     path: str = ""
     content: str = field(default="", repr=False)
     mark: str = ""
@@ -77,7 +85,8 @@ class Install(Step):
     work: str = ""
 
     def command(self) -> Command:
-        return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.work)
+        return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.work,
+                                   len(self.content.encode()))
 
     def undo(self) -> Command:
         return hostscripts.restore(self.path, self.work)
@@ -93,9 +102,11 @@ class Link(Step):
     beside `path`, random per run, holding what the undo needs.
 
     `commit` marks the point of no return: once it has run on every host,
-    undo information is dropped, since the new release is live.
+    undo information is dropped, since the new release is live. A session
+    ends with it: nothing after it starts until it has happened everywhere.
     """
 
+    waits: bool = False
     path: str = ""
     target: str = ""
     work: str = ""

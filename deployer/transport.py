@@ -74,8 +74,39 @@ class Reader(Protocol):
 Stdin = bytes | Reader  # what a command reads: bytes, or a file read in chunks
 
 
+class Sink(Protocol):
+    """Where a command's output goes: a Tail, or a session's splitter."""
+
+    def add(self, chunk: bytes) -> None: ...
+    def text(self) -> str: ...
+
+
+class Limit(Protocol):
+    """A time limit that can move: each step of a session has its own."""
+
+    def deadline(self) -> float: ...  # time.monotonic() past which the command is stopped
+    def seconds(self) -> float: ...   # the limit, as the message about it says
+
+
+class _Fixed:
+    def __init__(self, seconds: float | None):
+        self.limit = seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def deadline(self) -> float | None:
+        return self.end
+
+    def seconds(self) -> float | None:
+        return self.limit
+
+
+def _limit(timeout: "float | None | Limit") -> "Limit | _Fixed":
+    return timeout if hasattr(timeout, "deadline") else _Fixed(timeout)
+
+
 class Transport(Protocol):
-    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result: ...
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result: ...
     def close(self) -> None: ...
 
 
@@ -109,27 +140,28 @@ class LocalTransport:
     def __init__(self, stop: threading.Event | None = None):
         self.stop = stop or threading.Event()
 
-    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result:
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result:
         # A session of its own, so an interrupted deploy stops the whole
         # command (shell and children), not just the shell.
         proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = _limit(timeout)
+        out, err = out or Tail(), err or Tail()
         try:
-            out, err, finished = self._pump(proc, stdin, deadline)
-            if not finished:
+            if not self._pump(proc, stdin, limit, out, err):
                 _stop_local_group(proc)
-                return Result(TIMED_OUT, out.text(), _timed_out(err.text(), timeout))
+                return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
             code = proc.wait()
         except BaseException:
             _stop_local_group(proc)
             raise
         return Result(code, out.text(), err.text())
 
-    def _pump(self, proc: subprocess.Popen, stdin: Stdin, deadline: float | None) -> tuple[Tail, Tail, bool]:
-        """Feed stdin and keep the tails of stdout and stderr, all at once, so
-        neither side waits on a full pipe; False if the deadline came first."""
-        tails = {proc.stdout: Tail(), proc.stderr: Tail()}
+    def _pump(self, proc: subprocess.Popen, stdin: Stdin, limit: "Limit | _Fixed", out: Sink, err: Sink) -> bool:
+        """Feed stdin and pass stdout and stderr on, all at once, so neither
+        side waits on a full pipe; False if the time limit came first."""
+        tails = {proc.stdout: out, proc.stderr: err}
         feed = _Feed(stdin)
         with selectors.DefaultSelector() as sel:
             for stream in tails:
@@ -143,15 +175,20 @@ class LocalTransport:
             while sel.get_map() or proc.poll() is None:
                 if self.stop.is_set():
                     raise Stopped("stopped")
+                deadline = limit.deadline()
                 if deadline is not None and time.monotonic() > deadline:
-                    return tails[proc.stdout], tails[proc.stderr], False
+                    return False
                 if not sel.get_map():
                     time.sleep(_POLL)
                     continue
                 for key, _ in sel.select(_POLL):
                     if key.fileobj is proc.stdin:
+                        chunk = feed.pending()
+                        if not chunk and not feed.done:
+                            time.sleep(_POLL / 10)  # what comes next is not there yet
+                            continue
                         try:
-                            feed.sent(os.write(proc.stdin.fileno(), feed.pending()))
+                            feed.sent(os.write(proc.stdin.fileno(), chunk))
                         except BrokenPipeError:
                             feed.done = True
                         if feed.done:
@@ -164,7 +201,7 @@ class LocalTransport:
                     else:
                         sel.unregister(key.fileobj)
                         key.fileobj.close()
-        return tails[proc.stdout], tails[proc.stderr], True
+        return True
 
     def close(self) -> None:
         pass
@@ -200,8 +237,14 @@ class _Feed:
         self.done = not stdin
 
     def pending(self) -> bytes:
+        """The next bytes to send; b"" with `done` still False when the
+        reader has none yet (it returned None: what comes next depends on
+        what the command answers first)."""
         if not self.buffer and self.reader is not None:
-            self.buffer = self.reader.read(_CHUNK)
+            chunk = self.reader.read(_CHUNK)
+            if chunk is None:
+                return b""
+            self.buffer = chunk
             if not self.buffer:
                 self.done = True
         return self.buffer[:_CHUNK]
@@ -242,6 +285,40 @@ def _pid_of(err: bytes) -> int | None:
 
 def _without_pid(err: bytes, pid: int) -> bytes:
     return bytes(err).replace(b"%s%d\n" % (PID_MARKER, pid), b"", 1)
+
+
+class _Watchdog:
+    """Past every bound of its own (the command's limit, the stop's grace, the
+    answers it waits for), a run that is still stuck in the SSH library is
+    ended by closing the connection under it. It follows a limit that moves."""
+
+    def __init__(self, limit: "Limit | _Fixed", give_up):
+        self.limit, self.give_up = limit, give_up
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.arm()
+
+    def arm(self) -> None:
+        deadline = self.limit.deadline()
+        wait = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        self.timer = threading.Timer(wait + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.cancelled:
+                return
+            deadline = self.limit.deadline()
+            if deadline is not None and time.monotonic() < deadline:
+                self.arm()  # the session went on to its next step, which has a limit of its own
+                return
+        self.give_up()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            self.timer.cancel()
 
 
 class SshTransport:
@@ -285,20 +362,17 @@ class SshTransport:
         # that a firewall or the VPN does not drop it as dead.
         self.conn.transport.set_keepalive(15)
 
-    def run(self, line: str, stdin: Stdin = b"", timeout: float | None = None) -> Result:
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result:
         # A bare paramiko channel rather than Fabric's run: invoke's runner
         # waits for the remote command to end even when we are interrupted,
         # so Ctrl-C would take as long as the slowest migration.
         if self.lost:
             raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
-        # Past every bound of its own (the command's limit, the stop's grace,
-        # the answers it waits for), a run that is still stuck in the SSH
-        # library is ended by closing the connection under it.
-        watchdog = threading.Timer((timeout or 3600) + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.give_up)
-        watchdog.daemon = True
-        watchdog.start()
+        limit = _limit(timeout)
+        watchdog = _Watchdog(limit, self.give_up)
         try:
-            return self._run(line, stdin, timeout)
+            return self._run(line, stdin, limit, out or Tail(), err or Tail())
         except ERRORS as e:
             if self.lost:
                 raise StepFailed(f"{self.host.name}: no answer, connection closed ({type(e).__name__})") from None
@@ -319,13 +393,11 @@ class SshTransport:
             self.give_up()
             raise
 
-    def _run(self, line: str, stdin: Stdin, timeout: float | None) -> Result:
+    def _run(self, line: str, stdin: Stdin, limit: "Limit | _Fixed", out: Sink, err: Sink) -> Result:
         chan = self.open_channel()
-        out, err = Tail(), Tail()
         head = bytearray()  # stderr until the pid line has arrived whole
         pid = None
         feed = _Feed(stdin)
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             chan.exec_command(reporting_pid(line))
             if feed.done:
@@ -341,13 +413,13 @@ class SshTransport:
                     try:
                         if chunk:
                             feed.sent(chan.send(chunk))
+                            busy = True
                         if feed.done:
                             chan.shutdown_write()
                     except OSError:
                         # The command stopped reading (it failed): its exit
                         # status and stderr, still to come, say why.
                         feed.done = True
-                    busy = True
                 if chan.recv_ready():
                     out.add(chan.recv(_CHUNK))
                     busy = True
@@ -364,11 +436,12 @@ class SshTransport:
                     # for want of window: done only once it has sent EOF too.
                     if (chan.exit_status_ready() and chan.eof_received) or chan.closed:
                         break
+                    deadline = limit.deadline()
                     if deadline is not None and time.monotonic() > deadline:
                         # A dead link ends here too: nothing answers, the time runs out.
                         if pid is not None:
                             self.stop_group(pid)
-                        return Result(TIMED_OUT, out.text(), _timed_out(err.text(), timeout))
+                        return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
                     time.sleep(0.005)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():

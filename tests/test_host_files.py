@@ -73,8 +73,8 @@ def test_relink_refuses_a_real_file_or_directory_at_the_path(tmp_path):
 
 
 def install(path, work, mode=0o600, owner="", content=b"# mark\nServerName x\n"):
-    return LocalTransport().run(hostscripts.install(str(path), "# mark", mode, owner, str(work)).line(),
-                                stdin=content)
+    line = hostscripts.install(str(path), "# mark", mode, owner, str(work), len(content)).line()
+    return LocalTransport().run(line, stdin=content)
 
 
 def restore(path, work):

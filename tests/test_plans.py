@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from deployer import context, hostscripts, packaging, plan
+from deployer import context, hostscripts, packaging, plan, session
 from deployer import stages as stage_lib
 from deployer.config import load
 from deployer.errors import UsageError
@@ -89,14 +89,14 @@ def test_render_steps(make):
     available, enabled = "/srv/apache2/sites-available", "/srv/apache2/sites-enabled"
     assert stages["render"] == (
         Run("check that no other site serves alpha.example.com", H,
-            command=hostscripts.names_are_free(enabled, "alpha.conf", ("alpha.example.com",))),
+            command=hostscripts.names_are_free(enabled, "alpha.conf", ("alpha.example.com",)), waits=False),
         Install("write vhost sites-available/alpha.conf", H,
                 path=f"{available}/alpha.conf", mark=mark,
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
                 mode=0o600, owner=":www-data", work=f"{available}/.alpha.conf.deployer-{ctx.run_id}"),
         Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
              target="../sites-available/alpha.conf", work=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
-        Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest"))),
+        Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest")), waits=False),
     )
 
 
@@ -135,6 +135,31 @@ def test_restart_checks_then_switches_then_reloads(make):
              commit=True),
         Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
     )
+
+
+def _sessions(ctx):
+    return [[f"{stage}: {step.title}" for stage, step in g.steps] for g in session.groups(plan.build(ctx))]
+
+
+def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make):
+    ctx, _ = make()
+    sessions = _sessions(ctx)
+    assert [len(g) for g in sessions] == [1, 1, 5, 1, 2, 1]
+    package, vpn, prepare, migrate, switch, reload = sessions
+    # The release and the vhost, checked, in one session; migrate only once
+    # every host has passed; each host switches right after its own
+    # configtest, and graceful only once the switch has happened everywhere.
+    assert prepare[0].startswith("upload: ") and prepare[-1] == "render: apache configtest"
+    assert migrate[0].startswith("migrate: ")
+    assert switch[0] == "restart: apache configtest" and switch[1].startswith("restart: switch ")
+    assert reload == ["restart: apache graceful"]
+
+
+def test_a_hook_waits_for_every_host_and_the_changes_after_it_join_its_session(make):
+    ctx, _ = make({"hooks": {"before": {"render": ["echo hi"]}}, "migrate": None})
+    hosts_sessions = [g for g in _sessions(ctx) if not g[0].startswith(("package", "vpn"))]
+    assert [len(g) for g in hosts_sessions] == [1, 5, 2, 1]
+    assert hosts_sessions[1][0] == "render: before render: echo hi"
 
 
 def test_restart_without_upload_does_not_switch(make):

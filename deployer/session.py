@@ -1,0 +1,189 @@
+"""Steps run together in one remote shell per host, and that shell's output
+split back into each step's result.
+
+A session costs a process start on the host and a round trip, and over an
+office VPN the round trips add up, so consecutive steps share one when the
+plan allows it: same hosts, and the later step does not have to wait for
+the others to end on every host (`Step.waits`). A step that commits (the
+switch of the live path) ends its session: what follows it starts only once
+it has happened everywhere.
+"""
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deployer import hostscripts, steps
+from deployer.quoting import Command
+from deployer.transport import Reader, Result, Tail
+
+
+@dataclass(frozen=True)
+class Group:
+    """Steps that run one after another in one session on each of `hosts`
+    (or on the runner, when `hosts` is empty: then it holds one step)."""
+
+    hosts: tuple[str, ...]
+    steps: tuple[tuple[str, steps.Step], ...]  # (stage, step)
+
+
+def groups(plan: steps.Plan) -> list[Group]:
+    out: list[Group] = []
+    for stage, step in plan.steps():
+        last = out[-1] if out else None
+        if (last is not None and step.hosts and last.hosts == step.hosts and not step.waits
+                and not _commits(last.steps[-1][1])):
+            out[-1] = Group(last.hosts, (*last.steps, (stage, step)))
+        else:
+            out.append(Group(step.hosts, ((stage, step),)))
+    return out
+
+
+def _commits(step: steps.Step) -> bool:
+    return isinstance(step, steps.Link) and step.commit
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One command line of a session: `data` is what it reads on stdin, if it reads."""
+
+    line: str
+    data: "Piece | None" = None
+    timeout: float = 600.0
+
+
+class Piece:
+    """Bytes of known length for one step's stdin, opened when the session
+    gets to them."""
+
+    def __init__(self, size: int, open_: Callable[[], Reader]):
+        self.size, self.open = size, open_
+
+
+def command(entries: list[Entry]) -> Command:
+    return hostscripts.session(tuple((e.line, e.data is not None) for e in entries))
+
+
+class Input:
+    """A session's stdin: the token line, then each reading step's size line
+    and bytes, read a chunk at a time (an artifact is never in memory whole)."""
+
+    def __init__(self, token: bytes, entries: list[Entry]):
+        self.parts: list[bytes | Piece] = [token + b"\n"]
+        for e in entries:
+            if e.data is not None:
+                self.parts += [b"%d\n" % e.data.size, e.data]
+        self.reader = None
+
+    def read(self, n: int) -> bytes:
+        while self.parts:
+            part = self.parts[0]
+            if isinstance(part, bytes):
+                self.parts.pop(0)
+                if part:
+                    return part
+                continue
+            if self.reader is None:
+                self.reader = part.open()
+            chunk = self.reader.read(n)
+            if chunk:
+                return chunk
+            close = getattr(self.reader, "close", None)
+            if close is not None:
+                close()
+            self.reader = None
+            self.parts.pop(0)
+        return b""
+
+    def close(self) -> None:
+        if self.reader is not None and hasattr(self.reader, "close"):
+            self.reader.close()
+
+
+class Split:
+    """Splits a session's stdout and stderr at the marks the session script
+    writes after each step, and says when each step ends and the next begins.
+
+    `ended(i, result)` is called once both streams have passed step i's mark;
+    it is also the time limit of the session's transport: each step gets its
+    own (`deadline`).
+    """
+
+    def __init__(self, entries: list[Entry], started: Callable[[int], None],
+                 ended: Callable[[int, Result], None]):
+        self.token = secrets.token_hex(16).encode()
+        self.entries = entries
+        self.started, self.ended = started, ended
+        self.marks: list[dict[int, int]] = [{}, {}]  # per stream: step index -> exit code
+        self.parts: list[list[Tail]] = [[Tail()], [Tail()]]
+        self.out, self.err = _Stream(self, 0), _Stream(self, 1)
+        self.current = 0
+        self.failed = False
+        self.since = time.monotonic()
+        started(0)
+
+    # The transport's time limit, per step.
+    def deadline(self) -> float:
+        return self.since + self.seconds()
+
+    def seconds(self) -> float:
+        return self.entries[min(self.current, len(self.entries) - 1)].timeout
+
+    def _marked(self, stream: int, index: int, code: int) -> None:
+        self.marks[stream][index] = code
+        self.parts[stream].append(Tail())
+        while self.current in self.marks[0] and self.current in self.marks[1]:
+            i, code = self.current, self.marks[0][self.current]
+            self.ended(i, Result(code, self.parts[0][i].text(), self.parts[1][i].text()))
+            self.current += 1
+            self.since = time.monotonic()
+            self.failed = code != 0
+            if self.running:
+                self.started(self.current)
+
+    def finish(self, r: Result) -> None:
+        """The session is over: the step it stopped in, if any, ends with the
+        session's own result (a time limit, a lost connection, a stop)."""
+        if self.running:
+            self.failed = True
+            detail = r.stderr if r.stderr.strip() else "the session ended before this step did"
+            self.ended(self.current, Result(r.exit_code or 1, r.stdout, detail))
+
+    @property
+    def running(self) -> bool:
+        return self.current < len(self.entries) and not self.failed
+
+
+class _Stream:
+    """One of a session's output streams, cut at the marks into the steps' tails."""
+
+    def __init__(self, split: Split, which: int):
+        self.split, self.which = split, which
+        self.mark = re.compile(rb"\n" + re.escape(split.token) + rb" (\d+) (\d+)\n")
+        self.longest = len(split.token) + 24
+        self.buffer = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while (m := self.mark.search(self.buffer)) is not None:
+            # Read before the buffer changes: a match slices it lazily.
+            index, code, start, end = int(m[1]), int(m[2]), m.start(), m.end()
+            self._keep(self.buffer[:start])
+            del self.buffer[:end]
+            self.split._marked(self.which, index, code)
+        # All but what could be the start of a mark still to come.
+        cut = len(self.buffer) - self.longest
+        if cut > 0:
+            self._keep(self.buffer[:cut])
+            del self.buffer[:cut]
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self.split.parts[self.which][-1].add(bytes(data))
+
+    def text(self) -> str:
+        self._keep(self.buffer)
+        self.buffer.clear()
+        return self.split.parts[self.which][-1].text()
