@@ -15,7 +15,6 @@ from deployer.errors import (
     DeployError,
     UsageError,
 )
-from deployer.executor import Executor
 from deployer.interrupts import Interrupted
 from deployer.output import Reporter, choose
 
@@ -146,6 +145,10 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
             for stage, step in the_plan.steps():
                 reporter.planned(stage, step)
         else:
+            # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
+            # of a second).
+            from deployer.executor import Executor
+
             parallel = min(args.parallel or target.parallel, len(target.hosts))
             Executor(ctx, reporter, parallel).run(the_plan)
     except DeployError as e:

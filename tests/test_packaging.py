@@ -1,6 +1,8 @@
 """The release tarball: what goes in, what is withheld and why, its content hash, and the archive itself."""
 
 import errno
+import gzip
+import hashlib
 import io
 import os
 import re
@@ -570,6 +572,173 @@ def test_fifo_in_source_is_a_usage_error_not_a_hang(tmp_path):
     assert scan(src, ("pipe",)).files == ()
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_sums_are_each_packaged_file_s_hash_and_mode(src, tmp_path):
+    (src / "app/id_ed25519").write_text("k")  # withheld by name
+    (src / "app/notes.txt").write_text(BEGIN + "PRIVATE KEY-----\n")  # withheld by content
+    dest = tmp_path / "release.tar.gz"
+    manifest = packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    shipped = contents(dest)
+    # Regular files only (no links, nothing withheld), sorted, with the mode as packaged.
+    assert manifest.sums == tuple((name, _sha(data), members(dest)[name].mode)
+                                  for name, data in sorted(shipped.items()))
+    assert dict((p, m) for p, _, m in manifest.sums)["manage.py"] == 0o755
+    assert [p for p, _, _ in manifest.sums] == [p for p in PACKAGED if not (src / p).is_symlink()]
+    assert scan(src).sums == manifest.sums
+
+
+def test_the_digest_follows_the_sums(src):
+    before = scan(src)
+    (src / "app/views.py").write_text("def index(): ..\n")
+    after = scan(src)
+    changed = {p for p, _, _ in set(after.sums) ^ set(before.sums)}
+    assert changed == {"app/views.py"}
+    assert after.digest != before.digest
+
+
+def test_a_large_file_is_streamed_hashed_and_sniffed_only_at_its_start(src, tmp_path):
+    big = os.urandom(2 * packaging._KEY_SCAN + 12345)
+    write(src, {"media/big.bin": big + (BEGIN + "PRIVATE KEY-----\n").encode()})
+    dest = tmp_path / "release.tar.gz"
+    manifest = packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    assert contents(dest)["media/big.bin"][:len(big)] == big
+    assert dict((p, s) for p, s, _ in manifest.sums)["media/big.bin"] == _sha((src / "media/big.bin").read_bytes())
+    assert manifest.size == sum((src / p).stat().st_size for p, _, _ in manifest.sums)
+
+
+def test_a_file_cut_while_being_read_fails(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"12345")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(UsageError, match="f: changed while being packaged"):
+            packaging._read(fd, 10, str(path))
+    finally:
+        os.close(fd)
+
+
+def test_builds_are_byte_identical_whatever_the_chunks_and_threads(src, tmp_path, monkeypatch):
+    write(src, {"media/big.bin": os.urandom(300_000), "media/text.txt": "hello\n" * 50_000})
+    rules = Rules(exclude=EXCLUDE)
+    # Small chunks: many gzip members, compressed by more threads than members at once.
+    monkeypatch.setattr(packaging, "_CHUNK", 10_000)
+    built = {}
+    for workers in (1, 2, 4):
+        monkeypatch.setattr(packaging, "_WORKERS", workers)
+        dest = tmp_path / f"{workers}.tar.gz"
+        packaging.build(str(src), rules, str(dest))
+        built[workers] = dest.read_bytes()
+    assert built[1] == built[2] == built[4]
+    # gzip itself reads the members as one stream, and tar the archive in it, without a complaint.
+    assert subprocess.run(["gzip", "-t", tmp_path / "2.tar.gz"], capture_output=True).returncode == 0
+    listing = subprocess.run(["tar", "-tzf", tmp_path / "2.tar.gz"], capture_output=True, text=True, check=True)
+    assert listing.stderr == ""
+    assert sorted(n.rstrip("/") for n in listing.stdout.splitlines()) == sorted(members(tmp_path / "2.tar.gz"))
+    assert contents(tmp_path / "2.tar.gz")["media/text.txt"] == b"hello\n" * 50_000
+
+
+def _unpack(dest: Path, out: Path) -> dict[str, tuple[str, int, str]]:
+    """What real tar makes of the tarball: relative path: (kind, mode, link target or content hash)."""
+    out.mkdir()
+    subprocess.run(["tar", "-xzf", dest, "-C", out, "--no-same-owner"], check=True)
+    found = {}
+    for path in out.rglob("*"):
+        rel = str(path.relative_to(out))
+        st = path.lstat()
+        if path.is_symlink():
+            found[rel] = ("link", 0, os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir", st.st_mode & 0o7777, "")
+        else:
+            found[rel] = ("file", st.st_mode & 0o7777, _sha(path.read_bytes()))
+    return found
+
+
+def test_only_packs_those_files_with_every_directory_and_link(src, tmp_path):
+    rules = Rules(exclude=EXCLUDE)
+    full = packaging.build(str(src), rules, str(tmp_path / "full.tar.gz"))
+    only = frozenset({"manage.py", "assets/static/site.css", "no/such/file"})
+    part = packaging.build(str(src), rules, str(tmp_path / "part.tar.gz"), expect=full.digest, only=only)
+    # The manifest describes the whole tree, as a full build's does.
+    assert part == full
+    whole = _unpack(tmp_path / "full.tar.gz", tmp_path / "full")
+    got = _unpack(tmp_path / "part.tar.gz", tmp_path / "part")
+    assert got == {rel: v for rel, v in whole.items() if v[0] != "file" or rel in only}
+    assert {rel for rel, v in got.items() if v[0] == "file"} == {"manage.py", "assets/static/site.css"}
+    assert got["manage.py"] == ("file", 0o755, _sha(b"import sys\n"))
+    assert {rel for rel, v in got.items() if v[0] == "link"} == {"current.py", "dangling", "static"}
+    assert {rel for rel, v in got.items() if v[0] == "dir"} == {
+        "app", "assets", "assets/static", "assets/static/js", "docs", "docs/media", "docs/media/uploads",
+        "media", "notes"}
+    empty = packaging.build(str(src), rules, str(tmp_path / "none.tar.gz"), only=frozenset())
+    assert empty == full
+    assert {v[0] for v in _unpack(tmp_path / "none.tar.gz", tmp_path / "none").values()} == {"dir", "link"}
+
+
+def test_only_still_checks_the_whole_tree_against_the_plan(src, tmp_path):
+    planned = scan(src).digest
+    (src / "app/views.py").write_text("changed after the plan\n")  # not in only
+    dest = tmp_path / "release.tar.gz"
+    with pytest.raises(StepFailed, match="source changed since the plan was made"):
+        packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest), expect=planned,
+                        only=frozenset({"manage.py"}))
+    assert not dest.exists()
+
+
+def test_long_and_non_ascii_names_and_links_survive_real_tar(src, tmp_path):
+    deep = "d" * 60 + "/" + "e" * 60 + "/" + "f" * 120 + ".txt"  # past ustar's 100 bytes: a pax header
+    write(src, {deep: "deep\n", "app/café ☕.py": "# utf-8\n", "app/" + "n" * 100: "exactly 104\n"})
+    (src / "app/long-link").symlink_to("../" + deep)
+    (src / "app/lien-é").symlink_to("café ☕.py")
+    dest = tmp_path / "release.tar.gz"
+    manifest = packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    got = _unpack(dest, tmp_path / "out")
+    assert got[deep] == ("file", 0o644, _sha(b"deep\n"))
+    assert got["app/café ☕.py"] == ("file", 0o644, _sha(b"# utf-8\n"))
+    assert got["app/long-link"] == ("link", 0, "../" + deep)
+    assert got["app/lien-é"] == ("link", 0, "café ☕.py")
+    assert scan(tmp_path / "out", ()).digest == manifest.digest
+
+
+def test_every_header_is_a_valid_ustar_header(src, tmp_path):
+    dest = tmp_path / "release.tar.gz"
+    packaging.build(str(src), Rules(exclude=EXCLUDE), str(dest))
+    with gzip.open(dest) as f:
+        data = f.read()
+    assert len(data) % 10240 == 0
+    with tarfile.open(dest) as tar:
+        for m in tar.getmembers():
+            block = data[m.offset:m.offset + 512]
+            assert block[257:265] == b"ustar\x0000"
+            assert int(block[148:154], 8) == sum(block[:148]) + 8 * 32 + sum(block[156:])
+            assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", 0)
+
+
+def test_a_protected_directory_is_withheld(src):
+    manifest = scan(src, protected=((str(src / "docs"), "named in targets.yaml"),))
+    assert manifest.withheld == (("docs", "named in targets.yaml"),)
+    assert "docs/media/uploads/keep.txt" not in manifest.files
+
+
+def test_a_protected_file_the_runner_cannot_read_is_withheld(src, monkeypatch):
+    real = os.open
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("media/logo.png"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    protected = ((str(src / "media/logo.png"), "named in targets.yaml"),)
+    assert dict(scan(src, protected=protected).withheld) == {"media/logo.png": "named in targets.yaml"}
+    # Not protected, an unreadable file fails the package, as before.
+    with pytest.raises(UsageError, match="cannot package .*media/logo.png: Permission denied"):
+        scan(src)
+
+
 # -- through the CLI: the default package of a checkout -------------------------------------
 
 def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
@@ -608,4 +777,4 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
     assert main(args, stdout=io.StringIO()) == 0
     release = next((tmp_path / "www" / "demo.releases").iterdir())
     # The app, and the id of the run that made the release.
-    assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", "manage.py"]
+    assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", ".deployer-sums", "manage.py"]
