@@ -9,6 +9,7 @@ every host so the hosts are left as they were. Teardown (VPN, connections,
 the work dir) runs on every exit path.
 """
 
+import gzip
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import interrupts, packaging, session, steps, transport
+from deployer import delta, interrupts, packaging, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed
@@ -29,6 +30,7 @@ from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported
 UNDO_TIMEOUT = 120.0  # seconds for one undo or tidying command on one host
+_LIST_LIMIT = 64 * 1024 * 1024  # bytes of a host's file list (gzip, base64) kept
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class Executor:
         self.parallel = parallel
         self.pool: ThreadPoolExecutor | None = None
         self.checksums: dict[str, bytes] = {}
+        # Per host, what its live release holds (for sending only what changed).
+        self.live: dict[str, delta.Live] = {}
+        self.deltas: dict[frozenset[str], str] = {}  # the files sent: the tarball of them
+        self.building = threading.Lock()
         # Per host, the commands that remove what the undo of kept changes needed.
         self.pending_keep: dict[str, list[str]] = {}
         self.stage: str | None = None  # the stage the reporter was last told of
@@ -127,7 +133,10 @@ class Executor:
     def host_session(self, group: session.Group, host: str, gate: "_Gate") -> list[Result | None]:
         """The group's steps on one host, in one session (in a thread of the pool)."""
         entries: list[session.Entry] = []
-        owners: list[int | None] = []  # index into group.steps, None for the tidying entry
+        # Per entry: the index of its step in group.steps (None for the
+        # tidying entry), whether it is the step's last, and what to do
+        # with its result besides reporting it.
+        owners: list[tuple[int | None, bool, object]] = []
         results: list[Result | None] = [None] * len(group.steps)
         with self.lock:
             keep = self.pending_keep.pop(host, [])
@@ -135,25 +144,31 @@ class Executor:
             # What the undo log of a kept change needed: gone before the next
             # step, in its session (its result only matters if it failed).
             entries.append(session.Entry(" ; ".join(keep) + " ; true", timeout=UNDO_TIMEOUT))
-            owners.append(None)
+            owners.append((None, True, None))
         for j, (_, step) in enumerate(group.steps):
-            entries.append(self.entry(step, host))
-            owners.append(j)
+            made = self.entries(step, host)
+            for k, (entry, then) in enumerate(made):
+                entries.append(entry)
+                owners.append((j, k == len(made) - 1, then))
         started: dict[int, float] = {}
 
         def on_start(i: int) -> None:
-            j = owners[i]
-            if j is not None:
+            j = owners[i][0]
+            if j is not None and j not in started:
                 started[j] = time.monotonic()
                 stage, step = group.steps[j]
                 gate.event(j, lambda: self.reporter.step_started(stage, step, host))
 
         def on_end(i: int, result: Result) -> None:
-            j = owners[i]
+            j, last, then = owners[i]
             if j is None:
                 if result.stderr.strip():
                     with self.lock:
                         self.reporter.note(f"{host}: could not tidy after the deploy: {result.stderr.strip()}")
+                return
+            if then is not None:
+                then(result)
+            if not last and result.ok:
                 return
             stage, step = group.steps[j]
             results[j] = result
@@ -183,31 +198,72 @@ class Executor:
         finally:
             stdin.close()
             gate.progressed(host, len(group.steps))
+            with self.lock:
+                # A host that never said what it holds gets everything; hosts waiting for its list go on.
+                self.live.setdefault(host, delta.Live())
         split.finish(result)
         return results
 
-    def entry(self, step: steps.Step, host: str) -> session.Entry:
+    def entries(self, step: steps.Step, host: str) -> list[tuple[session.Entry, object]]:
         """How one step runs in a session; the undo of a change is recorded
         before the session starts, and is safe to run if the change never
         happened: an interrupt between the change and the record must not
         lose it."""
         timeout = self.timeout(step)
         if isinstance(step, steps.Run):
-            return session.Entry(step.command.line(), timeout=timeout)
+            return [(session.Entry(step.command.line(), timeout=timeout), None)]
         if isinstance(step, steps.Upload):
             self.record(_Undo(host, f"undo {step.title}", step.undo))
-            head = self.artifact_sha256(step.local)
-            size = len(head) + 1 + os.path.getsize(step.local)
-            return session.Entry(step.command.line(), timeout=timeout,
-                                 data=session.Piece(size, lambda: _Prefixed(head, open(step.local, "rb"))))
+            state = step.state_first if host == step.hosts[0] else step.state
+
+            def learned(result: Result) -> None:
+                with self.lock:
+                    self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
+
+            return [(session.Entry(state.line(), timeout=timeout, keep=_LIST_LIMIT), learned),
+                    (session.Entry(step.command.line(), timeout=timeout,
+                                   data=session.Deferred(lambda: self.sending(step, host))), None)]
         if isinstance(step, (steps.Install, steps.Link)):
             self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
             data = None
             if isinstance(step, steps.Install):
                 content = step.content.encode()
                 data = session.Piece(len(content), lambda: io.BytesIO(content))
-            return session.Entry(step.command().line(), timeout=timeout, data=data)
+            return [(session.Entry(step.command().line(), timeout=timeout, data=data), None)]
         raise TypeError(f"{type(step).__name__} cannot run on a host")
+
+    def sending(self, step: steps.Upload, host: str) -> session.Piece | None:
+        """What `host` is sent to make the new release, once it is known what
+        the host holds (and, for a host with the first host's live release,
+        once the first host has sent its list); None until then."""
+        first = step.hosts[0]
+        with self.lock:
+            live = self.live.get(host)
+            if live is None or (live.base and live.listed is None and first not in self.live):
+                return None
+            if live.listed is None and live.base and self.live[first].base == live.base:
+                live = delta.Live(live.base, live.drift, self.live[first].listed)
+        new = delta.lines(step.build.manifest)
+        plan = delta.against(new, step.build.manifest, live)
+        path = self.delta_artifact(step, plan)
+        lists = [gzip.compress(part, mtime=0) for part in (plan.drop, plan.add)]
+        head = (b"%s %s %s\n" % (self.artifact_sha256(path), plan.base.encode(), plan.want.encode())
+                + b"".join(b"%d\n%s" % (len(part), part) for part in lists))
+        return session.Piece(len(head) + os.path.getsize(path), lambda: _Prefixed(head, open(path, "rb")))
+
+    def delta_artifact(self, step: steps.Upload, plan: delta.Delta) -> str:
+        """The tarball of only what `plan` sends: made once per deploy for all
+        the hosts that hold the same live release."""
+        if plan.send is None:
+            return step.local
+        with self.building:
+            if plan.send not in self.deltas:
+                dest = os.path.join(self.ctx.workdir, f"changed-{len(self.deltas)}.tar.gz")
+                b = step.build
+                packaging.build(b.source, b.rules, dest, expect=b.manifest.digest if b.manifest else None,
+                                only=plan.send)
+                self.deltas[plan.send] = dest
+            return self.deltas[plan.send]
 
     def fan_out(self, items, fn) -> list:
         """`fn` on every item at once (at most `parallel` at a time); results in order.
@@ -404,10 +460,10 @@ class _Gate:
 
 
 class _Prefixed:
-    """A line, then a file: read in chunks, so the artifact is never in memory whole."""
+    """Some bytes, then a file: read in chunks, so the artifact is never in memory whole."""
 
-    def __init__(self, line: bytes, f):
-        self.head, self.f = line + b"\n", f
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
 
     def read(self, n: int) -> bytes:
         if self.head:

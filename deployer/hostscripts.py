@@ -168,10 +168,25 @@ fi
 # whole and verified; the release carries the run's id, so an undo removes
 # only a release this run made. DEPLOY_PATH is checked first: the switch at
 # the end would refuse a real directory there, but only after migrate.
+#
+# Only what changed travels. Every release holds `.deployer-sums`, a line
+# "<sha256> <mode> <path>" per file, sorted by path. When the runner knows
+# the live release's list (by its sha256, `base`), it sends the lines that
+# no longer hold (`drop`), the new ones (`add`) and a tarball of only the
+# files of `add`; every other file of the new release is a hard link to the
+# same file of the live release (`cp -l`: no copy, no read). Releases are
+# never written to (media and uploads live outside them), so sharing their
+# files is safe; a file changed in place since it was unpacked (its mtime is
+# no longer the artifact's 0) is never linked: `live_state` reports it and
+# it is sent. The new list must hash to `want`, so a host that would make a
+# release other than the runner's fails instead.
+#
+# stdin: "<tarball sha256> <base or -> <want>\n", then the size of `drop`
+# (gzipped) on a line and `drop`, the same for `add`, then the gzipped
+# tarball.
 _UNPACK = r"""set -eu
 releases=$1 release=$2 tmp=$3 run=$4 live=$5
-# The first line of stdin is the artifact's sha256; read takes only that line.
-IFS= read -r expect
+IFS=' ' read -r expect base want
 if [ -e "$live" ] && [ ! -L "$live" ]; then
     echo "$live exists and is not a symlink; deployer will not replace it (move it aside)" >&2
     exit 1
@@ -183,6 +198,10 @@ if [ -e "$release" ] || [ -L "$release" ]; then
 fi
 mkdir -m 700 -- "$tmp"
 mkdir -m 755 -- "$tmp/tree"
+for part in drop add; do
+    IFS= read -r size
+    head -c "$size" | gzip -dc > "$tmp/$part"
+done
 mkfifo -m 600 -- "$tmp/stream"
 tar -xzf "$tmp/stream" -C "$tmp/tree" --no-same-owner &
 unpacking=$!
@@ -195,9 +214,46 @@ if [ "${got%% *}" != "$expect" ]; then
     echo "the artifact arrived damaged: sha256 ${got%% *}, expected $expect" >&2
     exit 1
 fi
+: > "$tmp/keep"
+if [ "$base" != - ]; then
+    from=$(readlink -- "$live")
+    have=$(sha256sum < "$from/.deployer-sums")
+    if [ "${have%% *}" != "$base" ]; then
+        echo "the live release $from changed during the deploy; deploy again" >&2
+        exit 1
+    fi
+    # By file name, not NR == FNR: an empty `drop` has no records of its own.
+    awk 'FILENAME == ARGV[1] { drop[$0] = 1; next } !($0 in drop)' "$tmp/drop" "$from/.deployer-sums" \
+        > "$tmp/keep"
+    (cd "$from" && cut -d ' ' -f 3- "$tmp/keep" | xargs -r -d '\n' cp -l --parents -t "$tmp/tree" --)
+fi
+LC_ALL=C sort -t ' ' -k 3 -- "$tmp/keep" "$tmp/add" > "$tmp/tree/.deployer-sums"
+got=$(sha256sum < "$tmp/tree/.deployer-sums")
+if [ "${got%% *}" != "$want" ]; then
+    echo "the new release's file list is not the runner's (sha256 ${got%% *}, expected $want)" >&2
+    exit 1
+fi
 printf '%s\n' "$run" > "$tmp/tree/.deployer-release-id"
 mv -T -- "$tmp/tree" "$release"
+echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp/add") sent"
 rm -rf -- "$tmp"
+"""
+
+# What the runner needs to send only what changed: the sha256 of the live
+# release's file list, the files in it changed in place (never linked), and,
+# from one host, the list itself (gzip, then base64: the output is text).
+_LIVE_STATE = r"""live=$1 full=$2
+from=$(readlink -- "$live") || exit 0
+[ -f "$from/.deployer-sums" ] || exit 0
+have=$(sha256sum < "$from/.deployer-sums") || exit 0
+echo "base ${have%% *}"
+(cd "$from" && cut -d ' ' -f 3- .deployer-sums | xargs -r -d '\n' stat -c '%Y %n' --) \
+    | awk '$1 != 0 { sub(/^[^ ]* /, ""); print "drift " $0 }'
+if [ "$full" = 1 ]; then
+    printf 'sums '
+    gzip -c < "$from/.deployer-sums" | base64 -w 0
+    echo
+fi
 """
 
 # Safe in every state the unpack can stop in: a release is removed only if
@@ -284,9 +340,14 @@ def forget(work: str) -> Command:
 
 
 def unpack(releases: str, release: str, tmp: str, run_id: str, live: str) -> Command:
-    """Make `release` from stdin (the artifact's sha256 on a line, then the
-    gzipped tar), if `live` can be switched to it later."""
+    """Make `release` from stdin (see _UNPACK), the files that did not change
+    linked from the live release, if `live` can be switched to it later."""
     return _program("deployer-unpack", _UNPACK, releases, release, tmp, run_id, live)
+
+
+def live_state(live: str, full: bool) -> Command:
+    """What the release `live` points to holds, for sending only what changed."""
+    return _program("deployer-live-state", _LIVE_STATE, live, "01"[full])
 
 
 def discard(release: str, tmp: str, run_id: str) -> Command:

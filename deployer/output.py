@@ -53,8 +53,14 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
             lines.extend(f"on failure: $ {line}" for line in redact(step.undo.line()).splitlines())
         return lines
     if isinstance(step, steps.Upload):
-        return [*(f"$ {line}" for line in step.command.line().splitlines()),
-                f"with the sha256 of {step.local} on a line, then the file itself, on its standard input",
+        return [f"on {step.hosts[0]}, which also sends the list of files its live release holds:",
+                *(f"$ {line}" for line in step.state_first.line().splitlines()),
+                "on the other hosts:",
+                *(f"$ {line}" for line in step.state.line().splitlines()),
+                "then, in the same session, on every host:",
+                *(f"$ {line}" for line in step.command.line().splitlines()),
+                f"reading the files that differ from the host's live release (all of {step.local} if it has"
+                " none) and the changes to the file list, on its standard input",
                 *(f"on failure: $ {line}" for line in step.undo.line().splitlines())]
     if isinstance(step, steps.Install):
         owner = f", chown {step.owner}" if step.owner else ""

@@ -50,8 +50,9 @@ class Entry:
     """One command line of a session: `data` is what it reads on stdin, if it reads."""
 
     line: str
-    data: "Piece | None" = None
+    data: "Piece | Deferred | None" = None
     timeout: float = 600.0
+    keep: int = 256 * 1024  # bytes of its stdout kept (the end)
 
 
 class Piece:
@@ -60,6 +61,14 @@ class Piece:
 
     def __init__(self, size: int, open_: Callable[[], Reader]):
         self.size, self.open = size, open_
+
+
+class Deferred:
+    """A Piece that can be made only once the session has answered something:
+    `make` returns None until then."""
+
+    def __init__(self, make: Callable[[], Piece | None]):
+        self.make = make
 
 
 def command(entries: list[Entry]) -> Command:
@@ -71,15 +80,24 @@ class Input:
     and bytes, read a chunk at a time (an artifact is never in memory whole)."""
 
     def __init__(self, token: bytes, entries: list[Entry]):
-        self.parts: list[bytes | Piece] = [token + b"\n"]
+        self.parts: list[bytes | Piece | Deferred] = [token + b"\n"]
         for e in entries:
-            if e.data is not None:
+            if isinstance(e.data, Piece):
                 self.parts += [b"%d\n" % e.data.size, e.data]
+            elif e.data is not None:
+                self.parts.append(e.data)
         self.reader = None
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int) -> bytes | None:
+        """The next bytes; None when the next ones are not known yet."""
         while self.parts:
             part = self.parts[0]
+            if isinstance(part, Deferred):
+                piece = part.make()
+                if piece is None:
+                    return None
+                self.parts[:1] = [b"%d\n" % piece.size, piece]
+                continue
             if isinstance(part, bytes):
                 self.parts.pop(0)
                 if part:
@@ -117,15 +135,18 @@ class Split:
         self.entries = entries
         self.started, self.ended = started, ended
         self.marks: list[dict[int, int]] = [{}, {}]  # per stream: step index -> exit code
-        self.parts: list[list[Tail]] = [[Tail()], [Tail()]]
+        self.parts: list[list[Tail]] = [[Tail(entries[0].keep)], [Tail()]]
         self.out, self.err = _Stream(self, 0), _Stream(self, 1)
         self.current = 0
         self.failed = False
-        self.since = time.monotonic()
+        self.since: float | None = None
         started(0)
 
-    # The transport's time limit, per step.
+    # The transport's time limit, per step; it starts when the transport
+    # first asks, once the command runs (opening a channel has its own).
     def deadline(self) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
         return self.since + self.seconds()
 
     def seconds(self) -> float:
@@ -133,7 +154,8 @@ class Split:
 
     def _marked(self, stream: int, index: int, code: int) -> None:
         self.marks[stream][index] = code
-        self.parts[stream].append(Tail())
+        following = self.entries[min(index + 1, len(self.entries) - 1)]
+        self.parts[stream].append(Tail(following.keep if stream == 0 else 256 * 1024))
         while self.current in self.marks[0] and self.current in self.marks[1]:
             i, code = self.current, self.marks[0][self.current]
             self.ended(i, Result(code, self.parts[0][i].text(), self.parts[1][i].text()))

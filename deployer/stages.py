@@ -35,7 +35,9 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     # A name of the run's own beside the release, for the part-made tree.
     tmp = posixpath.join(ctx.releases_dir, f".{ctx.release}.deployer-{ctx.run_id}")
     return (
-        steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, local=ctx.tarball,
+        steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
+                     state_first=hostscripts.live_state(ctx.deploy_path, True),
+                     state=hostscripts.live_state(ctx.deploy_path, False),
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
                                                 ctx.deploy_path),
                      undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id)),

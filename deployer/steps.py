@@ -55,14 +55,23 @@ class Run(Step):
 
 @dataclass(frozen=True)
 class Upload(Step):
-    """Stream the artifact at `local` into a new release on the host, in one
-    session; its sha256 is checked there. `undo` removes what this run made,
-    whatever point the upload reached."""
+    """Make a new release on the host from the artifact `build` makes, in one
+    session: `state` says what the live release holds (`state_first` on the
+    first host, which also sends its file list), then `command` reads only
+    what differs from it on stdin, checks its sha256 and links the rest from
+    the live release. `undo` removes what this run made, whatever point the
+    upload reached."""
 
     waits: bool = False
-    local: str = ""
+    build: Build = field(default_factory=Build)
+    state_first: Command = field(default_factory=Command)
+    state: Command = field(default_factory=Command)
     command: Command = field(default_factory=Command)
     undo: Command = field(default_factory=Command)
+
+    @property
+    def local(self) -> str:
+        return self.build.dest
 
 
 @dataclass(frozen=True)

@@ -91,9 +91,12 @@ class Limit(Protocol):
 class _Fixed:
     def __init__(self, seconds: float | None):
         self.limit = seconds
-        self.end = None if seconds is None else time.monotonic() + seconds
+        self.end: float | None = None
 
     def deadline(self) -> float | None:
+        # From the first time it is asked: once the command runs.
+        if self.end is None and self.limit is not None:
+            self.end = time.monotonic() + self.limit
         return self.end
 
     def seconds(self) -> float | None:
@@ -296,11 +299,10 @@ class _Watchdog:
         self.limit, self.give_up = limit, give_up
         self.lock = threading.Lock()
         self.cancelled = False
-        self.arm()
+        self.arm(self.limit.seconds())
 
-    def arm(self) -> None:
-        deadline = self.limit.deadline()
-        wait = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+    def arm(self, wait: float | None) -> None:
+        wait = 3600.0 if wait is None else max(0.0, wait)
         self.timer = threading.Timer(wait + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.fire)
         self.timer.daemon = True
         self.timer.start()
@@ -311,7 +313,8 @@ class _Watchdog:
                 return
             deadline = self.limit.deadline()
             if deadline is not None and time.monotonic() < deadline:
-                self.arm()  # the session went on to its next step, which has a limit of its own
+                # The session went on to its next step, which has a limit of its own.
+                self.arm(deadline - time.monotonic())
                 return
         self.give_up()
 

@@ -33,3 +33,33 @@ def test_an_existing_release_of_the_same_id_is_never_removed(tmp_path):
         _run(tmp_path)
     assert tree_digest(tmp_path / "www") == before
 
+
+
+def _deploy_at(tmp_path, minute, name="demo-acme"):
+    target = load(tmp_path / "targets.yaml").resolve(name)
+    stages = plan.select(target.pipeline, (), ())
+    ctx = context.make(name, f"{name}.example.com", target, {}, stages,
+                       now=datetime(2026, 1, 2, 3, minute, tzinfo=UTC), workdir=str(tmp_path / f"work{minute}"))
+    out = io.StringIO()
+    Executor(ctx, PlainReporter(out)).run(plan.build(ctx))
+    return ctx, out.getvalue()
+
+
+def test_a_redeploy_sends_only_what_changed_and_makes_the_same_release_as_a_cold_deploy(tmp_path):
+    armed_local_target(tmp_path)
+    app = tmp_path / "app"
+    for i in range(20):
+        (app / f"m{i}.py").write_text(f"x = {i}\n" * 50)
+    _deploy_at(tmp_path, 1)
+    ctx, out = _deploy_at(tmp_path, 2)
+    assert "21 files linked from the live release, 0 sent" in out
+    (app / "m3.py").write_text("changed\n")
+    ctx, out = _deploy_at(tmp_path, 3)
+    assert "20 files linked from the live release, 1 sent" in out
+    # The same tree deployed cold, as an instance with no release yet.
+    cold, out = _deploy_at(tmp_path, 4, name="demo-cold")
+    assert "0 files linked from the live release, 21 sent" in out
+    trees = [tree_digest(tmp_path / "www" / f"{c.name}.releases" / c.release) for c in (ctx, cold)]
+    for tree in trees:
+        del tree[".deployer-release-id"]  # the run that made it
+    assert trees[0] == trees[1] and "m3.py" in trees[0]

@@ -1,6 +1,7 @@
 """What deployer writes on a host, on the local transport: names nobody can plant
 first, files it never writes through, and output it keeps bounded."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -8,7 +9,7 @@ import os
 import shutil
 import tarfile
 
-from deployer import hostscripts
+from deployer import delta, hostscripts, packaging
 from deployer.cli import main
 from deployer.transport import LocalTransport, Tail
 from tests.conftest import armed_local_target
@@ -119,13 +120,26 @@ def test_an_install_that_failed_half_way_is_undone_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["site.conf"]
 
 
-def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None):
-    releases, release = tmp_path / "www" / "a.releases", tmp_path / "www" / "a.releases" / "r1"
-    tmp = releases / ".r1.tmp"
+def listing(files: dict[str, bytes]) -> bytes:
+    """A release's .deployer-sums for `files` (mode 644), as deployer.delta writes it."""
+    return b"".join(b"%s 644 %s\n" % (hashlib.sha256(data).hexdigest().encode(), name.encode())
+                    for name, data in sorted(files.items()))
+
+
+def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None, release="r1",
+           base="-", drop=b"", add=None, want=None):
+    """Run the unpack script; by default a whole release of `files`, as for a host with none."""
+    files = files or {}
+    releases, release = tmp_path / "www" / "a.releases", tmp_path / "www" / "a.releases" / release
+    tmp = releases / f".{release.name}.tmp"
     digest = checksum or hashlib.sha256(artifact).hexdigest().encode()
+    add = listing(files) if add is None else add
+    want = want or hashlib.sha256(listing(files)).hexdigest()
+    drop, add = gzip.compress(drop), gzip.compress(add)
+    head = b"%s %s %s\n%d\n%s%d\n%s" % (digest, base.encode(), want.encode(), len(drop), drop, len(add), add)
     t = LocalTransport()
     result = t.run(hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"))
-                   .line(), stdin=digest + b"\n" + artifact)
+                   .line(), stdin=head + artifact)
     return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1").line())
 
 
@@ -140,8 +154,10 @@ def tarball(files: dict[str, bytes]) -> bytes:
 
 
 def test_the_artifact_is_streamed_into_a_release_and_checked(tmp_path):
-    result, release, tmp, discard = unpack(tmp_path, tarball({"manage.py": b"x\n", "app/v.py": b"y\n"}))
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    result, release, tmp, discard = unpack(tmp_path, tarball(files), files=files)
     assert result.ok, result.stderr
+    assert (release / ".deployer-sums").read_bytes() == listing(files)
     assert (release / "app" / "v.py").read_bytes() == b"y\n"
     assert (release / ".deployer-release-id").read_text() == "run-1\n"
     assert not tmp.exists()
@@ -163,6 +179,91 @@ def test_a_truncated_artifact_fails_the_unpack(tmp_path):
     assert not result.ok and "unpacking the artifact failed" in result.stderr
     assert not release.exists()
     assert discard().ok
+
+
+def _live(tmp_path, files):
+    """A release of `files` made by unpack, and DEPLOY_PATH pointing at it."""
+    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, release="r0")
+    assert result.ok, result.stderr
+    (tmp_path / "www" / "a").symlink_to(release)
+    return release
+
+
+def _manifest(files):
+    sums = tuple((p, hashlib.sha256(d).hexdigest(), 0o644) for p, d in sorted(files.items()))
+    return packaging.Manifest(digest="d", files=tuple(files), size=0, withheld=(), included=(), sums=sums)
+
+
+def _state(tmp_path, full=True):
+    result = LocalTransport().run(hostscripts.live_state(str(tmp_path / "www" / "a"), full).line())
+    assert result.ok, result.stderr
+    return delta.parse(result.stdout)
+
+
+def test_only_what_changed_is_sent_and_the_rest_is_linked_from_the_live_release(tmp_path):
+    old = {"manage.py": b"x\n", "app/v.py": b"y\n", "app/gone.py": b"g\n", "a b/c d.txt": b"spaces\n"}
+    live = _live(tmp_path, old)
+    state = _state(tmp_path)
+    assert state.base == hashlib.sha256(listing(old)).hexdigest() and state.listed == listing(old)
+    assert not state.drift
+    new = {**{k: v for k, v in old.items() if k != "app/gone.py"}, "app/v.py": b"changed\n", "app/new.py": b"n\n"}
+    manifest = _manifest(new)
+    plan = delta.against(delta.lines(manifest), manifest, state)
+    assert plan.send == {"app/v.py", "app/new.py"}
+    changed = {p: new[p] for p in plan.send}
+    result, release, _, _ = unpack(tmp_path, tarball(changed), files=new, release="r1", base=plan.base,
+                                   drop=plan.drop, add=plan.add, want=plan.want)
+    assert result.ok, result.stderr
+    assert "2 files linked from the live release, 2 sent" in result.stdout
+    for path, data in new.items():
+        assert (release / path).read_bytes() == data
+    assert not (release / "app" / "gone.py").exists()
+    assert (release / "manage.py").stat().st_ino == (live / "manage.py").stat().st_ino
+    assert (release / ".deployer-sums").read_bytes() == listing(new)
+
+
+def test_an_unchanged_release_is_all_links(tmp_path):
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    _live(tmp_path, files)
+    plan = delta.against(delta.lines(_manifest(files)), _manifest(files), _state(tmp_path))
+    assert plan.send == set() and plan.drop == plan.add == b""
+    result, release, _, _ = unpack(tmp_path, tarball({}), files=files, release="r1", base=plan.base,
+                                   drop=plan.drop, add=plan.add, want=plan.want)
+    assert result.ok, result.stderr
+    assert "2 files linked from the live release, 0 sent" in result.stdout
+    assert (release / ".deployer-sums").read_bytes() == listing(files)
+
+
+def test_a_file_changed_in_place_in_the_live_release_is_sent_not_linked(tmp_path):
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    live = _live(tmp_path, files)
+    (live / "app" / "v.py").write_bytes(b"edited on the host\n")
+    state = _state(tmp_path, full=False)
+    assert state.drift == {"app/v.py"} and state.listed is None
+    state = _state(tmp_path)
+    manifest = _manifest(files)
+    plan = delta.against(delta.lines(manifest), manifest, state)
+    assert plan.send == {"app/v.py"}
+    result, release, _, _ = unpack(tmp_path, tarball({"app/v.py": b"y\n"}), files=files, release="r1",
+                                   base=plan.base, drop=plan.drop, add=plan.add, want=plan.want)
+    assert result.ok, result.stderr
+    assert (release / "app" / "v.py").read_bytes() == b"y\n"
+
+
+def test_a_live_release_that_changed_since_it_was_read_fails_the_unpack(tmp_path):
+    files = {"manage.py": b"x\n"}
+    _live(tmp_path, files)
+    result, release, _, discard = unpack(tmp_path, tarball({}), files=files, release="r1", base="0" * 64,
+                                         add=b"")
+    assert not result.ok and "changed during the deploy" in result.stderr
+    assert not release.exists() and discard().ok
+
+
+def test_a_release_that_would_differ_from_the_runners_fails_the_unpack(tmp_path):
+    files = {"manage.py": b"x\n"}
+    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, want="1" * 64)
+    assert not result.ok and "is not the runner's" in result.stderr
+    assert not release.exists()
 
 
 def test_another_runs_release_is_never_touched(tmp_path):

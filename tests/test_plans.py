@@ -76,10 +76,13 @@ def test_upload_steps(make):
     rel = f"/var/www/alpha.releases/{ctx.release}"
     tmp = f"/var/www/alpha.releases/.{ctx.release}.deployer-{ctx.run_id}"
     assert stages["upload"] == (
-        Upload(f"upload and unpack release {ctx.release}", H, local=f"/w/alpha-{ctx.release}.tar.gz",
+        Upload(f"upload and unpack release {ctx.release}", H, build=stages["package"][0],
+               state_first=hostscripts.live_state("/var/www/alpha", True),
+               state=hostscripts.live_state("/var/www/alpha", False),
                command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha"),
                undo=hostscripts.discard(rel, tmp, ctx.run_id)),
     )
+    assert stages["upload"][0].local == f"/w/alpha-{ctx.release}.tar.gz"
 
 
 def test_render_steps(make):

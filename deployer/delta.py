@@ -1,0 +1,106 @@
+"""Only what changed: the file list kept with every release, and what a host
+that holds a live release needs to be sent to make the new one.
+
+The list (`.deployer-sums` in each release) has a line "<sha256> <mode>
+<path>" per regular file, sorted by path; the host script `unpack` links
+every file whose line did not change from the live release, and checks the
+list it ends with against the sha256 the runner computed.
+"""
+
+import base64
+import binascii
+import gzip
+import hashlib
+from dataclasses import dataclass
+
+from deployer import packaging
+
+_GZIPPED_LIST_LIMIT = 64 * 1024 * 1024  # a host's list past this is not believed
+
+
+def lines(manifest: packaging.Manifest) -> dict[str, bytes]:
+    """Per path, its line of the list. A path that cannot be a line (a line
+    break, or bytes that are not UTF-8) is not listed: such a file is always
+    sent, never linked."""
+    out = {}
+    for path, sha, mode in manifest.sums:
+        if "\n" in path or any("\udc80" <= c <= "\udcff" for c in path):
+            continue
+        out[path] = f"{sha} {mode:o} {path}\n".encode()
+    return out
+
+
+def text(listed: dict[str, bytes]) -> bytes:
+    # Sorted by the path's bytes, as `LC_ALL=C sort -k 3` on the host has it.
+    return b"".join(listed[p] for p in sorted(listed, key=lambda p: p.encode()))
+
+
+@dataclass(frozen=True)
+class Live:
+    """What `hostscripts.live_state` said of a host's live release."""
+
+    base: str | None = None        # sha256 of its list; None: no live release with a list
+    drift: frozenset[str] = frozenset()  # its files changed in place since they were unpacked
+    listed: bytes | None = None    # the list itself, from the host that was asked for it
+
+
+def parse(stdout: str) -> Live:
+    base, drift, listed = None, set(), None
+    for row in stdout.splitlines():
+        kind, _, value = row.partition(" ")
+        if kind == "base" and len(value) == 64:
+            base = value
+        elif kind == "drift":
+            drift.add(value)
+        elif kind == "sums":
+            try:
+                packed = base64.b64decode(value, validate=True)
+                listed = gzip.decompress(packed) if len(packed) < _GZIPPED_LIST_LIMIT else None
+            except (binascii.Error, OSError, EOFError):
+                listed = None
+            if listed is not None and hashlib.sha256(listed).hexdigest() != base:
+                listed = None  # not the list the host said it has: send everything
+    return Live(base, frozenset(drift), listed)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one host is sent: `base` is the list it starts from ("-": none),
+    `want` the sha256 of the list it must end with, `send` the paths the
+    tarball holds (None: every file)."""
+
+    base: str
+    want: str
+    drop: bytes
+    add: bytes
+    send: frozenset[str] | None
+
+
+def full(new: dict[str, bytes]) -> Delta:
+    listed = text(new)
+    return Delta("-", hashlib.sha256(listed).hexdigest(), b"", listed, None)
+
+
+def against(new: dict[str, bytes], manifest: packaging.Manifest, live: Live) -> Delta:
+    """The smallest sending that turns `live` into the new release."""
+    if live.base is None or live.listed is None:
+        return full(new)
+    old = set(live.listed.splitlines(keepends=True))
+    fresh = set(new.values())
+    drifted = {line for line in old if _path(line) in live.drift}
+    drop = (old - fresh) | drifted
+    add = fresh - (old - drifted)
+    listed = text(new)
+    sent = {_path(line) for line in add}
+    # Files that cannot be listed travel every time.
+    sent |= {path for path, _, _ in manifest.sums if path not in new}
+    return Delta(live.base, hashlib.sha256(listed).hexdigest(), b"".join(sorted(drop)),
+                 b"".join(sorted(add, key=_path_bytes)), frozenset(sent))
+
+
+def _path(line: bytes) -> str:
+    return line.rstrip(b"\n").split(b" ", 2)[2].decode()
+
+
+def _path_bytes(line: bytes) -> bytes:
+    return line.rstrip(b"\n").split(b" ", 2)[2]
