@@ -1,27 +1,62 @@
-"""deployer against the old bash script's way (scp + one ssh per command), in the lab.
+"""Fleet speed: deployer against the old bash loop and Ansible, in the lab.
 
-    python -m bench.lab_deploy [--hosts 1,2,4] [--rounds 3]
+    python -m bench.lab_deploy [--hosts 1,4,16] [--rounds 3] [--shape 100mbit]
+        [--contenders deployer,loop,ansible,ansible-tuned] [--kinds cold,warm]
 
-Needs root and the lab's packages (see .ci/run). Brings a lab up, opens its
-VPN once, then times, for each host count, a whole deploy of the example app
-with `deploy --skip vpn` and with a shell loop doing the same work the way
-the old TeamCity script did: tar, then per host scp and one ssh per command.
-Prints the median of each and their ratio, measured in the same run, so the
-ratio holds on a noisy 2-core machine where absolute seconds do not.
+Needs root and the lab's packages (see .ci/run; python3-django for the app's
+ballast); Ansible is installed on first use into a venv of its own
+(/var/tmp/deployer-bench-ansible, `pip install ansible-core`). Brings a lab
+with the largest host count up, opens its VPN once, builds a real-sized app
+(bench/app.py: examples/djangoapp plus Django's source, about 21 MB in 3,500
+files), then, for each host count and kind, times each contender on the
+same app, round by round (contenders take turns within a round):
+
+  deployer       `python -m deployer NAME NAME.example.test --targets T --skip vpn`
+  loop           the old TeamCity script: tar, then per host scp and one ssh per command
+  ansible        one playbook doing the same steps, at Ansible's defaults (forks 5, no pipelining)
+  ansible-tuned  the same playbook with forks = hosts, pipelining, ControlPersist 300s, no ssh -C
+
+  cold  an instance name the hosts have never seen (a fresh one every round)
+  warm  the contender's own instance, deployed once before, then one file changed
+
+Every deploy changes RELEASE.txt, and counts only if every host then serves
+that text from /health of NAME.example.test, through Apache and mod_wsgi.
+With --shape RATE, every row is run again with the VPN host's outer link
+shaped to RATE (tbf). Absolute seconds are noisy on a small machine; the
+ratios come from one run, contenders interleaved, so they hold better.
 """
 
+from __future__ import annotations
+
 import argparse
+import concurrent.futures
+import json
+import os
+import re
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from tests.lab.lab import REPO, up
+from bench import app as benchapp
+from tests.lab.lab import REPO, Lab, up
+
+CONTENDERS = ("deployer", "loop", "ansible", "ansible-tuned")
+SHORT = {"deployer": "dep", "loop": "loop", "ansible": "ans", "ansible-tuned": "anst"}
+KINDS = ("cold", "warm")
+ANSIBLE_VENV = Path("/var/tmp/deployer-bench-ansible")
+TEMPLATE = REPO / "templates" / "default_template"
+CHECK_TIMEOUT = 60.0  # seconds for every host to serve the new release
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HZ = os.sysconf("SC_CLK_TCK")
 
 OLD_SCRIPT = r"""
 set -eu
@@ -45,45 +80,507 @@ for h in "$@"; do
 done
 """
 
+# The same steps as the loop and deployer; the tarball is built by the
+# playbook itself, so its time counts as the others' packaging does.
+PLAYBOOK = r"""
+- name: package
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: tarball of the app
+      ansible.builtin.command: tar -czf {{ tarball }} -C {{ app }} --exclude=__pycache__ .
 
-def timed(argv: list[str], env: dict | None = None) -> float:
+- name: deploy
+  hosts: web
+  gather_facts: false
+  vars:
+    deploy_path: /var/www/{{ instance }}
+    release_dir: /var/www/{{ instance }}.releases/{{ release }}
+  tasks:
+    - name: release directory
+      ansible.builtin.file: {path: "{{ release_dir }}", state: directory, mode: "0755"}
+    - name: unpack the tarball into it
+      ansible.builtin.unarchive: {src: "{{ tarball }}", dest: "{{ release_dir }}"}
+    - name: vhost
+      ansible.builtin.copy:
+        dest: /etc/apache2/sites-available/{{ instance }}.conf
+        mode: "0640"
+        content: "{{ lookup('file', vhost_template) | replace('<<HOSTNAME>>', hostname)
+          | replace('<<DEPLOY_PATH>>', deploy_path) | replace('<<CONFIG_NAME>>', instance) }}\n"
+    - name: enable the site
+      ansible.builtin.file:
+        {src: "../sites-available/{{ instance }}.conf", dest: "/etc/apache2/sites-enabled/{{ instance }}.conf",
+         state: link, force: true}
+    - name: migrate, once
+      ansible.builtin.command: {cmd: python manage.py migrate --noinput, chdir: "{{ release_dir }}"}
+      environment: {CONFIG_NAME: "{{ instance }}"}
+      run_once: true
+    - name: configtest
+      ansible.builtin.command: apache2ctl configtest
+    - name: switch DEPLOY_PATH to the release
+      ansible.builtin.file: {src: "{{ release_dir }}", dest: "{{ deploy_path }}", state: link, force: true}
+    - name: graceful
+      ansible.builtin.command: apache2ctl graceful
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def busy_cpu() -> float:
+    """Seconds of busy CPU of the whole machine so far (all CPUs): user, nice,
+    system, irq, softirq and steal from /proc/stat (guest time is in user)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / HZ
+
+
+@dataclass
+class Measured:
+    code: int | None  # None: timed out, killed
+    seconds: float
+    cpu: float  # user + system seconds of the command's own process tree
+    rss_kib: int  # peak RSS of its largest process
+
+
+def run_measured(argv: list[str], *, env: dict, out: Path, timeout: float, cwd: Path | None = None) -> Measured:
+    """Run argv in a session of its own; wait4 gives its tree's CPU and peak RSS."""
+    with open(out, "ab") as f:
+        started = time.perf_counter()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
+                             cwd=cwd, start_new_session=True)  # fmt: skip
+    # Past the timeout: SIGTERM to its process group, SIGKILL 5 s later.
+    signals = [(started + timeout, signal.SIGTERM), (started + timeout + 5, signal.SIGKILL)]
+    killed = False
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        now = time.perf_counter()
+        if signals and now > signals[0][0]:
+            sig = signals.pop(0)[1]
+            if not killed:
+                log(f"    timed out after {timeout:.0f}s: stopping {argv[0]} (process group {p.pid})")
+            killed = True
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        elif killed and not signals and now > started + timeout + 30:
+            raise RuntimeError(f"{argv[0]} (pid {p.pid}) survives SIGKILL")
+        time.sleep(0.01)
+    seconds = time.perf_counter() - started
+    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return Measured(None if killed else p.returncode, seconds, ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
+
+
+@dataclass
+class Run:
+    seconds: float
+    ok: bool
+    error: str = ""
+    sessions: float = 0.0  # per host, mean
+    logins: float = 0.0
+    tun_tx: int = 0  # bytes, runner -> hosts
+    tun_rx: int = 0
+    machine_cpu: float = 0.0  # busy CPU s of the whole machine during the run
+    own_cpu: float = 0.0
+    rss_kib: int = 0
+    steps: dict[str, float] = field(default_factory=dict)  # deployer: slowest host per step title
+
+
+STEP_LINE = re.compile(r"^\s+(.+?) \[(.+?)\]: (\S+) in ([\d.]+)s$")
+RELEASE_ID = re.compile(r"\b\d{8}T\d{6}Z-[0-9a-f]{6,}\b")
+
+
+def deployer_steps(text: str, name: str, app: Path) -> dict[str, float]:
+    """From deployer's plain output: each step's slowest host, seconds; titles
+    with the instance, release and app path taken out, to compare rows."""
+    steps: dict[str, float] = {}
+    stage = ""
+    for line in text.splitlines():
+        if line.startswith("== "):
+            stage = line[3:].strip()
+        m = STEP_LINE.match(line)
+        if m:
+            title = RELEASE_ID.sub("REL", m[1].replace(str(app), "APP"))
+            title = f"{stage}: " + re.sub(rf"\b{re.escape(name)}\b", "NAME", title)
+            steps[title] = max(steps.get(title, 0.0), float(m[4]))
+    return steps
+
+
+class Bench:
+    def __init__(self, lab: Lab, work: Path, app: Path, args: argparse.Namespace) -> None:
+        self.lab, self.work, self.app, self.args = lab, work, app, args
+        self.logs = work / "logs"
+        self.logs.mkdir()
+        self.tun = lab.tunnel_device()
+        self.cp_dir = work / "cp"  # Ansible's ControlPersist sockets: closed after each run
+        self.cp_dir.mkdir()
+        self.seq = 0
+
+    # -- the contenders
+
+    def targets(self, n: int) -> Path:
+        path = self.work / f"targets-{n}.yaml"
+        if not path.exists():
+            path.write_text(yaml.safe_dump(self.lab.targets(self.app, hosts=self.lab.addresses[:n])))
+        return path
+
+    def env(self) -> dict:
+        return {"PATH": PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+    def command(self, contender: str, name: str, n: int, release: str) -> tuple[list[str], dict]:
+        hostname = f"{name}.example.test"
+        env = self.env()
+        if contender == "deployer":
+            return [sys.executable, "-m", "deployer", name, hostname, "--targets", str(self.targets(n)),
+                    "--skip", "vpn", "--output", "plain"], env  # fmt: skip
+        if contender == "loop":
+            env.update(KEY=str(self.lab.ssh_key), KNOWN=str(self.lab.known_hosts), WORK=str(self.work),
+                       APP=str(self.app), TEMPLATE=str(TEMPLATE))  # fmt: skip
+            return ["bash", "-c", OLD_SCRIPT, "old", name, hostname, release, *self.lab.addresses[:n]], env
+        tuned = contender == "ansible-tuned"
+        cfg = self.ansible_files(n, tuned)
+        extra = self.work / f"vars-{self.seq}.json"
+        extra.write_text(json.dumps({
+            "instance": name, "hostname": hostname, "release": release, "app": str(self.app),
+            "tarball": str(self.work / f"ansible-{self.seq}.tgz"), "vhost_template": str(TEMPLATE),
+        }))  # fmt: skip
+        env.update(ANSIBLE_CONFIG=str(cfg), ANSIBLE_HOME=str(self.work / "ansible-home"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_LOCAL_TEMP=str(self.work / "ansible-home" / "tmp"))  # fmt: skip
+        return [str(ANSIBLE_VENV / "bin" / "ansible-playbook"), str(self.work / "deploy.yml"),
+                "-e", f"@{extra}"], env  # fmt: skip
+
+    def ansible_files(self, n: int, tuned: bool) -> Path:
+        (self.work / "deploy.yml").write_text(PLAYBOOK)
+        inv = self.work / f"inventory-{n}.ini"
+        known = self.lab.known_hosts
+        inv.write_text("[web]\n" + "".join(f"{a}\n" for a in self.lab.addresses[:n]) +
+                       "[web:vars]\nansible_user=root\n"
+                       f"ansible_ssh_private_key_file={self.lab.ssh_key}\n"
+                       f"ansible_ssh_extra_args=-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes\n"
+                       "ansible_python_interpreter=/usr/bin/python3\n")  # fmt: skip
+        cfg = self.work / f"ansible-{'tuned' if tuned else 'defaults'}-{n}.cfg"
+        lines = ["[defaults]", f"inventory = {inv}", "host_key_checking = True", "retry_files_enabled = False"]
+        if tuned:
+            lines.append(f"forks = {max(n, 5)}")
+        lines += ["", "[ssh_connection]", f"control_path_dir = {self.cp_dir}"]
+        if tuned:
+            # Ansible's own default is "-C -o ControlMaster=auto -o ControlPersist=60s".
+            lines += ["pipelining = True", "ssh_args = -o ControlMaster=auto -o ControlPersist=300s"]
+        cfg.write_text("\n".join(lines) + "\n")
+        return cfg
+
+    def close_ssh_masters(self) -> None:
+        """Stop Ansible's ControlPersist ssh masters (through their sockets), so
+        that no round inherits a connection from the one before."""
+        for sock in self.cp_dir.iterdir():
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"], capture_output=True,
+                           timeout=15, check=False)  # fmt: skip
+            sock.unlink(missing_ok=True)
+
+    # -- one deploy, measured and checked
+
+    def deploy(self, contender: str, name: str, n: int, release: str) -> Run:
+        self.seq += 1
+        benchapp.set_release(self.app, release)
+        argv, env = self.command(contender, name, n, release)
+        out = self.logs / f"{self.seq:03d}-{contender}-{name}.log"
+        out.write_text(f"$ {shlex.join(argv)}\n")
+        offsets = self.lab.ssh_log_offsets()
+        rx0, tx0 = self.lab.tunnel_bytes(self.tun)
+        cpu0 = busy_cpu()
+        m = run_measured(argv, env=env, out=out, timeout=self.args.timeout, cwd=self.work)
+        cpu1 = busy_cpu()
+        rx1, tx1 = self.lab.tunnel_bytes(self.tun)
+        if contender.startswith("ansible"):
+            self.close_ssh_masters()
+            (self.work / f"ansible-{self.seq}.tgz").unlink(missing_ok=True)
+        text = out.read_text(errors="replace")
+        run = Run(seconds=m.seconds, ok=m.code == 0, tun_tx=tx1 - tx0, tun_rx=rx1 - rx0,
+                  machine_cpu=cpu1 - cpu0, own_cpu=m.cpu, rss_kib=m.rss_kib)  # fmt: skip
+        if contender == "deployer":
+            run.steps = deployer_steps(text, name, self.app)
+        if m.code != 0:
+            said = [line.strip() for line in text.splitlines() if line.startswith(("error:", "fatal:"))]
+            run.error = ("timed out" if m.code is None else f"exit {m.code}") + (f": {said[-1]}" if said else "")
+            tail = "\n".join(line[:300] for line in text.splitlines()[-15:])
+            log(f"    FAILED ({run.error}), log {out}:\n{tail}")
+        else:
+            bad = self.check(name, n, release)
+            if bad:
+                run.ok, run.error = False, f"check: {bad[0]}"
+                log(f"    CHECK FAILED on {len(bad)} host(s): {bad[:3]} (log {out})")
+        # sshd logs a session as it starts: all are in by now.
+        run.sessions = sum(self.lab.ssh_sessions(offsets)[:n]) / n
+        run.logins = sum(self.lab.ssh_logins(offsets)[:n]) / n
+        return run
+
+    def check(self, name: str, n: int, release: str) -> list[str]:
+        """Hosts that do not serve `release` of `name` (after a bounded wait:
+        a graceful restart lets the old config answer for a moment)."""
+
+        def one(i: int) -> str | None:
+            deadline = time.monotonic() + CHECK_TIMEOUT
+            seen = ""
+            while time.monotonic() < deadline:
+                try:
+                    status, _, body = self.lab.http_get(i, "/health", host=f"{name}.example.test", timeout=20)
+                    info = json.loads(body) if status == 200 else {}
+                    if info.get("instance") == name and info.get("release") == release:
+                        return None
+                    seen = f"{status} {body[:120]!r}"
+                except (OSError, ValueError) as e:
+                    seen = repr(e)
+                time.sleep(0.2)
+            return f"{self.lab.addresses[i]}: {seen}"
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
+            return [r for r in pool.map(one, range(n)) if r]
+
+    def remove(self, name: str, n: int) -> None:
+        """Take an instance off the hosts (untimed), so the lab does not fill
+        up with releases and mod_wsgi daemons."""
+        script = (f"rm -rf /var/www/{name} /var/www/{name}.* /var/www/.{name}[.-]* "
+                  f"/etc/apache2/sites-enabled/{name}.conf /etc/apache2/sites-available/{name}.conf "
+                  f"/etc/apache2/sites-*/.{name}* && apache2ctl graceful")  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
+            list(pool.map(lambda i: self.lab.run(i, script, check=False, timeout=60), range(n)))
+        (self.lab.shared_dir / f"{name}.sqlite3").unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------- one-off numbers
+
+
+PACKAGING = r"""
+import hashlib, sys, tempfile, time
+from pathlib import Path
+from deployer.packaging import Rules, build
+app = sys.argv[1]
+rules = Rules(exclude=("__pycache__", "*.pyc"))
+with tempfile.TemporaryDirectory() as d:
+    times, digests, sizes = [], [], []
+    for i in range(2):
+        dest = Path(d, f"app{i}.tgz")
+        t = time.perf_counter()
+        build(app, rules, str(dest))
+        times.append(time.perf_counter() - t)
+        digests.append(hashlib.sha256(dest.read_bytes()).hexdigest())
+        sizes.append(dest.stat().st_size)
+print(f"{times[0]:.2f} s, {times[1]:.2f} s; {sizes[0] / 1e6:.2f} MB; byte-identical: "
+      f"{'yes' if digests[0] == digests[1] else 'NO'}")
+"""
+
+
+def packaging_time(app: Path) -> str:
+    try:
+        r = subprocess.run([sys.executable, "-c", PACKAGING, str(app)], capture_output=True, text=True,
+                           timeout=300, cwd=REPO)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "timed out (300 s)"
+    if r.returncode != 0:
+        return "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return r.stdout.strip()
+
+
+def dry_run_time(lab: Lab, app: Path, work: Path, hosts: int) -> str:
+    fake = [f"198.18.{3 + i // 250}.{1 + i % 250}" for i in range(hosts)]
+    targets = work / f"targets-dry-{hosts}.yaml"
+    targets.write_text(yaml.safe_dump(lab.targets(app, hosts=fake)))
+    argv = [sys.executable, "-m", "deployer", "dry", "dry.example.test", "--targets", str(targets),
+            "--dry-run", "--output", "plain"]  # fmt: skip
     started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env, timeout=600)
-    return time.perf_counter() - started
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=work)
+    except subprocess.TimeoutExpired:
+        return "timed out (300 s)"
+    seconds = time.perf_counter() - started
+    if r.returncode != 0:
+        return f"exit {r.returncode}: " + (r.stdout + r.stderr).strip()[-200:]
+    return f"{seconds:.2f} s ({len(r.stdout.splitlines())} lines)"
+
+
+def ensure_ansible() -> None:
+    playbook = ANSIBLE_VENV / "bin" / "ansible-playbook"
+    if playbook.exists():
+        return
+    log(f"installing ansible-core into {ANSIBLE_VENV} ...")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(ANSIBLE_VENV)], check=True, timeout=120)
+    subprocess.run([str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q", "ansible-core"], check=True, timeout=600)
+    if not playbook.exists():
+        raise SystemExit(f"no {playbook} after pip install ansible-core")
+
+
+# -------------------------------------------------------------------- the table
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def median(runs: list[Run], attr: str) -> float | None:
+    ok = [getattr(r, attr) for r in runs if r.ok]
+    return statistics.median(ok) if ok else None
+
+
+def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
+    contenders = args.contenders
+    print()
+    print("Median wall seconds of a whole deploy (package, upload, render, migrate, restart; VPN already up),")
+    print(f"over {args.rounds} round(s); ok/rounds where a run failed. Ratios: deployer's median / the other's.")
+    head = f"{'shape':>8} {'hosts':>5} {'kind':>4} " + " ".join(f"{c:>13}" for c in contenders)
+    ratios = [c for c in ("loop", "ansible-tuned") if c in contenders and "deployer" in contenders]
+    head += "".join(f" {'dep/' + SHORT[c]:>9}" for c in ratios)
+    print(head)
+    for (shape, n, kind), by in results.items():
+        cells = []
+        for c in contenders:
+            runs = by.get(c, [])
+            m = median(runs, "seconds")
+            ok = sum(r.ok for r in runs)
+            cells.append(f"{fmt(m) + ('' if ok == len(runs) else f' {ok}/{len(runs)}'):>13}")
+        line = f"{shape or 'none':>8} {n:>5} {kind:>4} " + " ".join(cells)
+        for c in ratios:
+            a, b = median(by.get("deployer", []), "seconds"), median(by.get(c, []), "seconds")
+            line += f" {fmt(a / b if a and b else None):>9}"
+        print(line)
+
+    print()
+    print("Per contender, medians over the rounds that passed. ssh conn and sessions: per host, from each sshd's")
+    print("log (logins; session channels: exec, sftp). tun MB: payload through the runner's tun device, up/down.")
+    print("CPU s/host: busy CPU time of the whole machine (runner, OpenVPN both ends, sshd, tar, Apache on every")
+    print("lab host; /proc/stat user+nice+system+irq+softirq+steal) during the deploy, divided by hosts.")
+    print("own CPU s: user+sys of the contender's own process tree on the runner; RSS MB: its largest process.")
+    print(f"{'shape':>8} {'hosts':>5} {'kind':>4} {'contender':>13} {'s':>7} {'conn':>5} {'sess':>5} "
+          f"{'tun MB up':>9} {'down':>6} {'CPU s/host':>10} {'own CPU s':>9} {'RSS MB':>7}")  # fmt: skip
+    for (shape, n, kind), by in results.items():
+        for c in contenders:
+            runs = by.get(c, [])
+            if not runs:
+                continue
+            rss = max((r.rss_kib for r in runs if r.ok), default=None)
+            tx, rx = median(runs, "tun_tx"), median(runs, "tun_rx")
+            mcpu = median(runs, "machine_cpu")
+            print(f"{shape or 'none':>8} {n:>5} {kind:>4} {c:>13} {fmt(median(runs, 'seconds')):>7} "
+                  f"{fmt(median(runs, 'logins'), '.0f'):>5} {fmt(median(runs, 'sessions'), '.0f'):>5} "
+                  f"{fmt(tx and tx / 1e6, '.1f'):>9} {fmt(rx and rx / 1e6, '.1f'):>6} "
+                  f"{fmt(mcpu and mcpu / n):>10} {fmt(median(runs, 'own_cpu')):>9} "
+                  f"{fmt(rss and rss / 1024, '.0f'):>7}")  # fmt: skip
+
+    if "deployer" in contenders:
+        print()
+        print("deployer's steps (its plain output): the slowest host's seconds per step, median over the rounds;")
+        print("steps under 0.05 s left out")
+        for (shape, n, kind), by in results.items():
+            runs = [r for r in by.get("deployer", []) if r.ok and r.steps]
+            if not runs:
+                continue
+            titles = list(dict.fromkeys(t for r in runs for t in r.steps))
+            medians = {t: statistics.median(r.steps.get(t, 0.0) for r in runs) for t in titles}
+            cells = [f"{t} {s:.2f}" for t, s in medians.items() if s >= 0.05]
+            print(f"{shape or 'none':>8} {n:>5} {kind:>4}  " + "; ".join(cells))
+    failed = [(key, c, r.error) for key, by in results.items() for c, runs in by.items() for r in runs if not r.ok]
+    if failed:
+        print()
+        print("failed runs:")
+        for (shape, n, kind), c, error in failed:
+            print(f"  shape {shape or 'none'} hosts {n} {kind} {c}: {error[:200]}")
+    print()
+    for line in extra:
+        print(line)
+
+
+# ------------------------------------------------------------------------- main
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hosts", default="1,2,4")
+    p.add_argument("--hosts", default="1,4,16", help="host counts, comma-separated (default 1,4,16)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shape", metavar="RATE", help="run every row shaped to RATE too (tc units, e.g. 100mbit)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--timeout", type=float, default=900, help="seconds one deploy may take (default 900)")
+    p.add_argument("--wait", type=float, default=900, help="seconds to wait for another run's lab to go")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, app)")
     args = p.parse_args()
     counts = [int(n) for n in args.hosts.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="deployer-bench-"))
-    lab = up(work / "lab", max(counts))
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = set(args.contenders) - set(CONTENDERS) | set(kinds) - set(KINDS)
+    if unknown or not counts or min(counts) < 1 or args.rounds < 1:
+        p.error(f"unknown {sorted(unknown)}" if unknown else "bad --hosts or --rounds")
+    shapes: list[str | None] = [None] + ([args.shape] if args.shape else [])
+    command = shlex.join(["python", "-m", "bench.lab_deploy", *sys.argv[1:]])
+
+    if any(c.startswith("ansible") for c in args.contenders):
+        ensure_ansible()
+    work = Path(tempfile.mkdtemp(prefix="deployer-bench-", dir="/var/tmp"))
+    work.chmod(0o755)
+    started = time.monotonic()
+    results: dict[tuple[str | None, int, str], dict[str, list[Run]]] = {}
+    extra: list[str] = []
+    lab = None
     try:
+        log(f"building the app in {work} ...")
+        app = benchapp.build(work)
+        files, size = benchapp.size(app)
+        extra.append(f"app: examples/djangoapp + Django's source as ballast, {files} files, {size / 1e6:.1f} MB")
+        log("packaging ...")
+        extra.append(f"deployer.packaging.build of the app, twice: {packaging_time(app)}")
+        log(f"lab up, {max(counts)} hosts ...")
+        t = time.monotonic()
+        lab = up(work / "lab", max(counts), wait=args.wait)
+        extra.append(f"lab up with {max(counts)} hosts: {time.monotonic() - t:.1f} s (with any wait for another "
+                     f"run's lab to go); this machine: {os.cpu_count()} CPUs")  # fmt: skip
+        for hosts in (16, 200):
+            extra.append(f"deploy --dry-run, {hosts} hosts: {dry_run_time(lab, app, work, hosts)}")
         with lab.vpn_client(log=work / "vpn.log"):
-            print(f"{'hosts':>5} {'deployer s':>11} {'old script s':>13} {'ratio':>6}")
-            for n in counts:
-                targets = work / f"targets-{n}.yaml"
-                doc = lab.targets(hosts=lab.addresses[:n])
-                targets.write_text(yaml.safe_dump(doc))
-                env = {"KEY": str(lab.ssh_key), "KNOWN": str(lab.known_hosts), "WORK": str(work),
-                       "APP": str(REPO / "examples" / "djangoapp"),
-                       "TEMPLATE": str(REPO / "templates" / "default_template"), "PATH": "/usr/bin:/bin"}
-                ours, theirs = [], []
-                for r in range(args.rounds):
-                    ours.append(timed([sys.executable, "-m", "deployer", "bench", "bench.example.test",
-                                       "--targets", str(targets), "--skip", "vpn", "--output", "plain"]))
-                    theirs.append(timed(["bash", "-c", OLD_SCRIPT, "old", "old", "old.example.test",
-                                         f"r{n}-{r}", *lab.addresses[:n]], env=env))
-                a, b = statistics.median(ours), statistics.median(theirs)
-                print(f"{n:>5} {a:>11.2f} {b:>13.2f} {a / b:>6.2f}")
+            bench = Bench(lab, work, app, args)
+            total = len(shapes) * len(counts) * len(kinds) * args.rounds * len(args.contenders)
+            done = 0
+            for shape in shapes:
+                lab.shape(shape)
+                tag = "s" if shape else "u"
+                for n in counts:
+                    for kind in kinds:
+                        by: dict[str, list[Run]] = {c: [] for c in args.contenders}
+                        results[(shape, n, kind)] = by
+                        if kind == "warm":
+                            for c in args.contenders:
+                                name = f"w{tag}-{SHORT[c]}-{n}"
+                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({c})")
+                                first = bench.deploy(c, name, n, f"first-{name}")
+                                if not first.ok:
+                                    log(f"    first deploy of {name} failed: {first.error}")
+                        for r in range(args.rounds):
+                            for c in args.contenders:
+                                name = f"w{tag}-{SHORT[c]}-{n}" if kind == "warm" else f"c{tag}-{SHORT[c]}-{n}-{r}"
+                                done += 1
+                                run = bench.deploy(c, name, n, f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}")
+                                by[c].append(run)
+                                log(f"[{done}/{total} {time.monotonic() - started:.0f}s] shape {shape or 'none'} "
+                                    f"hosts {n} {kind} round {r + 1} {c}: {run.seconds:.2f} s "
+                                    f"{'ok' if run.ok else 'FAILED ' + run.error}")  # fmt: skip
+                                if kind == "cold":
+                                    bench.remove(name, n)
+                        if kind == "warm":
+                            for c in args.contenders:
+                                bench.remove(f"w{tag}-{SHORT[c]}-{n}", n)
+            lab.shape(None)
     finally:
-        lab.down()
-        subprocess.run(["rm", "-rf", "--", str(work)], check=False)
-    print("ratio = deployer / old script (median of", args.rounds, "rounds; below 1 is faster)")
-    print("command:", shlex.join(["python", "-m", "bench.lab_deploy", *sys.argv[1:]]))
-    return 0
+        if lab is not None:
+            lab.down()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    extra.append(f"whole run: {time.monotonic() - started:.0f} s")
+    extra.append(f"command: {command}")
+    report(results, args, extra)
+    return 0 if all(r.ok for by in results.values() for runs in by.values() for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""python -m tests.lab up [--hosts N] [--dir DIR] [--replace] | down [--dir DIR]
+"""python -m tests.lab up [--hosts N] [--dir DIR] [--replace] [--shape RATE] | down [--dir DIR]
+                   | shape RATE|off [--dir DIR]
+
+`shape` sets (or, with `off`, removes) a tbf of RATE (tc's units: 100mbit,
+20mbit) on the VPN host's outer link, which the tunnel's UDP crosses, both ways.
 
 `up` leaves a small keeper process behind that is the parent of the lab's
 processes (this machine's PID 1 does not reap orphans, so without a living
@@ -16,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .lab import DEFAULT_DIR, START_TIMEOUT, LabError, down, up
+from .lab import DEFAULT_DIR, START_TIMEOUT, Lab, LabError, down, machine_lock, up
 
 
 def _report(pipe, result: dict) -> bool:
@@ -28,7 +32,7 @@ def _report(pipe, result: dict) -> bool:
         return False
 
 
-def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int) -> int:
+def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int, shape: str | None = None) -> int:
     """Bring the lab up, report on ready_fd, then wait to be told to stop."""
     stop = False
 
@@ -40,7 +44,7 @@ def _keep(workdir: Path, hosts: int, replace: bool, wait: float, ready_fd: int) 
     signal.signal(signal.SIGINT, on_term)
     ready = os.fdopen(ready_fd, "w")
     try:
-        lab = up(workdir, hosts, replace=replace, wait=wait)
+        lab = up(workdir, hosts, replace=replace, wait=wait, shape=shape)
     except (LabError, OSError, subprocess.SubprocessError) as e:
         _report(ready, {"error": str(e)})
         return 1
@@ -80,19 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     u.add_argument("--replace", action="store_true", help="tear down a live lab first")
     u.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another run's lab to go")
+    u.add_argument("--shape", metavar="RATE", help="shape the VPN host's outer link, e.g. 100mbit")
     d = sub.add_parser("down", help="tear the lab down")
     d.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     d.add_argument("--force", action="store_true", help="with no lab in DIR, tear down whatever lab is up")
+    s = sub.add_parser("shape", help="shape the VPN host's outer link (tbf), or `off`")
+    s.add_argument("rate", metavar="RATE|off")
+    s.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     k = sub.add_parser("_keep")
     k.add_argument("--hosts", type=int)
     k.add_argument("--dir", type=Path)
     k.add_argument("--replace", action="store_true")
     k.add_argument("--wait", type=float, default=0.0)
     k.add_argument("--fd", type=int)
+    k.add_argument("--shape")
     args = ap.parse_args(argv)
 
     if args.cmd == "_keep":
-        return _keep(args.dir, args.hosts, args.replace, args.wait, args.fd)
+        return _keep(args.dir, args.hosts, args.replace, args.wait, args.fd, args.shape)
+    if args.cmd == "shape":
+        try:
+            with machine_lock():  # the lab in DIR stays up meanwhile
+                lab = Lab.load(args.dir.absolute())
+                lab.shape(None if args.rate == "off" else args.rate)
+                to_vpn, from_vpn = lab.shaping()
+        except (LabError, OSError, ValueError) as e:
+            print(f"lab shape: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps({"to_vpn": to_vpn, "from_vpn": from_vpn}))
+        return 0
     if args.cmd == "down":
         try:
             down(args.dir.absolute(), force=args.force)
@@ -106,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
            "--dir", str(args.dir.absolute()), "--fd", str(w), "--wait", str(args.wait)]  # fmt: skip
     if args.replace:
         cmd.append("--replace")
+    if args.shape:
+        cmd += ["--shape", args.shape]
     # The keeper outlives this process: it must not hold on to our stdout.
     args.dir.mkdir(parents=True, exist_ok=True)
     log = open(args.dir / "keeper.log", "w")

@@ -13,6 +13,12 @@ routes to `unreachable`, so nothing leaks off the machine):
 
 The runner reaches the private subnet only through the VPN: the server
 pushes `route 198.18.1.0/24` and the web hosts route back via the VPN host.
+The VPN host's outer link (dl-vd, and eth0 inside dl-vpn), which the OpenVPN
+UDP traffic from the runner crosses, can be shaped with `tbf` like a real
+uplink: `Lab.shape("100mbit")`, `Lab.shape(None)`.
+
+Every sshd logs at LogLevel VERBOSE to /run/sshd.log of its host, so that
+`Lab.ssh_sessions()` can count what any client (paramiko, ssh, Ansible) did.
 
 Each web host is its own network, mount, UTS and PID namespace. Its
 /etc/apache2, /var/www, /var/log/apache2, /var/lib/apache2, /run, /tmp,
@@ -30,6 +36,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -57,6 +64,13 @@ VPN_DMZ_LINK = "dl-vd"  # root side of the VPN host's DMZ veth
 VPN_PRIVATE_LINK = "dl-vp"  # root side of the VPN host's private veth
 HOST_NETNS_PREFIX = "dl-web"  # dl-web0, dl-web1, ...
 HOST_LINK_PREFIX = "dl-w"  # dl-w0, dl-w1, ... (root side of each host's veth)
+VPN_OUTER_LINK_IN_NS = "eth0"  # the VPN host's side of VPN_DMZ_LINK
+SSHD_LOG = "/run/sshd.log"  # on each host; Host.path() gives the runner's path
+# sshd's lines (OpenSSH 9.x, LogLevel VERBOSE): one per authenticated
+# connection, and one per session channel (exec, shell, subsystem such as
+# sftp, which scp uses since OpenSSH 9.0).
+SSH_LOGIN_LINE = "Accepted publickey for "
+SSH_SESSION_LINE = "Starting session: "
 
 SHARED_DIR_ON_HOSTS = "/srv/deployer-shared"
 # Directories that each host has for itself, bind-mounted from hosts/webN.
@@ -466,6 +480,7 @@ MaxStartups 64:30:128
 MaxSessions 64
 AcceptEnv LANG LC_*
 Subsystem sftp /usr/lib/openssh/sftp-server
+LogLevel VERBOSE
 """,
     )
 
@@ -487,7 +502,7 @@ umount {stash}
 rmdir {stash}
 hostname {h.name}
 apache2ctl start
-exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
+exec /usr/sbin/sshd -D -e -E {SSHD_LOG} -f /etc/ssh/sshd_config
 """
 
 
@@ -601,6 +616,65 @@ class Lab:
         finally:
             conn.close()
 
+    # -- measuring: the uplink, the tunnel, SSH sessions
+
+    def shape(self, rate: str | None) -> None:
+        """Shape the VPN host's outer link, both ways, to `rate` (tc's units:
+        "100mbit", "20mbit", "512kbit") with a token bucket (tbf), as a real
+        uplink; None (or "off") removes it. Takes effect at once, VPN up or not."""
+        shape_uplink(rate)
+
+    def shaping(self) -> tuple[str | None, str | None]:
+        """The rate of the outer link's tbf (runner to VPN host, VPN host to
+        runner) as tc prints it ("100Mbit"), None where it is not shaped."""
+        return uplink_shaping()
+
+    def tunnel_device(self) -> str:
+        """The runner's tun device of the VPN client that is up (the one with
+        an address in the tunnel subnet)."""
+        out = _sh("ip", "-o", "-4", "addr", "show", "to", TUNNEL_SUBNET).stdout
+        devs = sorted({line.split()[1] for line in out.splitlines() if line.strip()})
+        if len(devs) != 1:
+            raise LabError(f"expected one tun device in {TUNNEL_SUBNET}, found {devs or 'none'}")
+        return devs[0]
+
+    def tunnel_bytes(self, device: str | None = None) -> tuple[int, int]:
+        """(rx, tx) bytes that crossed the runner's tun device since it came up:
+        the payload of the tunnel (IP packets), without OpenVPN's overhead."""
+        stats = Path("/sys/class/net") / (device or self.tunnel_device()) / "statistics"
+        return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
+
+    def ssh_log(self, i: int) -> Path:
+        """Host i's sshd log (LogLevel VERBOSE), on the runner."""
+        return self.hosts[i].path(SSHD_LOG)
+
+    def ssh_log_offsets(self) -> list[int]:
+        """Where each host's sshd log ends now: pass to ssh_sessions() later."""
+        return [self.ssh_log(i).stat().st_size if self.ssh_log(i).exists() else 0 for i in range(len(self.hosts))]
+
+    def ssh_sessions(self, since: list[int] | None = None) -> list[int]:
+        """Per host, the SSH sessions opened since the offsets (from
+        ssh_log_offsets(); default: since the lab came up): one per command a
+        client ran (exec), shell or subsystem (sftp, which scp uses), whatever
+        the client."""
+        return self._count_ssh_log(SSH_SESSION_LINE, since)
+
+    def ssh_logins(self, since: list[int] | None = None) -> list[int]:
+        """Per host, the SSH connections that logged in since the offsets."""
+        return self._count_ssh_log(SSH_LOGIN_LINE, since)
+
+    def _count_ssh_log(self, needle: str, since: list[int] | None) -> list[int]:
+        counts = []
+        for i in range(len(self.hosts)):
+            try:
+                with open(self.ssh_log(i), "rb") as f:
+                    f.seek(since[i] if since else 0)
+                    text = f.read().decode(errors="replace")
+            except FileNotFoundError:
+                text = ""
+            counts.append(sum(needle in line for line in text.splitlines()))
+        return counts
+
     @contextlib.contextmanager
     def vpn_server_stopped(self):
         """Stop the VPN server for the duration (a dead VPN), then restart it."""
@@ -704,11 +778,61 @@ class Lab:
             "shared_dir": str(self.shared_dir),
             "shared_dir_on_hosts": self.shared_dir_on_hosts,
             "vpn_server": f"{self.vpn_server_address}:{self.vpn_port}/udp (pid {self.vpn_server_pid})",
+            "uplink_shaping": dict(zip(("to_vpn", "from_vpn"), self.shaping(), strict=True)),
             "hosts": {
                 h.name: {"address": h.address, "root": str(h.root), "pid": pid}
                 for h, pid in zip(self.hosts, self.host_pids, strict=False)
             },  # fmt: skip
         }
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
+               "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}  # fmt: skip
+
+
+def rate_bits(rate: str) -> int:
+    """Bits per second of a tc rate ("100mbit", "1.5mbit", "500kbps")."""
+    m = _RATE.fullmatch(rate.strip())
+    if not m:
+        raise LabError(f"{rate!r} is not a rate tc understands, e.g. 100mbit, 20mbit, 512kbit")
+    bits = int(float(m[1]) * _RATE_UNITS[m[2].lower()])
+    if not 8_000 <= bits <= 100_000_000_000:
+        raise LabError(f"rate {rate!r} out of range (8kbit..100gbit)")
+    return bits
+
+
+def _outer_links() -> list[tuple[str, ...]]:
+    """`ip netns exec` prefixes (or none) and device names of the VPN host's
+    outer link: the runner's side (egress: the runner's uploads) and the VPN
+    host's side (egress: downloads)."""
+    return [((), VPN_DMZ_LINK), (("ip", "netns", "exec", VPN_NETNS), VPN_OUTER_LINK_IN_NS)]
+
+
+def shape_uplink(rate: str | None) -> None:
+    """tbf at `rate` on both directions of the VPN host's outer link, or none."""
+    if rate is None or rate == "off":
+        for prefix, dev in _outer_links():
+            r = _sh(*prefix, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+            if r.returncode != 0 and "handle of zero" not in r.stderr and "No such file" not in r.stderr:
+                raise LabError(f"tc qdisc del on {dev} failed: {r.stderr.strip()}")
+        return
+    bits = rate_bits(rate)
+    # Bucket: 10 ms at the rate (at least 16 KiB, so an MTU and a timer tick
+    # fit); the queue holds 50 ms more before tbf drops, as a modem would.
+    burst = max(bits // 8 // 100, 16 * 1024)
+    for prefix, dev in _outer_links():
+        _sh(*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+            "rate", str(bits), "burst", str(burst), "latency", "50ms")  # fmt: skip
+
+
+def uplink_shaping() -> tuple[str | None, str | None]:
+    found: list[str | None] = []
+    for prefix, dev in _outer_links():
+        out = _sh(*prefix, "tc", "qdisc", "show", "dev", dev, "root").stdout
+        m = re.search(r"\btbf\b.*?\brate (\S+)", out)
+        found.append(m[1] if m else None)
+    return found[0], found[1]
 
 
 def _clear_pointer(workdir: Path) -> None:
@@ -797,9 +921,16 @@ def _down(workdir: Path | None, force: bool = False) -> None:
 
 
 def up(
-    workdir: Path, hosts: int = 2, *, replace: bool = False, owner: int | None = None, wait: float = 0.0
+    workdir: Path,
+    hosts: int = 2,
+    *,
+    replace: bool = False,
+    owner: int | None = None,
+    wait: float = 0.0,
+    shape: str | None = None,
 ) -> Lab:
     """Bring up a lab with `hosts` web hosts, its files under workdir.
+    `shape` (e.g. "100mbit") shapes the VPN host's outer link, see Lab.shape.
 
     A leftover lab is torn down first if it is dead (its owner process gone);
     a live one owned by another process is waited for, up to `wait` seconds,
@@ -810,7 +941,9 @@ def up(
         raise LabError("the lab needs root (network namespaces, bind mounts)")
     if not 1 <= hosts <= MAX_HOSTS:
         raise LabError(f"hosts must be 1..{MAX_HOSTS}, not {hosts}")
-    for tool in ("ip", "unshare", "nsenter", "openvpn", "sshd", "apache2ctl", "ssh-keygen", "openssl"):
+    if shape is not None and shape != "off":
+        rate_bits(shape)
+    for tool in ("ip", "unshare", "nsenter", "openvpn", "sshd", "apache2ctl", "ssh-keygen", "openssl", "tc"):
         if not shutil.which(tool, path=CLEAN_ENV["PATH"]):
             raise LabError(f"{tool} is not installed")
     # Safety net first: nothing for 198.18.0.0/15 may ever leave the machine.
@@ -827,6 +960,8 @@ def up(
         lab._save(owner=owner or os.getpid())
         try:
             _bring_up(lab)
+            if shape is not None:
+                lab.shape(shape)
         except BaseException:
             lab.down()
             raise

@@ -18,7 +18,18 @@ import paramiko
 import pytest
 
 from .fixtures import LAB_WAIT, lab, lab_session, vpn  # noqa: F401
-from .lab import HOST_NETNS_PREFIX, VPN_NETNS, Lab, LabError, _alive, _leftover_state, machine_lock, up
+from .lab import (
+    HOST_NETNS_PREFIX,
+    VPN_DMZ_LINK,
+    VPN_NETNS,
+    Lab,
+    LabError,
+    _alive,
+    _leftover_state,
+    machine_lock,
+    rate_bits,
+    up,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -231,10 +242,16 @@ def test_cli_up_and_down(lab_session, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "tests.lab", *args], cwd=repo, capture_output=True,
                               text=True, timeout=LAB_WAIT + 120)  # fmt: skip
 
-    r = cli("up", "--hosts", "2", "--dir", str(d), "--wait", str(LAB_WAIT))
+    r = cli("up", "--hosts", "2", "--dir", str(d), "--wait", str(LAB_WAIT), "--shape", "50mbit")
     assert r.returncode == 0, r.stderr
     try:
         info = json.loads(r.stdout)
+        assert info["uplink_shaping"] == {"to_vpn": "50Mbit", "from_vpn": "50Mbit"}
+        r = cli("shape", "off", "--dir", str(d))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"to_vpn": None, "from_vpn": None}
+        assert "tbf" not in qdiscs()
+        assert cli("shape", "fast", "--dir", str(d)).returncode == 1
         assert info["known_hosts"] == str(d / "known_hosts")
         assert [h["address"] for h in info["hosts"].values()] == ["198.18.1.10", "198.18.1.11"]
         attached = Lab.load(d)  # another process can drive the lab
@@ -250,3 +267,83 @@ def test_cli_up_and_down(lab_session, tmp_path: Path) -> None:
         # Another test run may have brought up its own lab since.
         assert lab_leftovers() == [] or _leftover_state()["workdir"] != str(d)
     assert cli("down", "--dir", str(d)).returncode == 0  # twice is fine
+
+
+def qdiscs() -> str:
+    """The root qdiscs of both ends of the VPN host's outer link."""
+    out = ""
+    for prefix in ([], ["ip", "netns", "exec", VPN_NETNS]):
+        dev = "eth0" if prefix else VPN_DMZ_LINK
+        out += subprocess.run([*prefix, "tc", "qdisc", "show", "dev", dev, "root"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return out
+
+
+def test_shape_sets_and_removes_a_tbf_on_the_vpn_uplink(lab: Lab) -> None:
+    try:
+        lab.shape("100mbit")
+        assert lab.shaping() == ("100Mbit", "100Mbit")
+        assert qdiscs().count("qdisc tbf") == 2 and "rate 100Mbit" in qdiscs()
+        lab.shape("20mbit")  # replaced, not stacked
+        assert lab.shaping() == ("20Mbit", "20Mbit")
+        assert qdiscs().count("qdisc tbf") == 2
+    finally:
+        lab.shape(None)
+    assert lab.shaping() == (None, None)
+    assert "tbf" not in qdiscs()
+    lab.shape("off")  # twice is fine
+    with pytest.raises(LabError, match="not a rate"):
+        lab.shape("fast")
+    assert "tbf" not in qdiscs()
+
+
+def test_rate_bits() -> None:
+    assert rate_bits("100mbit") == 100_000_000
+    assert rate_bits("1.5Mbit") == 1_500_000
+    assert rate_bits("500kbps") == 4_000_000
+    for bad in ("100", "mbit", "-1mbit", "1tbit", "1bit"):
+        with pytest.raises(LabError):
+            rate_bits(bad)
+
+
+def test_tunnel_bytes_count_what_crosses_the_tunnel(lab: Lab, vpn) -> None:
+    dev = lab.tunnel_device()
+    assert dev.startswith("tun")
+    rx0, tx0 = lab.tunnel_bytes()
+    payload = 2_000_000
+    with lab.ssh_client(0) as c:
+        stdin, out, _ = c.exec_command("wc -c")
+        stdin.write(b"x" * payload)
+        stdin.channel.shutdown_write()
+        assert out.read().decode().strip() == str(payload)
+    rx1, tx1 = lab.tunnel_bytes(dev)
+    assert payload <= tx1 - tx0 < payload * 1.5
+    assert 0 < rx1 - rx0 < payload / 2
+
+
+def test_ssh_sessions_are_counted_per_host_whatever_the_client(lab: Lab, vpn) -> None:
+    opts = ["-i", str(lab.ssh_key), "-o", f"UserKnownHostsFile={lab.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]  # fmt: skip
+    since = lab.ssh_log_offsets()
+    with lab.ssh_client(0) as c:  # paramiko: one connection, three sessions
+        for cmd in ("true", "hostname", "true"):
+            _, out, _ = c.exec_command(cmd)
+            out.channel.recv_exit_status()
+    last = len(lab.hosts) - 1
+    subprocess.run(["ssh", *opts, f"root@{lab.addresses[last]}", "true"], check=True, timeout=BOUND)
+    # scp speaks SFTP since OpenSSH 9.0: a session (subsystem) too.
+    scp = ["scp", "-q", *opts, "/etc/hostname", f"root@{lab.addresses[last]}:/tmp/counted"]
+    subprocess.run(scp, check=True, timeout=BOUND)
+    want_sessions = [0] * len(lab.hosts)
+    want_logins = [0] * len(lab.hosts)
+    want_sessions[0] += 3
+    want_logins[0] += 1
+    want_sessions[last] += 2
+    want_logins[last] += 2
+
+    def counted() -> bool:  # sshd writes its log as it goes: allow it a moment
+        return lab.ssh_sessions(since) == want_sessions and lab.ssh_logins(since) == want_logins
+
+    eventually(counted, f"sessions {lab.ssh_sessions(since)} logins {lab.ssh_logins(since)}", timeout=10)
+    # Without offsets: everything since the lab came up, at least this.
+    assert all(a >= b for a, b in zip(lab.ssh_sessions(), want_sessions, strict=True))
