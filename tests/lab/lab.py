@@ -1083,12 +1083,16 @@ def _bring_up(lab: Lab) -> None:
 
     for h, p in zip(lab.hosts, lab._popens, strict=True):
 
-        def init_started(h: Host = h, p: subprocess.Popen = p) -> bool:
+        seen: list[int] = []
+
+        def init_started(h: Host = h, p: subprocess.Popen = p, seen: list[int] = seen) -> bool:
             check_alive(h, p)
-            return bool(_children(p.pid))
+            # Kept from the check itself: a host that exits right after has no children to read again.
+            seen[:] = _children(p.pid)
+            return bool(seen)
 
         _wait(init_started, START_TIMEOUT, f"{h.name} to start")
-        lab.host_pids.append(_children(p.pid)[0])
+        lab.host_pids.append(seen[0])
     lab._save()
 
     for h, p, pid in zip(lab.hosts, lab._popens, lab.host_pids, strict=True):
