@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -778,3 +779,17 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
     release = next((tmp_path / "www" / "demo.releases").iterdir())
     # The app, and the id of the run that made the release.
     assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", ".deployer-sums", "manage.py"]
+
+
+def test_a_dry_run_loads_no_executor(tmp_path):
+    # The executor brings the SSH library, whose import alone costs a dry run a tenth of a second.
+    (tmp_path / "manage.py").write_text("x\n")
+    (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n")
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  demo:\n    hosts: [198.18.0.1]\n    template: vhost\n    known_hosts: known\n")
+    (tmp_path / "known").write_text("")
+    args = ["demo", "demo.example.test", "--dry-run", "--targets", str(tmp_path / "targets.yaml"),
+            "--output", "plain"]
+    code = f"import sys; from deployer.cli import main; print(main({args!r}), 'deployer.executor' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "0 False", run.stdout + run.stderr
