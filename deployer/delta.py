@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 from deployer import packaging
 
-_GZIPPED_LIST_LIMIT = 64 * 1024 * 1024  # a host's list past this is not believed
+# The most of a host's answer kept (its list, gzipped, in base64); a longer
+# one is not believed, and the host gets every file.
+LIST_LIMIT = 64 * 1024 * 1024
 
 
-def lines(manifest: packaging.Manifest) -> dict[str, bytes]:
+def _lines(manifest: packaging.Manifest) -> dict[str, bytes]:
     """Per path, its line of the list. A path that cannot be a line (a line
     break, or bytes that are not UTF-8) is not listed: such a file is always
     sent, never linked."""
@@ -30,7 +32,7 @@ def lines(manifest: packaging.Manifest) -> dict[str, bytes]:
     return out
 
 
-def text(listed: dict[str, bytes]) -> bytes:
+def _text(listed: dict[str, bytes]) -> bytes:
     # Sorted by the path's bytes, as `LC_ALL=C sort -k 3` on the host has it.
     return b"".join(listed[p] for p in sorted(listed, key=lambda p: p.encode()))
 
@@ -55,7 +57,7 @@ def parse(stdout: str) -> Live:
         elif kind == "sums":
             try:
                 packed = base64.b64decode(value, validate=True)
-                listed = gzip.decompress(packed) if len(packed) < _GZIPPED_LIST_LIMIT else None
+                listed = gzip.decompress(packed) if len(packed) < LIST_LIMIT else None
             except (binascii.Error, OSError, EOFError):
                 listed = None
             if listed is not None and hashlib.sha256(listed).hexdigest() != base:
@@ -76,31 +78,27 @@ class Delta:
     send: frozenset[str] | None
 
 
-def full(new: dict[str, bytes]) -> Delta:
-    listed = text(new)
+def full(manifest: packaging.Manifest) -> Delta:
+    listed = _text(_lines(manifest))
     return Delta("-", hashlib.sha256(listed).hexdigest(), b"", listed, None)
 
 
-def against(new: dict[str, bytes], manifest: packaging.Manifest, live: Live) -> Delta:
-    """The smallest sending that turns `live` into the new release."""
+def against(manifest: packaging.Manifest, live: Live) -> Delta:
+    """The smallest sending that turns `live` into the release of `manifest`."""
     if live.base is None or live.listed is None:
-        return full(new)
+        return full(manifest)
+    new = _lines(manifest)
     old = set(live.listed.splitlines(keepends=True))
     fresh = set(new.values())
-    drifted = {line for line in old if _path(line) in live.drift}
+    drifted = {line for line in old if _path(line).decode() in live.drift}
     drop = (old - fresh) | drifted
     add = fresh - (old - drifted)
-    listed = text(new)
-    sent = {_path(line) for line in add}
+    sent = {_path(line).decode() for line in add}
     # Files that cannot be listed travel every time.
     sent |= {path for path, _, _ in manifest.sums if path not in new}
-    return Delta(live.base, hashlib.sha256(listed).hexdigest(), b"".join(sorted(drop)),
-                 b"".join(sorted(add, key=_path_bytes)), frozenset(sent))
+    return Delta(live.base, hashlib.sha256(_text(new)).hexdigest(), b"".join(sorted(drop)),
+                 b"".join(sorted(add, key=_path)), frozenset(sent))
 
 
-def _path(line: bytes) -> str:
-    return line.rstrip(b"\n").split(b" ", 2)[2].decode()
-
-
-def _path_bytes(line: bytes) -> bytes:
+def _path(line: bytes) -> bytes:
     return line.rstrip(b"\n").split(b" ", 2)[2]

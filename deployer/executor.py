@@ -30,7 +30,6 @@ from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported
 UNDO_TIMEOUT = 120.0  # seconds for one undo or tidying command on one host
-_LIST_LIMIT = 64 * 1024 * 1024  # bytes of a host's file list (gzip, base64) kept
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,8 @@ class Executor:
         self.checksums: dict[str, bytes] = {}
         # Per host, what its live release holds (for sending only what changed).
         self.live: dict[str, delta.Live] = {}
-        self.deltas: dict[frozenset[str], str] = {}  # the files sent: the tarball of them
+        # Per live release, the tarball of what differs and the lists before it.
+        self.sendings: dict[delta.Live, tuple[str, bytes]] = {}
         self.building = threading.Lock()
         # Per host, the commands that remove what the undo of kept changes needed.
         self.pending_keep: dict[str, list[str]] = {}
@@ -220,7 +220,7 @@ class Executor:
                 with self.lock:
                     self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
 
-            return [(session.Entry(state.line(), timeout=timeout, keep=_LIST_LIMIT), learned),
+            return [(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT), learned),
                     (session.Entry(step.command.line(), timeout=timeout,
                                    data=session.Deferred(lambda: self.sending(step, host))), None)]
         if isinstance(step, (steps.Install, steps.Link)):
@@ -243,27 +243,26 @@ class Executor:
                 return None
             if live.listed is None and live.base and self.live[first].base == live.base:
                 live = delta.Live(live.base, live.drift, self.live[first].listed)
-        new = delta.lines(step.build.manifest)
-        plan = delta.against(new, step.build.manifest, live)
-        path = self.delta_artifact(step, plan)
-        lists = [gzip.compress(part, mtime=0) for part in (plan.drop, plan.add)]
-        head = (b"%s %s %s\n" % (self.artifact_sha256(path), plan.base.encode(), plan.want.encode())
-                + b"".join(b"%d\n%s" % (len(part), part) for part in lists))
+        path, head = self.prepared(step, live)
         return session.Piece(len(head) + os.path.getsize(path), lambda: _Prefixed(head, open(path, "rb")))
 
-    def delta_artifact(self, step: steps.Upload, plan: delta.Delta) -> str:
-        """The tarball of only what `plan` sends: made once per deploy for all
-        the hosts that hold the same live release."""
-        if plan.send is None:
-            return step.local
+    def prepared(self, step: steps.Upload, live: delta.Live) -> tuple[str, bytes]:
+        """The tarball and what goes before it on stdin for a host whose live
+        release is `live`: made once per deploy for all the hosts that hold
+        the same one."""
         with self.building:
-            if plan.send not in self.deltas:
-                dest = os.path.join(self.ctx.workdir, f"changed-{len(self.deltas)}.tar.gz")
+            if live not in self.sendings:
                 b = step.build
-                packaging.build(b.source, b.rules, dest, expect=b.manifest.digest if b.manifest else None,
-                                only=plan.send)
-                self.deltas[plan.send] = dest
-            return self.deltas[plan.send]
+                plan = delta.against(b.manifest, live)
+                path = step.local
+                if plan.send is not None:
+                    path = os.path.join(self.ctx.workdir, f"changed-{len(self.sendings)}.tar.gz")
+                    packaging.build(b.source, b.rules, path, expect=b.manifest.digest, only=plan.send)
+                lists = [gzip.compress(part, mtime=0) for part in (plan.drop, plan.add)]
+                head = (b"%s %s %s\n" % (self.artifact_sha256(path), plan.base.encode(), plan.want.encode())
+                        + b"".join(b"%d\n%s" % (len(part), part) for part in lists))
+                self.sendings[live] = path, head
+            return self.sendings[live]
 
     def fan_out(self, items, fn) -> list:
         """`fn` on every item at once (at most `parallel` at a time); results in order.
@@ -405,6 +404,8 @@ class Executor:
     def tidy(self) -> None:
         """What kept changes left for their undo, on hosts that had no session after."""
         hosts = [h for h in self.pending_keep if h in self.transports]
+        if not hosts:
+            return
         results = self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(self.pending_keep[h])))
         for host, result in zip(hosts, results, strict=True):
             if not result.ok:
@@ -429,30 +430,29 @@ class _Gate:
 
     def __init__(self, ex: Executor, group: session.Group):
         self.ex = ex
-        self.stage_of = [stage for stage, _ in group.steps]
-        self.stages = list(dict.fromkeys(self.stage_of))
-        self.last = {stage: j for j, stage in enumerate(self.stage_of)}
-        self.open = 0  # index into stages of the one reported as running
+        self.names = names = list(dict.fromkeys(stage for stage, _ in group.steps))
+        self.stage_of = [names.index(stage) for stage, _ in group.steps]  # per step
+        self.last = [max(j for j, at in enumerate(self.stage_of) if at == k) for k in range(len(names))]
+        self.open = 0  # the stage reported as running
         self.held: list[tuple[int, object]] = []
         self.position = dict.fromkeys(group.hosts, 0)  # per host: steps it is past
         with ex.lock:
-            ex.enter(self.stages[0])
+            ex.enter(names[0])
 
     def event(self, j: int, report) -> None:
         with self.ex.lock:
-            at = self.stages.index(self.stage_of[j])
-            if at == self.open:
+            if self.stage_of[j] == self.open:
                 report()
             else:
-                self.held.append((at, report))
+                self.held.append((self.stage_of[j], report))
 
     def progressed(self, host: str, position: int) -> None:
         with self.ex.lock:
             self.position[host] = max(self.position[host], position)
-            while (self.open + 1 < len(self.stages)
-                   and all(p > self.last[self.stages[self.open]] for p in self.position.values())):
+            while (self.open + 1 < len(self.names)
+                   and all(p > self.last[self.open] for p in self.position.values())):
                 self.open += 1
-                self.ex.enter(self.stages[self.open])
+                self.ex.enter(self.names[self.open])
                 now = [r for at, r in self.held if at == self.open]
                 self.held = [(at, r) for at, r in self.held if at != self.open]
                 for report in now:

@@ -108,25 +108,25 @@ class Input:
             chunk = self.reader.read(n)
             if chunk:
                 return chunk
-            close = getattr(self.reader, "close", None)
-            if close is not None:
-                close()
-            self.reader = None
+            self.close()
             self.parts.pop(0)
         return b""
 
     def close(self) -> None:
-        if self.reader is not None and hasattr(self.reader, "close"):
-            self.reader.close()
+        """Close the piece being read, if it has a file open."""
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            close()
+        self.reader = None
 
 
 class Split:
     """Splits a session's stdout and stderr at the marks the session script
     writes after each step, and says when each step ends and the next begins.
 
-    `ended(i, result)` is called once both streams have passed step i's mark;
-    it is also the time limit of the session's transport: each step gets its
-    own (`deadline`).
+    `ended(i, result)` is called once both streams have passed step i's
+    mark. A Split is also the time limit given to the session's transport:
+    each step has its own (`deadline`).
     """
 
     def __init__(self, entries: list[Entry], started: Callable[[int], None],
@@ -154,8 +154,8 @@ class Split:
 
     def _marked(self, stream: int, index: int, code: int) -> None:
         self.marks[stream][index] = code
-        following = self.entries[min(index + 1, len(self.entries) - 1)]
-        self.parts[stream].append(Tail(following.keep if stream == 0 else 256 * 1024))
+        if index + 1 < len(self.entries):
+            self.parts[stream].append(Tail(self.entries[index + 1].keep) if stream == 0 else Tail())
         while self.current in self.marks[0] and self.current in self.marks[1]:
             i, code = self.current, self.marks[0][self.current]
             self.ended(i, Result(code, self.parts[0][i].text(), self.parts[1][i].text()))

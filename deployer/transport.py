@@ -84,8 +84,8 @@ class Sink(Protocol):
 class Limit(Protocol):
     """A time limit that can move: each step of a session has its own."""
 
-    def deadline(self) -> float: ...  # time.monotonic() past which the command is stopped
-    def seconds(self) -> float: ...   # the limit, as the message about it says
+    def deadline(self) -> float | None: ...  # time.monotonic() past which the command is stopped
+    def seconds(self) -> float | None: ...   # the limit, as the message about it says
 
 
 class _Fixed:
@@ -103,7 +103,7 @@ class _Fixed:
         return self.limit
 
 
-def _limit(timeout: "float | None | Limit") -> "Limit | _Fixed":
+def _limit(timeout: "float | None | Limit") -> Limit:
     return timeout if hasattr(timeout, "deadline") else _Fixed(timeout)
 
 
@@ -161,7 +161,7 @@ class LocalTransport:
             raise
         return Result(code, out.text(), err.text())
 
-    def _pump(self, proc: subprocess.Popen, stdin: Stdin, limit: "Limit | _Fixed", out: Sink, err: Sink) -> bool:
+    def _pump(self, proc: subprocess.Popen, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> bool:
         """Feed stdin and pass stdout and stderr on, all at once, so neither
         side waits on a full pipe; False if the time limit came first."""
         tails = {proc.stdout: out, proc.stderr: err}
@@ -295,7 +295,7 @@ class _Watchdog:
     answers it waits for), a run that is still stuck in the SSH library is
     ended by closing the connection under it. It follows a limit that moves."""
 
-    def __init__(self, limit: "Limit | _Fixed", give_up):
+    def __init__(self, limit: Limit, give_up):
         self.limit, self.give_up = limit, give_up
         self.lock = threading.Lock()
         self.cancelled = False
@@ -396,7 +396,7 @@ class SshTransport:
             self.give_up()
             raise
 
-    def _run(self, line: str, stdin: Stdin, limit: "Limit | _Fixed", out: Sink, err: Sink) -> Result:
+    def _run(self, line: str, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> Result:
         chan = self.open_channel()
         head = bytearray()  # stderr until the pid line has arrived whole
         pid = None

@@ -208,7 +208,7 @@ def test_only_what_changed_is_sent_and_the_rest_is_linked_from_the_live_release(
     assert not state.drift
     new = {**{k: v for k, v in old.items() if k != "app/gone.py"}, "app/v.py": b"changed\n", "app/new.py": b"n\n"}
     manifest = _manifest(new)
-    plan = delta.against(delta.lines(manifest), manifest, state)
+    plan = delta.against(manifest, state)
     assert plan.send == {"app/v.py", "app/new.py"}
     changed = {p: new[p] for p in plan.send}
     result, release, _, _ = unpack(tmp_path, tarball(changed), files=new, release="r1", base=plan.base,
@@ -225,7 +225,7 @@ def test_only_what_changed_is_sent_and_the_rest_is_linked_from_the_live_release(
 def test_an_unchanged_release_is_all_links(tmp_path):
     files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
     _live(tmp_path, files)
-    plan = delta.against(delta.lines(_manifest(files)), _manifest(files), _state(tmp_path))
+    plan = delta.against(_manifest(files), _state(tmp_path))
     assert plan.send == set() and plan.drop == plan.add == b""
     result, release, _, _ = unpack(tmp_path, tarball({}), files=files, release="r1", base=plan.base,
                                    drop=plan.drop, add=plan.add, want=plan.want)
@@ -242,7 +242,7 @@ def test_a_file_changed_in_place_in_the_live_release_is_sent_not_linked(tmp_path
     assert state.drift == {"app/v.py"} and state.listed is None
     state = _state(tmp_path)
     manifest = _manifest(files)
-    plan = delta.against(delta.lines(manifest), manifest, state)
+    plan = delta.against(manifest, state)
     assert plan.send == {"app/v.py"}
     result, release, _, _ = unpack(tmp_path, tarball({"app/v.py": b"y\n"}), files=files, release="r1",
                                    base=plan.base, drop=plan.drop, add=plan.add, want=plan.want)
