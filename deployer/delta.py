@@ -9,8 +9,8 @@ list it ends with against the sha256 the runner computed.
 
 import base64
 import binascii
-import gzip
 import hashlib
+import zlib
 from dataclasses import dataclass
 
 from deployer import packaging
@@ -18,6 +18,9 @@ from deployer import packaging
 # The most of a host's answer kept (its list, gzipped, in base64); a longer
 # one is not believed, and the host gets every file.
 LIST_LIMIT = 64 * 1024 * 1024
+# ... and the most it may unpack to: a few bytes of gzip can stand for
+# gigabytes, and the runner must not be made to hold them.
+UNPACKED_LIMIT = 8 * LIST_LIMIT
 
 
 def _lines(manifest: packaging.Manifest) -> dict[str, bytes]:
@@ -56,13 +59,21 @@ def parse(stdout: str) -> Live:
             drift.add(value)
         elif kind == "sums":
             try:
-                packed = base64.b64decode(value, validate=True)
-                listed = gzip.decompress(packed) if len(packed) < LIST_LIMIT else None
-            except (binascii.Error, OSError, EOFError):
+                listed = _gunzip(base64.b64decode(value, validate=True), UNPACKED_LIMIT)
+            except (binascii.Error, zlib.error):
                 listed = None
             if listed is not None and hashlib.sha256(listed).hexdigest() != base:
                 listed = None  # not the list the host said it has: send everything
     return Live(base, frozenset(drift), listed)
+
+
+def _gunzip(packed: bytes, limit: int) -> bytes | None:
+    """One gzip stream unpacked, or None if it is not whole or unpacks past `limit`."""
+    d = zlib.decompressobj(wbits=31)
+    out = d.decompress(packed, limit)
+    if d.unconsumed_tail or not d.eof:
+        return None
+    return out
 
 
 @dataclass(frozen=True)

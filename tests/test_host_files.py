@@ -1,6 +1,7 @@
 """What deployer writes on a host, on the local transport: names nobody can plant
 first, files it never writes through, and output it keeps bounded."""
 
+import base64
 import gzip
 import hashlib
 import io
@@ -298,3 +299,16 @@ def test_stdin_and_a_chatty_command_do_not_wait_on_each_other():
     data = b"z" * 4_000_000
     result = LocalTransport().run("cat; cat >&2 </dev/null", stdin=data)
     assert result.ok and len(result.stdout) < 300 * 1024 and result.stdout.endswith("zzz")
+
+
+def test_a_hosts_list_that_unpacks_past_the_bound_is_not_believed(monkeypatch):
+    listed = b"0" * 64 + b" 644 a.py\n"
+
+    def answer(data):
+        return f"base {hashlib.sha256(listed).hexdigest()}\nsums {base64.b64encode(data).decode()}\n"
+
+    assert delta.parse(answer(gzip.compress(listed))).listed == listed
+    monkeypatch.setattr(delta, "UNPACKED_LIMIT", len(listed) - 1)
+    # A gzip bomb is the same thing, larger: the runner stops unpacking at the bound.
+    assert delta.parse(answer(gzip.compress(listed))).listed is None
+    assert delta.parse(answer(gzip.compress(listed)[:-4])).listed is None  # cut short
