@@ -16,6 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
+def ignores_term(started: Path, done: Path) -> str:
+    """A migrate that ignores SIGTERM: it writes its pid to `started` (whole,
+    by rename), then would create `done` 15 s later unless it is killed."""
+    return f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started}; sleep 15; touch {done}"
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Every path under root with its type, mode and content hash (or link target)."""
     out = {}

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, process_running, tree_digest, wait_until
+from tests.conftest import REPO, ignores_term, process_running, tree_digest, wait_until
 
 
 def _local_target(tmp_path, migrate: str, **extra) -> str:
@@ -53,8 +53,7 @@ def test_signal_during_migrate_rolls_back_and_exits_130(tmp_path, sig):
 def test_a_migrate_that_ignores_sigterm_is_killed_before_deploy_exits(tmp_path):
     # It would finish its work 17 s after the deploy said "interrupted".
     started, done = tmp_path / "started", tmp_path / "DONE"
-    targets = _local_target(tmp_path, f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started};"
-                                      f" sleep 15; touch {done}")
+    targets = _local_target(tmp_path, ignores_term(started, done))
     proc = _deploy(targets)
     wait_until(started.exists, proc, 20)
     os.kill(proc.pid, signal.SIGTERM)
