@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def deploy_process(name: str, hostname: str, targets: str | Path) -> subprocess.Popen:
+    """`deploy` in a process of its own, to be signalled; plain output on its stdout."""
+    return subprocess.Popen([sys.executable, "-m", "deployer", name, hostname, "--targets", str(targets),
+                             "--output", "plain"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
 
 
 def ignores_term(started: Path, done: Path) -> str:

@@ -3,12 +3,11 @@
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, ignores_term, process_running, tree_digest, wait_until
+from tests.conftest import REPO, deploy_process, ignores_term, process_running, tree_digest, wait_until
 
 
 def _local_target(tmp_path, migrate: str, **extra) -> str:
@@ -25,9 +24,7 @@ def _local_target(tmp_path, migrate: str, **extra) -> str:
 
 
 def _deploy(targets: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "deployer", "local", "local.test", "--targets", targets,
-                             "--output", "plain"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL)
+    return deploy_process("local", "local.test", targets)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from deployer.cli import main
-from tests.conftest import REPO, ignores_term, process_running, tree_digest, wait_until
+from tests.conftest import REPO, deploy_process, ignores_term, process_running, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -379,9 +379,7 @@ def test_a_migration_that_prints_megabytes_keeps_only_the_tail(site):
 def test_a_remote_command_that_ignores_sigterm_is_killed_before_deploy_exits(site, tmp_path):
     started, done = tmp_path / "started", tmp_path / "DONE"
     site.edit(migrate=ignores_term(started, done))
-    proc = subprocess.Popen([sys.executable, "-m", "deployer", "alpha", "alpha.example.test", "--targets",
-                             str(site.targets_file), "--output", "plain"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
     wait_until(started.exists, proc, 30)
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=40)
