@@ -25,7 +25,8 @@ from deployer.context import Context
 from deployer.errors import DeployError, StepFailed
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
-from deployer.transport import LocalTransport, Result, SshTransport, Transport
+from deployer.result import Result
+from deployer.transport import LocalTransport, SshTransport, Transport
 from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported

@@ -17,7 +17,7 @@ from typing import IO
 from teamcity.messages import TeamcityServiceMessages
 
 from deployer import interrupts, steps
-from deployer.transport import CUT_NOTE, Result
+from deployer.result import CUT_NOTE, Result
 
 MASK = "********"
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from deployer import hostscripts, steps
 from deployer.quoting import Command
-from deployer.transport import Reader, Result, Tail
+from deployer.result import Result, Tail
+from deployer.transport import Reader
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
 import base64
 import hashlib
 import os
-import re
 import selectors
 import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import paramiko
@@ -26,45 +24,7 @@ from deployer.config import Host
 from deployer.errors import StepFailed
 from deployer.interrupts import Interrupted
 from deployer.quoting import PID_MARKER, reporting_pid
-
-
-@dataclass(frozen=True)
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-class Tail:
-    """The last `limit` bytes of a stream, and how many came before them.
-
-    A migration that prints 300 MB must not take 300 MB of memory (nor put
-    it in one JSON line): what is kept is the end, where errors are.
-    """
-
-    def __init__(self, limit: int = 256 * 1024):
-        self.limit = limit
-        self.data = bytearray()
-        self.cut = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        excess = len(self.data) - self.limit
-        if excess > 0:
-            del self.data[:excess]
-            self.cut += excess
-
-    def text(self) -> str:
-        kept = self.data.decode(errors="replace")
-        return f"[{self.cut} earlier bytes of output not kept]\n{kept}" if self.cut else kept
-
-
-# What Tail.text puts where it cut: a secret may have been cut in two there.
-CUT_NOTE = re.compile(r"\[\d+ earlier bytes of output not kept\]\n")
+from deployer.result import Result, Tail
 
 
 class Reader(Protocol):

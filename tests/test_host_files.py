@@ -12,7 +12,8 @@ import tarfile
 
 from deployer import delta, hostscripts, packaging
 from deployer.cli import main
-from deployer.transport import LocalTransport, Tail
+from deployer.result import Tail
+from deployer.transport import LocalTransport
 from tests.conftest import armed_local_target
 
 
