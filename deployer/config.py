@@ -107,6 +107,7 @@ class Target:
     step_timeout: float
     migrate_timeout: float
     parallel: int
+    relay: bool
     deploy_root: str
     vpn: Vpn
     apache: Apache
@@ -286,7 +287,7 @@ def _vpn_secret_files(config: str) -> list[str]:
 
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
-    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "deploy_root", "vpn", "apache",
+    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "deploy_root", "vpn", "apache",
     "migrate", "package", "template", "vars", "pipeline", "stages", "hooks",
 }
 def _merge(base: dict, over: dict) -> dict:
@@ -345,6 +346,11 @@ class _Reader:
             raise self.fail(path, "expected a positive number of seconds")
         return float(value)
 
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, "expected true or false")
+        return value
+
     def strings(self, value: Any, path: str) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise self.fail(path, f"expected a list of strings, got {_kind(value)}")
@@ -386,6 +392,7 @@ class _Reader:
             step_timeout=self.number(t.get("step_timeout", 600), f"{path}/step_timeout"),
             migrate_timeout=self.number(t.get("migrate_timeout", 3600), f"{path}/migrate_timeout"),
             parallel=self.integer(t.get("parallel", MAX_PARALLEL), f"{path}/parallel", 1, 1000),
+            relay=self.boolean(t.get("relay", True), f"{path}/relay"),
             deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
             apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),
@@ -532,9 +539,7 @@ class _Reader:
         if isinstance(value, (str, int, float)):
             return Var(self.value(str(value), path))
         v = self.mapping(value, path, {"value", "env", "secret"})
-        secret = v.get("secret", False)
-        if not isinstance(secret, bool):
-            raise self.fail(f"{path}/secret", "expected true or false")
+        secret = self.boolean(v.get("secret", False), f"{path}/secret")
         if ("value" in v) == ("env" in v):
             raise self.fail(path, "expected exactly one of value or env")
         if "env" in v:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import delta, interrupts, packaging, session, steps, transport
+from deployer import delta, interrupts, packaging, relay, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed
@@ -62,7 +62,8 @@ class Executor:
         # Per host, what its live release holds (for sending only what changed).
         self.live: dict[str, delta.Live] = {}
         # Per live release, the tarball of what differs and the lists before it.
-        self.sendings: dict[delta.Live, tuple[str, bytes]] = {}
+        self.sendings: dict[delta.Live, _Sending] = {}
+        self.offer: relay.Offer | None = None  # the upload's relay, once it starts
         self.building = threading.Lock()
         # Per host, the commands that remove what the undo of kept changes needed.
         self.pending_keep: dict[str, list[str]] = {}
@@ -116,6 +117,9 @@ class Executor:
     def on_hosts(self, group: session.Group) -> None:
         """A group of steps, in one session on each of its hosts, all hosts at once."""
         self.connect()
+        for _, step in group.steps:
+            if isinstance(step, steps.Upload) and step.relay is not None and self.offer is None:
+                self.offer = relay.Offer.make(step.relay)
         gate = _Gate(self, group)
         results = self.fan_out(group.hosts, lambda host: self.host_session(group, host, gate))
         messages = []
@@ -200,8 +204,11 @@ class Executor:
             stdin.close()
             gate.progressed(host, len(group.steps))
             with self.lock:
-                # A host that never said what it holds gets everything; hosts waiting for its list go on.
+                # A host that never said what it holds gets everything; hosts waiting for its list go on,
+                # and so do those waiting to read the artifact from it.
                 self.live.setdefault(host, delta.Live())
+                if self.offer is not None and host == self.offer.plan.source:
+                    self.offer.give_up()
         split.finish(result)
         return results
 
@@ -221,9 +228,37 @@ class Executor:
                 with self.lock:
                     self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
 
-            return [(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT), learned),
-                    (session.Entry(step.command.line(), timeout=timeout,
-                                   data=session.Deferred(lambda: self.sending(step, host))), None)]
+            unpack = session.Entry(step.command.line(), timeout=timeout,
+                                   data=session.Deferred(lambda: self.sending(step, host)))
+            made = [(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT), learned)]
+            offer = self.offer
+            if offer is None:
+                return [*made, (unpack, None)]
+            if host == offer.plan.source:
+                # Withdrawn in the source's next session, and on failure.
+                self.record(_Undo(host, "withdraw the relay key", offer.plan.close))
+                with self.lock:
+                    self.pending_keep.setdefault(host, []).append(offer.plan.close.line())
+
+                def offered(result: Result) -> None:
+                    with self.lock:
+                        offer.open = result.ok and "is offered to the other hosts" in result.stdout
+                        refused = [line for line in result.stdout.splitlines() if "is not offered" in line]
+                        if result.ok and refused:
+                            self.reporter.note(f"{host}: {refused[0]}; the runner sends it to each of them")
+                return [*made, (unpack, offered)]
+
+            def fetched(result: Result) -> None:
+                said = result.stdout.strip()
+                with self.lock:
+                    offer.asked.add(host)
+                    if result.ok and said == "fetched":
+                        offer.fetched.add(host)
+                    elif result.ok and said:
+                        self.reporter.note(f"{host}: the artifact was {said}; the runner sends it instead")
+            fetch = session.Entry(offer.plan.fetch.line(), timeout=timeout,
+                                  data=session.Deferred(lambda: self.fetch_input(step, host)))
+            return [*made, (fetch, fetched), (unpack, None)]
         if isinstance(step, (steps.Install, steps.Link)):
             self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
             data = None
@@ -233,9 +268,9 @@ class Executor:
             return [(session.Entry(step.command().line(), timeout=timeout, data=data), None)]
         raise TypeError(f"{type(step).__name__} cannot run on a host")
 
-    def sending(self, step: steps.Upload, host: str) -> session.Piece | None:
-        """What `host` is sent to make the new release, once it is known what
-        the host holds (and, for a host with the first host's live release,
+    def choice(self, step: steps.Upload, host: str) -> "_Sending | None":
+        """What makes the new release on `host`, once it is known what the
+        host holds (and, for a host with the first host's live release,
         once the first host has sent its list); None until then."""
         first = step.hosts[0]
         with self.lock:
@@ -244,13 +279,51 @@ class Executor:
                 return None
             if live.listed is None and live.base and self.live[first].base == live.base:
                 live = delta.Live(live.base, live.drift, self.live[first].listed)
-        path, head = self.prepared(step, live)
-        return session.Piece(len(head) + os.path.getsize(path), lambda: _Prefixed(head, open(path, "rb")))
+        return self.prepared(step, live)
 
-    def prepared(self, step: steps.Upload, live: delta.Live) -> tuple[str, bytes]:
-        """The tarball and what goes before it on stdin for a host whose live
-        release is `live`: made once per deploy for all the hosts that hold
-        the same one."""
+    def sending(self, step: steps.Upload, host: str) -> session.Piece | None:
+        """The unpack's stdin on `host` (see hostscripts._UNPACK); None until known."""
+        s = self.choice(step, host)
+        if s is None:
+            return None
+        how, key = "sent", b""
+        with self.lock:
+            offer = self.offer
+            if offer is not None and host == offer.plan.source:
+                offer.path = s.path if s.size >= relay.MIN_SIZE else ""
+                if offer.path:
+                    how, key = "keep", offer.public.encode() + b"\n"
+            elif offer is not None and host not in offer.asked:
+                return None  # not before the fetch has ended
+            elif offer is not None and host in offer.fetched:
+                how = "fetched"
+        head = s.head(how) + key
+        if how == "fetched":
+            return session.Piece(len(head), lambda: io.BytesIO(head))
+        return session.Piece(len(head) + s.size, lambda: _Prefixed(head, open(s.path, "rb")))
+
+    def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
+        """The fetch's stdin on `host` (see hostscripts._FETCH): what it needs to
+        read the artifact from the source, once the source offers it, or `-`
+        when it does not or `host` needs another tarball; None until known."""
+        s = self.choice(step, host)
+        if s is None:
+            return None
+        offer = self.offer
+        with self.lock:
+            if offer.path is None or (offer.path == s.path and offer.open is None):
+                return None
+            go = offer.path == s.path and offer.open
+        data = b"-\n"
+        if go:
+            source = self.transports[offer.plan.source]
+            data = (b"%s\n%s\n%s\n" % (s.copy_sha, source.user.encode(), source.known_line(relay.ALIAS).encode())
+                    + offer.private)
+        return session.Piece(len(data), lambda: io.BytesIO(data))
+
+    def prepared(self, step: steps.Upload, live: delta.Live) -> "_Sending":
+        """The tarball and the lists for a host whose live release is `live`:
+        made once per deploy for all the hosts that hold the same one."""
         with self.building:
             if live not in self.sendings:
                 b = step.build
@@ -259,10 +332,14 @@ class Executor:
                 if plan.send is not None:
                     path = os.path.join(self.ctx.workdir, f"changed-{len(self.sendings)}.tar.gz")
                     packaging.build(b.source, b.rules, path, expect=b.manifest.digest, only=plan.send)
-                lists = [gzip.compress(part, mtime=0) for part in (plan.drop, plan.add)]
-                head = (b"%s %s %s\n" % (self.artifact_sha256(path), plan.base.encode(), plan.want.encode())
-                        + b"".join(b"%d\n%s" % (len(part), part) for part in lists))
-                self.sendings[live] = path, head
+                lists = b"".join(b"%d\n%s" % (len(part), part)
+                                 for part in (gzip.compress(plan.drop, mtime=0), gzip.compress(plan.add, mtime=0)))
+                copy = hashlib.sha256(lists)  # what a host keeps for the others: the lists, then the tarball
+                with open(path, "rb") as f:
+                    hashlib.file_digest(f, lambda: copy)
+                self.sendings[live] = _Sending(path, os.path.getsize(path), self.artifact_sha256(path),
+                                               plan.base.encode(), plan.want.encode(), lists,
+                                               copy.hexdigest().encode())
             return self.sendings[live]
 
     def fan_out(self, items, fn) -> list:
@@ -458,6 +535,23 @@ class _Gate:
                 self.held = [(at, r) for at, r in self.held if at != self.open]
                 for report in now:
                     report()
+
+
+@dataclass(frozen=True)
+class _Sending:
+    """A tarball of the files a host lacks, and what the unpack reads before it."""
+
+    path: str
+    size: int
+    sha: bytes
+    base: bytes
+    want: bytes
+    lists: bytes  # the gzipped drop and add lists, each after its size
+    copy_sha: bytes  # of the lists and the tarball, as the relay's source keeps them
+
+    def head(self, how: str) -> bytes:
+        line = b"%s %s %s %s\n" % (self.sha, self.base, self.want, how.encode())
+        return line if how == "fetched" else line + self.lists
 
 
 class _Prefixed:

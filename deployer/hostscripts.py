@@ -8,7 +8,7 @@ an existing name and never writes through a link, so a file or link planted
 at a name we use can only make the step fail.
 """
 
-from deployer.quoting import Command
+from deployer.quoting import Command, forced_command
 
 # Everything the install needs beside the file lives in one directory of its
 # own, `work` (random per run, made with mkdir, which never follows a link
@@ -181,12 +181,17 @@ fi
 # it is sent. The new list must hash to `want`, so a host that would make a
 # release other than the runner's fails instead.
 #
-# stdin: "<tarball sha256> <base or -> <want>\n", then the size of `drop`
-# (gzipped) on a line and `drop`, the same for `add`, then the gzipped
-# tarball.
+# stdin: "<tarball sha256> <base or -> <want> <how>\n", then the size of
+# `drop` (gzipped) on a line and `drop`, the same for `add`, then the
+# gzipped tarball. `how` says where all that after the first line comes
+# from (see _FETCH): `sent` on stdin; `keep` on stdin too, and a copy of it
+# is kept in `relay/copy` for the other hosts, which the key on the line
+# after the lists may then read through `offer` (options for
+# authorized_keys) until its expiry; `fetched` from `relay/copy`, which the
+# fetch made (nothing follows the first line on stdin).
 _UNPACK = r"""set -eu
-releases=$1 release=$2 tmp=$3 run=$4 live=$5
-IFS=' ' read -r expect base want
+releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9
+IFS=' ' read -r expect base want how
 if [ -e "$live" ] && [ ! -L "$live" ]; then
     echo "$live exists and is not a symlink; deployer will not replace it (move it aside)" >&2
     exit 1
@@ -198,14 +203,28 @@ if [ -e "$release" ] || [ -L "$release" ]; then
 fi
 mkdir -m 700 -- "$tmp"
 mkdir -m 755 -- "$tmp/tree"
+case $how in
+keep) mkdir -m 700 -- "$relay"; : > "$relay/copy" ;;
+fetched) exec < "$relay/copy" ;;
+esac
 for part in drop add; do
     IFS= read -r size
-    head -c "$size" | gzip -dc > "$tmp/$part"
+    if [ "$how" = keep ]; then
+        printf '%s\n' "$size" >> "$relay/copy"
+        head -c "$size" | tee -a -- "$relay/copy" | gzip -dc > "$tmp/$part"
+    else
+        head -c "$size" | gzip -dc > "$tmp/$part"
+    fi
 done
+[ "$how" != keep ] || IFS= read -r key
 mkfifo -m 600 -- "$tmp/stream"
 tar -xzf "$tmp/stream" -C "$tmp/tree" --no-same-owner &
 unpacking=$!
-got=$(tee -- "$tmp/stream" | sha256sum)
+if [ "$how" = keep ]; then
+    got=$(tee -a -- "$tmp/stream" "$relay/copy" | sha256sum)
+else
+    got=$(tee -- "$tmp/stream" | sha256sum)
+fi
 if ! wait "$unpacking"; then
     echo "unpacking the artifact failed (full disk? see tar's message above)" >&2
     exit 1
@@ -235,8 +254,38 @@ if [ "${got%% *}" != "$want" ]; then
 fi
 printf '%s\n' "$run" > "$tmp/tree/.deployer-release-id"
 mv -T -- "$tmp/tree" "$release"
-echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp/add") sent"
+if [ "$how" = fetched ]; then came="read from the first host"; else came=sent; fi
+echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp/add") $came"
 rm -rf -- "$tmp"
+case $how in
+fetched) rm -rf -- "$relay" ;;
+keep) offer "$relay" "$offer $key $tag" "$seconds" ;;
+esac
+"""
+
+# The artifact offered to the other hosts (see _FETCH): a line for the
+# one-time key in the login user's authorized_keys, which lets it run
+# `cat` of the copy and nothing else, and expires by itself should the
+# runner die before `_CLOSE` removes it. Never fails the deploy: the other
+# hosts are then sent the artifact through the tunnel. authorized_keys is
+# appended to (same file, owner, mode and labels), never through a link,
+# under a lock on ~/.ssh that `_CLOSE` takes too.
+_OFFER = r"""offer() {
+    relay=$1 line=$2 seconds=$3 keys=$HOME/.ssh/authorized_keys
+    if [ -L "$keys" ] || [ ! -f "$keys" ]; then
+        echo "the artifact is not offered to the other hosts: $keys is not a regular file"
+        return 0
+    fi
+    until=$(date -d "+$seconds seconds" +%Y%m%d%H%M%S) || return 0
+    if (flock -w 10 9 || exit 1
+        # A last line without its newline would swallow ours.
+        [ ! -s "$keys" ] || [ "$(tail -c 1 -- "$keys" | wc -l)" = 1 ] || echo >> "$keys"
+        printf '%s\n' "${line%%,*},expiry-time=\"$until\",${line#*,}" >> "$keys") 9< "$HOME/.ssh"; then
+        echo "the artifact is offered to the other hosts until $until"
+    else
+        echo "the artifact is not offered to the other hosts: cannot add the key to $keys"
+    fi
+}
 """
 
 # What the runner needs to send only what changed: the sha256 of the live
@@ -256,13 +305,72 @@ if [ "$full" = 1 ]; then
 fi
 """
 
-# Safe in every state the unpack can stop in: a release is removed only if
-# it carries this run's id.
-_DISCARD = r"""release=$1 tmp=$2 run=$3
-rm -rf -- "$tmp"
+# The tunnel crossed once: a host that would be sent the same artifact as
+# the first host reads it from there instead, over SSH inside the private
+# network. stdin: the sha256 of the copy (the lists and the tarball, as
+# _UNPACK reads them; or `-`: nothing to fetch), the
+# user to log in as, the first host's known_hosts line (its key as the
+# runner's known_hosts has it, under the alias `deployer-relay`) and the
+# one-time private key, which lives here only while ssh runs, in a
+# directory of the run's own (mode 0700). No ssh config, agent or other
+# key is used. Never fails the deploy: the reason it did not fetch is
+# printed, and the runner then sends the artifact itself.
+_FETCH = r"""relay=$1 address=$2 port=$3
+IFS= read -r want || exit 0
+[ "$want" != - ] || exit 0
+IFS= read -r user && IFS= read -r known || exit 0
+if ! command -v ssh > /dev/null; then
+    echo "not fetched: no ssh client on this host"
+    exit 0
+fi
+umask 077
+if ! mkdir -p -m 755 -- "${relay%/*}" || ! mkdir -m 700 -- "$relay"; then
+    echo "not fetched: cannot make $relay"
+    exit 0
+fi
+cat > "$relay/key"
+printf '%s\n' "$known" > "$relay/known"
+ssh -F /dev/null -T -n -i "$relay/key" -l "$user" -p "$port" \
+    -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    -o UserKnownHostsFile="$relay/known" -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
+    -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlPath=none \
+    -o LogLevel=ERROR -- "$address" copy > "$relay/copy" 2> "$relay/error"
+code=$?
+rm -f -- "$relay/key" "$relay/known"
+got=$(sha256sum < "$relay/copy")
+if [ "$code" = 0 ] && [ "${got%% *}" = "$want" ]; then
+    echo fetched
+    exit 0
+fi
+echo "not fetched (ssh exit code $code): $(head -c 300 -- "$relay/error" | tr '\n' ' ')"
+rm -rf -- "$relay"
+"""
+
+# The offer withdrawn: the copy removed, and the key's line removed from
+# authorized_keys through a new file renamed over it (readers see the old
+# file or the new one, never a part), under the lock `offer` takes.
+_CLOSE = r"""relay=$1 tag=$2 keys=$HOME/.ssh/authorized_keys
+rm -rf -- "$relay"
+[ -f "$keys" ] && [ ! -L "$keys" ] || exit 0
+grep -q -- " $tag\$" "$keys" || exit 0
+(flock -w 10 9 || exit 1
+ new=$(mktemp -- "$keys.XXXXXX") || exit 1
+ grep -v -- " $tag\$" "$keys" > "$new"
+ [ "$?" -le 1 ] && chmod --reference="$keys" -- "$new" && mv -f -- "$new" "$keys" \
+     || { rm -f -- "$new"; exit 1; }) 9< "$HOME/.ssh" && exit 0
+echo "could not remove the relay key $tag from $keys (it expires by itself)" >&2
+exit 1
+"""
+
+# Safe in every state the unpack (or the fetch) can stop in: a release is
+# removed only if it carries this run's id.
+_DISCARD = r"""release=$1 tmp=$2 run=$3 relay=$4
+rm -rf -- "$tmp" "$relay"
 if [ -f "$release/.deployer-release-id" ] && [ "$(cat -- "$release/.deployer-release-id")" = "$run" ]; then
     rm -rf -- "$release"
 fi
+# The first release of an instance leaves no empty directory behind.
+rmdir -- "${release%/*}" 2> /dev/null || true
 """
 
 # TERM the group, KILL it if it outlives the grace, then wait until no
@@ -339,10 +447,25 @@ def forget(work: str) -> Command:
     return Command.of(("rm", "-rf", "--", work))
 
 
-def unpack(releases: str, release: str, tmp: str, run_id: str, live: str) -> Command:
+def unpack(releases: str, release: str, tmp: str, run_id: str, live: str, relay: str, tag: str,
+           seconds: int) -> Command:
     """Make `release` from stdin (see _UNPACK), the files that did not change
-    linked from the live release, if `live` can be switched to it later."""
-    return _program("deployer-unpack", _UNPACK, releases, release, tmp, run_id, live)
+    linked from the live release, if `live` can be switched to it later.
+    Asked to, it keeps a copy of the artifact in `relay` and lets a key
+    tagged `tag` read it for `seconds`."""
+    offer = forced_command(Command.of(("cat", "--", f"{relay}/copy")).line())
+    return _program("deployer-unpack", _OFFER + _UNPACK, releases, release, tmp, run_id, live,
+                    relay, offer, tag, str(seconds))
+
+
+def fetch(relay: str, address: str, port: int) -> Command:
+    """Read the artifact from the host at `address` into `relay` (see _FETCH)."""
+    return _program("deployer-fetch", _FETCH, relay, address, str(port))
+
+
+def close(relay: str, tag: str) -> Command:
+    """Withdraw what `unpack` offered: its copy, and the key tagged `tag`."""
+    return _program("deployer-close-relay", _CLOSE, relay, tag)
 
 
 def live_state(live: str, full: bool) -> Command:
@@ -350,9 +473,9 @@ def live_state(live: str, full: bool) -> Command:
     return _program("deployer-live-state", _LIVE_STATE, live, "01"[full])
 
 
-def discard(release: str, tmp: str, run_id: str) -> Command:
-    """Undo `unpack`."""
-    return _program("deployer-discard", _DISCARD, release, tmp, run_id)
+def discard(release: str, tmp: str, run_id: str, relay: str) -> Command:
+    """Undo `unpack` (and `fetch`)."""
+    return _program("deployer-discard", _DISCARD, release, tmp, run_id, relay)
 
 
 def stop_group(pid: int, grace: float) -> Command:

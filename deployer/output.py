@@ -61,6 +61,7 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
                 *(f"$ {line}" for line in step.command.line().splitlines()),
                 f"reading the files that differ from the host's live release (all of {step.local} if it has"
                 " none) and the changes to the file list, on its standard input",
+                *_relay_details(step.relay),
                 *(f"on failure: $ {line}" for line in step.undo.line().splitlines())]
     if isinstance(step, steps.Install):
         owner = f", chown {step.owner}" if step.owner else ""
@@ -74,6 +75,17 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
         return [f"point {step.path} at {step.target}, atomically{note}:",
                 *(f"$ {line}" for line in step.command().line().splitlines())]
     return []
+
+
+def _relay_details(r: steps.Relay | None) -> list[str]:
+    if r is None:
+        return []
+    return [f"{r.source} keeps a copy of that tarball if it is 1 MiB or more, and lets a one-time key read it;"
+            " every other host that needs the same tarball reads it from there instead, before it unpacks"
+            " (else it is sent as above):",
+            *(f"$ {line}" for line in r.fetch.line().splitlines()),
+            f"then the key and the copy are removed from {r.source} in its next session, and on failure:",
+            *(f"$ {line}" for line in r.close.line().splitlines())]
 
 
 def _shown(path: str) -> str:

@@ -59,3 +59,11 @@ def reporting_pid(line: str) -> str:
     stops it all when the deploy is interrupted.
     """
     return f"echo {PID_MARKER.decode()}$$ >&2; exec /bin/sh -c {shlex.quote(line)}"
+
+
+def forced_command(line: str) -> str:
+    """The authorized_keys options that let a key run `line` and nothing
+    else: no pty, no forwarding of any kind, no ~/.ssh/rc. sshd reads the
+    option's value up to the next unescaped double quote, and `\\"` is its
+    only escape."""
+    return 'restrict,command="{}"'.format(line.replace('"', '\\"'))

@@ -32,15 +32,25 @@ def vpn(ctx: Context) -> tuple[steps.Step, ...]:
 
 
 def upload(ctx: Context) -> tuple[steps.Step, ...]:
-    # A name of the run's own beside the release, for the part-made tree.
+    # Names of the run's own beside the releases: the part-made tree, and
+    # the artifact's copy that the other hosts read from the first one.
     tmp = posixpath.join(ctx.releases_dir, f".{ctx.release}.deployer-{ctx.run_id}")
+    relay_dir = posixpath.join(ctx.releases_dir, f".deployer-relay-{ctx.run_id}")
+    tag = f"deployer-relay-{ctx.run_id}"
+    t = ctx.target
+    relay = None
+    if t.transport == "ssh" and t.relay and len(t.hosts) > 1:
+        source = t.hosts[0]
+        relay = steps.Relay(source.name, fetch=hostscripts.fetch(relay_dir, source.address, source.port),
+                            close=hostscripts.close(relay_dir, tag))
     return (
         steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
                      state_first=hostscripts.live_state(ctx.deploy_path, True),
                      state=hostscripts.live_state(ctx.deploy_path, False),
+                     # The key may read the copy as long as a step may take.
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
-                                                ctx.deploy_path),
-                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id)),
+                                                ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
+                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay),
     )
 
 

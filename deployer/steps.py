@@ -54,13 +54,28 @@ class Run(Step):
 
 
 @dataclass(frozen=True)
+class Relay:
+    """The artifact crosses the tunnel once: `source` keeps a copy of it as
+    it unpacks and lets a one-time key read that copy; every other host
+    that would be sent the same tarball runs `fetch`, which reads it from
+    `source` over SSH inside the private network, and unpacks that instead.
+    `close` withdraws the key and the copy, in the source's next session
+    and on failure."""
+
+    source: str
+    fetch: Command = field(default_factory=Command)
+    close: Command = field(default_factory=Command)
+
+
+@dataclass(frozen=True)
 class Upload(Step):
     """Make a new release on the host from the artifact `build` makes, in one
     session: `state` says what the live release holds (`state_first` on the
     first host, which also sends its file list), then `command` reads only
     what differs from it on stdin, checks its sha256 and links the rest from
     the live release. `undo` removes what this run made, whatever point the
-    upload reached."""
+    upload reached. With `relay`, most hosts read the artifact from the
+    first one instead of from the runner."""
 
     waits: bool = False
     build: Build = field(default_factory=Build)
@@ -68,6 +83,7 @@ class Upload(Step):
     state: Command = field(default_factory=Command)
     command: Command = field(default_factory=Command)
     undo: Command = field(default_factory=Command)
+    relay: Relay | None = None
 
     @property
     def local(self) -> str:

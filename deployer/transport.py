@@ -343,6 +343,17 @@ class SshTransport:
         finally:
             watchdog.cancel()
 
+    @property
+    def user(self) -> str:
+        """Who we log in as (targets.yaml, else the local user name)."""
+        return self.conn.user
+
+    def known_line(self, alias: str) -> str:
+        """The host's key, checked against our known_hosts when we connected,
+        as a known_hosts line for `alias`: a host given it can check this one."""
+        key = self.conn.transport.get_remote_server_key()
+        return f"{alias} {key.get_name()} {key.get_base64()}"
+
     def give_up(self) -> None:
         self.lost = True
         self.conn.close()

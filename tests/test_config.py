@@ -311,8 +311,8 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 
 HOST = "hosts: [web1.alpha.internal]"
 UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, hooks, hosts,"
-           " identity_file, known_hosts, migrate, migrate_timeout, package, parallel, pipeline, port, stages,"
-           " step_timeout, template, transport, user, vars, vpn")
+           " identity_file, known_hosts, migrate, migrate_timeout, package, parallel, pipeline, port, relay,"
+           " stages, step_timeout, template, transport, user, vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
@@ -361,6 +361,7 @@ MALFORMED = [
      "targets/alpha/vars/A: expected exactly one of value or env"),
     ("targets:\n  alpha: {" + HOST + ", vars: {A: {env: X, secret: 'yes'}}}\n",
      "targets/alpha/vars/A/secret: expected true or false"),
+    ("targets:\n  alpha: {" + HOST + ", relay: 'no'}\n", "targets/alpha/relay: expected true or false"),
     ("targets:\n  alpha: {" + HOST + ", vars: {A: [1, 2]}}\n",
      "targets/alpha/vars/A: expected a mapping, got a list"),
     ("targets:\n  alpha: {" + HOST + ", pipeline: [package, upload, upload]}\n",

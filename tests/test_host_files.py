@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import tarfile
 
@@ -128,21 +129,38 @@ def listing(files: dict[str, bytes]) -> bytes:
                     for name, data in sorted(files.items()))
 
 
+RELAY_TAG = "deployer-relay-run-1"
+
+
 def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None, release="r1",
-           base="-", drop=b"", add=None, want=None):
-    """Run the unpack script; by default a whole release of `files`, as for a host with none."""
+           base="-", drop=b"", add=None, want=None, how="sent"):
+    """Run the unpack script; by default a whole release of `files`, as for a host with none.
+    `how` as the runner says it: `keep` (with a key on stdin after the lists) and
+    `sent` read `artifact` on stdin, `fetched` finds it in the relay directory."""
     files = files or {}
     releases, release = tmp_path / "www" / "a.releases", tmp_path / "www" / "a.releases" / release
-    tmp = releases / f".{release.name}.tmp"
+    tmp, relay = releases / f".{release.name}.tmp", releases / ".relay"
     digest = checksum or hashlib.sha256(artifact).hexdigest().encode()
     add = listing(files) if add is None else add
     want = want or hashlib.sha256(listing(files)).hexdigest()
-    drop, add = gzip.compress(drop), gzip.compress(add)
-    head = b"%s %s %s\n%d\n%s%d\n%s" % (digest, base.encode(), want.encode(), len(drop), drop, len(add), add)
+    head = b"%s %s %s %s\n" % (digest, base.encode(), want.encode(), how.encode())
+    if how != "fetched":
+        head += lists(drop, add)
+    if how == "keep":
+        head += b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJLRtV6OsJmtgr6BhS8XeENBQNr8FbNapEU/JhKLhSZ\n"
     t = LocalTransport()
-    result = t.run(hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"))
-                   .line(), stdin=head + artifact)
-    return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1").line())
+    command = hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"),
+                                 str(relay), RELAY_TAG, 600)
+    result = t.run(f"HOME={shlex.quote(str(tmp_path / 'home'))} " + command.line(),
+                   stdin=head + (b"" if how == "fetched" else artifact))
+    return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1",
+                                                                   str(relay)).line())
+
+
+def lists(drop: bytes, add: bytes) -> bytes:
+    """The drop and add lists as the unpack reads them: each gzipped, after its size."""
+    drop, add = gzip.compress(drop, mtime=0), gzip.compress(add, mtime=0)
+    return b"%d\n%s%d\n%s" % (len(drop), drop, len(add), add)
 
 
 def tarball(files: dict[str, bytes]) -> bytes:
@@ -313,3 +331,83 @@ def test_a_hosts_list_that_unpacks_past_the_bound_is_not_believed(monkeypatch):
     # A gzip bomb is the same thing, larger: the runner stops unpacking at the bound.
     assert delta.parse(answer(gzip.compress(listed))).listed is None
     assert delta.parse(answer(gzip.compress(listed)[:-4])).listed is None  # cut short
+
+
+# -- the relay: the first host keeps a copy and offers it to a one-time key --
+
+def authorized_keys(tmp_path, text: bytes) -> "os.PathLike":
+    ssh = tmp_path / "home" / ".ssh"
+    ssh.mkdir(parents=True, mode=0o700)
+    keys = ssh / "authorized_keys"
+    keys.write_bytes(text)
+    keys.chmod(0o600)
+    return keys
+
+
+def test_the_first_host_keeps_the_artifact_and_offers_it_to_the_one_time_key_only(tmp_path):
+    files = {"manage.py": b"x\n"}
+    artifact = tarball(files)
+    # The user's last key has no newline at the end: ours must not join it.
+    keys = authorized_keys(tmp_path, b"ssh-ed25519 AAAAuser user@laptop")
+    result, release, _, _ = unpack(tmp_path, artifact, files=files, how="keep")
+    assert result.ok, result.stderr
+    assert "is offered to the other hosts until" in result.stdout
+    relay = release.parent / ".relay"
+    # Kept as the others' unpack will read it: the lists, then the tarball.
+    assert (relay / "copy").read_bytes() == lists(b"", listing(files)) + artifact
+    assert oct(relay.stat().st_mode & 0o777) == "0o700"
+    lines = keys.read_text().splitlines()
+    assert lines[0] == "ssh-ed25519 AAAAuser user@laptop"
+    options, key, tag = lines[1].rsplit(" ", 2)[0], lines[1].split(" ")[-2], lines[1].split(" ")[-1]
+    assert tag == RELAY_TAG and key.startswith("AAAAC3")
+    assert options.startswith('restrict,expiry-time="') and "ssh-ed25519" in options
+    assert f'command="cat -- {relay}/copy"' in options
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+
+    close = LocalTransport().run(f"HOME={shlex.quote(str(tmp_path / 'home'))} "
+                                 + hostscripts.close(str(relay), RELAY_TAG).line())
+    assert close.ok, close.stderr
+    assert keys.read_text() == "ssh-ed25519 AAAAuser user@laptop\n"
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    assert not relay.exists()
+    assert os.listdir(keys.parent) == ["authorized_keys"]
+
+
+def test_no_offer_through_a_linked_authorized_keys_and_the_deploy_goes_on(tmp_path):
+    files = {"manage.py": b"x\n"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("ssh-ed25519 AAAAother\n")
+    ssh = tmp_path / "home" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "authorized_keys").symlink_to(elsewhere)
+    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, how="keep")
+    assert result.ok, result.stderr
+    assert "not offered to the other hosts" in result.stdout and (release / "manage.py").exists()
+    assert elsewhere.read_text() == "ssh-ed25519 AAAAother\n"
+
+
+def test_a_host_unpacks_the_copy_it_fetched_and_removes_it(tmp_path):
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    artifact = tarball(files)
+    relay = tmp_path / "www" / "a.releases" / ".relay"
+    relay.mkdir(parents=True, mode=0o700)
+    (relay / "copy").write_bytes(lists(b"", listing(files)) + artifact)
+    result, release, _, _ = unpack(tmp_path, artifact, files=files, how="fetched")
+    assert result.ok, result.stderr
+    assert (release / "app/v.py").read_bytes() == b"y\n" and not relay.exists()
+
+
+def test_a_fetched_copy_that_is_not_the_artifact_fails_the_unpack(tmp_path):
+    files = {"manage.py": b"x\n"}
+    relay = tmp_path / "www" / "a.releases" / ".relay"
+    relay.mkdir(parents=True)
+    (relay / "copy").write_bytes(lists(b"", listing(files)) + tarball({"manage.py": b"evil\n"}))
+    result, release, _, discard = unpack(tmp_path, tarball(files), files=files, how="fetched")
+    assert not result.ok and "damaged" in result.stderr and not release.exists()
+    assert discard().ok and not relay.exists()
+
+
+def test_nothing_to_fetch_makes_nothing(tmp_path):
+    relay = tmp_path / "relay"
+    result = LocalTransport().run(hostscripts.fetch(str(relay), "198.18.1.10", 22).line(), stdin=b"-\n")
+    assert result.ok and result.stdout == "" and not relay.exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deployer import relay
 from tests.conftest import REPO, tree_digest, wait_until
 from tests.lab import lab as tests_lab
 from tests.lab.fixtures import lab, lab_session  # noqa: F401
@@ -34,6 +35,10 @@ class Site:
         self.app = tmp / "app"
         shutil.copytree(REPO / "examples" / "djangoapp", self.app,
                         ignore=shutil.ignore_patterns("__pycache__"))
+        # Incompressible, so that the artifact is past relay.MIN_SIZE and the
+        # other hosts read it from the first one, as for any real-sized app.
+        (self.app / "static").mkdir(exist_ok=True)
+        (self.app / "static" / "ballast.bin").write_bytes(os.urandom(relay.MIN_SIZE + 200_000))
         self.targets = tmp / "targets.yaml"
         self.write()
 
@@ -65,7 +70,8 @@ class Site:
         return proc.returncode, [json.loads(line) for line in out.splitlines()], err
 
     def hosts_digest(self) -> list[dict]:
-        return [{d: tree_digest(h.path(d)) for d in ("/var/www", "/etc/apache2")}
+        # /root/.ssh: the relay's one-time key must be gone, whatever happened.
+        return [{d: tree_digest(h.path(d)) for d in ("/var/www", "/etc/apache2", "/root/.ssh")}
                 for h in self.lab.hosts]
 
     def health(self, i: int, name: str) -> dict:
@@ -224,7 +230,7 @@ def test_configtest_failing_on_one_host_undoes_every_host(site):
     # Every host as it was: the host whose check passed was rolled back too.
     after = site.hosts_digest()
     for b, a in zip(before, after, strict=True):
-        assert a["/var/www"] == b["/var/www"]
+        assert a["/var/www"] == b["/var/www"] and a["/root/.ssh"] == b["/root/.ssh"]
         assert {k: v for k, v in a["/etc/apache2"].items() if k != "conf-enabled/broken.conf"} == \
             {k: v for k, v in b["/etc/apache2"].items() if k != "conf-enabled/broken.conf"}
     assert [os.readlink(h.path("/var/www/alpha")) for h in site.lab.hosts] == live
@@ -327,3 +333,85 @@ def test_a_host_whose_link_dies_mid_step_fails_the_deploy_within_its_time_limit(
     assert not list(host.path("/var/www").glob("demo-cut*/*"))
     assert_vpn_down(site.lab)
     site.lab.run(1, "rm -rf /var/www/demo-cut* /etc/apache2/sites-*/demo-cut.conf /etc/apache2/sites-*/.demo-cut*")
+
+
+# -- the tunnel crossed once ---------------------------------------------------
+
+def into_tunnel() -> int:
+    """Bytes the VPN's clients sent into the tunnel, as the server's tun device counts them."""
+    out = subprocess.run(["ip", "-n", tests_lab.VPN_NETNS, "-s", "-j", "link", "show"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return sum(link["stats64"]["rx"]["bytes"] for link in json.loads(out) if link["ifname"].startswith("tun"))
+
+
+def uploads(events: list[dict]) -> dict[str, str]:
+    return {e["host"]: e["stdout"] for e in events if e["event"] == "step_finished" and e["stage"] == "upload"}
+
+
+def no_relay_left(site: Site, name: str) -> None:
+    for h in site.lab.hosts:
+        assert not list(h.path("/var/www").glob(f"{name}.releases/.deployer-relay-*")), h.name
+
+
+def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after(four):
+    keys = [tree_digest(h.path("/root/.ssh")) for h in four.lab.hosts]
+    logins = four.lab.ssh_log_offsets()
+    sent = into_tunnel()
+    code, events = four.deploy("demo-relay")
+    sent = into_tunnel() - sent
+    assert code == 0, error_of(events)
+    first, *others = four.lab.addresses
+    said = uploads(events)
+    assert said[first].startswith("0 files linked from the live release, ") and " sent\n" in said[first]
+    assert "is offered to the other hosts until" in said[first]
+    for host in others:
+        assert said[host].strip().endswith("read from the first host"), said[host]
+    package = next(e for e in events if e["event"] == "step_finished" and e["stage"] == "package")
+    artifact = int(package["stdout"].split(" bytes compressed")[0].rsplit(" ", 1)[1])
+    # Once, plus the sessions' own traffic; sent to each host it would be 4 times.
+    assert artifact < sent < 1.5 * artifact, (sent, artifact)
+    # Each other host logged in to the first one once, with the one-time key.
+    assert four.lab.ssh_logins(logins) == [1 + len(others), 1, 1, 1]
+    assert [tree_digest(h.path("/root/.ssh")) for h in four.lab.hosts] == keys
+    no_relay_left(four, "demo-relay")
+    for i in range(4):
+        assert four.health(i, "demo-relay")["release_dir"] == release_of(events)
+
+
+def test_the_key_is_gone_after_an_interrupt_while_the_others_read_the_artifact(four):
+    # configtest in the upload's session is slow on the last host: the first
+    # host has offered the artifact, and the deploy is stopped there.
+    shared, on_hosts = four.lab.shared_dir, four.lab.shared_dir_on_hosts
+    ctl = shared / "slowctl"
+    ctl.write_text(f'#!/bin/sh\n[ "$(hostname)" != web3 ] || {{ touch {on_hosts}/slow-ctl; sleep 30; }}\n'
+                   'exec apache2ctl "$@"\n')
+    ctl.chmod(0o755)
+    (shared / "slow-ctl").unlink(missing_ok=True)
+    four.write(apache={"ctl": f"{on_hosts}/slowctl"})
+    before = four.hosts_digest()
+    code, events, err = four.deploy_and("demo-stop", (shared / "slow-ctl").exists,
+                                        lambda p: p.send_signal(signal.SIGTERM))
+    assert code == 130, err
+    assert "is offered to the other hosts" in uploads(events)[four.lab.addresses[0]]
+    assert four.hosts_digest() == before
+    assert_vpn_down(four.lab)
+
+
+def test_a_first_host_that_cannot_offer_the_artifact_does_not_fail_the_deploy(four):
+    # An authorized_keys that is a link (to a file managed elsewhere) is never written through.
+    keys = four.lab.hosts[0].path("/root/.ssh/authorized_keys")
+    real = keys.with_name("authorized_keys.real")
+    shutil.copy2(keys, real)
+    keys.unlink()
+    keys.symlink_to("authorized_keys.real")
+    try:
+        code, events = four.deploy("demo-direct")
+        assert code == 0, error_of(events)
+        assert real.read_bytes() == keys.read_bytes() and keys.is_symlink()
+    finally:
+        keys.unlink()
+        real.rename(keys)
+    notes = " ".join(e["text"] for e in events if e["event"] == "note")
+    assert "is not offered to the other hosts" in notes and "the runner sends it" in notes
+    assert all(text.splitlines()[0].endswith(" sent") for text in uploads(events).values())
+    no_relay_left(four, "demo-direct")

@@ -10,7 +10,7 @@ from deployer import stages as stage_lib
 from deployer.config import load
 from deployer.errors import UsageError
 from deployer.quoting import Command
-from deployer.steps import Build, Install, Link, OpenVpn, Run, Upload
+from deployer.steps import Build, Install, Link, OpenVpn, Relay, Run, Upload
 from tests.conftest import REPO
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -75,14 +75,25 @@ def test_upload_steps(make):
     ctx, stages = make()
     rel = f"/var/www/alpha.releases/{ctx.release}"
     tmp = f"/var/www/alpha.releases/.{ctx.release}.deployer-{ctx.run_id}"
+    relay, tag = f"/var/www/alpha.releases/.deployer-relay-{ctx.run_id}", f"deployer-relay-{ctx.run_id}"
     assert stages["upload"] == (
         Upload(f"upload and unpack release {ctx.release}", H, build=stages["package"][0],
                state_first=hostscripts.live_state("/var/www/alpha", True),
                state=hostscripts.live_state("/var/www/alpha", False),
-               command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha"),
-               undo=hostscripts.discard(rel, tmp, ctx.run_id)),
+               command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha",
+                                          relay, tag, 600),
+               undo=hostscripts.discard(rel, tmp, ctx.run_id, relay),
+               relay=Relay("web1.internal", fetch=hostscripts.fetch(relay, "web1.internal", 22),
+                           close=hostscripts.close(relay, tag))),
     )
     assert stages["upload"][0].local == f"/w/alpha-{ctx.release}.tar.gz"
+
+
+def test_no_relay_for_one_host_or_when_turned_off(make):
+    _, stages = make({"hosts": ["web1.internal"]})
+    assert stages["upload"][0].relay is None
+    _, stages = make({"relay": False})
+    assert stages["upload"][0].relay is None
 
 
 def test_render_steps(make):
