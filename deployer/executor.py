@@ -256,7 +256,9 @@ class Executor:
                         offer.fetched.add(host)
                     elif result.ok and said:
                         self.reporter.note(f"{host}: the artifact was {said}; the runner sends it instead")
-            fetch = session.Entry(offer.plan.fetch.line(), timeout=timeout,
+            # It waits for the source to unpack, then reads within its own
+            # limit: a slow source means the runner sends, not a failed step.
+            fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
                                   data=session.Deferred(lambda: self.fetch_input(step, host)))
             return [*made, (fetch, fetched), (unpack, None)]
         if isinstance(step, (steps.Install, steps.Link)):
@@ -292,7 +294,7 @@ class Executor:
             if offer is not None and host == offer.plan.source:
                 offer.path = s.path if s.size >= relay.MIN_SIZE else ""
                 if offer.path:
-                    how, key = "keep", offer.public.encode() + b"\n"
+                    how, key = "keep", b"%s %s\n" % (s.copy_sha, offer.public.encode())
             elif offer is not None and host not in offer.asked:
                 return None  # not before the fetch has ended
             elif offer is not None and host in offer.fetched:
@@ -317,8 +319,8 @@ class Executor:
         data = b"-\n"
         if go:
             source = self.transports[offer.plan.source]
-            data = (b"%s\n%s\n%s\n" % (s.copy_sha, source.user.encode(), source.known_line(relay.ALIAS).encode())
-                    + offer.private)
+            data = (b"%s %d\n%s\n%s\n" % (s.copy_sha, len(s.lists) + s.size, source.user.encode(),
+                                             source.known_line(relay.ALIAS).encode()) + offer.private)
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
     def prepared(self, step: steps.Upload, live: delta.Live) -> "_Sending":

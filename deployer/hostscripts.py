@@ -186,9 +186,10 @@ fi
 # gzipped tarball. `how` says where all that after the first line comes
 # from (see _FETCH): `sent` on stdin; `keep` on stdin too, and a copy of it
 # is kept in `relay/copy` for the other hosts, which the key on the line
-# after the lists may then read through `offer` (options for
-# authorized_keys) until its expiry; `fetched` from `relay/copy`, which the
-# fetch made (nothing follows the first line on stdin).
+# after the lists ("<sha256 of the copy> <public key>") may then read
+# through `offer` (options for authorized_keys) until its expiry; `fetched`
+# from `relay/copy`, which the fetch made (nothing follows the first line
+# on stdin).
 _UNPACK = r"""set -eu
 releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9
 IFS=' ' read -r expect base want how
@@ -216,9 +217,10 @@ for part in drop add; do
         head -c "$size" | gzip -dc > "$tmp/$part"
     fi
 done
-[ "$how" != keep ] || IFS= read -r key
+[ "$how" != keep ] || IFS=' ' read -r copysum key
 mkfifo -m 600 -- "$tmp/stream"
-tar -xzf "$tmp/stream" -C "$tmp/tree" --no-same-owner &
+# From inside the tree: tar would unquote a backslash in a -C argument.
+(cd -- "$tmp/tree" && exec tar -xzf ../stream --no-same-owner) &
 unpacking=$!
 if [ "$how" = keep ]; then
     got=$(tee -a -- "$tmp/stream" "$relay/copy" | sha256sum)
@@ -259,7 +261,7 @@ echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp
 rm -rf -- "$tmp"
 case $how in
 fetched) rm -rf -- "$relay" ;;
-keep) offer "$relay" "$offer $key $tag" "$seconds" ;;
+keep) offer "$relay" "$offer $key $tag" "$seconds" "$copysum" ;;
 esac
 """
 
@@ -271,19 +273,33 @@ esac
 # appended to (same file, owner, mode and labels), never through a link,
 # under a lock on ~/.ssh that `_CLOSE` takes too.
 _OFFER = r"""offer() {
-    relay=$1 line=$2 seconds=$3 keys=$HOME/.ssh/authorized_keys
-    if [ -L "$keys" ] || [ ! -f "$keys" ]; then
-        echo "the artifact is not offered to the other hosts: $keys is not a regular file"
+    relay=$1 line=$2 seconds=$3 sum=$4 keys=$HOME/.ssh/authorized_keys
+    not="the artifact is not offered to the other hosts:"
+    if [ -n "${SSH_ORIGINAL_COMMAND+set}" ]; then
+        # It would run instead of the key's command: the key would be a login.
+        echo "$not this login runs under an sshd ForceCommand"
         return 0
     fi
-    until=$(date -d "+$seconds seconds" +%Y%m%d%H%M%S) || return 0
+    if [ -L "$keys" ] || [ ! -f "$keys" ] || [ "$(stat -c %h -- "$keys")" != 1 ]; then
+        echo "$not $keys is not a regular file with one name"
+        return 0
+    fi
+    have=$(sha256sum < "$relay/copy")
+    if [ "${have%% *}" != "$sum" ]; then
+        echo "$not its copy could not be kept whole (full disk?)"
+        rm -rf -- "$relay"
+        return 0
+    fi
+    # Local time, as sshd reads it (before OpenSSH 9.1, which added a UTC
+    # form); under daylight saving time sshd reads it an hour later.
+    until=$(env -u TZ date -d "+$seconds seconds" +%Y%m%d%H%M%S) || return 0
     if (flock -w 10 9 || exit 1
         # A last line without its newline would swallow ours.
         [ ! -s "$keys" ] || [ "$(tail -c 1 -- "$keys" | wc -l)" = 1 ] || echo >> "$keys"
         printf '%s\n' "${line%%,*},expiry-time=\"$until\",${line#*,}" >> "$keys") 9< "$HOME/.ssh"; then
         echo "the artifact is offered to the other hosts until $until"
     else
-        echo "the artifact is not offered to the other hosts: cannot add the key to $keys"
+        echo "$not cannot add the key to $keys"
     fi
 }
 """
@@ -307,43 +323,44 @@ fi
 
 # The tunnel crossed once: a host that would be sent the same artifact as
 # the first host reads it from there instead, over SSH inside the private
-# network. stdin: the sha256 of the copy (the lists and the tarball, as
-# _UNPACK reads them; or `-`: nothing to fetch), the
-# user to log in as, the first host's known_hosts line (its key as the
-# runner's known_hosts has it, under the alias `deployer-relay`) and the
-# one-time private key, which lives here only while ssh runs, in a
-# directory of the run's own (mode 0700). No ssh config, agent or other
-# key is used. Never fails the deploy: the reason it did not fetch is
-# printed, and the runner then sends the artifact itself.
-_FETCH = r"""relay=$1 address=$2 port=$3
-IFS= read -r want || exit 0
+# network. stdin: the sha256 and size of the copy (the lists and the
+# tarball, as _UNPACK reads them; or `-`: nothing to fetch), the user to
+# log in as, the first host's known_hosts line (its key as the runner's
+# known_hosts has it, under the alias `deployer-relay`) and the one-time
+# private key, which lives here only while ssh runs, in a directory of the
+# run's own (mode 0700). No ssh config, agent or other key is used. Never
+# fails the deploy: the reason it did not fetch is printed, and the runner
+# then sends the artifact itself.
+_FETCH = r"""relay=$1 address=$2 port=$3 limit=$4
+IFS=' ' read -r want size || exit 0
 [ "$want" != - ] || exit 0
 IFS= read -r user && IFS= read -r known || exit 0
 if ! command -v ssh > /dev/null; then
     echo "not fetched: no ssh client on this host"
     exit 0
 fi
-umask 077
-if ! mkdir -p -m 755 -- "${relay%/*}" || ! mkdir -m 700 -- "$relay"; then
+if ! mkdir -p -- "${relay%/*}" || ! mkdir -m 700 -- "$relay" || ! cd -- "$relay"; then
     echo "not fetched: cannot make $relay"
     exit 0
 fi
-cat > "$relay/key"
-printf '%s\n' "$known" > "$relay/known"
-ssh -F /dev/null -T -n -i "$relay/key" -l "$user" -p "$port" \
+umask 077
+cat > key
+printf '%s\n' "$known" > known
+# Names relative to the run's directory: ssh would expand % and ${...} in
+# a path, and split it at quotes. Never more than the copy's size is kept.
+timeout -k 5 "$limit" ssh -F /dev/null -T -n -i ./key -l "$user" -p "$port" \
     -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
-    -o UserKnownHostsFile="$relay/known" -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
+    -o UserKnownHostsFile=./known -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
     -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlPath=none \
-    -o LogLevel=ERROR -- "$address" copy > "$relay/copy" 2> "$relay/error"
-code=$?
-rm -f -- "$relay/key" "$relay/known"
-got=$(sha256sum < "$relay/copy")
-if [ "$code" = 0 ] && [ "${got%% *}" = "$want" ]; then
+    -o LogLevel=ERROR -- "$address" copy 2> error | head -c "$size" > copy
+rm -f key known
+got=$(sha256sum < copy)
+if [ "${got%% *}" = "$want" ]; then
     echo fetched
     exit 0
 fi
-echo "not fetched (ssh exit code $code): $(head -c 300 -- "$relay/error" | tr '\n' ' ')"
-rm -rf -- "$relay"
+echo "not fetched: $(head -c 300 error | tr '\n' ' ')(read $(wc -c < copy) of $size bytes)"
+cd / && rm -rf -- "$relay"
 """
 
 # The offer withdrawn: the copy removed, and the key's line removed from
@@ -354,10 +371,12 @@ rm -rf -- "$relay"
 [ -f "$keys" ] && [ ! -L "$keys" ] || exit 0
 grep -q -- " $tag\$" "$keys" || exit 0
 (flock -w 10 9 || exit 1
+ was=$(stat -c '%i %s %y' -- "$keys")
  new=$(mktemp -- "$keys.XXXXXX") || exit 1
  grep -v -- " $tag\$" "$keys" > "$new"
- [ "$?" -le 1 ] && chmod --reference="$keys" -- "$new" && mv -f -- "$new" "$keys" \
-     || { rm -f -- "$new"; exit 1; }) 9< "$HOME/.ssh" && exit 0
+ # Not over a change another tool made meanwhile (it takes no lock of ours).
+ [ "$?" -le 1 ] && chmod --reference="$keys" -- "$new" && [ "$(stat -c '%i %s %y' -- "$keys")" = "$was" ] \
+     && mv -f -- "$new" "$keys" || { rm -f -- "$new"; exit 1; }) 9< "$HOME/.ssh" && exit 0
 echo "could not remove the relay key $tag from $keys (it expires by itself)" >&2
 exit 1
 """
@@ -458,9 +477,10 @@ def unpack(releases: str, release: str, tmp: str, run_id: str, live: str, relay:
                     relay, offer, tag, str(seconds))
 
 
-def fetch(relay: str, address: str, port: int) -> Command:
-    """Read the artifact from the host at `address` into `relay` (see _FETCH)."""
-    return _program("deployer-fetch", _FETCH, relay, address, str(port))
+def fetch(relay: str, address: str, port: int, seconds: int) -> Command:
+    """Read the artifact from the host at `address` into `relay`, in at most
+    `seconds` (see _FETCH)."""
+    return _program("deployer-fetch", _FETCH, relay, address, str(port), str(seconds))
 
 
 def close(relay: str, tag: str) -> Command:

@@ -41,8 +41,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     relay = None
     if t.transport == "ssh" and t.relay and len(t.hosts) > 1:
         source = t.hosts[0]
-        relay = steps.Relay(source.name, fetch=hostscripts.fetch(relay_dir, source.address, source.port),
-                            close=hostscripts.close(relay_dir, tag))
+        relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
+                            fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
     return (
         steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
                      state_first=hostscripts.live_state(ctx.deploy_path, True),

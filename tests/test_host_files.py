@@ -11,6 +11,8 @@ import shlex
 import shutil
 import tarfile
 
+import pytest
+
 from deployer import delta, hostscripts, packaging
 from deployer.cli import main
 from deployer.result import Tail
@@ -133,12 +135,13 @@ RELAY_TAG = "deployer-relay-run-1"
 
 
 def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None, release="r1",
-           base="-", drop=b"", add=None, want=None, how="sent"):
+           base="-", drop=b"", add=None, want=None, how="sent", env="", copy=None, root="www"):
     """Run the unpack script; by default a whole release of `files`, as for a host with none.
     `how` as the runner says it: `keep` (with a key on stdin after the lists) and
     `sent` read `artifact` on stdin, `fetched` finds it in the relay directory."""
     files = files or {}
-    releases, release = tmp_path / "www" / "a.releases", tmp_path / "www" / "a.releases" / release
+    releases = tmp_path / root / "a.releases"
+    release = releases / release
     tmp, relay = releases / f".{release.name}.tmp", releases / ".relay"
     digest = checksum or hashlib.sha256(artifact).hexdigest().encode()
     add = listing(files) if add is None else add
@@ -147,11 +150,12 @@ def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None,
     if how != "fetched":
         head += lists(drop, add)
     if how == "keep":
-        head += b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJLRtV6OsJmtgr6BhS8XeENBQNr8FbNapEU/JhKLhSZ\n"
+        copy = copy or hashlib.sha256(lists(drop, add) + artifact).hexdigest().encode()
+        head += b"%s ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJLRtV6OsJmtgr6BhS8XeENBQNr8FbNapEU/JhKLhSZ\n" % copy
     t = LocalTransport()
     command = hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"),
                                  str(relay), RELAY_TAG, 600)
-    result = t.run(f"HOME={shlex.quote(str(tmp_path / 'home'))} " + command.line(),
+    result = t.run(f"{env} HOME={shlex.quote(str(tmp_path / 'home'))} " + command.line(),
                    stdin=head + (b"" if how == "fetched" else artifact))
     return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1",
                                                                    str(relay)).line())
@@ -190,6 +194,14 @@ def test_a_damaged_artifact_leaves_no_release(tmp_path):
     assert not result.ok and "the artifact arrived damaged" in result.stderr
     assert not release.exists()
     assert discard().ok and not tmp.exists()
+
+
+def test_a_backslash_in_the_deploy_root_is_a_plain_character(tmp_path):
+    # GNU tar reads escapes in a -C argument: "a\\tb" would become a tab.
+    files = {"manage.py": b"x\n"}
+    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, root="a\\tb")
+    assert result.ok, result.stderr
+    assert (release / "manage.py").read_bytes() == b"x\n" and "\\" in str(release)
 
 
 def test_a_truncated_artifact_fails_the_unpack(tmp_path):
@@ -386,6 +398,23 @@ def test_no_offer_through_a_linked_authorized_keys_and_the_deploy_goes_on(tmp_pa
     assert elsewhere.read_text() == "ssh-ed25519 AAAAother\n"
 
 
+@pytest.mark.parametrize(("setup", "env", "copy", "why"), [
+    # sshd would run the forced command instead of the key's: the key would be a login.
+    (None, "SSH_ORIGINAL_COMMAND=x", None, "runs under an sshd ForceCommand"),
+    (lambda keys: os.link(keys, keys.with_name("other")), "", None, "is not a regular file with one name"),
+    (None, "", b"0" * 64, "could not be kept whole"),
+])
+def test_no_offer_when_the_key_could_do_more_or_the_copy_is_not_whole(tmp_path, setup, env, copy, why):
+    files = {"manage.py": b"x\n"}
+    keys = authorized_keys(tmp_path, b"ssh-ed25519 AAAAuser user@laptop\n")
+    if setup:
+        setup(keys)
+    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, how="keep", env=env, copy=copy)
+    assert result.ok, result.stderr
+    assert "the artifact is not offered to the other hosts: " in result.stdout and why in result.stdout
+    assert keys.read_bytes() == b"ssh-ed25519 AAAAuser user@laptop\n" and (release / "manage.py").exists()
+
+
 def test_a_host_unpacks_the_copy_it_fetched_and_removes_it(tmp_path):
     files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
     artifact = tarball(files)
@@ -409,5 +438,5 @@ def test_a_fetched_copy_that_is_not_the_artifact_fails_the_unpack(tmp_path):
 
 def test_nothing_to_fetch_makes_nothing(tmp_path):
     relay = tmp_path / "relay"
-    result = LocalTransport().run(hostscripts.fetch(str(relay), "198.18.1.10", 22).line(), stdin=b"-\n")
+    result = LocalTransport().run(hostscripts.fetch(str(relay), "198.18.1.10", 22, 60).line(), stdin=b"-\n")
     assert result.ok and result.stdout == "" and not relay.exists()

@@ -83,7 +83,7 @@ def test_upload_steps(make):
                command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha",
                                           relay, tag, 600),
                undo=hostscripts.discard(rel, tmp, ctx.run_id, relay),
-               relay=Relay("web1.internal", fetch=hostscripts.fetch(relay, "web1.internal", 22),
+               relay=Relay("web1.internal", fetch=hostscripts.fetch(relay, "web1.internal", 22, 600),
                            close=hostscripts.close(relay, tag))),
     )
     assert stages["upload"][0].local == f"/w/alpha-{ctx.release}.tar.gz"
