@@ -129,6 +129,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def retransmitted() -> int:
+    """TCP segments sent again, in this (the runner's) network namespace, so far."""
+    with open("/proc/net/snmp") as f:
+        names, values = [line.split()[1:] for line in f if line.startswith("Tcp:")]
+    return int(dict(zip(names, values, strict=True))["RetransSegs"])
+
+
 def busy_cpu() -> float:
     """Seconds of busy CPU of the whole machine so far (all CPUs): user, nice,
     system, irq, softirq and steal from /proc/stat (guest time is in user)."""
@@ -184,6 +191,7 @@ class Run:
     logins: float = 0.0
     tun_tx: int = 0  # bytes, runner -> hosts
     tun_rx: int = 0
+    retrans: int = 0  # TCP segments the runner sent again (lost in the lab's OpenVPN)
     machine_cpu: float = 0.0  # busy CPU s of the whole machine during the run
     own_cpu: float = 0.0
     rss_kib: int = 0
@@ -291,15 +299,17 @@ class Bench:
         out.write_text(f"$ {shlex.join(argv)}\n")
         offsets = self.lab.ssh_log_offsets()
         rx0, tx0 = self.lab.tunnel_bytes(self.tun)
+        re0 = retransmitted()
         cpu0 = busy_cpu()
         m = run_measured(argv, env=env, out=out, timeout=self.args.timeout, cwd=self.work)
         cpu1 = busy_cpu()
         rx1, tx1 = self.lab.tunnel_bytes(self.tun)
+        re1 = retransmitted()
         if contender.startswith("ansible"):
             self.close_ssh_masters()
             (self.work / f"ansible-{self.seq}.tgz").unlink(missing_ok=True)
         text = out.read_text(errors="replace")
-        run = Run(seconds=m.seconds, ok=m.code == 0, tun_tx=tx1 - tx0, tun_rx=rx1 - rx0,
+        run = Run(seconds=m.seconds, ok=m.code == 0, tun_tx=tx1 - tx0, tun_rx=rx1 - rx0, retrans=re1 - re0,
                   machine_cpu=cpu1 - cpu0, own_cpu=m.cpu, rss_kib=m.rss_kib)  # fmt: skip
         if contender == "deployer":
             run.steps = deployer_steps(text, name, self.app)
@@ -449,12 +459,15 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
 
     print()
     print("Per contender, medians over the rounds that passed. ssh conn and sessions: per host, from each sshd's")
-    print("log (logins; session channels: exec, sftp). tun MB: payload through the runner's tun device, up/down.")
+    print("log (logins; session channels: exec, sftp). tun MB: payload through the runner's tun device, up/down,")
+    print("retransmissions included; retr: TCP segments the runner sent again (the lab's OpenVPN drops UDP when")
+    print("the CPU is busy, or at the shaped rate), each up to 1448 bytes of the tun MB up.")
     print("CPU s/host: busy CPU time of the whole machine (runner, OpenVPN both ends, sshd, tar, Apache on every")
     print("lab host; /proc/stat user+nice+system+irq+softirq+steal) during the deploy, divided by hosts.")
     print("own CPU s: user+sys of the contender's own process tree on the runner; RSS MB: its largest process.")
     print(f"{'shape':>8} {'hosts':>5} {'kind':>4} {'contender':>13} {'s':>7} {'conn':>5} {'sess':>5} "
-          f"{'tun MB up':>9} {'down':>6} {'CPU s/host':>10} {'own CPU s':>9} {'RSS MB':>7}")  # fmt: skip
+          f"{'tun MB up':>9} {'down':>6} {'retr':>5} "
+          f"{'CPU s/host':>10} {'own CPU s':>9} {'RSS MB':>7}")  # fmt: skip
     for (shape, n, kind), by in results.items():
         for c in contenders:
             runs = by.get(c, [])
@@ -465,7 +478,8 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
             mcpu = median(runs, "machine_cpu")
             print(f"{shape or 'none':>8} {n:>5} {kind:>4} {c:>13} {fmt(median(runs, 'seconds')):>7} "
                   f"{fmt(median(runs, 'logins'), '.0f'):>5} {fmt(median(runs, 'sessions'), '.0f'):>5} "
-                  f"{fmt(tx and tx / 1e6, '.1f'):>9} {fmt(rx and rx / 1e6, '.1f'):>6} "
+                  f"{fmt(tx and tx / 1e6, '.2f'):>9} {fmt(rx and rx / 1e6, '.2f'):>6} "
+                  f"{fmt(median(runs, 'retrans'), '.0f'):>5} "
                   f"{fmt(mcpu and mcpu / n):>10} {fmt(median(runs, 'own_cpu')):>9} "
                   f"{fmt(rss and rss / 1024, '.0f'):>7}")  # fmt: skip
 
