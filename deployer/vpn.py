@@ -10,12 +10,19 @@ quotes the end of OpenVPN's own log.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
 from deployer.errors import StepFailed
 
 READY = "Initialization Sequence Completed"
+# A deploy killed with SIGKILL (TeamCity's last word) runs no teardown: the
+# kernel then sends OpenVPN SIGTERM, and it takes its routes down. Set by
+# setpriv (util-linux) just before it execs OpenVPN, with no preexec_fn,
+# which is unsafe with threads. The signal comes when the thread that
+# started OpenVPN ends: the vpn step runs in the main thread.
+_DIES_WITH_US = ("setpriv", "--pdeathsig", "TERM", "--") if shutil.which("setpriv") else ()
 _POLL = 0.1
 _STOP_TIMEOUT = 10.0
 
@@ -28,15 +35,14 @@ class OpenVpnTunnel:
         self.proc: subprocess.Popen | None = None
 
     def open(self) -> None:
-        try:
-            with open(self.log, "wb") as log:
-                # Options errors go to stderr before any --log would take over:
-                # both streams go to one file, which is all we quote.
-                self.proc = subprocess.Popen(
-                    ["openvpn", "--config", self.config], stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        except FileNotFoundError:
-            raise StepFailed("openvpn is not installed (apt-get install openvpn)") from None
+        if not shutil.which("openvpn"):
+            raise StepFailed("openvpn is not installed (apt-get install openvpn)")
+        with open(self.log, "wb") as log:
+            # Options errors go to stderr before any --log would take over:
+            # both streams go to one file, which is all we quote.
+            self.proc = subprocess.Popen(
+                [*_DIES_WITH_US, "openvpn", "--config", self.config], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if READY in self._log_text():

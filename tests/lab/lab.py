@@ -835,6 +835,13 @@ def uplink_shaping() -> tuple[str | None, str | None]:
     return found[0], found[1]
 
 
+def blackhole() -> None:
+    """The safety net, first: nothing for 198.18.0.0/15 may ever leave the machine."""
+    r = _sh("ip", "route", "add", "unreachable", LAB_NET, check=False)
+    if r.returncode != 0 and "File exists" not in r.stderr:
+        raise LabError(f"cannot add the unreachable route: {r.stderr.strip()}")
+
+
 def _clear_pointer(workdir: Path) -> None:
     try:
         if json.loads(POINTER_FILE.read_text()).get("workdir") == str(workdir):
@@ -946,10 +953,7 @@ def up(
     for tool in ("ip", "unshare", "nsenter", "openvpn", "sshd", "apache2ctl", "ssh-keygen", "openssl", "tc"):
         if not shutil.which(tool, path=CLEAN_ENV["PATH"]):
             raise LabError(f"{tool} is not installed")
-    # Safety net first: nothing for 198.18.0.0/15 may ever leave the machine.
-    r = _sh("ip", "route", "add", "unreachable", LAB_NET, check=False)
-    if r.returncode != 0 and "File exists" not in r.stderr:
-        raise LabError(f"cannot add the unreachable route: {r.stderr.strip()}")
+    blackhole()
 
     with machine_lock():
         _clear_leftover(replace, wait)
