@@ -297,6 +297,10 @@ class Bench:
         argv, env = self.command(contender, name, n, release)
         out = self.logs / f"{self.seq:03d}-{contender}-{name}.log"
         out.write_text(f"$ {shlex.join(argv)}\n")
+        # Untimed: the lab's hosts live on this machine's disk, and a cold
+        # deploy or a removal leaves hundreds of MB to write back, which
+        # would slow whichever run comes next (and more with every round).
+        os.sync()
         offsets = self.lab.ssh_log_offsets()
         rx0, tx0 = self.lab.tunnel_bytes(self.tun)
         re0 = retransmitted()
