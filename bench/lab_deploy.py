@@ -532,6 +532,9 @@ def main() -> int:
         p.error(f"unknown {sorted(unknown)}" if unknown else "bad --hosts or --rounds")
     shapes: list[str | None] = [None] + ([args.shape] if args.shape else [])
     command = shlex.join(["python", "-m", "bench.lab_deploy", *sys.argv[1:]])
+    # Stopped with SIGTERM, it still takes its lab, VPN client and work
+    # directory down (Python's default would end it without `finally`).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if any(c.startswith("ansible") for c in args.contenders):
         ensure_ansible()
