@@ -50,10 +50,6 @@ class Offer:
                                                serialization.PublicFormat.OpenSSH).decode()
         return cls(plan, private, public)
 
-    def settled(self) -> bool:
-        """Whether it is known if the others can read the copy."""
-        return self.path == "" or self.open is not None
-
     def give_up(self) -> None:
         """The source's session ended: whatever was not decided will not be."""
         if self.path is None:
