@@ -58,7 +58,6 @@ class Executor:
         self.lock = threading.Lock()
         self.parallel = parallel
         self.pool: ThreadPoolExecutor | None = None
-        self.checksums: dict[str, bytes] = {}
         # Per host, what its live release holds (for sending only what changed).
         self.live: dict[str, delta.Live] = {}
         # Per live release, the tarball of what differs and the lists before it.
@@ -336,12 +335,17 @@ class Executor:
                     packaging.build(b.source, b.rules, path, expect=b.manifest.digest, only=plan.send)
                 lists = b"".join(b"%d\n%s" % (len(part), part)
                                  for part in (gzip.compress(plan.drop, mtime=0), gzip.compress(plan.add, mtime=0)))
-                copy = hashlib.sha256(lists)  # what a host keeps for the others: the lists, then the tarball
+                # One read for both: the tarball's sha256, and that of what a
+                # host keeps for the others (the lists, then the tarball).
+                tarball, copy = hashlib.sha256(), hashlib.sha256(lists)
+                size = 0
                 with open(path, "rb") as f:
-                    hashlib.file_digest(f, lambda: copy)
-                self.sendings[live] = _Sending(path, os.path.getsize(path), self.artifact_sha256(path),
-                                               plan.base.encode(), plan.want.encode(), lists,
-                                               copy.hexdigest().encode())
+                    while chunk := f.read(1 << 20):
+                        tarball.update(chunk)
+                        copy.update(chunk)
+                        size += len(chunk)
+                self.sendings[live] = _Sending(path, size, tarball.hexdigest().encode(), plan.base.encode(),
+                                               plan.want.encode(), lists, copy.hexdigest().encode())
             return self.sendings[live]
 
     def fan_out(self, items, fn) -> list:
@@ -395,14 +399,6 @@ class Executor:
         if isinstance(step, steps.Run):
             return self.local.run(step.command.line(), timeout=self.timeout(step))
         raise TypeError(f"{type(step).__name__} cannot run on the runner")
-
-    def artifact_sha256(self, path: str) -> bytes:
-        """Once per deploy, not once per host."""
-        with self.lock:
-            if path not in self.checksums:
-                with open(path, "rb") as f:
-                    self.checksums[path] = hashlib.file_digest(f, "sha256").hexdigest().encode()
-            return self.checksums[path]
 
     def timeout(self, step: steps.Step) -> float:
         return getattr(step, "timeout", None) or self.ctx.target.step_timeout
