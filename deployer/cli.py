@@ -13,6 +13,7 @@ from deployer.errors import (
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
+    UndoIncomplete,
     UsageError,
 )
 from deployer.interrupts import Interrupted
@@ -44,12 +45,16 @@ examples:
   deploy alpha alpha.example.com --only render,restart
   deploy local local.test                         this machine, no SSH, no VPN
 
-exit codes:
+exit codes (the last line says which release each host serves):
   0    deployed (or, with --dry-run, the plan is valid)
-  1    a stage failed; if it failed before the live switch, the run's changes
-       on the hosts were undone (a failure after it, e.g. in graceful, is not)
+  1    failed, and undone: every host serves what it served before, and
+       Apache was reloaded where it had read the new config (a migration
+       that ran is never undone)
   2    bad usage, config or input; nothing was run
-  130  interrupted (Ctrl-C or SIGTERM); undone and torn down as for 1
+  3    failed, and the undo did not complete: the hosts named need a person
+  130  interrupted (Ctrl-C or SIGTERM); undone as for 1 (or 3, if it could not be)
+
+manage releases, locks and history with the `deployer` command (deployer --help).
 """
 
 
@@ -74,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
                    help="set a template token, over vars: in targets.yaml (repeatable)")
     p.add_argument("--parallel", type=_positive, metavar="N",
                    help="at most N hosts at once (default: parallel: in targets.yaml, else all up to 32)")
+    p.add_argument("--lock-wait", type=_seconds, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS for another run of this instance to end (default: fail at once)")
     p.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"),
                    default="auto",
                    help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain")
@@ -84,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of hosts, at least 1: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) > 86400:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, at most 86400: {text!r}")
     return int(text)
 
 
@@ -127,6 +140,7 @@ def main(argv: Sequence[str] | None = None, stdout=None) -> int:
 
 def _deploy(args, stdout, box: list[Reporter]) -> int:
     reporter: Reporter | None = None
+    executor = None
     try:
         # Everything up to Executor.run is read-only: a UsageError here
         # means nothing ran anywhere.
@@ -135,7 +149,7 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         overrides = _vars(args.var)
         target = load(args.targets).resolve(name)
         selected = plan.select(target.pipeline, args.only, args.skip)
-        ctx = context.make(name, hostname, target, overrides, selected)
+        ctx = context.make(name, hostname, target, overrides, selected, lock_wait=args.lock_wait)
         # From here on every message may quote a secret: all go through it.
         reporter = choose(args.output, stdout, ctx.secrets)
         box.append(reporter)
@@ -144,17 +158,22 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         if args.dry_run:
             for stage, step in the_plan.steps():
                 reporter.planned(stage, step)
-        else:
-            # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
-            # of a second).
-            from deployer.executor import Executor
+            for step in the_plan.after:
+                reporter.planned("after a successful run", step)
+            return _finish(reporter, args, stdout, EXIT_OK, None)
+        # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
+        # of a second).
+        from deployer.executor import Executor
 
-            parallel = min(args.parallel or target.parallel, len(target.hosts))
-            Executor(ctx, reporter, parallel).run(the_plan)
+        parallel = min(args.parallel or target.parallel, len(target.hosts))
+        executor = Executor(ctx, reporter, parallel)
+        executor.run(the_plan)
+        return _finish(reporter, args, stdout, EXIT_OK, None, executor.serving(True))
     except DeployError as e:
-        return _finish(reporter, args, stdout, e.exit_code, str(e))
+        return _finish(reporter, args, stdout, e.exit_code, str(e), _serving(executor, e))
     except (Interrupted, KeyboardInterrupt) as e:
-        return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})")
+        return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})",
+                       _serving(executor, e))
     except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
         # A bug: still end the output properly (TeamCity's build problem, the
         # JSON "finished" event), then show the traceback, redacted like the
@@ -163,13 +182,20 @@ def _deploy(args, stdout, box: list[Reporter]) -> int:
         trace = "".join(traceback.format_exception(e))
         sys.stderr.write(reporter.redact(trace) if reporter else trace)
         return code
-    return _finish(reporter, args, stdout, EXIT_OK, None)
 
 
-def _finish(reporter: Reporter | None, args, stdout, code: int, error: str | None) -> int:
+def _serving(executor, e: BaseException) -> str:
+    """The last line of a failed run: what the hosts serve (the message of an
+    incomplete undo already names the hosts that need a person)."""
+    if executor is None or isinstance(e, UndoIncomplete):
+        return ""
+    return executor.serving(False)
+
+
+def _finish(reporter: Reporter | None, args, stdout, code: int, error: str | None, summary: str = "") -> int:
     if reporter is None:
         # Failed before the plan existed, so nothing ran and no secret is
         # known yet: a usage error names keys and paths only.
         reporter = choose(args.output, stdout, frozenset())
-    reporter.finished(code, error)
+    reporter.finished(code, error, summary)
     return code

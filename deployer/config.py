@@ -108,6 +108,7 @@ class Target:
     migrate_timeout: float
     parallel: int
     relay: bool
+    keep_releases: int
     deploy_root: str
     vpn: Vpn
     apache: Apache
@@ -287,8 +288,8 @@ def _vpn_secret_files(config: str) -> list[str]:
 
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
-    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "deploy_root", "vpn", "apache",
-    "migrate", "package", "template", "vars", "pipeline", "stages", "hooks",
+    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "deploy_root",
+    "vpn", "apache", "migrate", "package", "template", "vars", "pipeline", "stages", "hooks",
 }
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
@@ -393,6 +394,8 @@ class _Reader:
             migrate_timeout=self.number(t.get("migrate_timeout", 3600), f"{path}/migrate_timeout"),
             parallel=self.integer(t.get("parallel", MAX_PARALLEL), f"{path}/parallel", 1, 1000),
             relay=self.boolean(t.get("relay", True), f"{path}/relay"),
+            # Two at least: the live release and the one a rollback goes back to.
+            keep_releases=self.integer(t.get("keep_releases", 5), f"{path}/keep_releases", 2, 1000),
             deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
             apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),

@@ -1,9 +1,13 @@
 """Everything a stage needs to make its plan, passed explicitly (no globals)."""
 
+import getpass
 import os
 import posixpath
 import secrets
+import socket
+import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,6 +29,13 @@ class Context:
     # cannot be guessed, so nobody can plant a file or link there first.
     run_id: str = ""
     manifest: packaging.Manifest | None = field(default=None, hash=False)
+    action: str = "deploy"  # or "rollback": what the lock and the history say
+    lock_wait: int = 0  # seconds to wait for another run's lock on the instance
+    # Who runs it, for the lock and the history: user@machine (pid), the
+    # CI build if any, and the source's git commit if it is a checkout.
+    who: str = ""
+    ci: str = ""
+    revision: str = ""
 
     @property
     def package_rules(self) -> packaging.Rules:
@@ -57,6 +68,11 @@ class Context:
         return f"{self.deploy_path}.releases"
 
     @property
+    def state_dir(self) -> str:
+        """The instance's lock and history, beside its releases."""
+        return f"{self.deploy_path}.deployer"
+
+    @property
     def release_path(self) -> str:
         return posixpath.join(self.releases_dir, self.release)
 
@@ -79,6 +95,57 @@ class Context:
         }
 
 
+def history_line(ctx: Context, outcome: str, now: datetime | None = None) -> str:
+    """One line of the instance's history on each host, tab-separated:
+    time (UTC), action, outcome, release, hostname, who, CI build, revision,
+    run id. The values are made single-line and tab-free here."""
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fields = (when, ctx.action, outcome, ctx.release, ctx.hostname, ctx.who, ctx.ci or "-",
+              ctx.revision or "-", ctx.run_id)
+    return "\t".join(_one_line(f) for f in fields)
+
+
+def lock_owner(ctx: Context) -> str:
+    """Who holds the lock, for the person who finds it held."""
+    ci = f", {ctx.ci}" if ctx.ci else ""
+    return _one_line(f"{ctx.action} of release {ctx.release} by {ctx.who}{ci} (run {ctx.run_id})")
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() and c != "\t" else " " for c in text)[:300]
+
+
+def who() -> str:
+    """user@machine (pid N): the pid tells a run on this machine that is gone."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def ci_build(env: Mapping[str, str]) -> str:
+    """The CI build that runs deployer, from what TeamCity (or another CI) sets."""
+    if env.get("TEAMCITY_VERSION"):
+        name = env.get("TEAMCITY_BUILDCONF_NAME", "")
+        return f"TeamCity build {name} #{env.get('BUILD_NUMBER', '?')}".replace("  ", " ")
+    if env.get("BUILD_URL"):
+        return env["BUILD_URL"]
+    if env.get("BUILD_NUMBER"):
+        return f"build #{env['BUILD_NUMBER']}"
+    return ""
+
+
+def git_revision(source: str) -> str:
+    """The commit the source is checked out at, if it is a git checkout."""
+    try:
+        r = subprocess.run(["git", "-C", source, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                           text=True, timeout=5, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
 def _rules(target: Target) -> packaging.Rules:
     p = target.package
     return packaging.Rules(exclude=p.exclude, include=p.include, protected=p.protected)
@@ -86,7 +153,7 @@ def _rules(target: Target) -> packaging.Rules:
 
 def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
          stages: tuple[str, ...], now: datetime | None = None,
-         workdir: str | None = None) -> Context:
+         workdir: str | None = None, lock_wait: int = 0) -> Context:
     """Build the context: hashes the source tree (read-only) for the release id."""
     now = now or datetime.now(UTC)
     manifest = packaging.scan(target.package.source, _rules(target))
@@ -109,4 +176,8 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         stages=stages,
         run_id=secrets.token_hex(8),
         manifest=manifest,
+        lock_wait=lock_wait,
+        who=who(),
+        ci=ci_build(os.environ),
+        revision=git_revision(target.package.source),
     )

@@ -67,6 +67,15 @@ def parse(stdout: str) -> Live:
     return Live(base, frozenset(drift), listed)
 
 
+def live_release(stdout: str) -> str:
+    """The name of the release the live path pointed to, as `live_state` said."""
+    for row in stdout.splitlines():
+        kind, _, value = row.partition(" ")
+        if kind == "live":
+            return value
+    return ""
+
+
 def _gunzip(packed: bytes, limit: int) -> bytes | None:
     """One gzip stream unpacked, or None if it is not whole or unpacks past `limit`."""
     d = zlib.decompressobj(wbits=31)

@@ -3,6 +3,7 @@
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNDO_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -33,3 +34,9 @@ class TemplateError(UsageError):
 
 class StepFailed(DeployError):
     """A step failed on one or more hosts while the plan was running."""
+
+
+class UndoIncomplete(DeployError):
+    """A run failed and its undo did not complete: the message names the hosts."""
+
+    exit_code = EXIT_UNDO_INCOMPLETE

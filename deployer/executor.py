@@ -19,10 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import delta, interrupts, packaging, relay, session, steps, transport
+from deployer import context, delta, interrupts, packaging, relay, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
-from deployer.errors import DeployError, StepFailed
+from deployer.errors import DeployError, StepFailed, UndoIncomplete
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
 from deployer.result import Result
@@ -68,8 +68,17 @@ class Executor:
         self.pending_keep: dict[str, list[str]] = {}
         self.stage: str | None = None  # the stage the reporter was last told of
         self.stage_ok = True
+        # Per host, what to run again once its changes are undone (a reload).
+        self.again: dict[str, list[Command]] = {}
+        # The instance's lock: the hosts asked to take it, and whether the
+        # first host did (None: not known yet).
+        self.locked: set[str] = set()
+        self.first_locked: bool | None = None
+        self.previous: dict[str, str] = {}  # per host, its live release before the run
+        self.changed = False  # whether a step past the lock has begun on a host
 
     def run(self, plan: steps.Plan) -> None:
+        outcome = "failed"
         try:
             try:
                 os.mkdir(self.ctx.workdir, 0o700)
@@ -87,15 +96,41 @@ class Executor:
                     self.on_runner(stage, step)
             self.leave(True)
             self.keep_changes()
-        except BaseException:
+            outcome = "done"
+        except BaseException as e:
             with interrupts.deferred():
                 self.leave(False)
-                self.rollback()
+                problems = self.rollback()
+            interrupted = isinstance(e, (interrupts.Interrupted, KeyboardInterrupt))
+            if problems:
+                outcome = "undo incomplete"
+                what = f"interrupted ({e or 'SIGINT'})" if interrupted else str(e)
+                raise UndoIncomplete(f"{what}\nTHE UNDO DID NOT COMPLETE; these hosts need a person:\n  "
+                                     + "\n  ".join(problems)) from e
+            outcome = "interrupted, undone" if interrupted else "failed, undone"
             raise
         finally:
             with interrupts.deferred():
-                self.tidy()
+                self.finish(plan, outcome)
                 self.close()
+
+    def serving(self, ok: bool) -> str:
+        """What each host serves now that the run is over, for its last line."""
+        if ok:
+            if not self.ctx.uploads:
+                return f"the live release is unchanged on every host ({len(self.ctx.host_names)})"
+            return f"release {self.ctx.release} is live on every host ({len(self.ctx.host_names)})"
+        if not self.changed:
+            return "nothing was changed on any host"
+        before = {self.previous.get(h) for h in self.ctx.host_names}
+        if None in before:
+            return "every host is as it was before the run"
+        if before == {""}:
+            return "every host is as it was before the run; no release of this instance is live"
+        if len(before) == 1:
+            return f"every host is as it was before the run: release {before.pop()} is live"
+        return "every host is as it was before the run: " + ", ".join(
+            f"{h} serves {self.previous.get(h) or 'no release'}" for h in self.ctx.host_names)
 
     # -- stages, as the reporter sees them ---------------------------------------
 
@@ -129,10 +164,6 @@ class Executor:
                 messages.append(_failure_message(step, failed, self.reporter.redact))
         if messages:
             raise StepFailed("\n".join(messages))
-        last = group.steps[-1][1]
-        if isinstance(last, steps.Link) and last.commit:
-            # The new release is live on every host: nothing before this is undone.
-            self.keep_changes()
 
     def host_session(self, group: session.Group, host: str, gate: "_Gate") -> list[Result | None]:
         """The group's steps on one host, in one session (in a thread of the pool)."""
@@ -161,6 +192,10 @@ class Executor:
             if j is not None and j not in started:
                 started[j] = time.monotonic()
                 stage, step = group.steps[j]
+                with self.lock:
+                    self.changed |= not isinstance(step, steps.Lock)
+                    if isinstance(step, steps.Run) and step.again_after_undo:
+                        self.again.setdefault(host, []).append(step.command)
                 gate.event(j, lambda: self.reporter.step_started(stage, step, host))
 
         def on_end(i: int, result: Result) -> None:
@@ -204,8 +239,10 @@ class Executor:
             gate.progressed(host, len(group.steps))
             with self.lock:
                 # A host that never said what it holds gets everything; hosts waiting for its list go on,
-                # and so do those waiting to read the artifact from it.
+                # and so do those waiting to read the artifact from it, or for its lock.
                 self.live.setdefault(host, delta.Live())
+                if self.first_locked is None and host == group.hosts[0]:
+                    self.first_locked = False
                 if self.offer is not None and host == self.offer.plan.source:
                     self.offer.give_up()
         split.finish(result)
@@ -217,6 +254,17 @@ class Executor:
         happened: an interrupt between the change and the record must not
         lose it."""
         timeout = self.timeout(step)
+        if isinstance(step, steps.Lock):
+            first = host == step.hosts[0]
+            with self.lock:
+                self.locked.add(host)
+
+            def taken(result: Result) -> None:
+                with self.lock:
+                    self.first_locked = result.ok
+            data = None if first else session.Deferred(self.lock_input)
+            entry = session.Entry(step.command(first).line(), timeout=timeout + step.wait, data=data)
+            return [(entry, taken if first else None)]
         if isinstance(step, steps.Run):
             return [(session.Entry(step.command.line(), timeout=timeout), None)]
         if isinstance(step, steps.Upload):
@@ -226,6 +274,7 @@ class Executor:
             def learned(result: Result) -> None:
                 with self.lock:
                     self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
+                    self.previous[host] = delta.live_release(result.stdout)
 
             unpack = session.Entry(step.command.line(), timeout=timeout,
                                    data=session.Deferred(lambda: self.sending(step, host)))
@@ -302,6 +351,16 @@ class Executor:
         if how == "fetched":
             return session.Piece(len(head), lambda: io.BytesIO(head))
         return session.Piece(len(head) + s.size, lambda: _Prefixed(head, open(s.path, "rb")))
+
+    def lock_input(self) -> session.Piece | None:
+        """The lock's stdin on the hosts after the first: "go" once the first
+        host's lock is taken, "stop" if it is not; None until known."""
+        with self.lock:
+            go = self.first_locked
+        if go is None:
+            return None
+        data = b"go\n" if go else b"stop\n"
+        return session.Piece(len(data), lambda: io.BytesIO(data))
 
     def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
         """The fetch's stdin on `host` (see hostscripts._FETCH): what it needs to
@@ -437,12 +496,13 @@ class Executor:
                              + "\n  ".join(errors))
         self.transports.update(opened)
 
-    def rollback(self) -> None:
-        """Every host's changes undone, newest first, hosts at once; each undo
+    def rollback(self) -> list[str]:
+        """Every host's changes undone, newest first, hosts at once, then
+        what must run again there (Apache reloads the previous config); each
         command has a time limit, so a host that stopped answering cannot
-        hold the rollback of the others."""
+        hold the rollback of the others. Returns what could not be undone."""
         if not self.undo:
-            return
+            return []
         self.reporter.note(f"rolling back {len(self.undo)} change(s)")
         by_host: dict[str, list[_Undo]] = {}
         for u in self.undo:
@@ -450,16 +510,17 @@ class Executor:
 
         def undo_host(host: str) -> list[str]:
             problems = []
-            for u in reversed(by_host[host]):
-                result = self.run_quietly(u.host, u.command.line())
+            todo = [(u.title, u.command) for u in reversed(by_host[host])]
+            todo += [(f"then again: {c.line()}", c) for c in self.again.get(host, ())]
+            for title, command in todo:
+                result = self.run_quietly(host, command.line())
                 if not result.ok:
-                    problems.append(f"{u.host}: {u.title}: {result.stderr.strip()}")
+                    problems.append(f"{host}: {title}: {_detail(result)}")
             return problems
 
         problems = [p for found in self.fan_out(list(by_host), undo_host) for p in found]
         self.undo.clear()
-        if problems:
-            self.reporter.note("ROLLBACK INCOMPLETE, check these by hand:\n  " + "\n  ".join(problems))
+        return [self.reporter.redact(p) for p in problems]
 
     def run_quietly(self, host: str, line: str) -> Result:
         """For rollback and tidying, which go on past a host that fails."""
@@ -477,15 +538,27 @@ class Executor:
                     self.pending_keep.setdefault(u.host, []).append(u.keep.line())
             self.undo.clear()
 
-    def tidy(self) -> None:
-        """What kept changes left for their undo, on hosts that had no session after."""
-        hosts = [h for h in self.pending_keep if h in self.transports]
+    def finish(self, plan: steps.Plan, outcome: str) -> None:
+        """The run's last session on each host: what kept changes left for
+        their undo goes, old releases are pruned if the run succeeded, and the
+        history gets its line as the lock is released."""
+        work: dict[str, list[str]] = {h: list(lines) for h, lines in self.pending_keep.items()}
+        if outcome == "done":
+            for step in plan.after:
+                for h in step.hosts:
+                    work.setdefault(h, []).append(step.command.line())
+        if plan.lock is not None:
+            line = context.history_line(self.ctx, outcome)
+            for h in self.locked:
+                work.setdefault(h, []).append(plan.lock.finish(line).line())
+        hosts = [h for h in work if h in self.transports]
         if not hosts:
             return
-        results = self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(self.pending_keep[h])))
+        # Each whatever the one before did: a failed prune must not keep the lock.
+        results = self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(work[h]) + " ; true"))
         for host, result in zip(hosts, results, strict=True):
-            if not result.ok:
-                self.reporter.note(f"{host}: could not tidy after the deploy: {result.stderr.strip()}")
+            if result.stderr.strip():
+                self.reporter.note(f"{host}: after the run: {result.stderr.strip()}")
         self.pending_keep.clear()
 
     def close(self) -> None:

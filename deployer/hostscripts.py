@@ -309,6 +309,7 @@ _OFFER = r"""offer() {
 # from one host, the list itself (gzip, then base64: the output is text).
 _LIVE_STATE = r"""live=$1 full=$2
 from=$(readlink -- "$live") || exit 0
+echo "live ${from##*/}"
 [ -f "$from/.deployer-sums" ] || exit 0
 have=$(sha256sum < "$from/.deployer-sums") || exit 0
 echo "base ${have%% *}"
@@ -390,6 +391,78 @@ if [ -f "$release/.deployer-release-id" ] && [ "$(cat -- "$release/.deployer-rel
 fi
 # The first release of an instance leaves no empty directory behind.
 rmdir -- "${release%/*}" 2> /dev/null || true
+"""
+
+# One deploy (or rollback) of an instance at a time: the lock is a
+# directory, made with mkdir, which exactly one caller can make; it holds
+# who took it (`owner`: the run's id on the first line, then a line for
+# people). On the first host it waits up to `wait` seconds for a holder to
+# finish; the other hosts are locked only once the first one is ("go" on
+# stdin), so two runs can never each hold a part and wait for the other.
+# A holder releases the other hosts before the first, so there they wait
+# a little longer than on the first, whatever `wait` is.
+_LOCK = r"""state=$1 run=$2 owner=$3 wait=$4 gated=$5 hint=$6
+if [ "$gated" = 1 ]; then
+    IFS= read -r go || go=
+    if [ "$go" != go ]; then
+        echo "not locked here: the lock on the first host was not taken" >&2
+        exit 1
+    fi
+fi
+mkdir -p -- "${state%/*}"
+mkdir -m 755 -- "$state" 2> /dev/null || true
+if [ -L "$state" ] || [ ! -d "$state" ]; then
+    echo "$state exists and is not a directory; deployer will not use it (move it aside)" >&2
+    exit 1
+fi
+lock=$state/lock
+start=$(date +%s)
+until mkdir -m 700 -- "$lock" 2> /dev/null; do
+    if [ -L "$lock" ] || [ ! -d "$lock" ]; then
+        echo "$lock exists and is not a lock deployer made; deployer will not use it (move it aside)" >&2
+        exit 1
+    fi
+    now=$(date +%s)
+    if [ $((now - start)) -ge "$wait" ]; then
+        since=$(stat -c %Y -- "$lock" 2> /dev/null || echo "$now")
+        held=$(sed -n 2p -- "$lock/owner" 2> /dev/null) || held=
+        echo "locked by ${held:-a run that is taking or releasing the lock}, $((now - since)) s ago; $hint" >&2
+        exit 1
+    fi
+    sleep 1
+done
+printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new"
+mv -f -- "$lock/owner.new" "$lock/owner"
+"""
+
+# Whatever the run's outcome: a line in the instance's history, then the
+# lock released, if this run holds it (never another's). A history line is
+# one write of less than PIPE_BUF bytes in append mode: whole, never mixed
+# with another's.
+_FINISH = r"""state=$1 run=$2 line=$3
+[ -d "$state" ] && [ ! -L "$state" ] || exit 0
+if [ "$(head -n 1 -- "$state/lock/owner" 2> /dev/null)" != "$run" ]; then exit 0; fi
+[ -z "$line" ] || printf '%s\n' "$line" >> "$state/history"
+rm -rf -- "$state/lock"
+"""
+
+# After a successful deploy: the newest `keep` releases stay, and the live
+# one and the one before it, whatever their age. Releases are named by
+# their time (UTC), so sorting by name is by age; names of runs still
+# being made (a dot first) are never matched.
+_PRUNE = r"""releases=$1 live=$2 keep=$3
+cd -- "$releases" 2> /dev/null || exit 0
+current=$(readlink -- "$live" 2> /dev/null) || current=
+current=${current##*/}
+previous=
+for r in $(ls -1 | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort); do
+    [ "$r" = "$current" ] && break
+    previous=$r
+done
+ls -1 | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort -r | tail -n +"$((keep + 1))" |
+while IFS= read -r r; do
+    [ "$r" = "$current" ] || [ "$r" = "$previous" ] || rm -rf -- "$r"
+done
 """
 
 # TERM the group, KILL it if it outlives the grace, then wait until no
@@ -521,3 +594,20 @@ def session(entries: tuple[tuple[str, bool], ...]) -> Command:
     """Run each (command line, reads stdin) in turn in one shell, marking the
     end of each; see _SESSION for what stdin must hold."""
     return _program("deployer-session", _SESSION, *(w for line, reads in entries for w in (line, "01"[reads])))
+
+
+def lock(state: str, run_id: str, owner: str, wait: int, gated: bool, hint: str) -> Command:
+    """Take the instance's lock in `state` for `run_id`, waiting up to `wait`
+    seconds; `gated`: first read "go" on stdin (see _LOCK). `hint` ends
+    the message that says who holds it."""
+    return _program("deployer-lock", _LOCK, state, run_id, owner, str(wait), "01"[gated], hint)
+
+
+def finish(state: str, run_id: str, line: str) -> Command:
+    """Append `line` to the history and release the lock, if `run_id` holds it."""
+    return _program("deployer-finish", _FINISH, state, run_id, line)
+
+
+def prune(releases: str, live: str, keep: int) -> Command:
+    """Remove all but the newest `keep` releases, never the live one or the one before it."""
+    return _program("deployer-prune", _PRUNE, releases, live, str(keep))

@@ -151,7 +151,8 @@ class Reporter:
     def step_started(self, stage: str, step: steps.Step, host: str) -> None: ...
     def step_finished(self, stage: str, step: steps.Step, host: str, r: StepResult) -> None: ...
     def note(self, text: str) -> None: ...
-    def finished(self, exit_code: int, error: str | None) -> None: ...
+    # `summary`: what each host serves now, the run's last line.
+    def finished(self, exit_code: int, error: str | None, summary: str = "") -> None: ...
 
 
 def _where(step: steps.Step, host: str | None = None) -> str:
@@ -186,8 +187,11 @@ class PlainReporter(Reporter):
     def note(self, text):
         self.write(f"!! {text}")
 
-    def finished(self, exit_code, error):
-        self.write(f"error: {error}" if error else "done")
+    def finished(self, exit_code, error, summary=""):
+        if error:
+            self.write(f"error: {error}")
+        if summary or not error:
+            self.write(f"{'' if error else 'done: '}{summary}" if summary else "done")
 
 
 class TeamCityReporter(PlainReporter):
@@ -219,12 +223,12 @@ class TeamCityReporter(PlainReporter):
     def note(self, text):
         self.tc.message("message", text=self.redact(text), status="WARNING")
 
-    def finished(self, exit_code, error):
+    def finished(self, exit_code, error, summary=""):
         if error:
             # TeamCity shows the description in the build overview: one line.
             self.tc.buildProblem(description=self.redact(error).splitlines()[0][:4000],
                                  identity=f"deployer-exit-{exit_code}")
-        super().finished(exit_code, error)
+        super().finished(exit_code, error, summary)
 
 
 class _TextStream:
@@ -283,8 +287,8 @@ class JsonReporter(Reporter):
     def note(self, text):
         self.emit("note", text=text)
 
-    def finished(self, exit_code, error):
-        self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error)
+    def finished(self, exit_code, error, summary=""):
+        self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error, summary=summary)
 
 
 class RichReporter(PlainReporter):
@@ -354,11 +358,13 @@ class RichReporter(PlainReporter):
     def note(self, text):
         self._print(f"! {text}", "yellow")
 
-    def finished(self, exit_code, error):
+    def finished(self, exit_code, error, summary=""):
         if error:
             self._print(f"error: {error}", "bold red")
+            if summary:
+                self._print(summary, "bold")
         else:
-            self._print("done", "bold green")
+            self._print(f"done: {summary}" if summary else "done", "bold green")
 
 
 def choose(kind: str, stream: IO[str], secrets: frozenset[str]) -> Reporter:

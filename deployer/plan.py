@@ -28,4 +28,16 @@ def build(ctx: Context) -> Plan:
         built.append((name, tuple(steps)))
     if "upload" in ctx.stages and "package" not in ctx.stages:
         raise UsageError("stage upload needs the tarball of stage package; do not skip package")
-    return Plan(tuple(built))
+    lock = stage_lib.lock(ctx)
+    built = _before_first_on_hosts(built, lock)
+    after = (stage_lib.prune(ctx),) if ctx.uploads else ()
+    return Plan(tuple(built), lock=lock, after=after)
+
+
+def _before_first_on_hosts(built, lock):
+    """The lock goes first in the stage of the first step that runs on a host."""
+    for i, (name, steps) in enumerate(built):
+        for j, step in enumerate(steps):
+            if step.hosts:
+                return [*built[:i], (name, (*steps[:j], lock, *steps[j:])), *built[i + 1:]]
+    return built

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from deployer import hostscripts, steps, template
+from deployer import context, hostscripts, steps, template
 from deployer.config import Hook
 from deployer.context import Context
 from deployer.errors import UsageError
@@ -131,8 +131,22 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
                       path=ctx.deploy_path, target=ctx.release_path,
                       work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
           if ctx.uploads else []),
-        steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful"))),
+        # Undone, the previous release and vhost are back: Apache reads them again.
+        steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful")), again_after_undo=True),
     )
+
+
+def lock(ctx: Context) -> steps.Lock:
+    return steps.Lock(f"lock instance {ctx.name} on every host", ctx.host_names, state=ctx.state_dir,
+                      run_id=ctx.run_id, owner=context.lock_owner(ctx), wait=ctx.lock_wait,
+                      hint=(f"wait for it with --lock-wait SECONDS; if that run is gone (killed), `deployer unlock"
+                            f" {ctx.name}` removes its lock and what it left"))
+
+
+def prune(ctx: Context) -> steps.Run:
+    keep = ctx.target.keep_releases
+    return steps.Run(f"keep the newest {keep} releases, the live one and the one before it", ctx.host_names,
+                     command=hostscripts.prune(ctx.releases_dir, ctx.deploy_path, keep))
 
 
 def _configtest(ctx: Context, waits: bool = True) -> steps.Run:

@@ -46,11 +46,41 @@ class OpenVpn(Step):
 
 @dataclass(frozen=True)
 class Run(Step):
-    """Run a command; if a later step fails before the commit point, run `undo`."""
+    """Run a command; if the run fails later, run `undo`."""
 
     command: Command = field(default_factory=Command)
     undo: Command | None = None
     timeout: float | None = None  # seconds; None: the target's step_timeout
+    # If the run is undone after this step began on a host, it runs there
+    # again once the undo is done: a reload then reads back what was.
+    again_after_undo: bool = False
+
+
+# On a host other than the first, a lock is taken only once the first
+# host's is: a run that holds it there is releasing the others (see
+# hostscripts._LOCK), so waiting this long for it is always enough.
+OTHER_HOSTS_WAIT = 15
+
+
+@dataclass(frozen=True)
+class Lock(Step):
+    """The instance's lock on every host, before anything changes there: on
+    the first host first, waiting up to `wait` seconds for another run to
+    release it, then on the others. It is released when the run ends,
+    however it ends, with a line (`finish`) in the instance's history."""
+
+    state: str = ""
+    run_id: str = ""
+    owner: str = ""  # who holds it, for people: shown to a run that finds it held
+    wait: int = 0
+    hint: str = ""  # what to do about a lock that is held
+
+    def command(self, first: bool) -> Command:
+        wait = self.wait if first else max(self.wait, OTHER_HOSTS_WAIT)
+        return hostscripts.lock(self.state, self.run_id, self.owner, wait, not first, self.hint)
+
+    def finish(self, line: str) -> Command:
+        return hostscripts.finish(self.state, self.run_id, line)
 
 
 @dataclass(frozen=True)
@@ -126,9 +156,10 @@ class Link(Step):
     point it back (or remove it, if there was none). `work` is a directory
     beside `path`, random per run, holding what the undo needs.
 
-    `commit` marks the point of no return: once it has run on every host,
-    undo information is dropped, since the new release is live. A session
-    ends with it: nothing after it starts until it has happened everywhere.
+    `commit` marks the switch to the new release: a session ends with it,
+    so nothing after it (the reload, the health check) starts until it has
+    happened on every host. Until the run ends it is undone like any other
+    change.
     """
 
     waits: bool = False
@@ -149,9 +180,14 @@ class Link(Step):
 
 @dataclass(frozen=True)
 class Plan:
-    """A deploy: stages in order, each a tuple of steps."""
+    """A deploy: stages in order, each a tuple of steps; the instance's
+    `lock`, taken before the first step on a host; and what runs only
+    once the run has succeeded (`after`: pruning old releases), whose
+    failure is reported but undoes nothing."""
 
     stages: tuple[tuple[str, tuple[Step, ...]], ...]
+    lock: Lock | None = None
+    after: tuple[Run, ...] = ()
 
     def steps(self):
         for stage, steps in self.stages:

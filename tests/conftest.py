@@ -1,6 +1,7 @@
 """Shared fixtures: a real OpenSSH server on 127.0.0.1, and tree hashing."""
 
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from deployer.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -30,8 +34,11 @@ def ignores_term(started: Path, done: Path) -> str:
     return f"trap '' TERM INT; echo $$ > {started}.tmp && mv {started}.tmp {started}; sleep 15; touch {done}"
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every path under root with its type, mode and content hash (or link target)."""
+def tree_digest(root: Path, history: bool = False) -> dict[str, str]:
+    """Every path under root with its type, mode and content hash (or link
+    target). Without `history`, an instance's history and the directory
+    that holds it (<name>.deployer/) are left out: every run that reaches a
+    host adds its line, failed or not; a lock left there still shows."""
     out = {}
     if not root.exists():
         return out
@@ -40,6 +47,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             path = Path(dirpath, name)
             st = path.lstat()
             rel = str(path.relative_to(root))
+            if not history and (name.endswith(".deployer") and path.is_dir() and not path.is_symlink()
+                                or name == "history" and dirpath.endswith(".deployer")):
+                continue
             if path.is_symlink():
                 out[rel] = f"link {os.readlink(path)}"
             elif path.is_dir():
@@ -162,3 +172,54 @@ def sshd(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def site(tmp_path, sshd):
+    """A source app, a targets.yaml pointing at the sshd, and the 'host' dirs."""
+    app = tmp_path / "app"
+    (app / "static").mkdir(parents=True)
+    (app / "manage.py").write_text("print('manage')\n")
+    (app / "django.wsgi").write_text("application = None\n")
+    (app / "static" / "site.css").write_text("body { color: red }\n")
+    (app / "junk.pyc").write_bytes(b"\0")
+    host = tmp_path / "host"
+    host.mkdir()
+    targets = {
+        "targets": {
+            "alpha": {
+                "hosts": [{"address": "127.0.0.1", "port": sshd.port, "user": "root"}],
+                "identity_file": str(sshd.client_key),
+                "known_hosts": str(sshd.known_hosts),
+                "deploy_root": str(host / "www"),
+                "apache": {"dir": str(host / "apache2"),
+                           "ctl": f"{REPO}/tools/local-apache2ctl {host / 'apache2'}"},
+                # Appends the release it ran in, so the test can count runs.
+                "migrate": f'echo "$RELEASE $PWD" >> {host / "migrations.log"}',
+                "package": {"source": str(app), "exclude": ["*.pyc"]},
+                "template": str(REPO / "templates" / "default_template"),
+            }
+        }
+    }
+    path = tmp_path / "targets.yaml"
+    path.write_text(yaml.safe_dump(targets))
+
+    class Site:
+        root, targets_file = host, path
+        source = app
+
+        def deploy(self, *extra: str) -> tuple[int, str]:
+            out = io.StringIO()
+            code = main(["alpha", "alpha.example.test", "--targets", str(path),
+                         "--output", "plain", *extra], stdout=out)
+            return code, out.getvalue()
+
+        def edit(self, **changes):
+            doc = yaml.safe_load(path.read_text())
+            doc["targets"]["alpha"].update(changes)
+            path.write_text(yaml.safe_dump(doc))
+
+        def live(self) -> Path:
+            return host / "www" / "alpha"
+
+    return Site()

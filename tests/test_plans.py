@@ -10,7 +10,7 @@ from deployer import stages as stage_lib
 from deployer.config import load
 from deployer.errors import UsageError
 from deployer.quoting import Command
-from deployer.steps import Build, Install, Link, OpenVpn, Relay, Run, Upload
+from deployer.steps import Build, Install, Link, Lock, OpenVpn, Relay, Run, Upload
 from tests.conftest import REPO
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -38,7 +38,10 @@ def make(tmp_path):
         stages = plan.select(target.pipeline, only, skip)
         ctx = context.make(name, f"{name}.example.com", target, overrides or {}, stages,
                            now=NOW, workdir="/w")
-        return ctx, dict(plan.build(ctx).stages)
+        built = plan.build(ctx)
+        build.plan = built
+        # Each stage's own steps; where the lock goes is tested on its own.
+        return ctx, {name: tuple(s for s in steps if s is not built.lock) for name, steps in built.stages}
 
     build.tmp = tmp_path
     return build
@@ -147,7 +150,7 @@ def test_restart_checks_then_switches_then_reloads(make):
         Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
              target=f"/var/www/alpha.releases/{ctx.release}", work=f"/var/www/alpha.deployer-{ctx.run_id}",
              commit=True),
-        Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful"))),
+        Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful")), again_after_undo=True),
     )
 
 
@@ -158,12 +161,13 @@ def _sessions(ctx):
 def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make):
     ctx, _ = make()
     sessions = _sessions(ctx)
-    assert [len(g) for g in sessions] == [1, 1, 5, 1, 2, 1]
+    assert [len(g) for g in sessions] == [1, 1, 6, 1, 2, 1]
     package, vpn, prepare, migrate, switch, reload = sessions
-    # The release and the vhost, checked, in one session; migrate only once
-    # every host has passed; each host switches right after its own
-    # configtest, and graceful only once the switch has happened everywhere.
-    assert prepare[0].startswith("upload: ") and prepare[-1] == "render: apache configtest"
+    # The lock, the release and the vhost, checked, in one session; migrate
+    # only once every host has passed; each host switches right after its
+    # own configtest, and graceful only once the switch has happened everywhere.
+    assert prepare[0] == "upload: lock instance alpha on every host"
+    assert prepare[1].startswith("upload: ") and prepare[-1] == "render: apache configtest"
     assert migrate[0].startswith("migrate: ")
     assert switch[0] == "restart: apache configtest" and switch[1].startswith("restart: switch ")
     assert reload == ["restart: apache graceful"]
@@ -172,7 +176,7 @@ def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make)
 def test_a_hook_waits_for_every_host_and_the_changes_after_it_join_its_session(make):
     ctx, _ = make({"hooks": {"before": {"render": ["echo hi"]}}, "migrate": None})
     hosts_sessions = [g for g in _sessions(ctx) if not g[0].startswith(("package", "vpn"))]
-    assert [len(g) for g in hosts_sessions] == [1, 5, 2, 1]
+    assert [len(g) for g in hosts_sessions] == [2, 5, 2, 1]
     assert hosts_sessions[1][0] == "render: before render: echo hi"
 
 
@@ -245,3 +249,37 @@ def test_plugin_stage_from_entry_point(make, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     _, stages = make({"pipeline": ["package", "notify"]})
     assert stages["notify"][0].command.line() == "echo alpha"
+
+
+def test_the_lock_comes_before_the_first_step_on_a_host_and_pruning_after_success(make):
+    ctx, _ = make()
+    p = make.plan
+    assert p.lock == Lock("lock instance alpha on every host", H, state="/var/www/alpha.deployer",
+                          run_id=ctx.run_id, owner=context.lock_owner(ctx), wait=0, hint=p.lock.hint)
+    assert "deployer unlock alpha" in p.lock.hint
+    assert [type(s) for s in dict(p.stages)["upload"]] == [Lock, Upload]
+    assert p.after == (Run("keep the newest 5 releases, the live one and the one before it", H,
+                           command=hostscripts.prune("/var/www/alpha.releases", "/var/www/alpha", 5)),)
+
+
+def test_a_run_without_upload_is_locked_too_but_prunes_nothing(make):
+    make(only=("render", "restart"))
+    p = make.plan
+    assert p.lock is not None and dict(p.stages)["render"][0] is p.lock
+    assert p.after == ()
+
+
+def test_who_holds_the_lock_says_the_ci_build():
+    env = {"TEAMCITY_VERSION": "2024.1", "TEAMCITY_BUILDCONF_NAME": "Deploy alpha", "BUILD_NUMBER": "57"}
+    assert context.ci_build(env) == "TeamCity build Deploy alpha #57"
+    assert context.ci_build({"BUILD_URL": "https://ci/job/1/"}) == "https://ci/job/1/"
+    assert context.ci_build({}) == ""
+
+
+def test_a_history_line_is_one_line_of_tab_separated_fields(make):
+    ctx, _ = make()
+    hostile = context.Context(**{**ctx.__dict__, "ci": "build\n#1\tx", "revision": ""})
+    line = context.history_line(hostile, "done", now=NOW)
+    assert "\n" not in line
+    assert line.split("\t") == ["2026-01-02T03:04:05Z", "deploy", "done", ctx.release, "alpha.example.com",
+                                 ctx.who, "build #1 x", "-", ctx.run_id]

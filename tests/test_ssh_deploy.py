@@ -18,57 +18,6 @@ from tests.conftest import REPO, deploy_process, ignores_term, process_running, 
 pytestmark = pytest.mark.sshd
 
 
-@pytest.fixture
-def site(tmp_path, sshd):
-    """A source app, a targets.yaml pointing at the sshd, and the 'host' dirs."""
-    app = tmp_path / "app"
-    (app / "static").mkdir(parents=True)
-    (app / "manage.py").write_text("print('manage')\n")
-    (app / "django.wsgi").write_text("application = None\n")
-    (app / "static" / "site.css").write_text("body { color: red }\n")
-    (app / "junk.pyc").write_bytes(b"\0")
-    host = tmp_path / "host"
-    host.mkdir()
-    targets = {
-        "targets": {
-            "alpha": {
-                "hosts": [{"address": "127.0.0.1", "port": sshd.port, "user": "root"}],
-                "identity_file": str(sshd.client_key),
-                "known_hosts": str(sshd.known_hosts),
-                "deploy_root": str(host / "www"),
-                "apache": {"dir": str(host / "apache2"),
-                           "ctl": f"{REPO}/tools/local-apache2ctl {host / 'apache2'}"},
-                # Appends the release it ran in, so the test can count runs.
-                "migrate": f'echo "$RELEASE $PWD" >> {host / "migrations.log"}',
-                "package": {"source": str(app), "exclude": ["*.pyc"]},
-                "template": str(REPO / "templates" / "default_template"),
-            }
-        }
-    }
-    path = tmp_path / "targets.yaml"
-    path.write_text(yaml.safe_dump(targets))
-
-    class Site:
-        root, targets_file = host, path
-        source = app
-
-        def deploy(self, *extra: str) -> tuple[int, str]:
-            out = io.StringIO()
-            code = main(["alpha", "alpha.example.test", "--targets", str(path),
-                         "--output", "plain", *extra], stdout=out)
-            return code, out.getvalue()
-
-        def edit(self, **changes):
-            doc = yaml.safe_load(path.read_text())
-            doc["targets"]["alpha"].update(changes)
-            path.write_text(yaml.safe_dump(doc))
-
-        def live(self) -> Path:
-            return host / "www" / "alpha"
-
-    return Site()
-
-
 def test_full_deploy_lands_release_vhost_and_one_migration(site):
     code, out = site.deploy()
     assert code == 0, out
