@@ -125,63 +125,79 @@ def main(argv: Sequence[str] | None = None, stdout=None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    box: list[Reporter] = []
+    return guarded(args.output, stdout, lambda run: _deploy(args, run))
+
+
+class Run:
+    """What a command has set up so far, for its last line: the reporter,
+    once the secrets are known, and the executor, once it has started."""
+
+    def __init__(self, output: str, stdout):
+        self.output, self.stdout = output, stdout
+        self.reporter: Reporter | None = None
+        self.executor = None
+
+    def report_to(self, secrets: frozenset[str]) -> Reporter:
+        # From here on every message may quote a secret: all go through it.
+        self.reporter = choose(self.output, self.stdout, secrets)
+        return self.reporter
+
+
+def guarded(output: str, stdout, body) -> int:
+    """Run `body(run)`, which returns the summary of a run that succeeded;
+    every way it can end becomes an exit code and a last line."""
+    run = Run(output, stdout)
 
     def on_repeat():
-        if box:
-            box[0].note("already stopping: undoing changes and closing the VPN")
+        if run.reporter is not None:
+            run.reporter.note("already stopping: undoing changes and closing the VPN")
 
     previous = interrupts.install(on_repeat)
     try:
-        return _deploy(args, stdout, box)
+        try:
+            summary = body(run)
+        except DeployError as e:
+            return _finish(run, e.exit_code, str(e), _serving(run.executor, e))
+        except (Interrupted, KeyboardInterrupt) as e:
+            return _finish(run, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})", _serving(run.executor, e))
+        except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
+            # A bug: still end the output properly (TeamCity's build problem, the
+            # JSON "finished" event), then show the traceback, redacted like the
+            # rest: an exception's text can quote a secret (a vhost, a value).
+            code = _finish(run, EXIT_FAILED, f"internal error: {type(e).__name__}: {e}")
+            trace = "".join(traceback.format_exception(e))
+            sys.stderr.write(run.reporter.redact(trace) if run.reporter else trace)
+            return code
+        return _finish(run, EXIT_OK, None, summary)
     finally:
         interrupts.restore(previous)
 
 
-def _deploy(args, stdout, box: list[Reporter]) -> int:
-    reporter: Reporter | None = None
-    executor = None
-    try:
-        # Everything up to Executor.run is read-only: a UsageError here
-        # means nothing ran anywhere.
-        name = names.config_name(args.config_name)
-        hostname = names.hostname(args.hostname)
-        overrides = _vars(args.var)
-        target = load(args.targets).resolve(name)
-        selected = plan.select(target.pipeline, args.only, args.skip)
-        ctx = context.make(name, hostname, target, overrides, selected, lock_wait=args.lock_wait)
-        # From here on every message may quote a secret: all go through it.
-        reporter = choose(args.output, stdout, ctx.secrets)
-        box.append(reporter)
-        the_plan = plan.build(ctx)
-        reporter.start(name, hostname, ctx.release, args.dry_run)
-        if args.dry_run:
-            for stage, step in the_plan.steps():
-                reporter.planned(stage, step)
-            for step in the_plan.after:
-                reporter.planned("after a successful run", step)
-            return _finish(reporter, args, stdout, EXIT_OK, None)
-        # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
-        # of a second).
-        from deployer.executor import Executor
+def _deploy(args, run: Run) -> str:
+    # Everything up to Executor.run is read-only: a UsageError here
+    # means nothing ran anywhere.
+    name = names.config_name(args.config_name)
+    hostname = names.hostname(args.hostname)
+    overrides = _vars(args.var)
+    target = load(args.targets).resolve(name)
+    selected = plan.select(target.pipeline, args.only, args.skip)
+    ctx = context.make(name, hostname, target, overrides, selected, lock_wait=args.lock_wait)
+    reporter = run.report_to(ctx.secrets)
+    the_plan = plan.build(ctx)
+    reporter.start(name, hostname, ctx.release, args.dry_run)
+    if args.dry_run:
+        for stage, step in the_plan.steps():
+            reporter.planned(stage, step)
+        for step in the_plan.after:
+            reporter.planned("after a successful run", step)
+        return ""
+    # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
+    # of a second).
+    from deployer.executor import Executor
 
-        parallel = min(args.parallel or target.parallel, len(target.hosts))
-        executor = Executor(ctx, reporter, parallel)
-        executor.run(the_plan)
-        return _finish(reporter, args, stdout, EXIT_OK, None, executor.serving(True))
-    except DeployError as e:
-        return _finish(reporter, args, stdout, e.exit_code, str(e), _serving(executor, e))
-    except (Interrupted, KeyboardInterrupt) as e:
-        return _finish(reporter, args, stdout, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})",
-                       _serving(executor, e))
-    except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
-        # A bug: still end the output properly (TeamCity's build problem, the
-        # JSON "finished" event), then show the traceback, redacted like the
-        # rest: an exception's text can quote a secret (a vhost, a value).
-        code = _finish(reporter, args, stdout, EXIT_FAILED, f"internal error: {type(e).__name__}: {e}")
-        trace = "".join(traceback.format_exception(e))
-        sys.stderr.write(reporter.redact(trace) if reporter else trace)
-        return code
+    run.executor = Executor(ctx, run.reporter, min(args.parallel or target.parallel, len(target.hosts)))
+    run.executor.run(the_plan)
+    return run.executor.serving(True)
 
 
 def _serving(executor, e: BaseException) -> str:
@@ -192,10 +208,9 @@ def _serving(executor, e: BaseException) -> str:
     return executor.serving(False)
 
 
-def _finish(reporter: Reporter | None, args, stdout, code: int, error: str | None, summary: str = "") -> int:
-    if reporter is None:
-        # Failed before the plan existed, so nothing ran and no secret is
-        # known yet: a usage error names keys and paths only.
-        reporter = choose(args.output, stdout, frozenset())
+def _finish(run: Run, code: int, error: str | None, summary: str = "") -> int:
+    # Failed before the plan existed, so nothing ran and no secret is
+    # known yet: a usage error names keys and paths only.
+    reporter = run.reporter or choose(run.output, run.stdout, frozenset())
     reporter.finished(code, error, summary)
     return code

@@ -53,6 +53,11 @@ class Context:
         return "upload" in self.stages
 
     @property
+    def switches(self) -> bool:
+        """Whether the run points the live path at `release`."""
+        return self.uploads or self.action == "rollback"
+
+    @property
     def code_path(self) -> str:
         return self.release_path if self.uploads else self.deploy_path
 
@@ -180,4 +185,17 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         who=who(),
         ci=ci_build(os.environ),
         revision=git_revision(target.package.source),
+    )
+
+
+def for_instance(name: str, target: Target, action: str, release: str = "", hostname: str = "",
+                 lock_wait: int = 0, run_id: str | None = None) -> Context:
+    """The context of a command on an instance's hosts that deploys nothing
+    (a rollback, reading its releases): no source tree is read."""
+    return Context(
+        name=name, hostname=hostname, target=target, release=release,
+        workdir=os.path.join(tempfile.gettempdir(),
+                             f"deployer-{name}-{action}-{os.getpid()}-{secrets.token_hex(4)}"),
+        values={}, action=action, stages=(), run_id=run_id or secrets.token_hex(8), lock_wait=lock_wait,
+        who=who(), ci=ci_build(os.environ),
     )

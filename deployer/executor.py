@@ -76,6 +76,11 @@ class Executor:
         self.first_locked: bool | None = None
         self.previous: dict[str, str] = {}  # per host, its live release before the run
         self.changed = False  # whether a step past the lock has begun on a host
+        self.results: dict[int, dict[str, Result]] = {}  # per step (by id), per host
+
+    def outputs(self, step: steps.Step) -> dict[str, Result]:
+        """What `step` ended with on each host it ran on."""
+        return self.results.get(id(step), {})
 
     def run(self, plan: steps.Plan) -> None:
         outcome = "failed"
@@ -117,7 +122,7 @@ class Executor:
     def serving(self, ok: bool) -> str:
         """What each host serves now that the run is over, for its last line."""
         if ok:
-            if not self.ctx.uploads:
+            if not self.ctx.switches:
                 return f"the live release is unchanged on every host ({len(self.ctx.host_names)})"
             return f"release {self.ctx.release} is live on every host ({len(self.ctx.host_names)})"
         if not self.changed:
@@ -211,6 +216,8 @@ class Executor:
                 return
             stage, step = group.steps[j]
             results[j] = result
+            with self.lock:
+                self.results.setdefault(id(step), {})[host] = result
             # Only what the step did: a failed `mkdir` of an existing release
             # must not lead to removing that release.
             if isinstance(step, steps.Run) and result.ok and step.undo is not None:
@@ -312,7 +319,7 @@ class Executor:
         if isinstance(step, (steps.Install, steps.Link)):
             self.record(_Undo(host, f"restore {step.path}", step.undo(), keep=step.keep()))
             data = None
-            if isinstance(step, steps.Install):
+            if isinstance(step, steps.Install) and not step.source:
                 content = step.content.encode()
                 data = session.Piece(len(content), lambda: io.BytesIO(content))
             return [(session.Entry(step.command().line(), timeout=timeout, data=data), None)]

@@ -18,8 +18,12 @@ from deployer.quoting import Command, forced_command
 # is read into memory: a link to /dev/zero or a FIFO is refused before
 # anything reads it.
 _INSTALL = r"""set -eu
-path=$1 mark=$2 mode=$3 owner=$4 work=$5 size=$6
+path=$1 mark=$2 mode=$3 owner=$4 work=$5 size=$6 from=${7-}
 dir=${path%/*}
+if [ -n "$from" ] && { [ -L "$from" ] || [ ! -f "$from" ] || [ "$(head -n 1 -- "$from")" != "$mark" ]; }; then
+    echo "$from is not a file deployer wrote for this instance; deployer will not install it" >&2
+    exit 1
+fi
 mkdir -p -- "$dir"
 umask 077
 if [ -L "$path" ]; then
@@ -45,9 +49,13 @@ else
     mkdir -- "$work"
     : > "$work/none"
 fi
-cat > "$work/new"
+if [ -n "$from" ]; then
+    cat -- "$from" > "$work/new"
+else
+    cat > "$work/new"
+fi
 # Cut short (the runner died mid-send), it is not installed.
-if [ "$(wc -c < "$work/new")" -ne "$size" ]; then
+if [ -z "$from" ] && [ "$(wc -c < "$work/new")" -ne "$size" ]; then
     echo "the new content of $path arrived incomplete" >&2
     exit 1
 fi
@@ -465,6 +473,46 @@ while IFS= read -r r; do
 done
 """
 
+# What an instance's host holds, for `deployer releases`, `history` and
+# `rollback` (see instance.py): its live release, every release (whether
+# whole, whether it keeps its vhost), who holds its lock and since when,
+# and the end of its history. Reads only.
+_STATE = r"""live=$1 releases=$2 state=$3 lines=$4 record=$5
+now=$(readlink -- "$live" 2> /dev/null) && echo "live ${now##*/}"
+if [ -d "$releases" ]; then
+    ls -1 -- "$releases" | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort | while IFS= read -r r; do
+        whole=0 vhost=0
+        [ -f "$releases/$r/.deployer-sums" ] && [ ! -L "$releases/$r" ] && whole=1
+        [ -f "$releases/$r/$record" ] && vhost=1
+        echo "release $r $whole $vhost"
+    done
+fi
+if [ -d "$state/lock" ]; then
+    since=$(stat -c %Y -- "$state/lock")
+    echo "lock $(($(date +%s) - since)) $(head -n 1 -- "$state/lock/owner" 2> /dev/null | tr -d ' ')" \
+        "$(sed -n 2p -- "$state/lock/owner" 2> /dev/null)"
+fi
+if [ -f "$state/history" ]; then tail -n "$lines" -- "$state/history" | sed 's/^/history /'; fi
+exit 0
+"""
+
+# Before a rollback changes anything: the release is whole and keeps its
+# vhost, and the live release is one the runner saw when it chose.
+_CAN_ACTIVATE = r"""live=$1 release=$2 record=$3
+shift 3
+now=$(readlink -- "$live" 2> /dev/null) || now=
+seen=0
+for was in "$@"; do [ "${now##*/}" = "$was" ] && seen=1; done
+if [ "$seen" = 0 ]; then
+    echo "the live release changed (now ${now:-none}) since it was read; run the rollback again" >&2
+    exit 1
+fi
+if [ -L "$release" ] || [ ! -f "$release/.deployer-sums" ] || [ ! -f "$release/$record" ]; then
+    echo "$release is not a whole release with the vhost it was deployed with" >&2
+    exit 1
+fi
+"""
+
 # TERM the group, KILL it if it outlives the grace, then wait until no
 # process of it is left: a migrate that ignores TERM must not go on working
 # after the deploy said it was stopped.
@@ -523,10 +571,12 @@ def _program(name: str, text: str, *args: str) -> Command:
     return Command.of(("sh", "-c", text, name, *args))
 
 
-def install(path: str, mark: str, mode: int, owner: str, work: str, size: int) -> Command:
-    """Write stdin (`size` bytes) to `path` through a file in `work` renamed
-    over it, refusing a path deployer did not write (its first line is not `mark`)."""
-    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, work, str(size))
+def install(path: str, mark: str, mode: int, owner: str, work: str, size: int, source: str = "") -> Command:
+    """Write stdin (`size` bytes), or the host's file `source`, to `path`
+    through a file in `work` renamed over it, refusing a path deployer did
+    not write (its first line is not `mark`)."""
+    return _program("deployer-install", _INSTALL, path, mark, f"{mode:o}", owner, work, str(size),
+                    *([source] if source else []))
 
 
 def restore(path: str, work: str) -> Command:
@@ -611,3 +661,13 @@ def finish(state: str, run_id: str, line: str) -> Command:
 def prune(releases: str, live: str, keep: int) -> Command:
     """Remove all but the newest `keep` releases, never the live one or the one before it."""
     return _program("deployer-prune", _PRUNE, releases, live, str(keep))
+
+
+def state(live: str, releases: str, state_dir: str, lines: int, record: str) -> Command:
+    """Print what the instance's host holds (see _STATE)."""
+    return _program("deployer-state", _STATE, live, releases, state_dir, str(lines), record)
+
+
+def can_activate(live: str, release: str, record: str, seen: tuple[str, ...]) -> Command:
+    """Fail unless `release` is whole with its vhost and `live` points at one of `seen` ("" for none)."""
+    return _program("deployer-can-activate", _CAN_ACTIVATE, live, release, record, *seen)

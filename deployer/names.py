@@ -26,6 +26,17 @@ def config_name(value: str) -> str:
     return value
 
 
+# A release is named by the time it was made (UTC) and its source's digest.
+RELEASE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]+")
+
+
+def release(value: str) -> str:
+    if not RELEASE.fullmatch(value):
+        raise UsageError(f"release {value!r}: expected a release name such as 20261128T101500Z-3f2a9c81d0e4"
+                         " (deployer releases CONFIG_NAME lists them)")
+    return value
+
+
 def hostname(value: str) -> str:
     """An RFC 1123 host name: dot-separated labels, at most 253 characters."""
     labels = value.split(".")

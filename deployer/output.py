@@ -63,6 +63,9 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
                 " none) and the changes to the file list, on its standard input",
                 *_relay_details(step.relay),
                 *(f"on failure: $ {line}" for line in step.undo.line().splitlines())]
+    if isinstance(step, steps.Install) and step.source:
+        return [f"copy {step.source} to {step.path} (mode {step.mode:04o}; as below):",
+                *(f"$ {line}" for line in step.command().line().splitlines())]
     if isinstance(step, steps.Install):
         owner = f", chown {step.owner}" if step.owner else ""
         return [f"write {step.path} (mode {step.mode:04o}{owner}; only over a file whose first line is"
@@ -144,7 +147,7 @@ class Reporter:
         """A command's output, redacted whole, then split."""
         return [line for line in self.redact(r.stdout + r.stderr).splitlines() if line.strip()]
 
-    def start(self, name: str, hostname: str, release: str, dry_run: bool) -> None: ...
+    def start(self, name: str, hostname: str, release: str, dry_run: bool, action: str = "deploy") -> None: ...
     def stage_started(self, stage: str) -> None: ...
     def stage_finished(self, stage: str, ok: bool) -> None: ...
     def planned(self, stage: str, step: steps.Step) -> None: ...
@@ -166,9 +169,12 @@ def _where(step: steps.Step, host: str | None = None) -> str:
 class PlainReporter(Reporter):
     """Plain lines, for logs and pipes: everything, in order, no colour."""
 
-    def start(self, name, hostname, release, dry_run):
-        what = "dry run: would deploy" if dry_run else "deploying"
-        self.write(f"{what} {name} ({hostname}), release {release}")
+    def start(self, name, hostname, release, dry_run, action="deploy"):
+        what = {"deploy": ("deploying", "dry run: would deploy"),
+                "rollback": ("rolling back", "dry run: would roll back"),
+                "unlock": ("unlocking", "dry run: would unlock")}[action][dry_run]
+        to = {"deploy": "release", "rollback": "to release", "unlock": "undoing what was left by run"}[action]
+        self.write(f"{what} {name} ({hostname or 'hostname as deployed'}), {to} {release}")
 
     def stage_started(self, stage):
         self.write(f"== {stage}")
@@ -192,6 +198,22 @@ class PlainReporter(Reporter):
             self.write(f"error: {error}")
         if summary or not error:
             self.write(f"{'' if error else 'done: '}{summary}" if summary else "done")
+
+
+class QuietReporter(PlainReporter):
+    """Only what went wrong, and notes: for reading the hosts before a
+    command prints its own answer."""
+
+    def stage_started(self, stage):
+        pass
+
+    def step_finished(self, stage, step, host, r):
+        if not r.result.ok:
+            super().step_finished(stage, step, host, r)
+
+    def finished(self, exit_code, error, summary=""):
+        if error:
+            super().finished(exit_code, error, summary)
 
 
 class TeamCityReporter(PlainReporter):
@@ -263,8 +285,8 @@ class JsonReporter(Reporter):
             return [self._redacted(v) for v in value]
         return value
 
-    def start(self, name, hostname, release, dry_run):
-        self.emit("start", config=name, hostname=hostname, release=release, dry_run=dry_run)
+    def start(self, name, hostname, release, dry_run, action="deploy"):
+        self.emit("start", config=name, hostname=hostname, release=release, dry_run=dry_run, action=action)
 
     def stage_started(self, stage):
         self.emit("stage_started", stage=stage)
@@ -376,6 +398,6 @@ def choose(kind: str, stream: IO[str], secrets: frozenset[str]) -> Reporter:
         else:
             kind = "plain"
     cls = {"plain": PlainReporter, "rich": RichReporter, "teamcity": TeamCityReporter,
-           "json": JsonReporter}[kind]
+           "json": JsonReporter, "quiet": QuietReporter}[kind]
     return cls(stream, secrets)
 

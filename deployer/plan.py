@@ -1,5 +1,6 @@
 """From a Context to a Plan: the selected stages in order, hooks around each."""
 
+from deployer import hostscripts, steps
 from deployer import stages as stage_lib
 from deployer.context import Context
 from deployer.errors import UsageError
@@ -34,10 +35,24 @@ def build(ctx: Context) -> Plan:
     return Plan(tuple(built), lock=lock, after=after)
 
 
+def read(ctx: Context, history: int = 20) -> Plan:
+    """Read what the instance's hosts hold; changes nothing, takes no lock."""
+    step = steps.Run("read releases, lock and history", ctx.host_names,
+                     command=hostscripts.state(ctx.deploy_path, ctx.releases_dir, ctx.state_dir, history,
+                                               stage_lib.VHOST_RECORD))
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
+
+
+def rollback(ctx: Context, seen: tuple[str, ...]) -> Plan:
+    """Every host back to `ctx.release`, if each one's live release is still one of `seen`."""
+    lock = stage_lib.lock(ctx)
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("rollback", (lock, *stage_lib.activate(ctx, seen)))), lock=lock)
+
+
 def _before_first_on_hosts(built, lock):
     """The lock goes first in the stage of the first step that runs on a host."""
-    for i, (name, steps) in enumerate(built):
-        for j, step in enumerate(steps):
+    for i, (name, stage_steps) in enumerate(built):
+        for j, step in enumerate(stage_steps):
             if step.hosts:
-                return [*built[:i], (name, (*steps[:j], lock, *steps[j:])), *built[i + 1:]]
+                return [*built[:i], (name, (*stage_steps[:j], lock, *stage_steps[j:])), *built[i + 1:]]
     return built

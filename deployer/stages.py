@@ -87,24 +87,54 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
     mark = owner_mark(ctx.name)
     content = f"{mark}\n{template.render(text, ctx.vars, path)}"
     names = served_names(content, ctx.hostname)
+    enabled = posixpath.join(ctx.target.apache.dir, "sites-enabled")
+    record = posixpath.join(ctx.code_path, VHOST_RECORD)
+    return (
+        steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
+                  command=hostscripts.names_are_free(enabled, f"{ctx.name}.conf", names), waits=False),
+        *_vhost(ctx, content=content),
+        # What a rollback to this release installs again; only the deploy user reads it (secrets).
+        steps.Install(f"keep the vhost in the release, for a rollback to it: {VHOST_RECORD}", ctx.host_names,
+                      path=record, content=content, mark=mark, mode=0o600,
+                      work=posixpath.join(ctx.code_path, f"{VHOST_RECORD}.deployer-{ctx.run_id}")),
+        # Checked here as well as in restart: a broken vhost must fail the
+        # deploy before migrate changes the database, which no undo reverts.
+        _configtest(ctx, waits=False),
+    )
+
+
+# In every release: the vhost it was deployed with.
+VHOST_RECORD = ".deployer-vhost"
+
+
+def _vhost(ctx: Context, content: str = "", source: str = "") -> tuple[steps.Step, ...]:
+    """The instance's vhost written (`content`, or a copy of the host's file
+    `source`) and enabled."""
     apache = ctx.target.apache
     conf = f"{ctx.name}.conf"
     available = posixpath.join(apache.dir, "sites-available")
     enabled = posixpath.join(apache.dir, "sites-enabled")
     return (
-        steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
-                  command=hostscripts.names_are_free(enabled, conf, names), waits=False),
         steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
-                      path=posixpath.join(available, conf), content=content, mark=mark,
+                      path=posixpath.join(available, conf), content=content, mark=owner_mark(ctx.name),
                       mode=apache.vhost_mode, owner=apache.vhost_chown,
-                      work=posixpath.join(available, f".{conf}.deployer-{ctx.run_id}")),
+                      work=posixpath.join(available, f".{conf}.deployer-{ctx.run_id}"), source=source),
         # What a2ensite does, without needing a2ensite or Debian's layout helpers.
         steps.Link(f"enable site {conf}", ctx.host_names,
                    path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),
                    work=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
-        # Checked here as well as in restart: a broken vhost must fail the
-        # deploy before migrate changes the database, which no undo reverts.
-        _configtest(ctx, waits=False),
+    )
+
+
+def activate(ctx: Context, live: tuple[str, ...]) -> tuple[steps.Step, ...]:
+    """A rollback: every host back to `ctx.release`, with the vhost it was
+    deployed with, if each host's live release is still one of `live`."""
+    return (
+        steps.Run(f"check that release {ctx.release} is whole and the live release unchanged", ctx.host_names,
+                  command=hostscripts.can_activate(ctx.deploy_path, ctx.release_path, VHOST_RECORD, live),
+                  waits=False),
+        *_vhost(ctx, source=posixpath.join(ctx.release_path, VHOST_RECORD)),
+        *restart(ctx),
     )
 
 
@@ -125,12 +155,12 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
         # configtest, in the same session, and a host whose configtest fails
         # puts every host back, those that switched a moment before included.
         _configtest(ctx),
-        # Only a release uploaded by this run is switched to: `--only restart`
+        # Only to a release this run uploaded, or rolls back to: `--only restart`
         # must not point the live path at a directory that does not exist.
         *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
                       path=ctx.deploy_path, target=ctx.release_path,
                       work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
-          if ctx.uploads else []),
+          if ctx.switches else []),
         # Undone, the previous release and vhost are back: Apache reads them again.
         steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful")), again_after_undo=True),
     )

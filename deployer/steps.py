@@ -138,10 +138,13 @@ class Install(Step):
     mode: int = 0o640
     owner: str = ""  # for chown: "user", "user:group", ":group" or "" to leave it
     work: str = ""
+    # A file on the host to copy instead of `content` (a rollback installs
+    # the vhost a release was deployed with); it must begin with `mark` too.
+    source: str = ""
 
     def command(self) -> Command:
         return hostscripts.install(self.path, self.mark, self.mode, self.owner, self.work,
-                                   len(self.content.encode()))
+                                   len(self.content.encode()), self.source)
 
     def undo(self) -> Command:
         return hostscripts.restore(self.path, self.work)

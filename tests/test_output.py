@@ -105,7 +105,7 @@ def test_json_dry_run_lists_planned_steps(local):
     events = [json.loads(line) for line in lines]
     planned = [e for e in events if e["event"] == "planned"]
     assert [e["stage"] for e in planned] == [
-        "package", "upload", "upload", "render", "render", "render", "render", "migrate",
+        "package", "upload", "upload", "render", "render", "render", "render", "render", "migrate",
         "restart", "restart", "restart", "after a successful run"]
     assert not (local.tmp / "www").exists()
 

@@ -777,8 +777,10 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
     assert "1 files, 2 bytes" in shown
     assert main(args, stdout=io.StringIO()) == 0
     release = next((tmp_path / "www" / "demo.releases").iterdir())
-    # The app, and the id of the run that made the release.
-    assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", ".deployer-sums", "manage.py"]
+    # The app, and what deployer keeps with it: the id of the run that made
+    # it, its file list, the vhost it was deployed with.
+    assert sorted(p.name for p in release.iterdir()) == [".deployer-release-id", ".deployer-sums",
+                                                         ".deployer-vhost", "manage.py"]
 
 
 def test_a_dry_run_loads_no_executor(tmp_path):

@@ -113,6 +113,11 @@ def test_render_steps(make):
                 mode=0o600, owner=":www-data", work=f"{available}/.alpha.conf.deployer-{ctx.run_id}"),
         Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
              target="../sites-available/alpha.conf", work=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
+        # What a rollback to this release installs again, readable by the deploy user only.
+        Install("keep the vhost in the release, for a rollback to it: .deployer-vhost", H,
+                path=f"{ctx.release_path}/.deployer-vhost", mark=mark,
+                content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
+                mode=0o600, work=f"{ctx.release_path}/.deployer-vhost.deployer-{ctx.run_id}"),
         Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest")), waits=False),
     )
 
@@ -161,7 +166,7 @@ def _sessions(ctx):
 def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make):
     ctx, _ = make()
     sessions = _sessions(ctx)
-    assert [len(g) for g in sessions] == [1, 1, 6, 1, 2, 1]
+    assert [len(g) for g in sessions] == [1, 1, 7, 1, 2, 1]
     package, vpn, prepare, migrate, switch, reload = sessions
     # The lock, the release and the vhost, checked, in one session; migrate
     # only once every host has passed; each host switches right after its
@@ -176,7 +181,7 @@ def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make)
 def test_a_hook_waits_for_every_host_and_the_changes_after_it_join_its_session(make):
     ctx, _ = make({"hooks": {"before": {"render": ["echo hi"]}}, "migrate": None})
     hosts_sessions = [g for g in _sessions(ctx) if not g[0].startswith(("package", "vpn"))]
-    assert [len(g) for g in hosts_sessions] == [2, 5, 2, 1]
+    assert [len(g) for g in hosts_sessions] == [2, 6, 2, 1]
     assert hosts_sessions[1][0] == "render: before render: echo hi"
 
 
@@ -283,3 +288,21 @@ def test_a_history_line_is_one_line_of_tab_separated_fields(make):
     assert "\n" not in line
     assert line.split("\t") == ["2026-01-02T03:04:05Z", "deploy", "done", ctx.release, "alpha.example.com",
                                  ctx.who, "build #1 x", "-", ctx.run_id]
+
+
+def test_a_rollback_checks_then_installs_the_releases_own_vhost_and_switches(make):
+    ctx, _ = make()
+    back = context.for_instance("alpha", ctx.target, "rollback", release="20260101T000000Z-abc")
+    p = plan.rollback(back, ("20260102T030405Z-def",))
+    steps = [s for _, s in p.steps()]
+    assert [type(s) for s in steps] == [OpenVpn, Lock, Run, Install, Link, Run, Link, Run]
+    record = "/var/www/alpha.releases/20260101T000000Z-abc/.deployer-vhost"
+    assert steps[2].command == hostscripts.can_activate(
+        "/var/www/alpha", "/var/www/alpha.releases/20260101T000000Z-abc", ".deployer-vhost",
+        ("20260102T030405Z-def",))
+    assert steps[3].source == record and steps[3].path == "/etc/apache2/sites-available/alpha.conf"
+    assert steps[6].commit and steps[6].target == "/var/www/alpha.releases/20260101T000000Z-abc"
+    assert steps[7].again_after_undo
+    assert p.lock is steps[1] and p.after == ()
+    # Nothing migrates.
+    assert not any("migrate" in s.title for s in steps)

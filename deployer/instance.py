@@ -1,0 +1,81 @@
+"""What an instance's hosts hold (their live release, their releases, the
+lock, the history), as `hostscripts.state` prints it, and the release a
+rollback goes back to."""
+
+from dataclasses import dataclass, field
+
+from deployer.errors import DeployError
+
+HISTORY_FIELDS = ("time", "action", "outcome", "release", "hostname", "who", "ci", "revision", "run")
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    whole: bool  # has its file list: unpacked to the end
+    vhost: bool  # keeps the vhost it was deployed with: a rollback can go back to it
+
+
+@dataclass(frozen=True)
+class HostState:
+    live: str = ""  # "" when no release is live
+    releases: tuple[Release, ...] = ()  # oldest first
+    lock: str = ""  # who holds the lock and for how long, "" when nobody does
+    lock_run: str = ""
+    history: tuple[dict[str, str], ...] = field(default=())
+
+    def usable(self) -> set[str]:
+        return {r.name for r in self.releases if r.whole and r.vhost}
+
+
+def parse(stdout: str) -> HostState:
+    live, releases, lock, lock_run, history = "", [], "", "", []
+    for row in stdout.splitlines():
+        kind, _, rest = row.partition(" ")
+        if kind == "live":
+            live = rest
+        elif kind == "release":
+            name, whole, vhost = (rest.split(" ") + ["0", "0"])[:3]
+            releases.append(Release(name, whole == "1", vhost == "1"))
+        elif kind == "lock":
+            age, run, who = (rest.split(" ", 2) + ["", ""])[:3]
+            lock_run = run
+            lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
+        elif kind == "history":
+            values = rest.split("\t")
+            history.append(dict(zip(HISTORY_FIELDS, values + [""] * (len(HISTORY_FIELDS) - len(values)),
+                                    strict=True)))
+    return HostState(live, tuple(releases), lock, lock_run, tuple(history))
+
+
+def _age(seconds: str) -> str:
+    s = int(seconds) if seconds.isdigit() else 0
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
+
+
+def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
+    """The release to go back to: `wanted`, or the newest one older than
+    every host's live release; either must be whole, with its vhost, on
+    every host."""
+    common = set.intersection(*(s.usable() for s in states.values()))
+    if wanted:
+        lacking = [h for h, s in states.items() if wanted not in s.usable()]
+        if lacking:
+            raise DeployError(f"release {wanted} is not whole, with the vhost it was deployed with, on "
+                              f"{', '.join(lacking)}; `deployer releases` shows what each host has")
+        return wanted
+    lives = [s.live for s in states.values() if s.live]
+    if not lives:
+        raise DeployError("no release is live on any host: nothing to roll back from")
+    older = sorted(r for r in common if r < min(lives))
+    if not older:
+        raise DeployError("no release older than the live one is whole, with the vhost it was deployed"
+                          " with, on every host (releases made before deployer kept the vhost cannot be"
+                          " rolled back to); `deployer releases` shows what each host has")
+    return older[-1]

@@ -1,0 +1,118 @@
+"""`deployer releases | history | rollback | unlock` over a real sshd on
+127.0.0.1, checked on disk."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from deployer import commands
+
+pytestmark = pytest.mark.sshd
+
+
+def deployer(site, *argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    command, *rest = argv
+    code = commands.main([command, "alpha", "--targets", str(site.targets_file), *rest], stdout=out)
+    return code, out.getvalue()
+
+
+def _deploy_versions(site, n: int) -> list[str]:
+    made = []
+    for i in range(n):
+        (site.source / "manage.py").write_text(f"print({i})\n")
+        code, out = site.deploy("--var", f"EXTRA={i}")
+        assert code == 0, out
+        made.append(Path(os.readlink(site.live())).name)
+    return made
+
+
+def _vhost(site) -> str:
+    return (site.root / "apache2" / "sites-available" / "alpha.conf").read_text()
+
+
+def test_releases_lists_every_release_and_marks_the_live_one(site):
+    made = _deploy_versions(site, 2)
+    code, out = deployer(site, "releases")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[1].startswith(made[1]) and "LIVE" in lines[1]
+    assert lines[2].startswith(made[0]) and "kept" in lines[2]
+    code, out = deployer(site, "releases", "--json")
+    (host,) = json.loads(out).values()
+    assert host["live"] == made[1] and [r["name"] for r in host["releases"]] == made
+
+
+def test_rollback_goes_back_one_release_with_its_vhost_and_never_migrates(site, tmp_path):
+    template = tmp_path / "template"
+    template.write_text("<VirtualHost *:80>\nServerName <<HOSTNAME>>\n# <<DEPLOY_PATH>>\n# v=<<EXTRA>>\n"
+                        "</VirtualHost>\n")
+    site.edit(template=str(template), vars={"EXTRA": "0"})
+    made = _deploy_versions(site, 3)
+    migrations = (site.root / "migrations.log").read_text()
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 0, out
+    assert os.readlink(site.live()).endswith(made[1])
+    assert "# v=1" in _vhost(site)
+    assert out.rstrip().endswith(f"release {made[1]} is live on every host (1)")
+    # Again: one further back.
+    assert deployer(site, "rollback")[0] == 0
+    assert os.readlink(site.live()).endswith(made[0]) and "# v=0" in _vhost(site)
+    # And forward to a named one.
+    code, out = deployer(site, "rollback", "--to", made[2])
+    assert code == 0, out
+    assert os.readlink(site.live()).endswith(made[2]) and "# v=2" in _vhost(site)
+    assert (site.root / "migrations.log").read_text() == migrations
+    code, out = deployer(site, "history", "--json")
+    rows = json.loads(out)
+    assert [(r["action"], r["outcome"], r["release"]) for r in rows] == [
+        *(("deploy", "done", m) for m in made), ("rollback", "done", made[1]), ("rollback", "done", made[0]),
+        ("rollback", "done", made[2])]
+    assert all(r["hostname"] == "alpha.example.test" for r in rows)
+    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+
+
+def test_rollback_dry_run_reads_the_hosts_and_changes_nothing(site):
+    from tests.conftest import tree_digest
+    made = _deploy_versions(site, 2)
+    before = tree_digest(site.root, history=True)
+    code, out = deployer(site, "rollback", "--dry-run", "--output", "plain")
+    assert code == 0, out
+    assert f"would roll back alpha (alpha.example.test), to release {made[0]}" in out
+    assert f"switch {site.live()} to release {made[0]}" in out
+    assert tree_digest(site.root, history=True) == before
+
+
+@pytest.mark.parametrize(("to", "message"), [
+    ("20990101T000000Z-0123456789ab", "is not whole, with the vhost it was deployed with, on 127.0.0.1"),
+    ("../../etc", "expected a release name"),
+])
+def test_rollback_to_a_release_that_is_not_there_changes_nothing(site, to, message):
+    from tests.conftest import tree_digest
+    _deploy_versions(site, 2)
+    before = tree_digest(site.root, history=True)
+    code, out = deployer(site, "rollback", "--to", to, "--output", "plain")
+    assert code in (1, 2) and message in out, out
+    assert tree_digest(site.root, history=True) == before
+
+
+def test_rollback_with_nothing_older_says_so(site):
+    _deploy_versions(site, 1)
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 1 and "no release older than the live one" in out, out
+
+
+def test_a_failed_rollback_is_undone(site, tmp_path):
+    made = _deploy_versions(site, 2)
+    # The older release's vhost no longer passes Apache's configtest.
+    record = site.root / "www" / "alpha.releases" / made[0] / ".deployer-vhost"
+    record.write_text(record.read_text() + "NotADirective x\n")
+    before = _vhost(site)
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 1, out
+    assert "NotADirective" in out
+    assert os.readlink(site.live()).endswith(made[1]) and _vhost(site) == before
+    assert out.rstrip().endswith(f"release {made[1]} is live")
