@@ -5,6 +5,9 @@ target called `rollback` or `list`) can be read as a command."""
 
 import argparse
 import json
+import os
+import re
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -216,7 +219,45 @@ def _hostname_of(states: dict[str, instance.HostState], release: str) -> str:
 
 
 def _unlock(args, run: Run, stdin) -> str:
-    raise UsageError("deployer unlock: not built yet")
+    name, target = _instance(args)
+    run.report_to(frozenset())
+    states = _read(context.for_instance(name, target, "unlock"))
+    held = {s.lock_run: s.lock for s in states.values() if s.lock_run}
+    if not held:
+        return f"{name} is not locked on any host; nothing to do"
+    if len(held) > 1:
+        raise DeployError(f"{name} is locked by more than one run: " + "; ".join(held.values())
+                          + ". Unlock the hosts by hand (rm -r <deploy_root>/{name}.deployer/lock)")
+    (gone, who), = held.items()
+    alive = _running_here(who)
+    if alive:
+        raise DeployError(f"{name} is locked by {who}, which is still running on this machine (pid {alive});"
+                          " stop it (it undoes its own changes), or wait for it")
+    confirm(f"{name} is locked by {who}. Unlock it only if that run is gone: what it changed and did not"
+            " finish is undone on every host, and Apache reloaded. Go on?", args.yes, stdin, run.stdout)
+    # The history's release column says which run this one undid.
+    ctx = context.for_instance(name, target, "unlock", release=f"run {gone}")
+    run.reporter.start(name, "", ctx.release, False, action="unlock")
+    from deployer.executor import Executor
+
+    run.executor = Executor(ctx, run.reporter, min(target.parallel, len(target.hosts)))
+    run.executor.run(plan.unlock(ctx, gone))
+    return f"unlocked: what run {gone} left is undone on every host"
+
+
+def _running_here(who: str) -> int | None:
+    """The pid of the run that holds a lock, if it runs on this machine and is alive."""
+    m = re.search(r"@([^ ]+) \(pid (\d+)\)", who)
+    if not m or m.group(1) != socket.gethostname():
+        return None
+    pid = int(m.group(2))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
 
 
 def confirm(question: str, yes: bool, stdin, stdout) -> None:

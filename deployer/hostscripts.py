@@ -409,7 +409,7 @@ rmdir -- "${release%/*}" 2> /dev/null || true
 # stdin), so two runs can never each hold a part and wait for the other.
 # A holder releases the other hosts before the first, so there they wait
 # a little longer than on the first, whatever `wait` is.
-_LOCK = r"""state=$1 run=$2 owner=$3 wait=$4 gated=$5 hint=$6
+_LOCK = r"""state=$1 run=$2 owner=$3 wait=$4 gated=$5 hint=$6 from=${7-}
 if [ "$gated" = 1 ]; then
     IFS= read -r go || go=
     if [ "$go" != go ]; then
@@ -425,6 +425,13 @@ if [ -L "$state" ] || [ ! -d "$state" ]; then
 fi
 lock=$state/lock
 start=$(date +%s)
+# Taken over from run `from` (gone; see `deployer unlock`) if it still holds it.
+if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ] \
+        && [ "$(head -n 1 -- "$lock/owner" 2> /dev/null)" = "$from" ]; then
+    printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new"
+    mv -f -- "$lock/owner.new" "$lock/owner"
+    exit 0
+fi
 until mkdir -m 700 -- "$lock" 2> /dev/null; do
     if [ -L "$lock" ] || [ ! -d "$lock" ]; then
         echo "$lock exists and is not a lock deployer made; deployer will not use it (move it aside)" >&2
@@ -511,6 +518,23 @@ if [ -L "$release" ] || [ ! -f "$release/.deployer-sums" ] || [ ! -f "$release/$
     echo "$release is not a whole release with the vhost it was deployed with" >&2
     exit 1
 fi
+"""
+
+# What a run that is gone (killed) left beside the releases: its release,
+# if not live, its part-made tree and the artifact's copy it offered.
+_DISCARD_RUN = r"""releases=$1 live=$2 run=$3
+cd -- "$releases" 2> /dev/null || exit 0
+current=$(readlink -- "$live" 2> /dev/null) || current=
+for r in *; do
+    [ -d "$r" ] && [ ! -L "$r" ] && [ -f "$r/.deployer-release-id" ] || continue
+    [ "$(cat -- "$r/.deployer-release-id")" = "$run" ] || continue
+    if [ "${current##*/}" = "$r" ]; then echo "release $r of that run is live: kept"; continue; fi
+    rm -rf -- "$r" && echo "removed its release $r"
+done
+for d in .*.deployer-"$run" .deployer-relay-"$run"; do
+    [ -e "$d" ] || continue
+    rm -rf -- "$d" && echo "removed $d"
+done
 """
 
 # TERM the group, KILL it if it outlives the grace, then wait until no
@@ -646,11 +670,17 @@ def session(entries: tuple[tuple[str, bool], ...]) -> Command:
     return _program("deployer-session", _SESSION, *(w for line, reads in entries for w in (line, "01"[reads])))
 
 
-def lock(state: str, run_id: str, owner: str, wait: int, gated: bool, hint: str) -> Command:
+def lock(state: str, run_id: str, owner: str, wait: int, gated: bool, hint: str, takes_over: str = "") -> Command:
     """Take the instance's lock in `state` for `run_id`, waiting up to `wait`
-    seconds; `gated`: first read "go" on stdin (see _LOCK). `hint` ends
-    the message that says who holds it."""
-    return _program("deployer-lock", _LOCK, state, run_id, owner, str(wait), "01"[gated], hint)
+    seconds, or take it over from run `takes_over`; `gated`: first read
+    "go" on stdin (see _LOCK). `hint` ends the message that says who holds it."""
+    return _program("deployer-lock", _LOCK, state, run_id, owner, str(wait), "01"[gated], hint,
+                    *([takes_over] if takes_over else []))
+
+
+def discard_run(releases: str, live: str, run_id: str) -> Command:
+    """Remove what run `run_id` left beside the releases (see _DISCARD_RUN)."""
+    return _program("deployer-discard-run", _DISCARD_RUN, releases, live, run_id)
 
 
 def finish(state: str, run_id: str, line: str) -> Command:

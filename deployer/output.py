@@ -173,7 +173,7 @@ class PlainReporter(Reporter):
         what = {"deploy": ("deploying", "dry run: would deploy"),
                 "rollback": ("rolling back", "dry run: would roll back"),
                 "unlock": ("unlocking", "dry run: would unlock")}[action][dry_run]
-        to = {"deploy": "release", "rollback": "to release", "unlock": "undoing what was left by run"}[action]
+        to = {"deploy": "release", "rollback": "to release", "unlock": "undoing what was left by"}[action]
         self.write(f"{what} {name} ({hostname or 'hostname as deployed'}), {to} {release}")
 
     def stage_started(self, stage):

@@ -49,6 +49,12 @@ def rollback(ctx: Context, seen: tuple[str, ...]) -> Plan:
     return Plan((("vpn", stage_lib.vpn(ctx)), ("rollback", (lock, *stage_lib.activate(ctx, seen)))), lock=lock)
 
 
+def unlock(ctx: Context, run_id: str) -> Plan:
+    """The lock of run `run_id`, gone, taken over, and what it left undone."""
+    lock = stage_lib.lock(ctx, takes_over=run_id)
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("unlock", (lock, *stage_lib.undo_run(ctx, run_id)))), lock=lock)
+
+
 def _before_first_on_hosts(built, lock):
     """The lock goes first in the stage of the first step that runs on a host."""
     for i, (name, stage_steps) in enumerate(built):

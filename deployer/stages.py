@@ -7,6 +7,7 @@ A stage is any callable `(Context) -> Sequence[Step]`. Others come from the
 import posixpath
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 
 from deployer import context, hostscripts, steps, template
@@ -166,11 +167,35 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
     )
 
 
-def lock(ctx: Context) -> steps.Lock:
-    return steps.Lock(f"lock instance {ctx.name} on every host", ctx.host_names, state=ctx.state_dir,
-                      run_id=ctx.run_id, owner=context.lock_owner(ctx), wait=ctx.lock_wait,
+def lock(ctx: Context, takes_over: str = "") -> steps.Lock:
+    what = f"take over the lock of run {takes_over}" if takes_over else "lock instance"
+    return steps.Lock(f"{what} {ctx.name} on every host", ctx.host_names, state=ctx.state_dir,
+                      run_id=ctx.run_id, owner=context.lock_owner(ctx), wait=ctx.lock_wait, takes_over=takes_over,
                       hint=(f"wait for it with --lock-wait SECONDS; if that run is gone (killed), `deployer unlock"
-                            f" {ctx.name}` removes its lock and what it left"))
+                            f" {ctx.name}` removes its lock and undoes what it left"))
+
+
+def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
+    """What run `run_id`, now gone, changed and never finished, undone
+    newest first from what it kept for its own undo (every one of these is
+    safe where that run never got to), then Apache reloaded."""
+    gone = replace(ctx, run_id=run_id, release="")
+    switch = steps.Link("", path=ctx.deploy_path, work=f"{ctx.deploy_path}.deployer-{run_id}")
+    record = steps.Install("", path=posixpath.join(ctx.deploy_path, VHOST_RECORD),
+                           work=posixpath.join(ctx.deploy_path, f"{VHOST_RECORD}.deployer-{run_id}"))
+    vhost, enable = _vhost(gone)
+    relay = posixpath.join(ctx.releases_dir, f".deployer-relay-{run_id}")
+    hosts = ctx.host_names
+    return (
+        *(steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
+          for s in (switch, record, enable, vhost)),
+        steps.Run(f"remove what run {run_id} left beside the releases", hosts, waits=False,
+                  command=hostscripts.discard_run(ctx.releases_dir, ctx.deploy_path, run_id)),
+        steps.Run(f"withdraw the relay key of run {run_id}", hosts, waits=False,
+                  command=hostscripts.close(relay, f"deployer-relay-{run_id}")),
+        _configtest(ctx, waits=False),
+        steps.Run("apache graceful", hosts, command=Command.of((*ctx.target.apache.ctl, "graceful")), waits=False),
+    )
 
 
 def prune(ctx: Context) -> steps.Run:

@@ -74,10 +74,11 @@ class Lock(Step):
     owner: str = ""  # who holds it, for people: shown to a run that finds it held
     wait: int = 0
     hint: str = ""  # what to do about a lock that is held
+    takes_over: str = ""  # the id of a run that is gone, whose lock this one takes over
 
     def command(self, first: bool) -> Command:
         wait = self.wait if first else max(self.wait, OTHER_HOSTS_WAIT)
-        return hostscripts.lock(self.state, self.run_id, self.owner, wait, not first, self.hint)
+        return hostscripts.lock(self.state, self.run_id, self.owner, wait, not first, self.hint, self.takes_over)
 
     def finish(self, line: str) -> Command:
         return hostscripts.finish(self.state, self.run_id, line)

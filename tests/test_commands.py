@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployer import commands
+from tests.conftest import deploy_process, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -116,3 +117,76 @@ def test_a_failed_rollback_is_undone(site, tmp_path):
     assert "NotADirective" in out
     assert os.readlink(site.live()).endswith(made[1]) and _vhost(site) == before
     assert out.rstrip().endswith(f"release {made[1]} is live")
+
+
+def _killed_during(site, tmp_path, migrate: str) -> None:
+    """A deploy SIGKILLed (TeamCity's last resort) once `started` exists: no teardown runs."""
+    started = tmp_path / "started"
+    site.edit(migrate=f"touch {started}; {migrate}")
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    try:
+        wait_until(started.exists, proc, 60)
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+
+
+def test_unlock_undoes_what_a_killed_first_deploy_left_and_the_next_deploy_succeeds(site, tmp_path):
+    # The issue's reproduction: SIGKILL during migrate left a release and an
+    # enabled vhost, and no DEPLOY_PATH.
+    _killed_during(site, tmp_path, "sleep 2")
+    enabled = site.root / "apache2" / "sites-enabled" / "alpha.conf"
+    assert enabled.is_symlink() and not site.live().exists()
+    site.edit(migrate="true")
+    code, out = site.deploy()
+    assert code == 1 and "deployer unlock alpha" in out, out
+    code, out = deployer(site, "unlock", "--output", "plain")
+    assert code == 2 and "add --yes" in out, out  # no terminal: nothing is done without --yes
+    code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+    assert code == 0, out
+    assert not enabled.exists() and not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
+    assert list((site.root / "www" / "alpha.releases").iterdir()) == []
+    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    assert [r["action"] for r in json.loads(deployer(site, "history", "--json")[1])] == ["unlock"]
+    code, out = site.deploy()
+    assert code == 0, out
+
+
+def test_unlock_after_a_kill_past_the_switch_puts_the_previous_release_back(site, tmp_path):
+    made = _deploy_versions(site, 1)
+    (site.source / "manage.py").write_text("print('killed')\n")
+    site.edit(hooks={"after": {"restart": [f"touch {tmp_path}/started; sleep 3"]}})
+    started = tmp_path / "started"
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    try:
+        wait_until(started.exists, proc, 60)
+        assert not os.readlink(site.live()).endswith(made[0])  # switched and reloaded
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+    assert code == 0, out
+    assert os.readlink(site.live()).endswith(made[0])
+    assert sorted(p.name for p in (site.root / "www" / "alpha.releases").iterdir()) == made
+    assert "apache graceful" in out
+
+
+def test_unlock_refuses_while_the_holder_still_runs_here(site, tmp_path):
+    started = tmp_path / "started"
+    site.edit(migrate=f"touch {started}; sleep 5")
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    try:
+        wait_until(started.exists, proc, 60)
+        code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+        assert code == 1 and f"still running on this machine (pid {proc.pid})" in out, out
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
+def test_unlock_with_no_lock_does_nothing(site):
+    _deploy_versions(site, 1)
+    code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+    assert code == 0 and "not locked on any host" in out, out
