@@ -84,6 +84,18 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Shared:
+    """What outlives a release (uploads, a SQLite file, a settings file with
+    secrets): kept in <root>/<CONFIG_NAME>.shared/ on each host and linked
+    into every new release at the same relative path."""
+
+    root: str = ""  # "" until resolved: the target's deploy_root
+    dirs: tuple[str, ...] = ()  # made if missing
+    files: tuple[str, ...] = ()  # must exist: deployer never writes them
+    group: str = ""  # the group of the directories it makes (group-writable, setgid)
+
+
+@dataclass(frozen=True)
 class Var:
     value: str
     secret: bool = False
@@ -114,6 +126,7 @@ class Target:
     apache: Apache
     migrate: str | None
     package: Package
+    shared: Shared
     template: str
     vars: dict[str, Var] = field(hash=False)
     pipeline: tuple[str, ...]
@@ -289,7 +302,7 @@ def _vpn_secret_files(config: str) -> list[str]:
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
     "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "deploy_root",
-    "vpn", "apache", "migrate", "package", "template", "vars", "pipeline", "stages", "hooks",
+    "vpn", "apache", "migrate", "shared", "package", "template", "vars", "pipeline", "stages", "hooks",
 }
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
@@ -401,6 +414,7 @@ class _Reader:
             apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),
             migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
             package=self.package(t.get("package", {}), f"{path}/package"),
+            shared=self.shared(t.get("shared", {}), f"{path}/shared", transport, t.get("deploy_root", "/var/www")),
             template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
             vars=self.vars(t.get("vars", {}), f"{path}/vars"),
             pipeline=self.pipeline(pipeline, before, after, path),
@@ -512,6 +526,33 @@ class _Reader:
         if not isinstance(text, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?|[0-9]+", text):
             raise self.fail(path, f"expected a user or group name or number, got {_kind(value)}")
         return text
+
+    def shared(self, raw: Any, path: str, transport: str, deploy_root: Any) -> Shared:
+        s = self.mapping(raw, path, {"root", "dirs", "files", "group"})
+        dirs, files = (tuple(self.shared_path(v, f"{path}/{kind}/{i}")
+                             for i, v in enumerate(self.strings(s.get(kind, []), f"{path}/{kind}")))
+                       for kind in ("dirs", "files"))
+        every = dirs + files
+        if len(set(every)) != len(every):
+            raise self.fail(path, "a path is named twice")
+        for a in every:
+            for b in every:
+                if b.startswith(a + "/"):
+                    raise self.fail(path, f"{b!r} is inside {a!r}: name only the outer one")
+        return Shared(root=self.deploy_root(s.get("root", deploy_root), f"{path}/root", transport),
+                      dirs=dirs, files=files, group=self.account(s.get("group"), f"{path}/group"))
+
+    def shared_path(self, value: str, path: str) -> str:
+        """A path inside every release: relative, plain, not one deployer keeps there."""
+        norm = posixpath.normpath(value)
+        problem = names.value_problem(value)
+        if problem:
+            raise self.fail(path, f"{value!r} {problem}")
+        if value.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "/../" in value:
+            raise self.fail(path, f"expected a path inside the release, such as media or var/db, got {value!r}")
+        if norm.split("/")[0].startswith(".deployer"):
+            raise self.fail(path, f"{value!r} is a name deployer keeps in every release")
+        return norm
 
     def package(self, raw: Any, path: str) -> Package:
         p = self.mapping(raw, path, {"source", "exclude", "include"})

@@ -3,6 +3,7 @@
 import getpass
 import os
 import posixpath
+import re
 import secrets
 import socket
 import subprocess
@@ -73,6 +74,11 @@ class Context:
         return f"{self.deploy_path}.releases"
 
     @property
+    def shared_dir(self) -> str:
+        """What outlives a release (see config.Shared)."""
+        return posixpath.join(self.target.shared.root, f"{self.name}.shared")
+
+    @property
     def state_dir(self) -> str:
         """The instance's lock and history, beside its releases."""
         return f"{self.deploy_path}.deployer"
@@ -97,6 +103,7 @@ class Context:
             "DEPLOY_PATH": self.deploy_path,
             "RELEASE": self.release,
             "RELEASE_PATH": self.code_path,
+            "SHARED_PATH": self.shared_dir,
         }
 
 
@@ -153,7 +160,12 @@ def git_revision(source: str) -> str:
 
 def _rules(target: Target) -> packaging.Rules:
     p = target.package
-    return packaging.Rules(exclude=p.exclude, include=p.include, protected=p.protected)
+    # A shared path of the release is a link to the shared directory: what
+    # the source holds there is never packaged (it would hide nothing, and
+    # linking it from the live release would reach into the shared one).
+    shared = tuple("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", path)
+                   for path in (*target.shared.dirs, *target.shared.files))
+    return packaging.Rules(exclude=p.exclude + shared, include=p.include, protected=p.protected)
 
 
 def make(name: str, hostname: str, target: Target, overrides: dict[str, str],

@@ -537,6 +537,56 @@ for d in .*.deployer-"$run" .deployer-relay-"$run"; do
 done
 """
 
+# Before anything changes: every shared file a release needs is there
+# (deployer never writes one: it holds what only the hosts may know).
+_SHARED_FILES = r"""shared=$1
+shift
+missing=
+for f in "$@"; do
+    [ -f "$shared/$f" ] || missing="$missing $shared/$f"
+done
+if [ -n "$missing" ]; then
+    echo "missing shared file(s):$missing; put them there (deployer never writes them), or remove them from" \
+         "shared/files in targets.yaml" >&2
+    exit 1
+fi
+"""
+
+# Each shared path of the new release made a link to the instance's shared
+# directory: what the release holds there (from the package) goes, what is
+# in the shared directory is never touched; a directory missing there is
+# made (group-writable and setgid when `group` is set: the app writes
+# there). The release is this run's own, but its directories came from the
+# package: one that is a link could lead the removal out of the release,
+# so none on the way may be one.
+_LINK_SHARED = r"""set -eu
+release=$1 shared=$2 group=$3
+shift 3
+for entry in "$@"; do
+    kind=${entry%%:*} rel=${entry#*:}
+    at=$release
+    rest=$rel
+    while [ "${rest#*/}" != "$rest" ]; do
+        at=$at/${rest%%/*} rest=${rest#*/}
+        if [ -L "$at" ] || { [ -e "$at" ] && [ ! -d "$at" ]; }; then
+            echo "${at#"$release"/} in the release is not a directory; cannot link $rel there" >&2
+            exit 1
+        fi
+    done
+    if [ "$kind" = d ] && [ ! -d "$shared/$rel" ]; then
+        mkdir -p -- "$shared/$rel"
+        if [ -n "$group" ]; then
+            chgrp -- "$group" "$shared/$rel"
+            chmod 2775 "$shared/$rel"
+        fi
+    fi
+    mkdir -p -- "${release}/$(dirname -- "$rel")"
+    rm -rf -- "${release:?}/$rel"
+    ln -s -- "$shared/$rel" "$release/$rel"
+done
+echo "linked $# shared path(s) from $shared"
+"""
+
 # TERM the group, KILL it if it outlives the grace, then wait until no
 # process of it is left: a migrate that ignores TERM must not go on working
 # after the deploy said it was stopped.
@@ -701,3 +751,14 @@ def state(live: str, releases: str, state_dir: str, lines: int, record: str) -> 
 def can_activate(live: str, release: str, record: str, seen: tuple[str, ...]) -> Command:
     """Fail unless `release` is whole with its vhost and `live` points at one of `seen` ("" for none)."""
     return _program("deployer-can-activate", _CAN_ACTIVATE, live, release, record, *seen)
+
+
+def shared_files(shared: str, files: tuple[str, ...]) -> Command:
+    """Fail, naming them, if any of `files` is missing from `shared`."""
+    return _program("deployer-shared-files", _SHARED_FILES, shared, *files)
+
+
+def link_shared(release: str, shared: str, group: str, dirs: tuple[str, ...], files: tuple[str, ...]) -> Command:
+    """Make each shared path of `release` a link into `shared` (see _LINK_SHARED)."""
+    return _program("deployer-link-shared", _LINK_SHARED, release, shared, group,
+                    *(f"d:{d}" for d in dirs), *(f"f:{f}" for f in files))

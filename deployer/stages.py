@@ -44,7 +44,10 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
         source = t.hosts[0]
         relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
                             fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
+    shared = t.shared
     return (
+        *([steps.Run(f"check that the shared files are in {ctx.shared_dir}", ctx.host_names, waits=False,
+                     command=hostscripts.shared_files(ctx.shared_dir, shared.files))] if shared.files else []),
         steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
                      state_first=hostscripts.live_state(ctx.deploy_path, True),
                      state=hostscripts.live_state(ctx.deploy_path, False),
@@ -52,6 +55,11 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
                                                 ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
                      undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay),
+        # In the release before migrate and hooks run in it; undone with the release.
+        *([steps.Run(f"link {', '.join(shared.dirs + shared.files)} to {ctx.shared_dir}", ctx.host_names,
+                     waits=False, command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared.group,
+                                                                  shared.dirs, shared.files))]
+          if shared.dirs or shared.files else []),
     )
 
 

@@ -190,3 +190,40 @@ def test_unlock_with_no_lock_does_nothing(site):
     _deploy_versions(site, 1)
     code, out = deployer(site, "unlock", "--yes", "--output", "plain")
     assert code == 0 and "not locked on any host" in out, out
+
+
+# -- what outlives a release ----------------------------------------------------
+
+def test_shared_paths_outlive_releases_deploys_and_a_rollback(site):
+    shared = site.root / "www" / "alpha.shared"
+    site.edit(shared={"dirs": ["media", "var/db"], "files": ["local_settings.py"]})
+    (site.source / "media").mkdir()
+    (site.source / "media" / "from-the-package.txt").write_text("never shipped\n")
+    code, out = site.deploy()
+    assert code == 1 and f"missing shared file(s): {shared}/local_settings.py" in out, out
+    assert not site.live().exists() and not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
+    shared.mkdir(parents=True)
+    (shared / "local_settings.py").write_text("SECRET = 'kept on the host'\n")
+    made = _deploy_versions(site, 1)
+    live = site.live()
+    assert os.readlink(live / "media") == f"{shared}/media" and (shared / "var" / "db").is_dir()
+    assert (live / "local_settings.py").read_text() == "SECRET = 'kept on the host'\n"
+    assert not (shared / "media" / "from-the-package.txt").exists()
+    (live / "media" / "upload.png").write_bytes(b"written by the app")
+    made += _deploy_versions(site, 2)
+    assert deployer(site, "rollback")[0] == 0
+    assert os.readlink(live).endswith(made[1])
+    assert (live / "media" / "upload.png").read_bytes() == b"written by the app"
+    assert (live / "local_settings.py").read_text() == "SECRET = 'kept on the host'\n"
+
+
+def test_a_shared_path_under_a_packaged_link_is_refused(site):
+    # Packaging keeps only links that stay inside the source; one on the way
+    # to a shared path would still point the link's removal elsewhere.
+    (site.source / "elsewhere" / "uploads").mkdir(parents=True)
+    (site.source / "elsewhere" / "uploads" / "precious").write_text("keep\n")
+    (site.source / "var").symlink_to("elsewhere")
+    site.edit(shared={"dirs": ["var/uploads"]})
+    code, out = site.deploy()
+    assert code == 1 and "var in the release is not a directory; cannot link var/uploads there" in out, out
+    assert not site.live().exists()

@@ -312,7 +312,7 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 HOST = "hosts: [web1.alpha.internal]"
 UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, hooks, hosts,"
            " identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel, pipeline,"
-           " port, relay, stages, step_timeout, template, transport, user, vars, vpn")
+           " port, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
@@ -378,6 +378,20 @@ MALFORMED = [
      "targets/alpha/connect_timeout: expected a positive number of seconds"),
     ("targets:\n  alpha: {" + HOST + ", package: {exclude: .git}}\n",
      "targets/alpha/package/exclude: expected a list of strings, got a string"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [../etc]}}\n",
+     "targets/alpha/shared/dirs/0: expected a path inside the release, such as media or var/db, got '../etc'"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {files: [/etc/passwd]}}\n",
+     "targets/alpha/shared/files/0: expected a path inside the release, such as media or var/db,"
+     " got '/etc/passwd'"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [media, media/x]}}\n",
+     "targets/alpha/shared: 'media/x' is inside 'media': name only the outer one"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [.deployer-sums]}}\n",
+     "targets/alpha/shared/dirs/0: '.deployer-sums' is a name deployer keeps in every release"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [\"a\\nb\"]}}\n",
+     "targets/alpha/shared/dirs/0: 'a\\nb' contains a control character (U+000A); a value must be one line"
+     " of UTF-8 text"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dir: [media]}}\n",
+     "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root"),
 ]
 
 
