@@ -96,6 +96,17 @@ class Shared:
 
 
 @dataclass(frozen=True)
+class Health:
+    """Asked of every host after the reload: GET `path` with the instance's
+    Host header must answer `status` within `timeout` seconds."""
+
+    path: str
+    status: int = 200
+    timeout: float = 30.0
+    port: int = 80
+
+
+@dataclass(frozen=True)
 class Var:
     value: str
     secret: bool = False
@@ -127,6 +138,7 @@ class Target:
     migrate: str | None
     package: Package
     shared: Shared
+    health: Health | None
     template: str
     vars: dict[str, Var] = field(hash=False)
     pipeline: tuple[str, ...]
@@ -302,7 +314,7 @@ def _vpn_secret_files(config: str) -> list[str]:
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
     "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "deploy_root",
-    "vpn", "apache", "migrate", "shared", "package", "template", "vars", "pipeline", "stages", "hooks",
+    "vpn", "apache", "migrate", "shared", "health", "package", "template", "vars", "pipeline", "stages", "hooks",
 }
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
@@ -414,6 +426,7 @@ class _Reader:
             apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),
             migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
             package=self.package(t.get("package", {}), f"{path}/package"),
+            health=self.health(t.get("health"), f"{path}/health"),
             shared=self.shared(t.get("shared", {}), f"{path}/shared", transport, t.get("deploy_root", "/var/www")),
             template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
             vars=self.vars(t.get("vars", {}), f"{path}/vars"),
@@ -526,6 +539,17 @@ class _Reader:
         if not isinstance(text, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?|[0-9]+", text):
             raise self.fail(path, f"expected a user or group name or number, got {_kind(value)}")
         return text
+
+    def health(self, raw: Any, path: str) -> Health | None:
+        if raw is None:
+            return None
+        h = self.mapping(raw, path, {"path", "status", "timeout", "port"})
+        url_path = self.string(h.get("path"), f"{path}/path")
+        if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*", url_path):
+            raise self.fail(f"{path}/path", f"expected a URL path such as /health, got {url_path!r}")
+        return Health(path=url_path, status=self.integer(h.get("status", 200), f"{path}/status", 100, 599),
+                      timeout=self.number(h.get("timeout", 30), f"{path}/timeout"),
+                      port=self.integer(h.get("port", 80), f"{path}/port", 1, 65535))
 
     def shared(self, raw: Any, path: str, transport: str, deploy_root: Any) -> Shared:
         s = self.mapping(raw, path, {"root", "dirs", "files", "group"})

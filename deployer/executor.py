@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import context, delta, interrupts, packaging, relay, session, steps, transport
+from deployer import context, delta, health, interrupts, packaging, relay, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed, UndoIncomplete
@@ -92,7 +92,9 @@ class Executor:
                 raise StepFailed(f"work dir {self.ctx.workdir} already exists; not using it") from None
             self.teardown.append(("remove work dir", lambda: shutil.rmtree(self.ctx.workdir)))
             for group in session.groups(plan):
-                if group.hosts:
+                if isinstance(group.steps[0][1], steps.HealthCheck):
+                    self.check_health(*group.steps[0])
+                elif group.hosts:
                     self.on_hosts(group)
                 else:
                     stage, step = group.steps[0]
@@ -169,6 +171,29 @@ class Executor:
                 messages.append(_failure_message(step, failed, self.reporter.redact))
         if messages:
             raise StepFailed("\n".join(messages))
+
+    def check_health(self, stage: str, step: steps.HealthCheck) -> None:
+        """Every host asked over HTTP from the runner, all at once."""
+        with self.lock:
+            self.enter(stage)
+
+        def one(i: int) -> Result:
+            host = step.hosts[i]
+            with self.lock:
+                self.reporter.step_started(stage, step, host)
+            started = time.monotonic()
+            result = health.check(step.addresses[i], step.port, step.path, step.host_header, step.status,
+                                  step.timeout, self.stop)
+            with self.lock:
+                if not result.ok:
+                    self.stage_ok = False
+                self.reporter.step_finished(stage, step, host, StepResult(result, time.monotonic() - started))
+            return result
+
+        results = self.fan_out(range(len(step.hosts)), one)
+        failed = [(h, r) for h, r in zip(step.hosts, results, strict=True) if not r.ok]
+        if failed:
+            raise StepFailed(_failure_message(step, failed, self.reporter.redact))
 
     def host_session(self, group: session.Group, host: str, gate: "_Gate") -> list[Result | None]:
         """The group's steps on one host, in one session (in a thread of the pool)."""

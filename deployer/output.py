@@ -73,6 +73,10 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
                 *(f"$ {line}" for line in step.command().line().splitlines()),
                 "with this on its standard input:",
                 *(f"| {line}" for line in redact(step.content).splitlines())]
+    if isinstance(step, steps.HealthCheck):
+        return [f"from this machine: GET http://{a}:{step.port}{step.path} with Host: {step.host_header}, until it"
+                f" answers {step.status}, for at most {step.timeout:g} s; on failure, every host is put back"
+                for a in step.addresses]
     if isinstance(step, steps.Link):
         note = " (commit point)" if step.commit else ""
         return [f"point {step.path} at {step.target}, atomically{note}:",

@@ -35,15 +35,16 @@ def groups(plan: steps.Plan) -> list[Group]:
     for stage, step in plan.steps():
         last = out[-1] if out else None
         if (last is not None and step.hosts and last.hosts == step.hosts and not step.waits
-                and not _commits(last.steps[-1][1])):
+                and not _ends(last.steps[-1][1]) and not isinstance(step, steps.HealthCheck)):
             out[-1] = Group(last.hosts, (*last.steps, (stage, step)))
         else:
             out.append(Group(step.hosts, ((stage, step),)))
     return out
 
 
-def _commits(step: steps.Step) -> bool:
-    return isinstance(step, steps.Link) and step.commit
+def _ends(step: steps.Step) -> bool:
+    """A switch ends its session; a health check runs on the runner, in no session."""
+    return isinstance(step, steps.Link) and step.commit or isinstance(step, steps.HealthCheck)
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,7 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
           if ctx.switches else []),
         # Undone, the previous release and vhost are back: Apache reads them again.
         steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful")), again_after_undo=True),
+        *_health(ctx),
     )
 
 
@@ -210,6 +211,17 @@ def prune(ctx: Context) -> steps.Run:
     keep = ctx.target.keep_releases
     return steps.Run(f"keep the newest {keep} releases, the live one and the one before it", ctx.host_names,
                      command=hostscripts.prune(ctx.releases_dir, ctx.deploy_path, keep))
+
+
+def _health(ctx: Context) -> tuple[steps.Step, ...]:
+    h = ctx.target.health
+    if h is None or not ctx.hostname:
+        return ()
+    local = ctx.target.transport == "local"
+    addresses = tuple("127.0.0.1" if local else host.address for host in ctx.target.hosts)
+    return (steps.HealthCheck(f"health check: GET {h.path} answers {h.status}", ctx.host_names,
+                              addresses=addresses, port=h.port, path=h.path, host_header=ctx.hostname,
+                              status=h.status, timeout=h.timeout),)
 
 
 def _configtest(ctx: Context, waits: bool = True) -> steps.Run:

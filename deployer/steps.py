@@ -183,6 +183,20 @@ class Link(Step):
 
 
 @dataclass(frozen=True)
+class HealthCheck(Step):
+    """From the runner, through the VPN: GET `path` on each host (at the
+    address in `addresses`, same order as `hosts`) with Host: `host_header`,
+    until it answers `status`, for at most `timeout` seconds per host."""
+
+    addresses: tuple[str, ...] = ()
+    port: int = 80
+    path: str = "/"
+    host_header: str = ""
+    status: int = 200
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Plan:
     """A deploy: stages in order, each a tuple of steps; the instance's
     `lock`, taken before the first step on a host; and what runs only

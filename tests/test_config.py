@@ -310,7 +310,7 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 # -- malformed files ---------------------------------------------------------------
 
 HOST = "hosts: [web1.alpha.internal]"
-UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, hooks, hosts,"
+UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, health, hooks, hosts,"
            " identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel, pipeline,"
            " port, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
 
@@ -390,6 +390,12 @@ MALFORMED = [
     ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [\"a\\nb\"]}}\n",
      "targets/alpha/shared/dirs/0: 'a\\nb' contains a control character (U+000A); a value must be one line"
      " of UTF-8 text"),
+    ("targets:\n  alpha: {" + HOST + ", health: {path: health}}\n",
+     "targets/alpha/health/path: expected a URL path such as /health, got 'health'"),
+    ("targets:\n  alpha: {" + HOST + ", health: {path: \"/a b\"}}\n",
+     "targets/alpha/health/path: expected a URL path such as /health, got '/a b'"),
+    ("targets:\n  alpha: {" + HOST + ", health: {path: /h, status: 99}}\n",
+     "targets/alpha/health/status: expected an integer from 100 to 599, got 99"),
     ("targets:\n  alpha: {" + HOST + ", shared: {dir: [media]}}\n",
      "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root"),
 ]

@@ -10,7 +10,7 @@ from deployer import stages as stage_lib
 from deployer.config import load
 from deployer.errors import UsageError
 from deployer.quoting import Command
-from deployer.steps import Build, Install, Link, Lock, OpenVpn, Relay, Run, Upload
+from deployer.steps import Build, HealthCheck, Install, Link, Lock, OpenVpn, Relay, Run, Upload
 from tests.conftest import REPO
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -306,3 +306,13 @@ def test_a_rollback_checks_then_installs_the_releases_own_vhost_and_switches(mak
     assert p.lock is steps[1] and p.after == ()
     # Nothing migrates.
     assert not any("migrate" in s.title for s in steps)
+
+
+def test_the_health_check_follows_the_reload_and_asks_each_host_from_the_runner(make):
+    ctx, stages = make({"health": {"path": "/health", "status": 204, "timeout": 9, "port": 8080}})
+    check = stages["restart"][-1]
+    assert check == HealthCheck("health check: GET /health answers 204", H,
+                                addresses=("web1.internal", "web2.internal"), port=8080, path="/health",
+                                host_header="alpha.example.com", status=204, timeout=9.0)
+    # In no session of its own: after the reload's session, on the runner.
+    assert [g.steps[0][1] for g in session.groups(make.plan)][-1] is check

@@ -199,3 +199,65 @@ def test_old_releases_are_pruned_after_success_never_the_live_or_the_previous(si
     (site.source / "manage.py").write_text("print('x')\n")
     assert site.deploy()[0] == 1
     assert sorted(p.name for p in (site.root / "www" / "alpha.releases").iterdir()) == made[-2:]
+
+
+@pytest.fixture
+def http_app():
+    """An HTTP server on 127.0.0.1 standing in for the site behind Apache:
+    /health answers `status` (settable); every Host header it saw is kept."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class App:
+        status = 200
+        hosts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            App.hosts.append(self.headers.get("Host", ""))
+            self.send_response(App.status if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"body\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    App.port = server.server_address[1]
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield App
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_healthy_site_completes_the_deploy(site, http_app):
+    site.edit(health={"path": "/health", "port": http_app.port, "timeout": 10})
+    code, out = site.deploy()
+    assert code == 0, out
+    assert "health check: GET /health answers 200" in out
+    assert set(http_app.hosts) == {"alpha.example.test"}
+
+
+def test_a_failed_health_check_puts_every_host_back(site, http_app, tmp_path):
+    assert site.deploy()[0] == 0
+    old = os.readlink(site.live())
+    site.edit(health={"path": "/health", "port": http_app.port, "timeout": 2})
+    log = _failing_graceful(site, tmp_path, tmp_path / "never")
+    http_app.status = 503
+    (site.source / "manage.py").write_text("print('new')\n")
+    started = time.monotonic()
+    code, out = site.deploy()
+    assert code == 1, out
+    assert time.monotonic() - started < 60
+    assert "did not answer 200 within 2 s" in out and "last: 503" in out
+    assert os.readlink(site.live()) == old
+    assert log.read_text().split()[-1] == old  # reloaded with the old release back
+    assert _history(site)[-1][2] == "failed, undone"
+
+
+def test_a_health_check_with_nothing_listening_fails_within_its_time(site, http_app):
+    assert site.deploy()[0] == 0
+    site.edit(health={"path": "/health", "port": 1, "timeout": 1})
+    (site.source / "manage.py").write_text("print('new')\n")
+    code, out = site.deploy()
+    assert code == 1 and "ConnectionRefusedError" in out, out
