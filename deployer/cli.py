@@ -13,6 +13,7 @@ from deployer.errors import (
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
+    StepFailed,
     UndoIncomplete,
     UsageError,
 )
@@ -195,8 +196,22 @@ def _deploy(args, run: Run) -> str:
     # of a second).
     from deployer.executor import Executor
 
-    run.executor = Executor(ctx, run.reporter, min(args.parallel or target.parallel, len(target.hosts)))
-    run.executor.run(the_plan)
+    parallel = min(args.parallel or target.parallel, len(target.hosts))
+    run.executor = Executor(ctx, run.reporter, parallel)
+    try:
+        run.executor.run(the_plan)
+    except StepFailed:
+        gone = run.executor.gone_holder()
+        if gone is None:
+            raise
+        # A run killed on this machine (TeamCity's SIGKILL) left its lock and
+        # what it changed: undone first, as `deployer unlock` does, then the deploy.
+        reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
+                      " taking it over and undoing what it left, then deploying")
+        undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
+        Executor(undo, reporter, parallel).run(plan.unlock(undo, gone))
+        run.executor = Executor(ctx, run.reporter, parallel)
+        run.executor.run(the_plan)
     return run.executor.serving(True)
 
 

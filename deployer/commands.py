@@ -5,9 +5,6 @@ target called `rollback` or `list`) can be read as a command."""
 
 import argparse
 import json
-import os
-import re
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -229,7 +226,8 @@ def _unlock(args, run: Run, stdin) -> str:
         raise DeployError(f"{name} is locked by more than one run: " + "; ".join(held.values())
                           + ". Unlock the hosts by hand (rm -r <deploy_root>/{name}.deployer/lock)")
     (gone, who), = held.items()
-    alive = _running_here(who)
+    here = instance.holder_here(who)
+    alive = here[1] if here else None
     if alive:
         raise DeployError(f"{name} is locked by {who}, which is still running on this machine (pid {alive});"
                           " stop it (it undoes its own changes), or wait for it")
@@ -245,21 +243,6 @@ def _unlock(args, run: Run, stdin) -> str:
     return f"unlocked: what run {gone} left is undone on every host"
 
 
-def _running_here(who: str) -> int | None:
-    """The pid of the run that holds a lock, if it runs on this machine and is alive."""
-    m = re.search(r"@([^ ]+) \(pid (\d+)\)", who)
-    if not m or m.group(1) != socket.gethostname():
-        return None
-    pid = int(m.group(2))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
 def confirm(question: str, yes: bool, stdin, stdout) -> None:
     """Go on if `yes`, or if a person at a terminal answers y; else stop, changing nothing."""
     if yes:
@@ -270,3 +253,7 @@ def confirm(question: str, yes: bool, stdin, stdout) -> None:
     stdout.flush()
     if stdin.readline().strip().lower() not in ("y", "yes"):
         raise DeployError("not confirmed; nothing was changed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

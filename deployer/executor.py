@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import context, delta, health, interrupts, packaging, relay, session, steps, transport
+from deployer import context, delta, health, instance, interrupts, packaging, relay, session, steps, transport
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed, UndoIncomplete
@@ -74,9 +74,20 @@ class Executor:
         # first host did (None: not known yet).
         self.locked: set[str] = set()
         self.first_locked: bool | None = None
+        self.held_by: list[str] = []  # what hosts said of the run that holds the lock, if not this one
         self.previous: dict[str, str] = {}  # per host, its live release before the run
         self.changed = False  # whether a step past the lock has begun on a host
         self.results: dict[int, dict[str, Result]] = {}  # per step (by id), per host
+
+    def gone_holder(self) -> str | None:
+        """The id of the run that holds the instance's lock, if it ran on this
+        machine and is gone (killed): its lock and leftovers can be undone."""
+        found = {instance.holder_here(text) for text in self.held_by}
+        if len(found) == 1:
+            here = found.pop()
+            if here is not None and here[1] is None:
+                return here[0]
+        return None
 
     def outputs(self, step: steps.Step) -> dict[str, Result]:
         """What `step` ended with on each host it ran on."""
@@ -293,10 +304,13 @@ class Executor:
 
             def taken(result: Result) -> None:
                 with self.lock:
-                    self.first_locked = result.ok
+                    if first:
+                        self.first_locked = result.ok
+                    if "locked by " in result.stderr:
+                        self.held_by.append(result.stderr)
             data = None if first else session.Deferred(self.lock_input)
             entry = session.Entry(step.command(first).line(), timeout=timeout + step.wait, data=data)
-            return [(entry, taken if first else None)]
+            return [(entry, taken)]
         if isinstance(step, steps.Run):
             return [(session.Entry(step.command.line(), timeout=timeout), None)]
         if isinstance(step, steps.Upload):
@@ -555,9 +569,16 @@ class Executor:
         return [self.reporter.redact(p) for p in problems]
 
     def run_quietly(self, host: str, line: str) -> Result:
-        """For rollback and tidying, which go on past a host that fails."""
+        """For rollback and tidying, which go on past a host that fails; a host
+        whose connection died is connected to again, once."""
+        t = self.transports[host]
         try:
-            return self.transports[host].run(line, timeout=UNDO_TIMEOUT)
+            return t.run(line, timeout=UNDO_TIMEOUT)
+        except (StepFailed, *transport.ERRORS) as e:
+            if not t.reconnect():
+                return Result(1, "", _describe_error(e))
+        try:
+            return t.run(line, timeout=UNDO_TIMEOUT)
         except (StepFailed, *transport.ERRORS) as e:
             return Result(1, "", _describe_error(e))
 

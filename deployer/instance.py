@@ -2,6 +2,9 @@
 lock, the history), as `hostscripts.state` prints it, and the release a
 rollback goes back to."""
 
+import os
+import re
+import socket
 from dataclasses import dataclass, field
 
 from deployer.errors import DeployError
@@ -79,3 +82,22 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
                           " with, on every host (releases made before deployer kept the vhost cannot be"
                           " rolled back to); `deployer releases` shows what each host has")
     return older[-1]
+
+
+_HOLDER = re.compile(r"by [^ @]+@([^ ]+) \(pid ([0-9]+)\).*\(run ([0-9a-f]+)\)")
+
+
+def holder_here(owner: str) -> tuple[str, int | None] | None:
+    """For a lock held by a run on this machine: (its run id, its pid if it
+    still runs, else None); None if the lock's owner is not from here."""
+    m = _HOLDER.search(owner)
+    if not m or m.group(1) != socket.gethostname():
+        return None
+    pid = int(m.group(2))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return m.group(3), None
+    except PermissionError:
+        pass
+    return m.group(3), pid

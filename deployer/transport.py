@@ -70,6 +70,7 @@ def _limit(timeout: "float | None | Limit") -> Limit:
 class Transport(Protocol):
     def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
             out: Sink | None = None, err: Sink | None = None) -> Result: ...
+    def reconnect(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -165,6 +166,9 @@ class LocalTransport:
                         sel.unregister(key.fileobj)
                         key.fileobj.close()
         return True
+
+    def reconnect(self) -> bool:
+        return False  # nothing to reconnect: a command that failed here failed
 
     def close(self) -> None:
         pass
@@ -303,6 +307,7 @@ class SshTransport:
         self.conn.client.set_missing_host_key_policy(_RejectUnknown())
         self.known_hosts = known_hosts
         self.lost = False
+        self.unreachable = False
 
     def open(self) -> None:
         try:
@@ -357,6 +362,22 @@ class SshTransport:
     def give_up(self) -> None:
         self.lost = True
         self.conn.close()
+
+    def reconnect(self) -> bool:
+        """A new connection to a host whose connection died (an sshd that was
+        restarted, a link that came back): the undo must still reach it.
+        Tried until it fails once: a host that is gone costs one connect
+        timeout, not one per undo command."""
+        if self.unreachable:
+            return False
+        self.conn.close()
+        try:
+            self.open()
+        except StepFailed:
+            self.unreachable = True
+            return False
+        self.lost = False
+        return True
 
     def open_channel(self) -> paramiko.Channel:
         try:

@@ -138,8 +138,6 @@ def test_unlock_undoes_what_a_killed_first_deploy_left_and_the_next_deploy_succe
     enabled = site.root / "apache2" / "sites-enabled" / "alpha.conf"
     assert enabled.is_symlink() and not site.live().exists()
     site.edit(migrate="true")
-    code, out = site.deploy()
-    assert code == 1 and "deployer unlock alpha" in out, out
     code, out = deployer(site, "unlock", "--output", "plain")
     assert code == 2 and "add --yes" in out, out  # no terminal: nothing is done without --yes
     code, out = deployer(site, "unlock", "--yes", "--output", "plain")
@@ -227,3 +225,14 @@ def test_a_shared_path_under_a_packaged_link_is_refused(site):
     code, out = site.deploy()
     assert code == 1 and "var in the release is not a directory; cannot link var/uploads there" in out, out
     assert not site.live().exists()
+
+
+def test_a_deploy_undoes_what_a_run_killed_on_this_machine_left_then_deploys(site, tmp_path):
+    _killed_during(site, tmp_path, "sleep 2")
+    site.edit(migrate="true")
+    code, out = site.deploy()
+    assert code == 0, out
+    assert "which ran on this machine and is gone (killed): taking it over" in out
+    assert site.live().is_symlink()
+    history = json.loads(deployer(site, "history", "--json")[1])
+    assert [(r["action"], r["outcome"]) for r in history] == [("unlock", "done"), ("deploy", "done")]

@@ -4,6 +4,7 @@ opens, onto the lab's web hosts (sshd + Apache + mod_wsgi in namespaces)."""
 # Fixtures are imported, so test parameters "redefine" them.
 # ruff: noqa: F811
 
+import http.client
 import json
 import os
 import shutil
@@ -108,7 +109,7 @@ def assert_vpn_down(lab) -> None:
 
 
 def applied_migrations(lab, name: str) -> list[tuple[str, int]]:
-    db = sqlite3.connect(lab.shared_dir / f"{name}.sqlite3")
+    db = sqlite3.connect(lab.shared_dir / f"{name}.shared" / "data" / f"{name}.sqlite3")
     try:
         return db.execute("SELECT name, COUNT(*) FROM django_migrations WHERE app = 'hello'"
                           " GROUP BY name ORDER BY name").fetchall()
@@ -146,6 +147,43 @@ def test_second_deploy_serves_the_changed_app_on_every_host(site):
     for i in range(len(site.lab.hosts)):
         info = site.health(i, "alpha")
         assert info["release"] == "second" and info["release_dir"] == release_of(events)
+
+
+def test_an_upload_outlives_two_deploys_and_a_rollback_on_every_host(site):
+    name, host = "alpha", "alpha.example.test"
+    assert site.deploy(name)[0] == 0
+    photo = os.urandom(3000)
+    with site.lab.vpn_client(log=site.tmp / "upload.log"):
+        conn = http.client.HTTPConnection(site.lab.addresses[0], 80, timeout=10)
+        conn.request("POST", "/upload/photo.bin", body=photo, headers={"Host": host})
+        answer = conn.getresponse()
+        assert answer.status == 201, answer.read()
+        conn.close()
+    for version in ("second", "third"):
+        (site.app / "RELEASE.txt").write_text(f"{version}\n")
+        code, events = site.deploy(name)
+        assert code == 0, error_of(events)
+    rollback = subprocess.run([sys.executable, "-m", "deployer.commands", "rollback", name, "--targets",
+                               str(site.targets), "--output", "plain"], capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert "health check" in rollback.stdout
+    with site.lab.vpn_client(log=site.tmp / "check.log"):
+        for i in range(len(site.lab.hosts)):
+            status, _, body = site.lab.http_get(i, "/health", host=host)
+            assert json.loads(body)["release"] == "second"
+            assert http_bytes(site.lab, i, "/media/photo.bin", host) == photo
+
+
+def http_bytes(lab, i: int, path: str, host: str) -> bytes:
+    conn = http.client.HTTPConnection(lab.addresses[i], 80, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        r = conn.getresponse()
+        assert r.status == 200, r.status
+        return r.read()
+    finally:
+        conn.close()
 
 
 def test_demo_instance_beside_alpha(site):
@@ -349,7 +387,8 @@ def into_tunnel() -> int:
 
 
 def uploads(events: list[dict]) -> dict[str, str]:
-    return {e["host"]: e["stdout"] for e in events if e["event"] == "step_finished" and e["stage"] == "upload"}
+    return {e["host"]: e["stdout"] for e in events if e["event"] == "step_finished"
+            and e["step"].startswith("upload and unpack")}
 
 
 def no_relay_left(site: Site, name: str) -> None:

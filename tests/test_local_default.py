@@ -41,7 +41,9 @@ def test_deploy_local_runs_every_stage(tmp_path):
     vhost = (local / "apache2" / "sites-available" / "local.conf").read_text()
     assert f"WSGIScriptAlias / {live}/django.wsgi" in vhost
     assert (local / "apache2" / "sites-enabled" / "local.conf").is_symlink()
-    db = sqlite3.connect(local / "shared" / "local.sqlite3")
+    # In the instance's shared directory, linked into the release.
+    assert os.readlink(live / "data") == str(local / "www" / "local.shared" / "data")
+    db = sqlite3.connect(local / "www" / "local.shared" / "data" / "local.sqlite3")
     applied = db.execute("SELECT name FROM django_migrations WHERE app = 'hello' ORDER BY name").fetchall()
     db.close()
     assert applied == [("0001_initial",), ("0002_seed_greetings",)]

@@ -575,6 +575,9 @@ class Lab:
                 "vpn": {"kind": "openvpn", "config": str(self.client_ovpn), "timeout": 30},
                 "package": {"source": str(app), "exclude": ["__pycache__", "*.pyc"]},
                 "template": str(REPO / "templates" / "default_template"),
+                # The example app's database and uploads, on the storage every host shares.
+                "shared": {"root": SHARED_DIR_ON_HOSTS, "dirs": ["data", "media"], "group": "www-data"},
+                "health": {"path": "/health", "timeout": 30},
                 **defaults,
             },
             "targets": {"alpha": {}, "*": {}},

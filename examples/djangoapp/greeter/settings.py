@@ -1,7 +1,8 @@
 """Settings of the greeter example, a Django app that deployer deploys.
 
-One SQLite database per instance, in the directory shared by all web hosts
-(standing in for the database server). The instance name comes from
+One SQLite database per instance, and the files people upload, in the
+instance's shared directory (see DATA_DIR below), which the lab keeps on
+storage all its web hosts share (standing in for a database server and NFS). The instance name comes from
 CONFIG_NAME (exported by deployer to the migrate command) or, under mod_wsgi,
 from the daemon process group, which the vhost template names after it.
 """
@@ -30,7 +31,17 @@ def instance_name() -> str:
 
 
 INSTANCE = instance_name()
-SHARED_DIR = Path(os.environ.get("DEPLOYER_SHARED_DIR", "/srv/deployer-shared"))
+# What outlives a release. Deployed with `shared: {dirs: [data, media]}` in
+# targets.yaml, both are links into the instance's shared directory; a
+# release made by other means (the benchmark's contenders, the lab's deploy
+# by hand) keeps them in DEPLOYER_SHARED_DIR instead.
+if (BASE_DIR / "data").is_dir():
+    DATA_DIR, MEDIA_ROOT = BASE_DIR / "data", BASE_DIR / "media"
+else:
+    DATA_DIR = Path(os.environ.get("DEPLOYER_SHARED_DIR", "/srv/deployer-shared"))
+    MEDIA_ROOT = DATA_DIR / f"{INSTANCE}-media"
+# Apache serves <DEPLOY_PATH>/media/ itself (Alias in the vhost).
+MEDIA_URL = "/media/"
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "greeter-example-not-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
@@ -55,7 +66,7 @@ WSGI_APPLICATION = None  # served through django.wsgi
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(SHARED_DIR / f"{INSTANCE}.sqlite3"),
+        "NAME": str(DATA_DIR / f"{INSTANCE}.sqlite3"),
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -2,6 +2,7 @@
 holds, so that tests can tell releases apart and see that migrate ran."""
 
 import json
+import re
 from pathlib import Path
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.db import DatabaseError
 from django.db.migrations.recorder import MigrationRecorder
 from django.http import HttpResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_POST
 
 from .models import Greeting
 
@@ -53,3 +55,15 @@ def health(request):
         info["error"] = str(e)
         status = 503
     return HttpResponse(json.dumps(info), status=status, content_type="application/json")
+
+
+@require_POST
+def upload(request, name):
+    """Keep the request's body as MEDIA_ROOT/<name>, which Apache serves at /media/<name>:
+    what a site's users upload, which must outlive every release."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or len(request.body) > 1024 * 1024:
+        return HttpResponse("a plain file name and at most 1 MiB\n", status=400, content_type="text/plain")
+    media = Path(settings.MEDIA_ROOT)
+    media.mkdir(exist_ok=True)
+    (media / name).write_bytes(request.body)
+    return HttpResponse(f"{settings.MEDIA_URL}{name}\n", status=201, content_type="text/plain")
