@@ -496,11 +496,14 @@ class Executor:
             return Result(0, f"{len(m.files)} files, {m.size} bytes, {os.path.getsize(step.dest)} bytes"
                           f" compressed: {step.dest}", "")
         if isinstance(step, steps.OpenVpn):
-            tunnel = OpenVpnTunnel(step.config, step.workdir, step.timeout)
+            tunnel = OpenVpnTunnel(step.config, step.timeout, probe=step.probe)
             # Registered before open(): a half-started OpenVPN is stopped too.
             self.teardown.append(("close VPN", tunnel.close))
             tunnel.open()
-            return Result(0, "tunnel up", "")
+            if tunnel.foreign:
+                return Result(0, f"a tunnel to {step.probe} is already up, not deployer's: used, and left up", "")
+            return Result(0, "tunnel up, shared with another deploy on this machine" if tunnel.shared
+                          else "tunnel up", "")
         if isinstance(step, steps.Run):
             return self.local.run(step.command.line(), timeout=self.timeout(step))
         raise TypeError(f"{type(step).__name__} cannot run on the runner")

@@ -46,7 +46,9 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
         return lines
     if isinstance(step, steps.OpenVpn):
         return [f"openvpn --config {step.config} in the background, up within {step.timeout:g}s"
-                " or fail; stopped when the deploy ends"]
+                " or fail; shared with the other deploys on this machine that use this config, and stopped"
+                f" by the last one; a tunnel to {step.probe} that is already up and not deployer's is used"
+                " as it is"]
     if isinstance(step, steps.Run):
         lines = [f"$ {line}" for line in redact(step.command.line()).splitlines()]
         if step.undo is not None:

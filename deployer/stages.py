@@ -28,8 +28,8 @@ def vpn(ctx: Context) -> tuple[steps.Step, ...]:
     v = ctx.target.vpn
     if v.kind == "none":
         return ()
-    return (steps.OpenVpn(f"open VPN ({v.config})", config=v.config, workdir=ctx.workdir,
-                          timeout=v.timeout),)
+    return (steps.OpenVpn(f"open VPN ({v.config})", config=v.config, timeout=v.timeout,
+                          probe=ctx.target.hosts[0].address),)
 
 
 def upload(ctx: Context) -> tuple[steps.Step, ...]:

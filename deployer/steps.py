@@ -37,11 +37,13 @@ class Build(Step):
 
 @dataclass(frozen=True)
 class OpenVpn(Step):
-    """Start OpenVPN from `config`; it stays up until the deploy ends, however it ends."""
+    """The tunnel of `config` up (see vpn.py: shared with every deploy on this
+    machine that uses it) until the deploy ends, however it ends. A tunnel
+    to `probe` (the first host) already up, and not ours, is used as it is."""
 
     config: str = ""
-    workdir: str = ""
     timeout: float = 30.0
+    probe: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,77 +1,296 @@
-"""An OpenVPN client for the length of one deploy.
+"""The OpenVPN tunnel of a deploy, shared by every deploy on this machine
+that uses the same VPN config.
 
-OpenVPN runs as our child in a session of its own (the effect of `--daemon`
-without its flaws): its pid is known the moment it starts, so an interrupt at
-any point can stop it, and waiting for it reaps it. Its exit code proves
-nothing about the tunnel (`--daemon` exits 0 even when the server is
-unreachable), so the tunnel counts as up only when the log says
-"Initialization Sequence Completed". The wait is bounded, and a failure
-quotes the end of OpenVPN's own log.
+Two build agents on one machine deploying two instances through one VPN
+config must not each start a client: a second OpenVPN client with the same
+certificate cuts off the first. So the first deploy starts a keeper (this
+module, run as `python -m deployer.vpn keep`), a small process of its own
+that runs OpenVPN, and every deploy that uses the tunnel holds a shared
+flock on the tunnel's `users` file for as long as it does. The keeper
+looks every half second: once nobody holds that lock (the last deploy
+ended, or was killed: the kernel releases a dead process's locks), it stops
+OpenVPN and exits. The deploy that finds itself last stops the keeper at
+once and waits for OpenVPN to be gone, so its routes are down when the
+deploy returns. OpenVPN dies with its keeper (`setpriv --pdeathsig`, from
+util-linux).
+
+The tunnel counts as up only when OpenVPN's log says "Initialization
+Sequence Completed" (its exit code proves nothing), within the config's
+timeout; a failure quotes the end of the log. A tunnel to the hosts that is
+already up and is not ours (a VPN the machine keeps) is used as it is and
+left up.
+
+The registry (a directory per user: /run/deployer-UID, else
+$XDG_RUNTIME_DIR/deployer, else /tmp/deployer-UID, mode 0700, which must be
+ours and not a link) holds per config: `.users`, `.setup` (a lock while a
+deploy starts or stops the keeper), `.state` (the keeper's and OpenVPN's
+pids) and `.log` (OpenVPN's output).
 """
 
+import fcntl
+import hashlib
+import ipaddress
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 
 from deployer.errors import StepFailed
 
 READY = "Initialization Sequence Completed"
-# A deploy killed with SIGKILL (TeamCity's last word) runs no teardown: the
-# kernel then sends OpenVPN SIGTERM, and it takes its routes down. Set by
-# setpriv (util-linux) just before it execs OpenVPN, with no preexec_fn,
-# which is unsafe with threads. The signal comes when the thread that
-# started OpenVPN ends: the vpn step runs in the main thread.
+# OpenVPN dies with its keeper, however the keeper ends. Set by setpriv just
+# before it execs OpenVPN, with no preexec_fn (unsafe with threads).
 _DIES_WITH_US = ("setpriv", "--pdeathsig", "TERM", "--") if shutil.which("setpriv") else ()
 _POLL = 0.1
+_KEEPER_POLL = 0.5
 _STOP_TIMEOUT = 10.0
+_LOCK_TIMEOUT = 30.0  # for the setup lock, and for a keeper that is shutting down
 
 
 class OpenVpnTunnel:
-    def __init__(self, config: str, workdir: str, timeout: float):
-        self.config = config
-        self.log = os.path.join(workdir, "openvpn.log")
+    def __init__(self, config: str, timeout: float, probe: str = "", registry: str | None = None):
+        self.config = os.path.realpath(config)
         self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
+        self.probe = probe  # a host's address: is a tunnel to it already up?
+        self.dir = registry or registry_dir()
+        with open(self.config, "rb") as f:
+            key = hashlib.sha256(self.config.encode() + b"\0" + f.read()).hexdigest()[:16]
+        self.base = os.path.join(self.dir, f"tunnel-{key}")
+        self.log = f"{self.base}.log"
+        self.users: int | None = None  # our fd holding the shared lock, while we use the tunnel
+        self.shared = False  # whether we joined a keeper another deploy started
+        self.foreign = False  # a tunnel that is not ours was up: used, never stopped
 
     def open(self) -> None:
         if not shutil.which("openvpn"):
             raise StepFailed("openvpn is not installed (apt-get install openvpn)")
-        with open(self.log, "wb") as log:
-            # Options errors go to stderr before any --log would take over:
-            # both streams go to one file, which is all we quote.
-            self.proc = subprocess.Popen(
-                [*_DIES_WITH_US, "openvpn", "--config", self.config], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if READY in self._log_text():
+        _private_dir(self.dir)
+        self.users = _open(f"{self.base}.users")
+        deadline = time.monotonic() + self.timeout + _LOCK_TIMEOUT
+        # A keeper shutting down holds it exclusively until OpenVPN is gone.
+        _flock(self.users, fcntl.LOCK_SH, deadline, "the VPN tunnel of the run before to close")
+        with _Locked(f"{self.base}.setup", deadline):
+            state = _state(self.base)
+            if state is not None:
+                self.shared = True
+            elif _tunnel_up(self.probe):
+                self.foreign = True
                 return
-            code = self.proc.poll()
-            if code is not None:
-                raise StepFailed(f"openvpn exited (code {code}) before the tunnel came up{self._tail()}")
+            else:
+                self._start_keeper()
+            self._wait_ready(time.monotonic() + self.timeout)
+
+    def _start_keeper(self) -> None:
+        # Its own session: Ctrl-C in the deploy's terminal is for the deploy,
+        # which closes its use of the tunnel itself.
+        with open(os.devnull, "rb") as null:
+            subprocess.Popen([sys.executable, "-m", "deployer.vpn", "keep", self.config, self.base],
+                             stdin=null, stdout=null, stderr=null, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while _state(self.base) is None:
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the VPN keeper did not start (python -m deployer.vpn keep){self._tail()}")
+            time.sleep(_POLL)
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if READY in _read(self.log):
+                return
+            if _state(self.base) is None:
+                m = re.search(r"^deployer: openvpn exited \(code (-?[0-9]+)\)$", _read(self.log), re.MULTILINE)
+                code = f" (code {m.group(1)})" if m else ""
+                raise StepFailed(f"openvpn exited{code} before the tunnel came up{self._tail()}")
             time.sleep(_POLL)
         raise StepFailed(f"VPN not up after {self.timeout:g}s (no {READY!r} in its log){self._tail()}")
 
-    def close(self) -> None:
-        """Stop OpenVPN and wait for it, so its routes are gone when we return."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    @property
+    def openvpn_pid(self) -> int | None:
+        state = _state(self.base)
+        return state[1] if state else None
 
-    def _log_text(self) -> str:
+    def close(self) -> None:
+        """Stop using the tunnel; the last deploy that used it stops it, and
+        waits, so its routes are gone when this returns."""
+        users, self.users = self.users, None
+        if users is None:
+            return
+        os.close(users)  # our shared lock goes with it
+        if self.foreign:
+            return
+        last = _open(f"{self.base}.users")
         try:
-            with open(self.log, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+            try:
+                fcntl.flock(last, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another deploy still uses it
+            state = _state(self.base)
+            if state is not None:
+                _stop(state)
+        finally:
+            os.close(last)
 
     def _tail(self, lines: int = 15) -> str:
-        tail = self._log_text().splitlines()[-lines:]
+        tail = _read(self.log).splitlines()[-lines:]
         return ("\n  openvpn log (last lines):\n    " + "\n    ".join(tail)) if tail else ""
+
+
+def registry_dir() -> str:
+    uid = os.getuid()
+    if os.access("/run", os.W_OK):
+        return f"/run/deployer-{uid}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "deployer")
+    return os.path.join(tempfile.gettempdir(), f"deployer-{uid}")
+
+
+def _private_dir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise StepFailed(f"{path} is not a directory of this user's only (mode 0700); deployer keeps its VPN"
+                         " state there and will not use it: remove it")
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _flock(fd: int, how: int, deadline: float, waiting_for: str) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StepFailed(f"gave up waiting for {waiting_for}") from None
+            time.sleep(_POLL)
+
+
+class _Locked:
+    def __init__(self, path: str, deadline: float):
+        self.path, self.deadline = path, deadline
+
+    def __enter__(self):
+        self.fd = _open(self.path)
+        try:
+            _flock(self.fd, fcntl.LOCK_EX, self.deadline, "another deploy starting the VPN tunnel")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _state(base: str) -> tuple[int, int] | None:
+    """The keeper's and OpenVPN's pids, if that keeper is alive."""
+    try:
+        keeper, openvpn = (int(w) for w in _read(f"{base}.state").split())
+        with open(f"/proc/{keeper}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (ValueError, OSError):
+        return None
+    # The pid could be another process's by now: it must be this keeper.
+    if b"deployer.vpn" not in argv or base.encode() not in argv:
+        return None
+    return keeper, openvpn
+
+
+def _tunnel_up(address: str) -> bool:
+    """Whether `address` (an IP) is routed through a tunnel device already."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    r = subprocess.run(["ip", "-o", "route", "get", address], capture_output=True, text=True, timeout=5,
+                       stdin=subprocess.DEVNULL)
+    words = r.stdout.split()
+    dev = words[words.index("dev") + 1] if r.returncode == 0 and "dev" in words else ""
+    return dev.startswith(("tun", "tap"))
+
+
+def _stop(state: tuple[int, int]) -> None:
+    """Stop the keeper (it stops OpenVPN) and wait until OpenVPN is gone."""
+    keeper, openvpn = state
+    try:
+        os.kill(keeper, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + _STOP_TIMEOUT + 2
+    while _alive(openvpn) or _alive(keeper):
+        if time.monotonic() > deadline:
+            for pid in (openvpn, keeper):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
+        time.sleep(_POLL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def keep(config: str, base: str) -> int:
+    """The keeper: OpenVPN up for as long as a deploy holds the users lock."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    users = _open(f"{base}.users")
+    log = os.open(f"{base}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    proc = subprocess.Popen([*_DIES_WITH_US, "openvpn", "--config", config], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+    state = f"{base}.state"
+    with open(f"{state}.new", "w") as f:
+        f.write(f"{os.getpid()} {proc.pid}\n")
+    os.replace(f"{state}.new", state)
+    try:
+        while not stopping and proc.poll() is None:
+            try:
+                # Nobody uses the tunnel any more: held until we are gone,
+                # so that no deploy joins a tunnel that is closing.
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(_KEEPER_POLL)
+    finally:
+        if proc.poll() is not None and not stopping:
+            os.write(log, f"deployer: openvpn exited (code {proc.returncode})\n".encode())
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if _read(state).split()[:1] == [str(os.getpid())]:
+            os.unlink(state)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "keep":
+        sys.exit("usage: python -m deployer.vpn keep CONFIG BASE")
+    sys.exit(keep(sys.argv[2], sys.argv[3]))

@@ -64,8 +64,8 @@ def test_package_and_vpn_steps(make):
     )
     assert ctx.manifest.files == ("manage.py",)
     assert stages["vpn"] == (
-        OpenVpn(f"open VPN ({make.tmp}/vpn.ovpn)", config=f"{make.tmp}/vpn.ovpn", workdir="/w",
-                timeout=12.0),
+        OpenVpn(f"open VPN ({make.tmp}/vpn.ovpn)", config=f"{make.tmp}/vpn.ovpn", timeout=12.0,
+                probe="web1.internal"),
     )
 
 

@@ -46,40 +46,44 @@ def test_openvpn_refusing_its_config_fails_the_deploy_with_its_message(tmp_path,
 
 def test_openvpn_dies_with_a_deploy_killed_without_warning(tmp_path):
     # TeamCity escalates to SIGKILL: no teardown runs, and OpenVPN, in a
-    # session of its own, used to stay up with its routes.
+    # session of its own, used to stay up with its routes. Now its keeper
+    # stops it once no deploy holds the tunnel.
     blackhole()  # it tries to reach a server in the lab's range: nothing may leave
     _, _, server = _cert(tmp_path, "server")
     crt, key, _ = _cert(tmp_path, "client")
     config = tmp_path / "client.ovpn"
     config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\nconnect-retry 1 2\n"
                       f"peer-fingerprint {server}\n<cert>\n{crt}</cert>\n<key>\n{key}</key>\n")
-    work = tmp_path / "work"
-    work.mkdir()
+    registry = tmp_path / "registry"
     runner = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import threading, time
             from deployer.vpn import OpenVpnTunnel
-            t = OpenVpnTunnel({str(config)!r}, {str(work)!r}, timeout=60)
+            t = OpenVpnTunnel({str(config)!r}, timeout=60, registry={str(registry)!r})
             def say():
-                while t.proc is None:
+                while t.openvpn_pid is None:
                     time.sleep(0.01)
-                print(t.proc.pid, flush=True)
+                print(t.openvpn_pid, flush=True)
             threading.Thread(target=say).start()
             t.open()
         """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    pid = None
     try:
         pid = int(runner.stdout.readline())
-        wait_until(lambda: "TCP/UDP" in (work / "openvpn.log").read_text(), runner)  # it is trying
+        log = next(registry.glob("tunnel-*.log"))
+        wait_until(lambda: "TCP/UDP" in log.read_text(), runner)  # it is trying
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait(10)
+        # Its keeper sees nobody uses the tunnel any more, and stops it.
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "openvpn outlived the killed deploy"
+        assert not list(registry.glob("tunnel-*.state"))
     finally:
         if runner.poll() is None:
             runner.kill()
-        if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        if pid and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
             os.kill(pid, signal.SIGKILL)
 
 
