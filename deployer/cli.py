@@ -209,7 +209,8 @@ def _deploy(args, run: Run) -> str:
         reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
                       " taking it over and undoing what it left, then deploying")
         undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
-        Executor(undo, reporter, parallel).run(plan.unlock(undo, gone))
+        run.executor = Executor(undo, reporter, parallel)
+        run.executor.run(plan.unlock(undo, gone))
         run.executor = Executor(ctx, run.reporter, parallel)
         run.executor.run(the_plan)
     return run.executor.serving(True)

@@ -219,7 +219,8 @@ def _unlock(args, run: Run, stdin) -> str:
     name, target = _instance(args)
     run.report_to(frozenset())
     states = _read(context.for_instance(name, target, "unlock"))
-    held = {s.lock_run: s.lock for s in states.values() if s.lock_run}
+    # "-": a lock with no owner (a run died taking it).
+    held = {s.lock_run or "-": s.lock for s in states.values() if s.lock}
     if not held:
         return f"{name} is not locked on any host; nothing to do"
     if len(held) > 1:

@@ -112,7 +112,10 @@ def history_line(ctx: Context, outcome: str, now: datetime | None = None) -> str
     time (UTC), action, outcome, release, hostname, who, CI build, revision,
     run id. The values are made single-line and tab-free here."""
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fields = (when, ctx.action, outcome, ctx.release, ctx.hostname, ctx.who, ctx.ci or "-",
+    # The release only of a run that makes it live: prune and rollback read
+    # the history for the release that was live before the current one.
+    release = ctx.release if ctx.switches or ctx.action == "unlock" else "-"
+    fields = (when, ctx.action, outcome, release, ctx.hostname, ctx.who, ctx.ci or "-",
               ctx.revision or "-", ctx.run_id)
     return "\t".join(_one_line(f) for f in fields)
 
@@ -128,12 +131,28 @@ def _one_line(text: str) -> str:
 
 
 def who() -> str:
-    """user@machine (pid N): the pid tells a run on this machine that is gone."""
+    """user@machine (pid N, process ID): ID (see process_id) tells a later run
+    on this machine whether this one is gone."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()} (pid {os.getpid()})"
+    return f"{user}@{socket.gethostname()} (pid {os.getpid()}, process {process_id(os.getpid())})"
+
+
+def process_id(pid: int) -> str:
+    """The kernel's boot, the pid namespace and the process's start time: a
+    pid names the same process only with all three the same (two containers
+    can share a host name and reuse each other's pids). "" if unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()[:8]
+        namespace = os.readlink(f"/proc/{pid}/ns/pid").strip("pid:[]")
+        with open(f"/proc/{pid}/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"{boot}-{namespace}-{started}"
 
 
 def ci_build(env: Mapping[str, str]) -> str:
@@ -207,7 +226,7 @@ def for_instance(name: str, target: Target, action: str, release: str = "", host
     return Context(
         name=name, hostname=hostname, target=target, release=release,
         workdir=os.path.join(tempfile.gettempdir(),
-                             f"deployer-{name}-{action}-{os.getpid()}-{secrets.token_hex(4)}"),
+                             f"deployer-{name}-{action}-{secrets.token_hex(4)}-{os.getpid()}"),
         values={}, action=action, stages=(), run_id=run_id or secrets.token_hex(8), lock_wait=lock_wait,
         who=who(), ci=ci_build(os.environ),
     )

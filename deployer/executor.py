@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -96,6 +98,7 @@ class Executor:
     def run(self, plan: steps.Plan) -> None:
         outcome = "failed"
         try:
+            _remove_stale_workdirs(os.path.dirname(self.ctx.workdir))
             try:
                 os.mkdir(self.ctx.workdir, 0o700)
             except FileExistsError:
@@ -140,6 +143,8 @@ class Executor:
             return f"release {self.ctx.release} is live on every host ({len(self.ctx.host_names)})"
         if not self.changed:
             return "nothing was changed on any host"
+        if self.ctx.action == "unlock":
+            return ""  # it has no undo of its own: its message says what failed, and it can run again
         before = {self.previous.get(h) for h in self.ctx.host_names}
         if None in before:
             return "every host is as it was before the run"
@@ -270,7 +275,7 @@ class Executor:
         split = session.Split(entries, on_start, on_end)
         stdin = session.Input(split.token, entries)
         try:
-            result = self.transports[host].run(session.command(entries).line(), stdin=stdin,
+            result = self.transports[host].run(session.command(self.ctx.run_id, entries).line(), stdin=stdin,
                                                timeout=split, out=split.out, err=split.err)
         except (StepFailed, *transport.ERRORS) as e:
             result = Result(1, "", _describe_error(e))
@@ -595,27 +600,32 @@ class Executor:
             self.undo.clear()
 
     def finish(self, plan: steps.Plan, outcome: str) -> None:
-        """The run's last session on each host: what kept changes left for
-        their undo goes, old releases are pruned if the run succeeded, and the
-        history gets its line as the lock is released."""
+        """The run's last commands on each host: what kept changes left for
+        their undo goes, old releases are pruned if the run succeeded; then
+        the history gets its line as the lock is released, on the first host
+        last (a run waiting for the lock takes it there first). Each is a
+        command of its own: a slow prune must not keep the lock."""
         work: dict[str, list[str]] = {h: list(lines) for h, lines in self.pending_keep.items()}
+        self.pending_keep.clear()
         if outcome == "done":
             for step in plan.after:
                 for h in step.hosts:
                     work.setdefault(h, []).append(step.command.line())
-        if plan.lock is not None:
-            line = context.history_line(self.ctx, outcome)
-            for h in self.locked:
-                work.setdefault(h, []).append(plan.lock.finish(line).line())
-        hosts = [h for h in work if h in self.transports]
-        if not hosts:
+        self._on_each([h for h in work if h in self.transports], lambda h: " ; ".join(work[h]), "after the run")
+        if plan.lock is None:
             return
-        # Each whatever the one before did: a failed prune must not keep the lock.
-        results = self.fan_out(hosts, lambda h: self.run_quietly(h, " ; ".join(work[h]) + " ; true"))
+        line = plan.lock.finish(context.history_line(self.ctx, outcome)).line()
+        first = plan.lock.hosts[0]
+        locked = [h for h in plan.lock.hosts if h in self.locked and h in self.transports]
+        for batch in ([h for h in locked if h != first], [h for h in locked if h == first]):
+            self._on_each(batch, lambda h: line, "releasing the lock (the next run reports it)")
+
+    def _on_each(self, hosts: list[str], line, what: str) -> None:
+        """`line(host)` on each of `hosts`, all at once; what fails is a note."""
+        results = self.fan_out(hosts, lambda h: self.run_quietly(h, line(h)))
         for host, result in zip(hosts, results, strict=True):
-            if result.stderr.strip():
-                self.reporter.note(f"{host}: after the run: {result.stderr.strip()}")
-        self.pending_keep.clear()
+            if not result.ok or result.stderr.strip():
+                self.reporter.note(f"{host}: {what}: {_detail(result)}")
 
     def close(self) -> None:
         if self.pool is not None:
@@ -695,6 +705,31 @@ class _Prefixed:
 
     def close(self) -> None:
         self.f.close()
+
+
+def _remove_stale_workdirs(parent: str) -> None:
+    """The work dirs of runs on this machine that were killed (SIGKILL runs
+    no teardown), with the tarballs they held: each name ends with its
+    run's pid (context.py), and only this user's, whose pid is gone, go."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r"deployer-.+-([0-9]+)", name)
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if m is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 def _describe_error(e: Exception) -> str:

@@ -3,6 +3,7 @@ answers as expected or its time is up. Every wait is bounded: a connection
 or an answer that does not come counts as a failed attempt."""
 
 import http.client
+import socket
 import threading
 import time
 
@@ -20,20 +21,35 @@ def check(address: str, port: int, path: str, host_header: str, status: int, tim
     attempts, last = 0, "no answer"
     while True:
         attempts += 1
-        left = deadline - time.monotonic()
-        conn = http.client.HTTPConnection(address, port, timeout=max(0.1, min(ATTEMPT_TIMEOUT, left)))
+        seconds = max(0.1, min(ATTEMPT_TIMEOUT, deadline - time.monotonic()))
+        conn = http.client.HTTPConnection(address, port, timeout=seconds)
+        # The socket timeout bounds each read, not the answer: a host that
+        # sends a byte a second would hold it. This bounds the whole attempt.
+        cut = threading.Timer(seconds, _cut, (conn,))
+        cut.start()
         try:
             conn.request("GET", path, headers={"Host": host_header, "User-Agent": "deployer health check",
                                                "Connection": "close"})
             response = conn.getresponse()
-            body = response.read(300).decode("utf-8", "replace")
             if response.status == status:
                 return Result(0, f"{response.status} {response.reason} after {attempts} attempt(s)", "")
+            body = response.read(300).decode("utf-8", "replace")
             last = f"{response.status} {response.reason}: {body.strip()[:200]}"
         except (OSError, http.client.HTTPException) as e:  # a timeout is an OSError
-            last = f"{type(e).__name__}: {e}"
+            cut_off = cut.finished.is_set()  # set here only if it fired
+            last = f"no whole answer within {seconds:g} s" if cut_off else f"{type(e).__name__}: {e}"
         finally:
+            cut.cancel()
             conn.close()
         if time.monotonic() + PAUSE >= deadline or stop.wait(PAUSE):
             return Result(1, "", f"GET http://{address}:{port}{path} (Host: {host_header}) did not answer"
                                  f" {status} within {timeout:g} s ({attempts} attempts); last: {last}")
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -10,6 +10,8 @@ at a name we use can only make the step fail.
 
 from deployer.quoting import Command, forced_command
 
+STOP_GRACE = 5.0  # after SIGTERM, how long a command has to end before SIGKILL
+
 # Everything the install needs beside the file lives in one directory of its
 # own, `work` (random per run, made with mkdir, which never follows a link
 # and fails on any existing name): the new content before it is renamed into
@@ -425,12 +427,18 @@ if [ -L "$state" ] || [ ! -d "$state" ]; then
 fi
 lock=$state/lock
 start=$(date +%s)
-# Taken over from run `from` (gone; see `deployer unlock`) if it still holds it.
-if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ] \
-        && [ "$(head -n 1 -- "$lock/owner" 2> /dev/null)" = "$from" ]; then
-    printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new"
-    mv -f -- "$lock/owner.new" "$lock/owner"
-    exit 0
+# Taken over from run `from` (gone; see `deployer unlock`) if it still
+# holds it (`-`: a lock with no owner, left by a run that died taking it):
+# of two runs taking it over at once, only one makes `taken`.
+if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ]; then
+    held=$(head -n 1 -- "$lock/owner" 2> /dev/null) || held=-
+    if [ "$held" = "$from" ] && mkdir -- "$lock/taken-$from" 2> /dev/null; then
+        if printf '%s\n%s\n' "$run" "$owner" > "$lock/taken-$from/owner" \
+                && mv -f -- "$lock/taken-$from/owner" "$lock/owner"
+        then exit 0; fi
+        echo "cannot write $lock/owner" >&2
+        exit 1
+    fi
 fi
 until mkdir -m 700 -- "$lock" 2> /dev/null; do
     if [ -L "$lock" ] || [ ! -d "$lock" ]; then
@@ -446,8 +454,12 @@ until mkdir -m 700 -- "$lock" 2> /dev/null; do
     fi
     sleep 1
 done
-printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new"
-mv -f -- "$lock/owner.new" "$lock/owner"
+if ! { printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new" && mv -f -- "$lock/owner.new" "$lock/owner"; }
+then
+    rm -rf -- "$lock"  # ours, a moment old: a lock nobody can name would hold the instance for good
+    echo "cannot write $lock/owner (full disk?)" >&2
+    exit 1
+fi
 """
 
 # Whatever the run's outcome: a line in the instance's history, then the
@@ -462,21 +474,25 @@ rm -rf -- "$state/lock"
 """
 
 # After a successful deploy: the newest `keep` releases stay, and the live
-# one and the one before it, whatever their age. Releases are named by
-# their time (UTC), so sorting by name is by age; names of runs still
-# being made (a dot first) are never matched.
-_PRUNE = r"""releases=$1 live=$2 keep=$3
+# one and the one before it, whatever their age: the one before it by name,
+# and the one that was live before it, as the history says (after a
+# rollback, that is not the one before it by name). Releases are named by
+# their time (UTC), so sorting by name is by age; names of runs still being
+# made (a dot first) are never matched.
+_PRUNE = r"""releases=$1 live=$2 keep=$3 history=$4
 cd -- "$releases" 2> /dev/null || exit 0
 current=$(readlink -- "$live" 2> /dev/null) || current=
 current=${current##*/}
-previous=
+before=
 for r in $(ls -1 | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort); do
     [ "$r" = "$current" ] && break
-    previous=$r
+    before=$r
 done
+was=$(awk -F '\t' -v now="$current" '$3 == "done" && $4 != now && $4 ~ /^[0-9]+T[0-9]+Z-[0-9a-f]+$/ { p = $4 }
+    END { print p }' "$history" 2> /dev/null) || was=
 ls -1 | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort -r | tail -n +"$((keep + 1))" |
 while IFS= read -r r; do
-    [ "$r" = "$current" ] || [ "$r" = "$previous" ] || rm -rf -- "$r"
+    [ "$r" = "$current" ] || [ "$r" = "$before" ] || [ "$r" = "$was" ] || rm -rf -- "$r"
 done
 """
 
@@ -607,6 +623,36 @@ done
 """
 
 
+# A run that is gone (its runner was killed) may have left a command
+# running on the host: its SSH session closed, but nothing stops a migrate
+# that writes nothing. Every session of a run carries the run's id as its
+# first argument (see _SESSION): each one's process group is stopped as
+# _STOP_GROUP does. Only this user's processes are visible to /proc here.
+_STOP_RUN = r"""run=$1 grace=$2
+groups=
+for d in /proc/[0-9]*; do
+    # Arguments one a line (a newline inside one, as in the script, a space).
+    [ "$(tr '\0\n' '\n ' 2> /dev/null < "$d/cmdline" | sed -n '4,5p' | tr '\n' ' ')" = "deployer-session $run " ] \
+        || continue
+    group=$(sed 's/.*) //' "$d/stat" 2> /dev/null | cut -d ' ' -f 3) || continue
+    [ -n "$group" ] && [ "$group" != "$(sed 's/.*) //' /proc/self/stat | cut -d ' ' -f 3)" ] || continue
+    groups="$groups $group"
+    kill -TERM "-$group" 2> /dev/null
+done
+[ -n "$groups" ] || exit 0
+echo "stopped what run $run still ran (process groups$groups)"
+i=0
+while [ "$i" -lt "$((grace * 10))" ]; do
+    alive=
+    for g in $groups; do kill -0 "-$g" 2> /dev/null && alive=1; done
+    [ -n "$alive" ] || exit 0
+    sleep 0.1
+    i=$((i + 1))
+done
+for g in $groups; do kill -KILL "-$g" 2> /dev/null; done
+exit 0
+"""
+
 # Several steps in one remote shell: one SSH session per host for a group
 # of steps instead of one each (a session costs a process start on the host
 # and a round trip). Each argument pair is a step's own command line and
@@ -619,6 +665,7 @@ done
 # code>\n" to stdout and to stderr, which the runner splits the output on;
 # it stops at the first step that fails.
 _SESSION = r"""IFS= read -r token || exit 1
+shift  # the run's id: there for `ps` and for stop_run
 i=0
 while [ "$#" -gt 1 ]; do
     line=$1 input=$2
@@ -714,10 +761,17 @@ def names_are_free(sites_enabled: str, own: str, names: tuple[str, ...]) -> Comm
     return _program("deployer-check-names", _NAMES_ARE_FREE, sites_enabled, own, *names)
 
 
-def session(entries: tuple[tuple[str, bool], ...]) -> Command:
+def session(run_id: str, entries: tuple[tuple[str, bool], ...]) -> Command:
     """Run each (command line, reads stdin) in turn in one shell, marking the
-    end of each; see _SESSION for what stdin must hold."""
-    return _program("deployer-session", _SESSION, *(w for line, reads in entries for w in (line, "01"[reads])))
+    end of each; see _SESSION for what stdin must hold. The run's id is its
+    first argument, so that stop_run can find it."""
+    return _program("deployer-session", _SESSION, run_id,
+                    *(w for line, reads in entries for w in (line, "01"[reads])))
+
+
+def stop_run(run_id: str, grace: float) -> Command:
+    """Stop every session of run `run_id` still running on the host (see _STOP_RUN)."""
+    return _program("deployer-stop-run", _STOP_RUN, run_id, str(int(grace)))
 
 
 def lock(state: str, run_id: str, owner: str, wait: int, gated: bool, hint: str, takes_over: str = "") -> Command:
@@ -738,9 +792,9 @@ def finish(state: str, run_id: str, line: str) -> Command:
     return _program("deployer-finish", _FINISH, state, run_id, line)
 
 
-def prune(releases: str, live: str, keep: int) -> Command:
+def prune(releases: str, live: str, keep: int, history: str) -> Command:
     """Remove all but the newest `keep` releases, never the live one or the one before it."""
-    return _program("deployer-prune", _PRUNE, releases, live, str(keep))
+    return _program("deployer-prune", _PRUNE, releases, live, str(keep), history)
 
 
 def state(live: str, releases: str, state_dir: str, lines: int, record: str) -> Command:

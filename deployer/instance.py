@@ -7,6 +7,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
+from deployer import context, names
 from deployer.errors import DeployError
 
 HISTORY_FIELDS = ("time", "action", "outcome", "release", "hostname", "who", "ci", "revision", "run")
@@ -76,6 +77,10 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     lives = [s.live for s in states.values() if s.live]
     if not lives:
         raise DeployError("no release is live on any host: nothing to roll back from")
+    # What was live before the live one, as the history says (see previous_live).
+    before = {previous_live(s) for s in states.values()}
+    if len(before) == 1 and (b := before.pop()) in common:
+        return b
     older = sorted(r for r in common if r < min(lives))
     if not older:
         raise DeployError("no release older than the live one is whole, with the vhost it was deployed"
@@ -84,20 +89,33 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     return older[-1]
 
 
-_HOLDER = re.compile(r"by [^ @]+@([^ ]+) \(pid ([0-9]+)\).*\(run ([0-9a-f]+)\)")
+_HOLDER = re.compile(r"by [^ @]+@([^ ]+) \(pid ([0-9]+), process ([0-9a-f]+)-([0-9]+)-([0-9]+)\)"
+                     r".*\(run ([0-9a-f]+)\)")
 
 
 def holder_here(owner: str) -> tuple[str, int | None] | None:
-    """For a lock held by a run on this machine: (its run id, its pid if it
-    still runs, else None); None if the lock's owner is not from here."""
+    """For a lock held by a run on this machine (this host name, this boot
+    of the kernel, this pid namespace): (its run id, its pid if that process
+    still runs, else None). None if the run is not from here, or if that
+    cannot be told."""
     m = _HOLDER.search(owner)
     if not m or m.group(1) != socket.gethostname():
         return None
-    pid = int(m.group(2))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return m.group(3), None
-    except PermissionError:
-        pass
-    return m.group(3), pid
+    host, pid, boot, namespace, started, run = m.groups()
+    mine = context.process_id(os.getpid()).split("-")
+    if mine[:2] != [boot, namespace]:
+        return None
+    now = context.process_id(int(pid))
+    return run, (int(pid) if now == f"{boot}-{namespace}-{started}" else None)
+
+
+def previous_live(state: HostState) -> str:
+    """The release older than the live one that was live last, from the
+    history: after R5 (bad), a rollback to R4 and a deploy of R6, it is R4;
+    after a second rollback from R4, it is R3, not R5."""
+    went_live = [e["release"] for e in state.history
+                 if e["outcome"] == "done" and names.RELEASE.fullmatch(e["release"])]
+    for release in reversed(went_live):
+        if release < state.live:
+            return release
+    return ""

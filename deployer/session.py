@@ -73,8 +73,8 @@ class Deferred:
         self.make = make
 
 
-def command(entries: list[Entry]) -> Command:
-    return hostscripts.session(tuple((e.line, e.data is not None) for e in entries))
+def command(run_id: str, entries: list[Entry]) -> Command:
+    return hostscripts.session(run_id, tuple((e.line, e.data is not None) for e in entries))
 
 
 class Input:

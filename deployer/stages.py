@@ -103,9 +103,11 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
                   command=hostscripts.names_are_free(enabled, f"{ctx.name}.conf", names), waits=False),
         *_vhost(ctx, content=content),
         # What a rollback to this release installs again; only the deploy user reads it (secrets).
-        steps.Install(f"keep the vhost in the release, for a rollback to it: {VHOST_RECORD}", ctx.host_names,
-                      path=record, content=content, mark=mark, mode=0o600,
-                      work=posixpath.join(ctx.code_path, f"{VHOST_RECORD}.deployer-{ctx.run_id}")),
+        # Only in a release this run makes: without upload, DEPLOY_PATH may not be one yet.
+        *([steps.Install(f"keep the vhost in the release, for a rollback to it: {VHOST_RECORD}", ctx.host_names,
+                         path=record, content=content, mark=mark, mode=0o600,
+                         work=posixpath.join(ctx.code_path, f"{VHOST_RECORD}.deployer-{ctx.run_id}"))]
+          if ctx.uploads else []),
         # Checked here as well as in restart: a broken vhost must fail the
         # deploy before migrate changes the database, which no undo reverts.
         _configtest(ctx, waits=False),
@@ -196,6 +198,8 @@ def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
     relay = posixpath.join(ctx.releases_dir, f".deployer-relay-{run_id}")
     hosts = ctx.host_names
     return (
+        steps.Run(f"stop what run {run_id} still runs on the host", hosts, waits=False,
+                  command=hostscripts.stop_run(run_id, hostscripts.STOP_GRACE)),
         *(steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
           for s in (switch, record, enable, vhost)),
         steps.Run(f"remove what run {run_id} left beside the releases", hosts, waits=False,
@@ -210,7 +214,8 @@ def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
 def prune(ctx: Context) -> steps.Run:
     keep = ctx.target.keep_releases
     return steps.Run(f"keep the newest {keep} releases, the live one and the one before it", ctx.host_names,
-                     command=hostscripts.prune(ctx.releases_dir, ctx.deploy_path, keep))
+                     command=hostscripts.prune(ctx.releases_dir, ctx.deploy_path, keep,
+                                               posixpath.join(ctx.state_dir, "history")))
 
 
 def _health(ctx: Context) -> tuple[steps.Step, ...]:

@@ -79,7 +79,7 @@ class Transport(Protocol):
 ERRORS = (OSError, EOFError, paramiko.SSHException)
 _CHUNK = 65536
 _POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
-GRACE = 5.0       # after SIGTERM, how long a command has to end before SIGKILL
+GRACE = hostscripts.STOP_GRACE
 TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
 # How long opening a channel may take: a host that takes longer is not there
 # (a dead link answers nothing, and TCP can take many minutes to notice).

@@ -20,6 +20,7 @@ timeout; a failure quotes the end of the log. A tunnel to the hosts that is
 already up and is not ours (a VPN the machine keeps) is used as it is and
 left up.
 
+Relative file names in the config are its folder's (OpenVPN runs there).
 The registry (a directory per user: /run/deployer-UID, else
 $XDG_RUNTIME_DIR/deployer, else /tmp/deployer-UID, mode 0700, which must be
 ours and not a link) holds per config: `.users`, `.setup` (a lock while a
@@ -57,8 +58,9 @@ class OpenVpnTunnel:
         self.timeout = timeout
         self.probe = probe  # a host's address: is a tunnel to it already up?
         self.dir = registry or registry_dir()
+        # By content: two build agents' checkouts hold the same config at two paths.
         with open(self.config, "rb") as f:
-            key = hashlib.sha256(self.config.encode() + b"\0" + f.read()).hexdigest()[:16]
+            key = hashlib.sha256(f.read()).hexdigest()[:16]
         self.base = os.path.join(self.dir, f"tunnel-{key}")
         self.log = f"{self.base}.log"
         self.users: int | None = None  # our fd holding the shared lock, while we use the tunnel
@@ -77,7 +79,7 @@ class OpenVpnTunnel:
             state = _state(self.base)
             if state is not None:
                 self.shared = True
-            elif _tunnel_up(self.probe):
+            elif _tunnel_up(self.probe) and not _any_keeper(self.dir):
                 self.foreign = True
                 return
             else:
@@ -85,11 +87,18 @@ class OpenVpnTunnel:
             self._wait_ready(time.monotonic() + self.timeout)
 
     def _start_keeper(self) -> None:
-        # Its own session: Ctrl-C in the deploy's terminal is for the deploy,
-        # which closes its use of the tunnel itself.
+        # It forks again and leaves (see keep): the keeper is nobody's child,
+        # in a session of its own, with none of the build's environment, so
+        # stopping the build that started it (TeamCity kills the process
+        # tree, Jenkins the processes with its BUILD_ID) leaves the tunnel
+        # to the other deploys that use it. Ctrl-C in a terminal is for the
+        # deploy, which closes its own use of the tunnel.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH")}
         with open(os.devnull, "rb") as null:
-            subprocess.Popen([sys.executable, "-m", "deployer.vpn", "keep", self.config, self.base],
-                             stdin=null, stdout=null, stderr=null, start_new_session=True)
+            starter = subprocess.Popen([sys.executable, "-m", "deployer.vpn", "keep", self.config, self.base],
+                                       stdin=null, stdout=null, stderr=null, start_new_session=True, env=env,
+                                       cwd=os.path.dirname(self.config))
+        starter.wait(10)
         deadline = time.monotonic() + 10
         while _state(self.base) is None:
             if time.monotonic() > deadline:
@@ -213,6 +222,15 @@ def _state(base: str) -> tuple[int, int] | None:
     return keeper, openvpn
 
 
+def _any_keeper(registry: str) -> bool:
+    """Whether a keeper of ours runs for any config (its tunnel is not foreign)."""
+    try:
+        names = os.listdir(registry)
+    except OSError:
+        return False
+    return any(_state(os.path.join(registry, n[:-len(".state")])) for n in names if n.endswith(".state"))
+
+
 def _tunnel_up(address: str) -> bool:
     """Whether `address` (an IP) is routed through a tunnel device already."""
     try:
@@ -254,7 +272,12 @@ def _alive(pid: int) -> bool:
 
 
 def keep(config: str, base: str) -> int:
-    """The keeper: OpenVPN up for as long as a deploy holds the users lock."""
+    """The keeper: OpenVPN up for as long as a deploy holds the users lock.
+    OpenVPN runs in the config's folder: relative file names in it (an
+    auth-user-pass file) are the folder's, as with systemd's openvpn units."""
+    if os.fork() > 0:
+        os._exit(0)  # the deploy that started us waits only for this
+    os.setsid()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -131,10 +131,23 @@ def _killed_during(site, tmp_path, migrate: str) -> None:
         proc.wait(timeout=30)
 
 
+def _running(marker: str) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 def test_unlock_undoes_what_a_killed_first_deploy_left_and_the_next_deploy_succeeds(site, tmp_path):
     # The reproduction: SIGKILL during migrate left a release and an
-    # enabled vhost, and no DEPLOY_PATH.
-    _killed_during(site, tmp_path, "sleep 2")
+    # enabled vhost, and no DEPLOY_PATH; and the migrate still running.
+    late = tmp_path / "migrated-late"
+    _killed_during(site, tmp_path, f"sleep 30; touch {late}")
+    assert _running(str(late))
     enabled = site.root / "apache2" / "sites-enabled" / "alpha.conf"
     assert enabled.is_symlink() and not site.live().exists()
     site.edit(migrate="true")
@@ -142,6 +155,7 @@ def test_unlock_undoes_what_a_killed_first_deploy_left_and_the_next_deploy_succe
     assert code == 2 and "add --yes" in out, out  # no terminal: nothing is done without --yes
     code, out = deployer(site, "unlock", "--yes", "--output", "plain")
     assert code == 0, out
+    assert not _running(str(late)) and "stopped what run" in out
     assert not enabled.exists() and not (site.root / "apache2" / "sites-available" / "alpha.conf").exists()
     assert list((site.root / "www" / "alpha.releases").iterdir()) == []
     assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
@@ -236,3 +250,32 @@ def test_a_deploy_undoes_what_a_run_killed_on_this_machine_left_then_deploys(sit
     assert site.live().is_symlink()
     history = json.loads(deployer(site, "history", "--json")[1])
     assert [(r["action"], r["outcome"]) for r in history] == [("unlock", "done"), ("deploy", "done")]
+
+
+def test_after_rolling_back_from_a_bad_release_the_next_rollback_skips_it(site):
+    # R1 good, R2 bad: rolled back to R1, then R3 deployed. Going back from R3
+    # means R1, which was live before it, not R2; and pruning keeps R1.
+    site.edit(keep_releases=2)
+    r1, r2 = _deploy_versions(site, 2)
+    assert deployer(site, "rollback")[0] == 0
+    (site.source / "manage.py").write_text("print(3)\n")
+    assert site.deploy()[0] == 0
+    r3 = Path(os.readlink(site.live())).name
+    kept = sorted(p.name for p in (site.root / "www" / "alpha.releases").iterdir())
+    assert r1 in kept and r3 in kept
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 0, out
+    assert os.readlink(site.live()).endswith(r1)
+    assert r2  # (pruned or not, never chosen)
+
+
+def test_a_lock_left_without_an_owner_can_be_unlocked(site):
+    _deploy_versions(site, 1)
+    lock = site.root / "www" / "alpha.deployer" / "lock"
+    lock.mkdir()  # a run died between taking it and naming itself
+    code, out = site.deploy()
+    assert code == 1 and "locked by a run that is taking or releasing the lock" in out, out
+    code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+    assert code == 0, out
+    assert not lock.exists()
+    assert site.deploy()[0] == 0

@@ -440,3 +440,70 @@ def test_nothing_to_fetch_makes_nothing(tmp_path):
     relay = tmp_path / "relay"
     result = LocalTransport().run(hostscripts.fetch(str(relay), "198.18.1.10", 22, 60).line(), stdin=b"-\n")
     assert result.ok and result.stdout == "" and not relay.exists()
+
+
+def test_stop_run_stops_the_sessions_a_gone_run_left_and_only_those(tmp_path):
+    # A runner killed with SIGKILL leaves its remote commands running: the
+    # next run stops every session that carries the gone run's id.
+    import subprocess
+    import time
+
+    from tests.conftest import process_running
+
+    def session(run_id: str) -> subprocess.Popen:
+        line = hostscripts.session(run_id, (("sleep 30", False),)).line()
+        proc = subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE, start_new_session=True)
+        proc.stdin.write(b"token\n")
+        proc.stdin.flush()
+        return proc
+
+    gone, other = session("0123456789abcdef"), session("fedcba9876543210")
+    try:
+        time.sleep(0.5)
+        r = LocalTransport().run(hostscripts.stop_run("0123456789abcdef", 2).line(), timeout=30)
+        assert r.ok, r.stderr
+        assert "stopped what run 0123456789abcdef still ran" in r.stdout
+        gone.wait(10)
+        assert process_running(other.pid)
+        assert not LocalTransport().run(hostscripts.stop_run("0000000000000000", 2).line(), timeout=30).stdout
+    finally:
+        for p in (gone, other):
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+
+
+def test_work_dirs_of_killed_runs_on_this_machine_are_removed_and_no_other(tmp_path):
+    import subprocess
+
+    from deployer.executor import _remove_stale_workdirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"deployer-demo-20260101T000000Z-abc-{dead.pid}"
+    (stale / "x").mkdir(parents=True)
+    mine = tmp_path / f"deployer-demo-20260101T000000Z-abc-{os.getpid()}"
+    mine.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = tmp_path / f"deployer-demo-x-{dead.pid + 1}"
+    planted.symlink_to(elsewhere)
+    unrelated = tmp_path / "deployer-lab"
+    unrelated.mkdir()
+    _remove_stale_workdirs(str(tmp_path))
+    assert not stale.exists()
+    assert mine.is_dir() and elsewhere.is_dir() and planted.is_symlink() and unrelated.is_dir()
+
+
+def test_of_runs_taking_over_a_gone_runs_lock_at_once_only_one_wins(tmp_path):
+    import subprocess
+
+    state = tmp_path / "demo.deployer"
+    (state / "lock").mkdir(parents=True)
+    (state / "lock" / "owner").write_text("deadbeefdeadbeef\ngone\n")
+    procs = [subprocess.Popen(["sh", "-c", hostscripts.lock(str(state), f"run{i:012d}", f"taker {i}", 0, False,
+                                                            "hint", takes_over="deadbeefdeadbeef").line()],
+                              stderr=subprocess.PIPE) for i in range(6)]
+    won = [i for i, p in enumerate(procs) if p.wait(30) == 0]
+    assert len(won) == 1
+    assert (state / "lock" / "owner").read_text() == f"run{won[0]:012d}\ntaker {won[0]}\n"

@@ -264,7 +264,8 @@ def test_the_lock_comes_before_the_first_step_on_a_host_and_pruning_after_succes
     assert "deployer unlock alpha" in p.lock.hint
     assert [type(s) for s in dict(p.stages)["upload"]] == [Lock, Upload]
     assert p.after == (Run("keep the newest 5 releases, the live one and the one before it", H,
-                           command=hostscripts.prune("/var/www/alpha.releases", "/var/www/alpha", 5)),)
+                           command=hostscripts.prune("/var/www/alpha.releases", "/var/www/alpha", 5,
+                                                     "/var/www/alpha.deployer/history")),)
 
 
 def test_a_run_without_upload_is_locked_too_but_prunes_nothing(make):

@@ -261,3 +261,43 @@ def test_a_health_check_with_nothing_listening_fails_within_its_time(site, http_
     (site.source / "manage.py").write_text("print('new')\n")
     code, out = site.deploy()
     assert code == 1 and "ConnectionRefusedError" in out, out
+
+
+def test_a_host_that_answers_a_byte_at_a_time_cannot_hold_the_health_check(tmp_path):
+    # The socket's timeout bounds each read; the attempt has its own bound.
+    import socket
+
+    from deployer import health
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            server.settimeout(0.5)
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
+                    if stop.is_set():
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.4)
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    started = time.monotonic()
+    try:
+        r = health.check("127.0.0.1", server.getsockname()[1], "/health", "x.test", 200, 3, threading.Event())
+    finally:
+        stop.set()
+        t.join(5)
+        server.close()
+    assert not r.ok and "no whole answer within" in r.stderr
+    assert time.monotonic() - started < 8
