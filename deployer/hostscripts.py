@@ -607,20 +607,23 @@ echo "linked $# shared path(s) from $shared"
 # process of it is left: a migrate that ignores TERM must not go on working
 # after the deploy said it was stopped.
 # (dash's kill takes no `--`; a negative pid after the signal is a group.)
-_STOP_GROUP = r"""pid=$1 grace=$2
-kill -TERM "-$pid" 2>/dev/null || exit 0
-for signal in KILL ''; do
-    i=0
-    while kill -0 "-$pid" 2>/dev/null; do
-        i=$((i + 1))
-        if [ "$i" -gt "$((grace * 10))" ]; then
-            [ -n "$signal" ] && kill -"$signal" "-$pid" 2>/dev/null
-            break
-        fi
-        sleep 0.1
+_STOP_FUNCTION = r"""stop_group() {
+    pid=$1 grace=$2
+    kill -TERM "-$pid" 2>/dev/null || return 0
+    for signal in KILL ''; do
+        i=0
+        while kill -0 "-$pid" 2>/dev/null; do
+            i=$((i + 1))
+            if [ "$i" -gt "$((grace * 10))" ]; then
+                [ -n "$signal" ] && kill -"$signal" "-$pid" 2>/dev/null
+                break
+            fi
+            sleep 0.1
+        done
     done
-done
+}
 """
+_STOP_GROUP = _STOP_FUNCTION + 'stop_group "$1" "$2"\n'
 
 
 # A run that is gone (its runner was killed) may have left a command
@@ -628,7 +631,7 @@ done
 # that writes nothing. Every session of a run carries the run's id as its
 # first argument (see _SESSION): each one's process group is stopped as
 # _STOP_GROUP does. Only this user's processes are visible to /proc here.
-_STOP_RUN = r"""run=$1 grace=$2
+_STOP_RUN = _STOP_FUNCTION + r"""run=$1 grace=$2
 groups=
 for d in /proc/[0-9]*; do
     # Arguments one a line (a newline inside one, as in the script, a space).
@@ -637,20 +640,11 @@ for d in /proc/[0-9]*; do
     group=$(sed 's/.*) //' "$d/stat" 2> /dev/null | cut -d ' ' -f 3) || continue
     [ -n "$group" ] && [ "$group" != "$(sed 's/.*) //' /proc/self/stat | cut -d ' ' -f 3)" ] || continue
     groups="$groups $group"
-    kill -TERM "-$group" 2> /dev/null
 done
 [ -n "$groups" ] || exit 0
+for g in $groups; do stop_group "$g" "$grace" & done
+wait
 echo "stopped what run $run still ran (process groups$groups)"
-i=0
-while [ "$i" -lt "$((grace * 10))" ]; do
-    alive=
-    for g in $groups; do kill -0 "-$g" 2> /dev/null && alive=1; done
-    [ -n "$alive" ] || exit 0
-    sleep 0.1
-    i=$((i + 1))
-done
-for g in $groups; do kill -KILL "-$g" 2> /dev/null; done
-exit 0
 """
 
 # Several steps in one remote shell: one SSH session per host for a group
