@@ -201,7 +201,6 @@ def _rollback(args, run: Run, stdin) -> str:
 
     run.executor = Executor(ctx, run.reporter, min(target.parallel, len(target.hosts)))
     run.executor.previous = {h: s.live for h, s in states.items()}
-    run.executor.changed = False
     run.executor.run(the_plan)
     return run.executor.serving(True)
 
@@ -225,7 +224,7 @@ def _unlock(args, run: Run, stdin) -> str:
         return f"{name} is not locked on any host; nothing to do"
     if len(held) > 1:
         raise DeployError(f"{name} is locked by more than one run: " + "; ".join(held.values())
-                          + ". Unlock the hosts by hand (rm -r <deploy_root>/{name}.deployer/lock)")
+                          + f". Unlock the hosts by hand (rm -r <deploy_root>/{name}.deployer/lock)")
     (gone, who), = held.items()
     here = instance.holder_here(who)
     alive = here[1] if here else None

@@ -273,6 +273,7 @@ def test_configtest_failing_on_one_host_undoes_every_host(site):
             {k: v for k, v in b["/etc/apache2"].items() if k != "conf-enabled/broken.conf"}
     assert [os.readlink(h.path("/var/www/alpha")) for h in site.lab.hosts] == live
     assert_vpn_down(site.lab)
+    assert site.deploy("alpha")[0] == 0  # a plain re-run, the broken file gone
 
 
 def test_sigterm_mid_deploy_undoes_and_closes_the_vpn(site):
@@ -325,6 +326,7 @@ def test_a_failure_on_one_host_of_four_leaves_all_four_as_they_were(four, stage)
     assert failed == [four.lab.addresses[2]]
     assert after == before
     assert_vpn_down(four.lab)
+    assert four.deploy("alpha")[0] == 0  # a plain re-run, the flag gone
 
 
 def test_sigterm_while_four_hosts_run_stops_every_command_and_undoes_every_host(four):
