@@ -33,6 +33,7 @@ from deployer.vpn import OpenVpnTunnel
 
 RUNNER = ""  # the host name under which steps on this machine are reported
 UNDO_TIMEOUT = 120.0  # seconds for one undo or tidying command on one host
+AFTER_LIMIT = 90  # seconds for what runs after a run that succeeded (pruning), within UNDO_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -600,25 +601,22 @@ class Executor:
             self.undo.clear()
 
     def finish(self, plan: steps.Plan, outcome: str) -> None:
-        """The run's last commands on each host: what kept changes left for
-        their undo goes, old releases are pruned if the run succeeded; then
-        the history gets its line as the lock is released, on the first host
-        last (a run waiting for the lock takes it there first). Each is a
-        command of its own: a slow prune must not keep the lock."""
-        work: dict[str, list[str]] = {h: list(lines) for h, lines in self.pending_keep.items()}
+        """The run's last command on each host: what kept changes left for
+        their undo goes, old releases are pruned if the run succeeded (within
+        AFTER_LIMIT: a slow prune must not keep the lock), then the history
+        gets its line as the lock is released. On the first host last: a run
+        waiting for the lock takes it there first."""
+        after = [(step.hosts, f"timeout -k 5 {AFTER_LIMIT} {step.command.line()}")
+                 for step in plan.after] if outcome == "done" else []
+        release = plan.lock.finish(context.history_line(self.ctx, outcome)).line() if plan.lock else None
+        lines = {h: " ; ".join([*self.pending_keep.get(h, []), *(a for hosts, a in after if h in hosts),
+                                *([release] if release and h in self.locked else [])])
+                 for h in self.transports}
         self.pending_keep.clear()
-        if outcome == "done":
-            for step in plan.after:
-                for h in step.hosts:
-                    work.setdefault(h, []).append(step.command.line())
-        self._on_each([h for h in work if h in self.transports], lambda h: " ; ".join(work[h]), "after the run")
-        if plan.lock is None:
-            return
-        line = plan.lock.finish(context.history_line(self.ctx, outcome)).line()
-        first = plan.lock.hosts[0]
-        locked = [h for h in plan.lock.hosts if h in self.locked and h in self.transports]
-        for batch in ([h for h in locked if h != first], [h for h in locked if h == first]):
-            self._on_each(batch, lambda h: line, "releasing the lock (the next run reports it)")
+        hosts = [h for h, line in lines.items() if line]
+        first = plan.lock.hosts[0] if plan.lock else None
+        for batch in ([h for h in hosts if h != first], [h for h in hosts if h == first]):
+            self._on_each(batch, lines.get, "after the run")
 
     def _on_each(self, hosts: list[str], line, what: str) -> None:
         """`line(host)` on each of `hosts`, all at once; what fails is a note."""
