@@ -463,16 +463,20 @@ class Executor:
         """`fn` on every item at once (at most `parallel` at a time); results in order.
 
         The main thread only waits, in short slices, so Ctrl-C and SIGTERM
-        land here and never inside the SSH library. An interrupt sets the
-        stop flag, waits until every host's command has stopped, then goes on
-        to the rollback.
+        land here and never inside the SSH library; and between the slices,
+        not in them: raised inside `wait`, the interrupt could leave a lock of
+        its waiter held, which the thread that ends a host's work then waits
+        for forever (seen as a deploy that hung after SIGTERM). An interrupt
+        sets the stop flag, waits until every host's command has stopped,
+        then goes on to the rollback.
         """
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.parallel, "host", initializer=interrupts.block_in_thread)
         futures = [self.pool.submit(fn, item) for item in items]
         try:
             while not all(f.done() for f in futures):
-                wait(futures, timeout=0.1)
+                with interrupts.deferred():
+                    wait(futures, timeout=0.1)
         except BaseException:
             self.stop.set()
             wait(futures)
