@@ -25,7 +25,8 @@ def check(address: str, port: int, path: str, host_header: str, status: int, tim
         conn = http.client.HTTPConnection(address, port, timeout=seconds)
         # The socket timeout bounds each read, not the answer: a host that
         # sends a byte a second would hold it. This bounds the whole attempt.
-        cut = threading.Timer(seconds, _cut, (conn,))
+        cut_off = threading.Event()
+        cut = threading.Timer(seconds, _cut, (conn, cut_off))
         cut.start()
         try:
             conn.request("GET", path, headers={"Host": host_header, "User-Agent": "deployer health check",
@@ -36,8 +37,7 @@ def check(address: str, port: int, path: str, host_header: str, status: int, tim
             body = response.read(300).decode("utf-8", "replace")
             last = f"{response.status} {response.reason}: {body.strip()[:200]}"
         except (OSError, http.client.HTTPException) as e:  # a timeout is an OSError
-            cut_off = cut.finished.is_set()  # set here only if it fired
-            last = f"no whole answer within {seconds:g} s" if cut_off else f"{type(e).__name__}: {e}"
+            last = f"no whole answer within {seconds:g} s" if cut_off.is_set() else f"{type(e).__name__}: {e}"
         finally:
             cut.cancel()
             conn.close()
@@ -46,7 +46,8 @@ def check(address: str, port: int, path: str, host_header: str, status: int, tim
                                  f" {status} within {timeout:g} s ({attempts} attempts); last: {last}")
 
 
-def _cut(conn: http.client.HTTPConnection) -> None:
+def _cut(conn: http.client.HTTPConnection, cut_off: threading.Event) -> None:
+    cut_off.set()  # before the socket goes: the reader's error comes after
     sock = conn.sock
     if sock is not None:
         try:

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -377,7 +378,13 @@ def test_a_host_whose_link_dies_mid_step_fails_the_deploy_within_its_time_limit(
     assert "\tundo incomplete\t" in host.path("/var/www/demo-cut.deployer/history").read_text()
     assert_vpn_down(site.lab)
     # The link is back: a plain re-run finds the lock of the run that is gone,
-    # undoes what it left on that host, and deploys.
+    # undoes what it left on that host, and deploys. (Once the host answers
+    # again: its neighbour entry takes a moment to come back.)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["ip", "netns", "exec", tests_lab.VPN_NETNS, "timeout", "2", "bash", "-c",
+                          f"</dev/tcp/{dead}/22"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"{dead} does not answer again"
+        time.sleep(0.5)
     site.write()
     code, events = site.deploy("demo-cut")
     assert code == 0, error_of(events)
