@@ -66,7 +66,7 @@ scp="scp -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o
 rel=/var/www/$name.releases/$release
 tar -czf "$WORK/app.tgz" -C "$APP" --exclude=__pycache__ .
 sed -e "s|<<HOSTNAME>>|$hostname|g" -e "s|<<DEPLOY_PATH>>|/var/www/$name|g" \
-    -e "s|<<CONFIG_NAME>>|$name|g" "$TEMPLATE" > "$WORK/vhost.conf"
+    -e "s|<<CONFIG_NAME>>|$name|g" -e "s|<<HTTP_PORT>>|80|g" "$TEMPLATE" > "$WORK/vhost.conf"
 for h in "$@"; do
     $scp "$WORK/app.tgz" "root@$h:/tmp/$release.tgz"
     $ssh "root@$h" "mkdir -p $rel && tar -xzf /tmp/$release.tgz -C $rel && rm /tmp/$release.tgz"
@@ -107,7 +107,8 @@ PLAYBOOK = r"""
         dest: /etc/apache2/sites-available/{{ instance }}.conf
         mode: "0640"
         content: "{{ lookup('file', vhost_template) | replace('<<HOSTNAME>>', hostname)
-          | replace('<<DEPLOY_PATH>>', deploy_path) | replace('<<CONFIG_NAME>>', instance) }}\n"
+          | replace('<<DEPLOY_PATH>>', deploy_path) | replace('<<CONFIG_NAME>>', instance)
+          | replace('<<HTTP_PORT>>', '80') }}\n"
     - name: enable the site
       ansible.builtin.file:
         {src: "../sites-available/{{ instance }}.conf", dest: "/etc/apache2/sites-enabled/{{ instance }}.conf",

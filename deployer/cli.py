@@ -6,7 +6,7 @@ import traceback
 from collections.abc import Sequence
 
 from deployer import __version__, context, interrupts, names, plan
-from deployer.config import DEFAULT_PIPELINE, load
+from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, load
 from deployer.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -112,7 +112,7 @@ def _vars(pairs: list[str]) -> dict[str, str]:
         if not sep:
             raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
         names.token_name(key)
-        if key in ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME"):
+        if key in BUILTIN_TOKENS:
             raise UsageError(f"--var {key}: set by deployer from the command line and config")
         # TeamCity build parameters arrive here: whoever may start a build
         # with custom parameters must not be able to write Apache directives.

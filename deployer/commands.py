@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from deployer import __version__, context, instance, names, plan
+from deployer import __version__, context, instance, names, plan, scaffold
 from deployer.cli import Run, guarded
 from deployer.config import load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
@@ -48,6 +49,11 @@ def parser() -> argparse.ArgumentParser:
                        help="the targets file (default: ./targets.yaml)")
         return c
 
+    init = sub.add_parser("init", help="write a commented targets.yaml and a vhost template into a project",
+                          description="Write a commented targets.yaml and templates/default_template into"
+                          " DIRECTORY (default: here), a starting point to edit. Nothing is written if either"
+                          " is there already.", allow_abbrev=False)
+    init.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
     for name, help in (("releases", "the releases each host keeps, the live one marked, and where hosts disagree"),
                        ("history", "the instance's runs as each host recorded them, oldest first")):
         c = command(name, help)
@@ -83,11 +89,26 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    if args.command == "init":
+        return _init(args.directory, stdout)
     if args.command in ("releases", "history"):
         # The answer on stdout; what went wrong reaching the hosts, on stderr.
         return guarded("quiet", sys.stderr, lambda run: _show(args, run, stdout))
     body = _rollback if args.command == "rollback" else _unlock
     return guarded(args.output, stdout, lambda run: body(args, run, stdin or sys.stdin))
+
+
+def _init(directory: Path, stdout) -> int:
+    try:
+        written = scaffold.init(directory)
+    except UsageError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return EXIT_USAGE
+    for path in written:
+        stdout.write(f"wrote {path}\n")
+    stdout.write("next: read targets.yaml and the template, then `deploy local localhost` to try it on this"
+                 " machine\n")
+    return EXIT_OK
 
 
 def _instance(args) -> tuple[str, object]:

@@ -30,7 +30,10 @@ CATCH_ALL = "*"
 MAX_PARALLEL = 32
 DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
 HOOK_PLACES = ("all", "first", "local")
-BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME")
+BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME", "HTTP_PORT")
+# `apache: {ctl: builtin}`: an Apache of the local target's own, on loopback
+# (the script says how); run with sh, so a wheel's file mode does not matter.
+LOCAL_APACHE_CTL = Path(__file__).with_name("local-apache2ctl")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Apache:
     vhost_mode: int = 0o640
     vhost_owner: str = ""
     vhost_group: str = ""
+    port: int = 80  # <<HTTP_PORT>> in the template: the vhost's port, and the health check's
 
     @property
     def vhost_chown(self) -> str:
@@ -409,6 +413,7 @@ class _Reader:
             self.hooks(hooks.get(when, {}), f"{path}/hooks/{when}") for when in ("before", "after")
         )
         migrate = t.get("migrate", "python manage.py migrate --noinput")
+        apache = self.apache(t.get("apache", {}), f"{path}/apache", transport)
         return Target(
             entry=entry,
             transport=transport,
@@ -423,10 +428,10 @@ class _Reader:
             keep_releases=self.integer(t.get("keep_releases", 5), f"{path}/keep_releases", 2, 1000),
             deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
-            apache=self.apache(t.get("apache", {}), f"{path}/apache", transport),
+            apache=apache,
             migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
             package=self.package(t.get("package", {}), f"{path}/package"),
-            health=self.health(t.get("health"), f"{path}/health"),
+            health=self.health(t.get("health"), f"{path}/health", apache.port),
             shared=self.shared(t.get("shared", {}), f"{path}/shared", transport, t.get("deploy_root", "/var/www")),
             template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
             vars=self.vars(t.get("vars", {}), f"{path}/vars"),
@@ -507,14 +512,20 @@ class _Reader:
         )
 
     def apache(self, raw: Any, path: str, transport: str) -> Apache:
-        a = self.mapping(raw, path, {"dir", "ctl", "vhost_mode", "vhost_owner", "vhost_group"})
+        a = self.mapping(raw, path, {"dir", "ctl", "port", "vhost_mode", "vhost_owner", "vhost_group"})
         ctl = words(self.string(a.get("ctl", "apache2ctl"), f"{path}/ctl"))
-        if "/" in ctl[0]:
+        apache_dir = self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport)
+        if ctl == ("builtin",):
+            if transport != "local":
+                raise self.fail(f"{path}/ctl", "builtin is deployer's own Apache on this machine: only for"
+                                " transport: local")
+            ctl = ("/bin/sh", str(LOCAL_APACHE_CTL), apache_dir)
+        elif "/" in ctl[0]:
             # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare
             # name (apache2ctl, sudo) is looked up on the host's PATH.
             ctl = (self.host_path(ctl[0], f"{path}/ctl", transport), *ctl[1:])
         return Apache(
-            dir=self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport), ctl=ctl,
+            dir=apache_dir, ctl=ctl, port=self.integer(a.get("port", 80), f"{path}/port", 1, 65535),
             vhost_mode=self.private_mode(a.get("vhost_mode", "0640"), f"{path}/vhost_mode"),
             vhost_owner=self.account(a.get("vhost_owner"), f"{path}/vhost_owner"),
             vhost_group=self.account(a.get("vhost_group"), f"{path}/vhost_group"),
@@ -540,7 +551,7 @@ class _Reader:
             raise self.fail(path, f"expected a user or group name or number, got {_kind(value)}")
         return text
 
-    def health(self, raw: Any, path: str) -> Health | None:
+    def health(self, raw: Any, path: str, port: int) -> Health | None:
         if raw is None:
             return None
         h = self.mapping(raw, path, {"path", "status", "timeout", "port"})
@@ -549,7 +560,7 @@ class _Reader:
             raise self.fail(f"{path}/path", f"expected a URL path such as /health, got {url_path!r}")
         return Health(path=url_path, status=self.integer(h.get("status", 200), f"{path}/status", 100, 599),
                       timeout=self.number(h.get("timeout", 30), f"{path}/timeout"),
-                      port=self.integer(h.get("port", 80), f"{path}/port", 1, 65535))
+                      port=self.integer(h.get("port", port), f"{path}/port", 1, 65535))
 
     def shared(self, raw: Any, path: str, transport: str, deploy_root: Any) -> Shared:
         s = self.mapping(raw, path, {"root", "dirs", "files", "group"})

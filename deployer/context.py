@@ -46,7 +46,7 @@ class Context:
     def vars(self) -> dict[str, str]:
         """Every template token: the user's values and the three deployer sets."""
         return {**self.values, "CONFIG_NAME": self.name, "HOSTNAME": self.hostname,
-                "DEPLOY_PATH": self.deploy_path}
+                "DEPLOY_PATH": self.deploy_path, "HTTP_PORT": str(self.target.apache.port)}
 
     @property
     def uploads(self) -> bool:

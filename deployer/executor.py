@@ -141,7 +141,8 @@ class Executor:
         if ok:
             if not self.ctx.switches:
                 return f"the live release is unchanged on every host ({len(self.ctx.host_names)})"
-            return f"release {self.ctx.release} is live on every host ({len(self.ctx.host_names)})"
+            count = len(self.ctx.host_names)
+            return f"release {self.ctx.release} is live on every host ({count})" + _where(self.ctx)
         if not self.changed:
             return "nothing was changed on any host"
         if self.ctx.action == "unlock":
@@ -752,3 +753,12 @@ def _failure_message(step: steps.Step, failures: list[tuple[str, Result]], redac
         detail = redact(_detail(r))
         lines.append(f"  {host}: " + "\n    ".join(detail.splitlines()[-20:]))
     return "\n".join(lines)
+
+
+def _where(ctx: Context) -> str:
+    """Where to look at a site served on this machine: its HOSTNAME (local.test)
+    resolves nowhere, so the address is given with the Host header it needs."""
+    if ctx.target.transport != "local" or not ctx.hostname:
+        return ""
+    url = f"http://127.0.0.1:{ctx.target.apache.port}/"
+    return f"; see it: {Command.of(('curl', '-H', f'Host: {ctx.hostname}', url))}"

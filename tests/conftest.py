@@ -193,7 +193,7 @@ def site(tmp_path, sshd):
                 "known_hosts": str(sshd.known_hosts),
                 "deploy_root": str(host / "www"),
                 "apache": {"dir": str(host / "apache2"),
-                           "ctl": f"{REPO}/tools/local-apache2ctl {host / 'apache2'}"},
+                           "ctl": f"{REPO}/tests/configtest-apache2ctl {host / 'apache2'}"},
                 # Appends the release it ran in, so the test can count runs.
                 "migrate": f'echo "$RELEASE $PWD" >> {host / "migrations.log"}',
                 "package": {"source": str(app), "exclude": ["*.pyc"]},

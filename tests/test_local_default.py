@@ -1,53 +1,186 @@
 """The README's first command: `deploy local local.test` with the checkout's own
-targets.yaml runs every stage for real on this machine."""
+targets.yaml runs every stage for real on this machine and serves the site
+with an Apache of its own on a loopback port."""
 
+import http.client
+import json
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, process_running
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-django, as on a fresh machine
+LOCAL_CTL = REPO / "deployer" / "local-apache2ctl"
+README_PORT = 8480  # the local target's apache: port in targets.yaml
+WHEELHOUSE = REPO / ".ci" / "wheelhouse"  # made by .ci/run
 
 
 def _has_django() -> bool:
     return subprocess.run([SYSTEM_PYTHON, "-c", "import django"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON) or not _has_django(),
-                    reason="needs Debian's python3-django (run .ci/run)")
-def test_deploy_local_runs_every_stage(tmp_path):
-    checkout = tmp_path / "checkout"
-    for part in ("targets.yaml", "templates", "tools", "examples/djangoapp"):
-        src, dst = REPO / part, checkout / part
+needs_local_site = pytest.mark.skipif(
+    not os.path.exists(SYSTEM_PYTHON) or not _has_django() or not shutil.which("apache2ctl", path="/usr/sbin"),
+    reason="needs Debian's python3-django and apache2 (run .ci/run)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, host: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def _apache_pid(checkout: Path) -> int:
+    return int((checkout / ".deployer-local" / "apache2" / "run" / "apache2.pid").read_text())
+
+
+def _stop(checkout: Path) -> None:
+    """Stop the checkout's own Apache, which this test started (by its pid file)."""
+    apache = checkout / ".deployer-local" / "apache2"
+    if (apache / "run" / "apache2.pid").exists():
+        subprocess.run(["sh", str(LOCAL_CTL), str(apache), "stop"], timeout=30, capture_output=True)
+
+
+def _copy_checkout(dest: Path, parts=("targets.yaml", "templates", "examples/djangoapp")) -> Path:
+    for part in parts:
+        src, dst = REPO / part, dest / part
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", ".deployer-local"))
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
-    # PATH as the machine has it: its first python3 may be a pyenv build
-    # without Django, which the local target must not depend on.
-    proc = subprocess.run([sys.executable, "-m", "deployer", "local", "local.test", "--output", "plain"],
-                          cwd=checkout, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    local = checkout / ".deployer-local"
-    live = local / "www" / "local"
-    assert live.is_symlink() and (live / "django.wsgi").is_file()
-    vhost = (local / "apache2" / "sites-available" / "local.conf").read_text()
-    assert f"WSGIScriptAlias / {live}/django.wsgi" in vhost
-    assert (local / "apache2" / "sites-enabled" / "local.conf").is_symlink()
-    # In the instance's shared directory, linked into the release.
-    assert os.readlink(live / "data") == str(local / "www" / "local.shared" / "data")
-    db = sqlite3.connect(local / "www" / "local.shared" / "data" / "local.sqlite3")
-    applied = db.execute("SELECT name FROM django_migrations WHERE app = 'hello' ORDER BY name").fetchall()
-    db.close()
-    assert applied == [("0001_initial",), ("0002_seed_greetings",)]
-    if shutil.which("apache2ctl"):
-        assert "Syntax OK" in proc.stdout  # the rendered vhost passed Apache's own check
-    else:
-        assert "apache2ctl not installed: skipped" in proc.stdout
+    return dest
+
+
+@needs_local_site
+def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
+    checkout = _copy_checkout(tmp_path / "checkout")
+    port = _free_port()  # not the README's: a local site of the developer's may hold that
+    targets = checkout / "targets.yaml"
+    text = targets.read_text()
+    assert f"port: {README_PORT}}}" in text
+    targets.write_text(text.replace(f"port: {README_PORT}}}", f"port: {port}}}"))
+    try:
+        # PATH as the machine has it: its first python3 may be a pyenv build
+        # without Django, which the local target must not depend on.
+        def deploy():
+            proc = subprocess.run([sys.executable, "-m", "deployer", "local", "local.test", "--output", "plain"],
+                                  cwd=checkout, capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return proc.stdout
+
+        out = deploy()
+        local = checkout / ".deployer-local"
+        live = local / "www" / "local"
+        assert live.is_symlink() and (live / "django.wsgi").is_file()
+        vhost = (local / "apache2" / "sites-available" / "local.conf").read_text()
+        assert f"WSGIScriptAlias / {live}/django.wsgi" in vhost
+        assert f"<VirtualHost *:{port}>" in vhost
+        assert (local / "apache2" / "sites-enabled" / "local.conf").is_symlink()
+        # In the instance's shared directory, linked into the release.
+        assert os.readlink(live / "data") == str(local / "www" / "local.shared" / "data")
+        db = sqlite3.connect(local / "www" / "local.shared" / "data" / "local.sqlite3")
+        applied = db.execute("SELECT name FROM django_migrations WHERE app = 'hello' ORDER BY name").fetchall()
+        db.close()
+        assert applied == [("0001_initial",), ("0002_seed_greetings",)]
+        assert "Syntax OK" in out  # the rendered vhost passed Apache's own check
+        assert out.rstrip().endswith(f"see it: curl -H 'Host: local.test' http://127.0.0.1:{port}/"), out
+        status, page = _get(port, "/", "local.test")
+        assert status == 200 and "greeter: local" in page
+        first = json.loads(_get(port, "/health", "local.test")[1])
+        assert first["release_dir"] == os.readlink(live).rsplit("/", 1)[-1]
+        pid = _apache_pid(checkout)
+
+        # A second deploy reloads that Apache gracefully; the site serves the new release.
+        (checkout / "examples" / "djangoapp" / "hello" / "new.txt").write_text("new\n")
+        out = deploy()
+        assert f"local Apache reloaded gracefully (pid {pid})" in out
+        second = json.loads(_get(port, "/health", "local.test")[1])
+        assert second["release_dir"] != first["release_dir"]
+        assert second["release_dir"] == os.readlink(live).rsplit("/", 1)[-1]
+    finally:
+        _stop(checkout)
+    assert not process_running(pid)
+
+
+def test_a_builtin_apache_is_only_for_the_local_transport(tmp_path):
+    from deployer.config import load
+    from deployer.errors import ConfigError
+
+    (tmp_path / "targets.yaml").write_text("targets:\n  alpha:\n    hosts: [web1]\n"
+                                           "    apache: {ctl: builtin}\n")
+    with pytest.raises(ConfigError, match="targets/alpha/apache/ctl: builtin is deployer's own Apache"):
+        load(tmp_path / "targets.yaml")
+
+
+def _readme_first_command() -> str:
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert block, "README.md has no sh block"
+    return block.group(1).strip()
+
+
+@needs_local_site
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the command as root, as a fresh machine's admin would")
+@pytest.mark.skipif(not WHEELHOUSE.is_dir(), reason="needs .ci/wheelhouse (made by .ci/run)")
+def test_readme_first_command_as_written(tmp_path):
+    """Word for word, in a fresh copy of the checkout, with PATH as the machine
+    has it (its python3 may be pyenv's). Only the network is kept out: apt-get
+    checks that its packages are installed, and pip reads .ci/wheelhouse."""
+    command = _readme_first_command()
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", README_PORT)) == 0:
+            pytest.fail(f"something already listens on 127.0.0.1:{README_PORT}, the README's local site port")
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True,
+                           text=True).stdout.split("\0")
+    for f in filter(None, files):
+        dst = checkout / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / f).exists():
+            shutil.copy2(REPO / f, dst)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "apt-get").write_text(
+        "#!/bin/sh\n# The README's apt-get, offline: what it installs must be installed already.\n"
+        'case "$1" in update) exit 0 ;; install) shift ;; *) exit 1 ;; esac\n'
+        'for p; do case "$p" in -*) continue ;; esac\n'
+        '  dpkg-query -W -f=\'${Status}\' "$p" 2>/dev/null | grep -q "install ok installed"'
+        ' || { echo "apt-get: $p is not installed" >&2; exit 1; }\ndone\n')
+    (shims / "apt-get").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}",
+           "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELHOUSE), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        started = time.monotonic()
+        proc = subprocess.run(["sh", "-c", command], cwd=checkout, env=env, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        last = proc.stdout.rstrip().splitlines()[-1]
+        assert last.startswith("done: release ") and f"http://127.0.0.1:{README_PORT}/" in last, last
+        status, page = _get(README_PORT, "/", "local.test")
+        assert status == 200 and "greeter: local" in page
+        print(f"README's first command: exit 0 in {took:.0f} s")
+    finally:
+        _stop(checkout)

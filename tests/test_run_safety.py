@@ -46,7 +46,7 @@ if [ "$2" = graceful ]; then
     fi
     exit 0
 fi
-exec {REPO}/tools/local-apache2ctl "$@"
+exec {REPO}/tests/configtest-apache2ctl "$@"
 """)
     ctl.chmod(0o755)
     site.edit(apache={"dir": str(site.root / "apache2"), "ctl": f"{ctl} {site.root / 'apache2'}"})

@@ -106,9 +106,10 @@ def test_standalone_section_lines_leave_no_blank_lines():
 def test_the_default_template_renders_completely():
     text = (REPO / "templates" / "default_template").read_text()
     out = render(text, {"HOSTNAME": "demo-acme.example.com", "DEPLOY_PATH": "/var/www/demo-acme",
-                        "CONFIG_NAME": "demo-acme"}, "default_template")
+                        "CONFIG_NAME": "demo-acme", "HTTP_PORT": "80"}, "default_template")
     assert "<<" not in out and ">>" not in out
     lines = [line.strip() for line in out.splitlines()]
+    assert "<VirtualHost *:80>" in lines
     assert "ServerName demo-acme.example.com" in lines
     assert "WSGIScriptAlias / /var/www/demo-acme/django.wsgi" in lines
     assert "<Directory /var/www/demo-acme>" in lines

@@ -113,6 +113,7 @@ def test_app_deployed_by_hand_in_the_lab(lab: Lab, vpn) -> None:
         .replace("<<CONFIG_NAME>>", name)
         .replace("<<HOSTNAME>>", hostname)
         .replace("<<DEPLOY_PATH>>", deploy_path)
+        .replace("<<HTTP_PORT>>", "80")
     )
     db = lab.shared_dir / f"{name}.sqlite3"
 
