@@ -17,16 +17,19 @@ def select(pipeline: tuple[str, ...], only: tuple[str, ...], skip: tuple[str, ..
 
 def build(ctx: Context) -> Plan:
     t = ctx.target
-    found = {name: stage_lib.find(name, ctx) for name in t.pipeline}
+    # Only the stages that run: a runner without a plugin can still --skip its stage.
+    found = {name: stage_lib.find(name, ctx) for name in ctx.stages}
     built = []
     for name in ctx.stages:
-        fn = found[name]
-        steps = [
+        made = found[name](ctx)
+        if not isinstance(made, (list, tuple)) or not all(isinstance(s, steps.Step) for s in made):
+            raise UsageError(f"stage {name!r} returned {made!r}: expected a list of steps (deployer.steps)")
+        stage_steps = [
             *(stage_lib.hook_step(ctx, h, f"before {name}: {h.run}") for h in t.before.get(name, ())),
-            *fn(ctx),
+            *made,
             *(stage_lib.hook_step(ctx, h, f"after {name}: {h.run}") for h in t.after.get(name, ())),
         ]
-        built.append((name, tuple(steps)))
+        built.append((name, tuple(stage_steps)))
     if "upload" in ctx.stages and "package" not in ctx.stages:
         raise UsageError("stage upload needs the tarball of stage package; do not skip package")
     lock = stage_lib.lock(ctx)

@@ -265,4 +265,17 @@ def find(name: str, ctx: Context) -> StageFn:
             f"unknown stage {name!r} in the pipeline of target {ctx.target.entry!r}: not built"
             " in, not under stages: in targets.yaml, and no plugin in the deployer.stages group"
         )
-    return next(iter(plugins)).load()
+    # The same plugin can be found twice (a checkout on PYTHONPATH and its
+    # install); two different ones for one name would be a coin toss.
+    values = sorted({ep.value for ep in plugins})
+    if len(values) > 1:
+        raise UsageError(f"stage {name!r} is registered by more than one installed plugin: {', '.join(values)};"
+                         " uninstall one")
+    ep = next(ep for ep in plugins if ep.value == values[0])
+    try:
+        fn = ep.load()
+    except Exception as e:  # noqa: BLE001 - a plugin's import can raise anything; nothing has run yet
+        raise UsageError(f"stage {name!r}: its plugin {ep.value} cannot be loaded: {type(e).__name__}: {e}") from e
+    if not callable(fn):
+        raise UsageError(f"stage {name!r}: its plugin {ep.value} is not a function of the context")
+    return fn

@@ -1,5 +1,6 @@
 """Plans as data: a config in, the exact steps out, for every stage. No host needed."""
 
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -232,6 +233,49 @@ def test_bad_stage_selection_is_a_usage_error(make, only, skip, message):
 def test_unknown_stage_in_pipeline(make):
     with pytest.raises(UsageError, match="unknown stage 'deploy-docs'"):
         make({"pipeline": ["package", "deploy-docs"]})
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """Installs fake plugin distributions: {dist name: (entry point value, module source)}."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dists: dict[str, tuple[str, str]]):
+        for dist, (value, source) in dists.items():
+            info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+            info.mkdir()
+            (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+            (info / "entry_points.txt").write_text(f"[deployer.stages]\nnotify = {value}\n")
+            module = value.split(":")[0]
+            (site / f"{module}.py").write_text(source)
+            monkeypatch.delitem(sys.modules, module, raising=False)  # another test's, of that name
+    return install
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import no_such_module\n", "its plugin plug_a:plan cannot be loaded: ModuleNotFoundError"),
+    ("plan = 42\n", "is not a function of the context"),
+    ("def plan(ctx):\n    return 'echo hi'\n", "returned 'echo hi': expected a list of steps"),
+    ("def plan(ctx):\n    return [None]\n", "expected a list of steps"),
+])
+def test_a_broken_plugin_is_a_usage_error_before_anything_runs(make, plugins, source, message):
+    plugins({"plug-a": ("plug_a:plan", source)})
+    with pytest.raises(UsageError, match=message):
+        make({"pipeline": ["package", "notify"]})
+
+
+def test_two_plugins_for_one_stage_name_are_refused(make, plugins):
+    plugins({"plug-a": ("plug_a:plan", "def plan(ctx):\n    return ()\n"),
+             "plug-b": ("plug_b:plan", "def plan(ctx):\n    return ()\n")})
+    with pytest.raises(UsageError, match="registered by more than one installed plugin: plug_a:plan, plug_b:plan"):
+        make({"pipeline": ["package", "notify"]})
+
+
+def test_a_skipped_stage_needs_no_plugin_on_this_runner(make):
+    _, stages = make({"pipeline": ["package", "notify"]}, skip=("notify",))
+    assert list(stages) == ["package"]
 
 
 def test_example_targets_file_is_valid():
