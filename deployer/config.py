@@ -136,6 +136,7 @@ class Target:
     parallel: int
     relay: bool
     keep_releases: int
+    protected: bool  # `deployer destroy` refuses it (alpha, production)
     deploy_root: str
     vpn: Vpn
     apache: Apache
@@ -317,9 +318,12 @@ def _vpn_secret_files(config: str) -> list[str]:
 
 _TARGET_KEYS = {
     "transport", "hosts", "user", "port", "identity_file", "known_hosts",
-    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "deploy_root",
-    "vpn", "apache", "migrate", "shared", "health", "package", "template", "vars", "pipeline", "stages", "hooks",
+    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "protected",
+    "deploy_root", "vpn", "apache", "migrate", "shared", "health", "package", "template", "vars", "pipeline",
+    "stages", "hooks",
 }
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(base)
@@ -426,6 +430,7 @@ class _Reader:
             relay=self.boolean(t.get("relay", True), f"{path}/relay"),
             # Two at least: the live release and the one a rollback goes back to.
             keep_releases=self.integer(t.get("keep_releases", 5), f"{path}/keep_releases", 2, 1000),
+            protected=self.boolean(t.get("protected", False), f"{path}/protected"),
             deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
             vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
             apache=apache,

@@ -312,7 +312,7 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 HOST = "hosts: [web1.alpha.internal]"
 UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, health, hooks, hosts,"
            " identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel, pipeline,"
-           " port, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
+           " port, protected, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
