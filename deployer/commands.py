@@ -7,11 +7,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from deployer import __version__, context, instance, names, plan, scaffold
+from deployer import __version__, context, instance, names, plan, scaffold, steps
 from deployer.cli import Run, guarded
-from deployer.config import load
+from deployer.config import CATCH_ALL, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import QuietReporter
 
@@ -54,6 +55,33 @@ def parser() -> argparse.ArgumentParser:
                           " DIRECTORY (default: here), a starting point to edit. Nothing is written if either"
                           " is there already.", allow_abbrev=False)
     init.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
+    listing = sub.add_parser("list", help="every instance on a target's hosts: who deployed what, when, where",
+                             description="Every instance deployer made on the hosts of CONFIG_NAME's target"
+                             " (default: the catch-all entry \"*\", where demo instances go): its hostname, live"
+                             " release, when and by whom it was deployed, and where hosts disagree.",
+                             allow_abbrev=False)
+    listing.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
+                         help="any instance of the target whose hosts to list (default: the catch-all entry)")
+    listing.add_argument("--targets", default="targets.yaml", metavar="PATH",
+                         help="the targets file (default: ./targets.yaml)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    destroy = sub.add_parser(
+        "destroy", help="remove an instance from every host (or every unprotected one older than --older-than)",
+        description="Remove an instance from every host of its target: its site disabled and its vhost removed,"
+        " Apache checked and reloaded, then its releases, live path and shared files removed. Asks first on a"
+        " terminal (--yes otherwise); refuses targets marked protected: true in targets.yaml.",
+        allow_abbrev=False)
+    destroy.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
+                         help="the instance; with --older-than, any instance of the target whose hosts to look on"
+                         " (default: the catch-all entry)")
+    destroy.add_argument("--older-than", type=_age, metavar="AGE",
+                         help="every unprotected instance whose last deploy is older than AGE (14d, 12h, 2w)")
+    destroy.add_argument("--keep-shared", action="store_true",
+                         help="keep the instance's shared files (database, uploads) in <root>/<name>.shared")
+    destroy.add_argument("--targets", default="targets.yaml", metavar="PATH",
+                         help="the targets file (default: ./targets.yaml)")
+    destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    destroy.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"), default="auto")
     for name, help in (("releases", "the releases each host keeps, the live one marked, and where hosts disagree"),
                        ("history", "the instance's runs as each host recorded them, oldest first")):
         c = command(name, help)
@@ -77,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _age(text: str) -> float:
+    try:
+        return instance.parse_age(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) > 86400:
         raise argparse.ArgumentTypeError(f"expected a whole number, at most 86400: {text!r}")
@@ -91,10 +126,11 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command == "init":
         return _init(args.directory, stdout)
-    if args.command in ("releases", "history"):
+    if args.command in ("releases", "history", "list"):
         # The answer on stdout; what went wrong reaching the hosts, on stderr.
-        return guarded("quiet", sys.stderr, lambda run: _show(args, run, stdout))
-    body = _rollback if args.command == "rollback" else _unlock
+        show = _list if args.command == "list" else _show
+        return guarded("quiet", sys.stderr, lambda run: show(args, run, stdout))
+    body = {"rollback": _rollback, "unlock": _unlock, "destroy": _destroy}[args.command]
     return guarded(args.output, stdout, lambda run: body(args, run, stdin or sys.stdin))
 
 
@@ -116,16 +152,24 @@ def _instance(args) -> tuple[str, object]:
     return name, load(args.targets).resolve(name)
 
 
-def _read(ctx: context.Context, history: int = 20) -> dict[str, instance.HostState]:
-    """Every host's state, through the target's VPN; read-only, no lock.
-    Only what goes wrong is shown (on stderr)."""
+def _executor(ctx: context.Context, reporter):
+    # Here, not at the top: paramiko's import alone is a tenth of a second.
     from deployer.executor import Executor
 
-    the_plan = plan.read(ctx, history)
-    executor = Executor(ctx, QuietReporter(sys.stderr), min(ctx.target.parallel, len(ctx.host_names)))
+    return Executor(ctx, reporter, min(ctx.target.parallel, len(ctx.host_names)))
+
+
+def _outputs(ctx: context.Context, the_plan: steps.Plan) -> dict[str, str]:
+    """Run a read-only plan whose last step prints what each host holds: its
+    output per host. Only what goes wrong is shown (on stderr)."""
+    executor = _executor(ctx, QuietReporter(sys.stderr))
     executor.run(the_plan)
-    step = the_plan.stages[-1][1][0]
-    return {h: instance.parse(r.stdout) for h, r in executor.outputs(step).items()}
+    return {h: r.stdout for h, r in executor.outputs(the_plan.stages[-1][1][0]).items()}
+
+
+def _read(ctx: context.Context, history: int = 20) -> dict[str, instance.HostState]:
+    """Every host's state, through the target's VPN; read-only, no lock."""
+    return {h: instance.parse(out) for h, out in _outputs(ctx, plan.read(ctx, history)).items()}
 
 
 def _show(args, run: Run, stdout) -> str:
@@ -218,9 +262,7 @@ def _rollback(args, run: Run, stdin) -> str:
         for stage, step in the_plan.steps():
             run.reporter.planned(stage, step)
         return ""
-    from deployer.executor import Executor
-
-    run.executor = Executor(ctx, run.reporter, min(target.parallel, len(target.hosts)))
+    run.executor = _executor(ctx, run.reporter)
     run.executor.previous = {h: s.live for h, s in states.items()}
     run.executor.run(the_plan)
     return run.executor.serving(True)
@@ -257,11 +299,141 @@ def _unlock(args, run: Run, stdin) -> str:
     # The history's release column says which run this one undid.
     ctx = context.for_instance(name, target, "unlock", release=f"run {gone}")
     run.reporter.start(name, "", ctx.release, False, action="unlock")
-    from deployer.executor import Executor
-
-    run.executor = Executor(ctx, run.reporter, min(target.parallel, len(target.hosts)))
+    run.executor = _executor(ctx, run.reporter)
     run.executor.run(plan.unlock(ctx, gone))
     return f"unlocked: what run {gone} left is undone on every host"
+
+
+def _list(args, run: Run, stdout) -> str:
+    name, target = _hosts_of(args)
+    run.report_to(frozenset())
+    found = _instances(name, target)
+    now = datetime.now(UTC)
+    if args.json:
+        stdout.write(json.dumps([{"name": i.name, "hostname": _field(i, "hostname"), "live": sorted(i.lives),
+                                  "deployed": _field(i, "time"), "by": _by(i), "age_seconds": i.age(now),
+                                  "hosts": {h: f.live or None for h, f in i.hosts.items()},
+                                  "protected": _protected(args, i.name), "problems": i.problems()}
+                                 for i in found], indent=2) + "\n")
+    else:
+        stdout.write(_instances_table(found, now, args) + "\n")
+    return f"read every host of target {target.entry!r}"
+
+
+def _hosts_of(args) -> tuple[str, object]:
+    """The config name whose target's hosts a command looks on, and that target."""
+    targets = load(args.targets)
+    if args.config_name:
+        name = names.config_name(args.config_name)
+        return name, targets.resolve(name)
+    if CATCH_ALL not in targets.entries:
+        raise UsageError(f"{args.targets}: no catch-all entry {CATCH_ALL!r}: name an instance whose target's"
+                         " hosts to look on")
+    return CATCH_ALL, targets.resolve(CATCH_ALL)
+
+
+def _instances(name: str, target) -> list[instance.Instance]:
+    ctx = context.for_instance(name if name != CATCH_ALL else "list", target, "list")
+    return instance.merge({h: instance.parse_instances(out)
+                           for h, out in _outputs(ctx, plan.instances(ctx)).items()})
+
+
+def _field(i: instance.Instance, key: str) -> str:
+    return i.last[key] if i.last and i.last[key] not in ("", "-") else ""
+
+
+def _by(i: instance.Instance) -> str:
+    """Who deployed it last: the CI build, else user@machine."""
+    return _field(i, "ci") or _field(i, "who").split(" (")[0]
+
+
+def _protected(args, name: str) -> bool:
+    return load(args.targets).resolve(name).protected
+
+
+def _instances_table(found: list[instance.Instance], now: datetime, args) -> str:
+    if not found:
+        return "(no instances)"
+    rows = [("instance", "hostname", "live release", "deployed", "by", "hosts", "")]
+    for i in found:
+        age = i.age(now)
+        lives = sorted(i.lives - {""})
+        rows.append((i.name + (" (protected)" if _protected(args, i.name) else ""), _field(i, "hostname") or "-",
+                     lives[0] if len(lives) == 1 else ("-" if not lives else "(differ)"),
+                     f"{_field(i, 'time') or '-'}" + (f" ({_ago(age)} ago)" if age is not None else ""),
+                     _by(i) or "-", f"{len(i.hosts)}/{len(i.every_host)}", "; ".join(i.problems())))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= 2 * size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
+
+
+def _destroy(args, run: Run, stdin) -> str:
+    if args.older_than is None:
+        if not args.config_name:
+            raise UsageError("name the instance to destroy, or give --older-than AGE")
+        name = names.config_name(args.config_name)
+        target = load(args.targets).resolve(name)
+        _refuse_protected(name, target)
+        run.report_to(frozenset())
+        states = _read(context.for_instance(name, target, "destroy"))
+        if not any(s.live or s.releases or s.lock or s.history for s in states.values()):
+            return f"{name}: no such instance on any host of target {target.entry!r}; nothing to do"
+        lives = sorted({s.live for s in states.values()} - {""})
+        confirm(f"Destroy instance {name} (live release {', '.join(lives) or 'none'}) on"
+                f" {', '.join(states)}? Its site is disabled and its vhost removed, Apache reloaded, then its"
+                f" releases{'' if args.keep_shared else ' and its shared files (database, uploads)'} removed.",
+                args.yes, stdin, run.stdout)
+        return _destroy_one(name, target, args.keep_shared, run)
+    where, target = _hosts_of(args)
+    run.report_to(frozenset())
+    now = datetime.now(UTC)
+    found = _instances(where, target)
+    old = [i for i in found if (age := i.age(now)) is not None and age > args.older_than]
+    chosen = [i for i in old if not _protected(args, i.name)]
+    for i in old:
+        if i not in chosen:
+            run.reporter.note(f"{i.name} is older, but protected: true in {args.targets}: kept")
+    if not chosen:
+        return f"no unprotected instance on target {target.entry!r}'s hosts is older than {_ago(args.older_than)}"
+    confirm(f"Destroy these {len(chosen)} instance(s), last deployed more than {_ago(args.older_than)} ago:\n"
+            + "\n".join(f"  {i.name} ({_field(i, 'hostname') or 'no hostname'}, {_ago(i.age(now) or 0)} ago)"
+                        for i in chosen)
+            + f"\nEach one's site is disabled, Apache reloaded, and its releases"
+              f"{'' if args.keep_shared else ' and shared files'} removed.", args.yes, stdin, run.stdout)
+    failed = []
+    for i in chosen:
+        # One at a time, each under its own lock: a failure leaves it as it was, and the others go on.
+        own = load(args.targets).resolve(i.name)
+        try:
+            _destroy_one(i.name, own, args.keep_shared, run)
+        except DeployError as e:
+            failed.append(i.name)
+            run.reporter.note(f"{i.name}: not destroyed: {e}")
+    if failed:
+        raise DeployError(f"not destroyed: {', '.join(failed)} (see above); the others are gone")
+    return f"destroyed {len(chosen)} instance(s): {', '.join(i.name for i in chosen)}"
+
+
+def _refuse_protected(name: str, target) -> None:
+    if target.protected:
+        raise UsageError(f"{name} uses target {target.entry!r}, which is protected: true in targets.yaml;"
+                         " deployer never destroys it")
+
+
+def _destroy_one(name: str, target, keep_shared: bool, run: Run) -> str:
+    _refuse_protected(name, target)
+    ctx = context.for_instance(name, target, "destroy")
+    run.reporter.start(name, "", "", False, action="destroy")
+    run.executor = _executor(ctx, run.reporter)
+    run.executor.run(plan.destroy(ctx, keep_shared))
+    return f"{name} is gone from every host"
 
 
 def confirm(question: str, yes: bool, stdin, stdout) -> None:

@@ -264,7 +264,7 @@ class Executor:
             # Only what the step did: a failed `mkdir` of an existing release
             # must not lead to removing that release.
             if isinstance(step, steps.Run) and result.ok and step.undo is not None:
-                self.record(_Undo(host, f"undo {step.title}", step.undo))
+                self.record(_Undo(host, f"undo {step.title}", step.undo, keep=step.keep))
             took = StepResult(result, time.monotonic() - started[j])
 
             def report() -> None:
@@ -613,7 +613,8 @@ class Executor:
         waiting for the lock takes it there first."""
         after = [(step.hosts, f"timeout -k 5 {AFTER_LIMIT} {step.command.line()}")
                  for step in plan.after] if outcome == "done" else []
-        release = plan.lock.finish(context.history_line(self.ctx, outcome)).line() if plan.lock else None
+        release = (plan.lock.finish(context.history_line(self.ctx, outcome), outcome == "done").line()
+                   if plan.lock else None)
         lines = {h: " ; ".join([*self.pending_keep.get(h, []), *(a for hosts, a in after if h in hosts),
                                 *([release] if release and h in self.locked else [])])
                  for h in self.transports}

@@ -466,9 +466,10 @@ fi
 # lock released, if this run holds it (never another's). A history line is
 # one write of less than PIPE_BUF bytes in append mode: whole, never mixed
 # with another's.
-_FINISH = r"""state=$1 run=$2 line=$3
+_FINISH = r"""state=$1 run=$2 line=$3 forget=${4-}
 [ -d "$state" ] && [ ! -L "$state" ] || exit 0
 if [ "$(head -n 1 -- "$state/lock/owner" 2> /dev/null)" != "$run" ]; then exit 0; fi
+if [ "$forget" = 1 ]; then rm -rf -- "$state"; exit; fi
 [ -z "$line" ] || printf '%s\n' "$line" >> "$state/history"
 rm -rf -- "$state/lock"
 """
@@ -517,6 +518,78 @@ if [ -d "$state/lock" ]; then
 fi
 if [ -f "$state/history" ]; then tail -n "$lines" -- "$state/history" | sed 's/^/history /'; fi
 exit 0
+"""
+
+# Every instance deployer made under a deploy root, one line each,
+# tab-separated: name, live release ("-"), releases kept, its vhost
+# (enabled, available or -), the lock's age in seconds (-), the live link's
+# age in seconds (-); then, for each, the last line of its history that
+# made a release live. Names that are not config names are not deployer's.
+_INSTANCES = r"""root=$1 apache=$2 mark=$3
+cd -- "$root" 2> /dev/null || exit 0
+now=$(date +%s)
+for d in *.releases *.deployer; do
+    [ -d "$d" ] && [ ! -L "$d" ] && printf '%s\n' "${d%.*}"
+done | grep -E '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' | sort -u | while IFS= read -r n; do
+    live=$(readlink -- "$n" 2> /dev/null) && live=${live##*/} || live=-
+    count=$(ls -1 -- "$n.releases" 2> /dev/null | grep -cE '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$')
+    vhost=-
+    if [ -f "$apache/sites-available/$n.conf" ] && [ ! -L "$apache/sites-available/$n.conf" ] &&
+            [ "$(head -n 1 -- "$apache/sites-available/$n.conf" 2> /dev/null)" = "$(printf "$mark" "$n")" ]; then
+        vhost=available
+        [ -L "$apache/sites-enabled/$n.conf" ] && vhost=enabled
+    fi
+    lock=-
+    [ -d "$n.deployer/lock" ] && lock=$((now - $(stat -c %Y -- "$n.deployer/lock")))
+    since=-
+    [ -L "$n" ] && since=$((now - $(stat -c %Y -- "$n")))
+    printf 'instance\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$live" "$count" "$vhost" "$lock" "$since"
+    awk -F '\t' '$3 == "done" && $4 ~ /^[0-9]+T[0-9]+Z-[0-9a-f]+$/ { last = $0 }
+        END { if (last != "") print last }' "$n.deployer/history" 2> /dev/null | sed "s/^/last\t$n\t/"
+done
+exit 0
+"""
+
+# Destroy, before Apache reloads: the instance's site disabled, then its
+# vhost removed, each kept in `work` for the undo in the layout relink and
+# install keep (restore_link and restore put them back). Only a link, and
+# only a vhost whose first line is deployer's mark, are removed.
+_UNLINK = r"""set -eu
+path=$1 work=$2
+if [ -L "$path" ]; then
+    mkdir -m 700 -- "$work"
+    readlink -- "$path" > "$work/previous"
+    rm -f -- "$path"
+elif [ -e "$path" ]; then
+    echo "$path is not a symbolic link; deployer will not remove it" >&2
+    exit 1
+fi
+"""
+
+_REMOVE_FILE = r"""set -eu
+path=$1 mark=$2 work=$3
+if [ -L "$path" ] || { [ -e "$path" ] && { [ ! -f "$path" ] || [ "$(head -n 1 -- "$path")" != "$mark" ]; }; }; then
+    echo "$path was not written by deployer; deployer will not remove it" >&2
+    exit 1
+fi
+if [ -e "$path" ]; then
+    mkdir -m 700 -- "$work"
+    ln -T -- "$path" "$work/previous"
+    rm -f -- "$path"
+fi
+"""
+
+# Destroy, once Apache no longer serves the instance: its releases, live
+# path, what it kept for an undo, and (unless kept) its shared files. The
+# live path is removed only as the link deployer made.
+_PURGE = r"""live=$1 releases=$2 shared=$3
+if [ -L "$live" ]; then rm -f -- "$live"
+elif [ -e "$live" ]; then echo "$live is not a symbolic link; deployer left it" >&2; fi
+for p in "$releases" "$shared"; do
+    [ -n "$p" ] || continue
+    if [ -L "$p" ]; then rm -f -- "$p"; elif [ -d "$p" ]; then rm -rf -- "$p"; fi
+done
+rm -rf -- "$live".deployer-*
 """
 
 # Before a rollback changes anything: the release is whole and keeps its
@@ -781,9 +854,10 @@ def discard_run(releases: str, live: str, run_id: str) -> Command:
     return _program("deployer-discard-run", _DISCARD_RUN, releases, live, run_id)
 
 
-def finish(state: str, run_id: str, line: str) -> Command:
-    """Append `line` to the history and release the lock, if `run_id` holds it."""
-    return _program("deployer-finish", _FINISH, state, run_id, line)
+def finish(state: str, run_id: str, line: str, forget: bool = False) -> Command:
+    """Append `line` to the history and release the lock, if `run_id` holds
+    it; with `forget`, remove the instance's whole state instead."""
+    return _program("deployer-finish", _FINISH, state, run_id, line, *(["1"] if forget else []))
 
 
 def prune(releases: str, live: str, keep: int, history: str) -> Command:
@@ -794,6 +868,27 @@ def prune(releases: str, live: str, keep: int, history: str) -> Command:
 def state(live: str, releases: str, state_dir: str, lines: int, record: str) -> Command:
     """Print what the instance's host holds (see _STATE)."""
     return _program("deployer-state", _STATE, live, releases, state_dir, str(lines), record)
+
+
+def instances(root: str, apache_dir: str, mark: str) -> Command:
+    """Every instance under `root` (see _INSTANCES); `mark` is the vhost's
+    first line with %s for the name."""
+    return _program("deployer-instances", _INSTANCES, root, apache_dir, mark)
+
+
+def unlink(path: str, work: str) -> Command:
+    """Remove the symlink `path`, if there is one, kept in `work` for restore_link."""
+    return _program("deployer-unlink", _UNLINK, path, work)
+
+
+def remove_file(path: str, mark: str, work: str) -> Command:
+    """Remove the file deployer wrote at `path`, if there is one, kept in `work` for restore."""
+    return _program("deployer-remove-file", _REMOVE_FILE, path, mark, work)
+
+
+def purge(live: str, releases: str, shared: str) -> Command:
+    """Remove an instance's code, and `shared` unless it is ""."""
+    return _program("deployer-purge", _PURGE, live, releases, shared)
 
 
 def can_activate(live: str, release: str, record: str, seen: tuple[str, ...]) -> Command:

@@ -5,7 +5,8 @@ rollback goes back to."""
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from deployer import context, names
 from deployer.errors import DeployError
@@ -46,9 +47,7 @@ def parse(stdout: str) -> HostState:
             lock_run = run
             lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
         elif kind == "history":
-            values = rest.split("\t")
-            history.append(dict(zip(HISTORY_FIELDS, values + [""] * (len(HISTORY_FIELDS) - len(values)),
-                                    strict=True)))
+            history.append(_entry(rest))
     return HostState(live, tuple(releases), lock, lock_run, tuple(history))
 
 
@@ -119,3 +118,101 @@ def previous_live(state: HostState) -> str:
         if release < state.live:
             return release
     return ""
+
+
+@dataclass(frozen=True)
+class Found:
+    """One instance as one host holds it (see hostscripts.instances)."""
+
+    live: str  # "" when none is
+    releases: int
+    vhost: str  # "enabled", "available" or ""
+    lock_age: int | None  # seconds, None when not locked
+    live_age: int | None  # seconds since the live path was switched, by the host's clock
+    last: dict[str, str] | None  # the last history line that made a release live
+
+
+def parse_instances(stdout: str) -> dict[str, Found]:
+    found: dict[str, Found] = {}
+    last: dict[str, dict[str, str]] = {}
+    for row in stdout.splitlines():
+        kind, _, rest = row.partition("\t")
+        if kind == "instance":
+            name, live, count, vhost, lock, since = (rest.split("\t") + [""] * 6)[:6]
+            found[name] = Found("" if live == "-" else live, int(count) if count.isdigit() else 0,
+                                "" if vhost == "-" else vhost, int(lock) if lock.isdigit() else None,
+                                int(since) if since.isdigit() else None, None)
+        elif kind == "last":
+            name, _, line = rest.partition("\t")
+            last[name] = _entry(line)
+    return {n: replace(f, last=last.get(n)) for n, f in found.items()}
+
+
+def _entry(line: str) -> dict[str, str]:
+    """A history line (context.history_line) by field name."""
+    values = line.split("\t")
+    return dict(zip(HISTORY_FIELDS, values + [""] * (len(HISTORY_FIELDS) - len(values)), strict=True))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance across a target's hosts."""
+
+    name: str
+    hosts: dict[str, Found]  # the hosts that have it
+    every_host: tuple[str, ...]
+
+    @property
+    def last(self) -> dict[str, str] | None:
+        """The newest deploy or rollback that made a release live, on any host."""
+        lines = [f.last for f in self.hosts.values() if f.last]
+        return max(lines, key=lambda e: e["time"]) if lines else None
+
+    @property
+    def lives(self) -> set[str]:
+        return {f.live for f in self.hosts.values()}
+
+    def age(self, now: datetime) -> float | None:
+        """Seconds since a release of it last went live: by the history (the
+        runner's clock, as this one), else by the live link's time on the host."""
+        last = self.last
+        if last:
+            try:
+                when = datetime.strptime(last["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                pass
+            else:
+                return (now - when).total_seconds()
+        ages = [f.live_age for f in self.hosts.values() if f.live_age is not None]
+        return float(min(ages)) if ages else None
+
+    def problems(self) -> list[str]:
+        """What differs between its hosts, or is only half there."""
+        out = []
+        missing = [h for h in self.every_host if h not in self.hosts]
+        if missing:
+            out.append(f"missing on {', '.join(missing)}")
+        if len(self.lives) > 1:
+            out.append("hosts disagree: " + ", ".join(f"{h} serves {f.live or 'nothing'}"
+                                                      for h, f in self.hosts.items()))
+        disabled = [h for h, f in self.hosts.items() if f.vhost != "enabled"]
+        if disabled:
+            out.append(f"site not enabled on {', '.join(disabled)}")
+        if any(f.lock_age is not None for f in self.hosts.values()):
+            out.append("locked")
+        return out
+
+
+def merge(found: dict[str, dict[str, Found]]) -> list[Instance]:
+    """Per host {name: Found} into one Instance per name, by name."""
+    every = tuple(found)
+    names = sorted({n for per_host in found.values() for n in per_host})
+    return [Instance(n, {h: per_host[n] for h, per_host in found.items() if n in per_host}, every) for n in names]
+
+
+def parse_age(text: str) -> float:
+    """`14d`, `12h`, `30m`, `2w`, `90s`: seconds."""
+    m = re.fullmatch(r"([0-9]{1,6})([smhdw])", text.strip())
+    if not m:
+        raise ValueError(f"expected an age such as 14d, 12h, 2w or 30m, got {text!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]

@@ -176,6 +176,9 @@ class PlainReporter(Reporter):
     """Plain lines, for logs and pipes: everything, in order, no colour."""
 
     def start(self, name, hostname, release, dry_run, action="deploy"):
+        if action == "destroy":
+            self.write(f"{'dry run: would destroy' if dry_run else 'destroying'} {name}")
+            return
         what = {"deploy": ("deploying", "dry run: would deploy"),
                 "rollback": ("rolling back", "dry run: would roll back"),
                 "unlock": ("unlocking", "dry run: would unlock")}[action][dry_run]

@@ -1,5 +1,7 @@
 """From a Context to a Plan: the selected stages in order, hooks around each."""
 
+from dataclasses import replace
+
 from deployer import hostscripts, steps
 from deployer import stages as stage_lib
 from deployer.context import Context
@@ -56,6 +58,22 @@ def unlock(ctx: Context, run_id: str) -> Plan:
     """The lock of run `run_id`, gone, taken over, and what it left undone."""
     lock = stage_lib.lock(ctx, takes_over=run_id)
     return Plan((("vpn", stage_lib.vpn(ctx)), ("unlock", (lock, *stage_lib.undo_run(ctx, run_id)))), lock=lock)
+
+
+def destroy(ctx: Context, keep_shared: bool) -> Plan:
+    """Instance `ctx.name` gone from every host: its site first, then (the
+    run having succeeded) its files and, with the lock, its state."""
+    lock = replace(stage_lib.lock(ctx), forgets=True)
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", (lock, *stage_lib.retire(ctx)))), lock=lock,
+                after=(stage_lib.purge(ctx, keep_shared),))
+
+
+def instances(ctx: Context) -> Plan:
+    """Every instance under the target's deploy root, on every host; read-only."""
+    step = steps.Run("read the instances", ctx.host_names,
+                     command=hostscripts.instances(ctx.target.deploy_root, ctx.target.apache.dir,
+                                                   stage_lib.owner_mark("%s")))
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
 
 
 def _before_first_on_hosts(built, lock):

@@ -211,6 +211,36 @@ def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
     )
 
 
+def retire(ctx: Context) -> tuple[steps.Step, ...]:
+    """Destroy, while it can still be undone: the site disabled and its vhost
+    removed on every host, then Apache checked and reloaded. A failure puts
+    both back, and the reload runs again: every other site keeps serving."""
+    apache, conf, hosts = ctx.target.apache, f"{ctx.name}.conf", ctx.host_names
+    enabled = posixpath.join(apache.dir, "sites-enabled")
+    available = posixpath.join(apache.dir, "sites-available")
+    work = f".{conf}.deployer-{ctx.run_id}"
+    link, link_work = posixpath.join(enabled, conf), posixpath.join(enabled, work)
+    vhost, vhost_work = posixpath.join(available, conf), posixpath.join(available, work)
+    return (
+        steps.Run(f"disable site {conf}", hosts, waits=False, command=hostscripts.unlink(link, link_work),
+                  undo=hostscripts.restore_link(link, link_work), keep=hostscripts.forget(link_work)),
+        steps.Run(f"remove vhost sites-available/{conf}", hosts, waits=False,
+                  command=hostscripts.remove_file(vhost, owner_mark(ctx.name), vhost_work),
+                  undo=hostscripts.restore(vhost, vhost_work), keep=hostscripts.forget(vhost_work)),
+        _configtest(ctx, waits=False),
+        steps.Run("apache graceful", hosts, command=Command.of((*apache.ctl, "graceful")), again_after_undo=True),
+    )
+
+
+def purge(ctx: Context, keep_shared: bool) -> steps.Run:
+    """Destroy, once every host has stopped serving the instance: its code,
+    and its shared files unless they are kept."""
+    what = "releases and live path" + ("" if keep_shared else f", and its shared files in {ctx.shared_dir}")
+    return steps.Run(f"remove {ctx.name}'s {what}", ctx.host_names,
+                     command=hostscripts.purge(ctx.deploy_path, ctx.releases_dir,
+                                               "" if keep_shared else ctx.shared_dir))
+
+
 def prune(ctx: Context) -> steps.Run:
     keep = ctx.target.keep_releases
     return steps.Run(f"keep the newest {keep} releases, the live one and the one before it", ctx.host_names,

@@ -52,6 +52,7 @@ class Run(Step):
 
     command: Command = field(default_factory=Command)
     undo: Command | None = None
+    keep: Command | None = None  # once the run has succeeded: what `undo` would have needed goes
     timeout: float | None = None  # seconds; None: the target's step_timeout
     # If the run is undone after this step began on a host, it runs there
     # again once the undo is done: a reload then reads back what was.
@@ -77,13 +78,16 @@ class Lock(Step):
     wait: int = 0
     hint: str = ""  # what to do about a lock that is held
     takes_over: str = ""  # the id of a run that is gone, whose lock this one takes over
+    # The run removes the instance: if it succeeds, its state (history
+    # included) goes with the lock, and no trace of the instance is left.
+    forgets: bool = False
 
     def command(self, first: bool) -> Command:
         wait = self.wait if first else max(self.wait, OTHER_HOSTS_WAIT)
         return hostscripts.lock(self.state, self.run_id, self.owner, wait, not first, self.hint, self.takes_over)
 
-    def finish(self, line: str) -> Command:
-        return hostscripts.finish(self.state, self.run_id, line)
+    def finish(self, line: str, done: bool) -> Command:
+        return hostscripts.finish(self.state, self.run_id, line, forget=self.forgets and done)
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,37 @@ def test_demo_instance_beside_alpha(site):
         assert site.health(i, "alpha")["instance"] == "alpha"
 
 
+def test_list_then_destroy_a_demo_on_every_host_while_alpha_serves(site):
+    assert site.deploy("alpha")[0] == 0
+    assert site.deploy("demo-x")[0] == 0
+    listed = subprocess.run([sys.executable, "-m", "deployer.commands", "list", "--targets", str(site.targets),
+                             "--json"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {"alpha", "demo-x"}
+    assert rows["demo-x"]["hostname"] == "demo-x.example.test"
+    assert set(rows["demo-x"]["hosts"]) == set(site.lab.addresses) and rows["demo-x"]["problems"] == []
+    assert_vpn_down(site.lab)
+    alpha = [tree_digest(h.path("/var/www/alpha.releases")) for h in site.lab.hosts]
+    proc = subprocess.run([sys.executable, "-m", "deployer.commands", "destroy", "demo-x", "--yes",
+                           "--targets", str(site.targets), "--output", "plain"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in site.lab.hosts:
+        for path in ("/var/www/demo-x", "/var/www/demo-x.releases", "/var/www/demo-x.deployer",
+                     "/etc/apache2/sites-available/demo-x.conf", "/etc/apache2/sites-enabled/demo-x.conf"):
+            assert not os.path.lexists(h.path(path)), path
+    assert not (site.lab.shared_dir / "demo-x.shared").exists()
+    assert [tree_digest(h.path("/var/www/alpha.releases")) for h in site.lab.hosts] == alpha
+    for i in range(len(site.lab.hosts)):
+        assert site.health(i, "alpha")["instance"] == "alpha"
+        # Apache reloaded without it: no daemon of demo-x answers its name.
+        with site.lab.vpn_client(log=site.tmp / f"gone-{i}.log"):
+            _, _, body = site.lab.http_get(i, "/health", host="demo-x.example.test")
+        assert '"instance": "demo-x"' not in body
+    assert_vpn_down(site.lab)
+
+
 def test_dry_run_changes_nothing_and_opens_no_vpn(site):
     assert site.deploy("alpha")[0] == 0
     before = site.hosts_digest()
