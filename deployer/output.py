@@ -7,6 +7,7 @@ line). Every text goes through `redact` first, so a secret never reaches any
 of them.
 """
 
+import hashlib
 import json
 import os
 import threading
@@ -115,6 +116,7 @@ class Reporter:
     def __init__(self, stream: IO[str], secrets: frozenset[str] = frozenset()):
         self.stream = stream
         self.secrets = tuple(s for s in secrets if s)
+        self.tally = Tally()
 
     def redact(self, text: str) -> str:
         """`text` with every secret masked, also where two overlap, and the end
@@ -164,6 +166,52 @@ class Reporter:
     def finished(self, exit_code: int, error: str | None, summary: str = "") -> None: ...
 
 
+@dataclass
+class HostTally:
+    stages: list[str]
+    seconds: float = 0.0
+    failed: str = ""  # the stage of the first step that failed there
+
+
+class Tally:
+    """Per host (and the runner): the stages it took part in, the time its
+    steps took, and where it failed; for the summary at the end."""
+
+    def __init__(self):
+        self.hosts: dict[str, HostTally] = {}
+        self.lock = threading.Lock()
+
+    def add(self, stage: str, host: str, r: "StepResult") -> None:
+        with self.lock:
+            t = self.hosts.setdefault(host or "runner", HostTally([]))
+            if stage not in t.stages:
+                t.stages.append(stage)
+            t.seconds += r.seconds
+            if not r.result.ok and not t.failed:
+                t.failed = stage
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        return [(h, ", ".join(t.stages), f"{t.seconds:.1f}s", f"FAILED in {t.failed}" if t.failed else "ok")
+                for h, t in self.hosts.items()]
+
+    def as_json(self) -> dict:
+        return {h: {"stages": t.stages, "seconds": round(t.seconds, 3), "failed_in": t.failed or None}
+                for h, t in self.hosts.items()}
+
+
+def failure_lines(step: steps.Step, r: Result, redact) -> list[str]:
+    """What a person needs of a step that failed on a host: the command, and
+    the end of what it printed (stderr last, where the error is)."""
+    lines = []
+    if isinstance(step, steps.Run):
+        # A command from targets.yaml as written there; one of deployer's, its start.
+        c = step.command
+        command = redact(f"{c.shell}  (in {c.cwd})" if c.shell is not None and c.cwd else c.shell or c.line())
+        lines.append(f"$ {command if len(command) <= 300 else command[:300] + ' ...'}")
+    output = [line for line in redact(r.stdout + r.stderr).splitlines() if line.strip()]
+    return lines + output[-40:]
+
+
 def _where(step: steps.Step, host: str | None = None) -> str:
     if host is not None:
         return host or "runner"
@@ -194,15 +242,27 @@ class PlainReporter(Reporter):
             self.write(f"      {line}")
 
     def step_finished(self, stage, step, host, r):
+        self.tally.add(stage, host, r)
         status = "ok" if r.result.ok else f"FAILED (exit {r.result.exit_code})"
         self.write(f"  {step.title} [{_where(step, host)}]: {status} in {r.seconds:.1f}s")
-        for line in self.output_lines(r.result)[-40:]:
+        lines = self.output_lines(r.result)[-40:] if r.result.ok else failure_lines(step, r.result, self.redact)
+        for line in lines:
             self.write(f"      {line}")
 
     def note(self, text):
         self.write(f"!! {text}")
 
+    def summary_table(self) -> None:
+        rows = self.tally.rows()
+        if not rows:
+            return
+        rows = [("host", "stages", "time", "result"), *rows]
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        for r in rows:
+            self.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
     def finished(self, exit_code, error, summary=""):
+        self.summary_table()
         if error:
             self.write(f"error: {error}")
         if summary or not error:
@@ -219,6 +279,9 @@ class QuietReporter(PlainReporter):
     def step_finished(self, stage, step, host, r):
         if not r.result.ok:
             super().step_finished(stage, step, host, r)
+
+    def summary_table(self):
+        pass
 
     def finished(self, exit_code, error, summary=""):
         if error:
@@ -245,21 +308,55 @@ class TeamCityReporter(PlainReporter):
                 self.stream.write(part + "\n")
         self.stream.flush()
 
+    def start(self, name, hostname, release, dry_run, action="deploy"):
+        self.started = time.monotonic()
+        self.problems = 0
+        super().start(name, hostname, release, dry_run, action)
+
     def stage_started(self, stage):
+        self.stage_began = time.monotonic()
         self.tc.blockOpened(stage)
+        self.tc.progressMessage(f"deployer: {stage}")
 
     def stage_finished(self, stage, ok):
         self.tc.blockClosed(stage)
+        if not ok:
+            return
+        # TeamCity charts each key across builds: how long each stage takes (when it succeeds).
+        self.tc.message("buildStatisticValue", key=f"deployer.{stage}.seconds",
+                        value=f"{time.monotonic() - self.stage_began:.3f}")
+
+    def step_finished(self, stage, step, host, r):
+        super().step_finished(stage, step, host, r)
+        if not r.result.ok:
+            # One problem per stage and host, under an identity that stays the
+            # same from build to build, so TeamCity can tell a new failure
+            # from a known one (and mute it).
+            self.problems += 1
+            last = (failure_lines(step, r.result, self.redact) or [""])[-1]
+            self.tc.buildProblem(description=f"{stage} failed on {_where(step, host)}: {last}"[:4000],
+                                 identity=problem_identity(stage, _where(step, host)))
 
     def note(self, text):
         self.tc.message("message", text=self.redact(text), status="WARNING")
 
     def finished(self, exit_code, error, summary=""):
-        if error:
+        if hasattr(self, "started"):
+            self.tc.message("buildStatisticValue", key="deployer.total.seconds",
+                            value=f"{time.monotonic() - self.started:.3f}")
+        if error and not getattr(self, "problems", 0):
             # TeamCity shows the description in the build overview: one line.
             self.tc.buildProblem(description=self.redact(error).splitlines()[0][:4000],
                                  identity=f"deployer-exit-{exit_code}")
         super().finished(exit_code, error, summary)
+
+
+def problem_identity(stage: str, host: str) -> str:
+    """A build problem's identity: TeamCity takes at most 60 characters."""
+    identity = f"deployer:{stage}:{host}"
+    if len(identity) <= 60:
+        return identity
+    return f"deployer:{hashlib.sha256(identity.encode()).hexdigest()[:40]}"
 
 
 class _TextStream:
@@ -311,6 +408,7 @@ class JsonReporter(Reporter):
         self.emit("step_started", stage=stage, step=step.title, host=host)
 
     def step_finished(self, stage, step, host, r):
+        self.tally.add(stage, host, r)
         self.emit("step_finished", stage=stage, step=step.title, host=host, ok=r.result.ok,
                   exit_code=r.result.exit_code, seconds=round(r.seconds, 3),
                   stdout=r.result.stdout, stderr=r.result.stderr)
@@ -319,7 +417,8 @@ class JsonReporter(Reporter):
         self.emit("note", text=text)
 
     def finished(self, exit_code, error, summary=""):
-        self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error, summary=summary)
+        self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error, summary=summary,
+                  hosts=self.tally.as_json())
 
 
 class RichReporter(PlainReporter):
@@ -374,13 +473,14 @@ class RichReporter(PlainReporter):
                 self.live.start()
 
     def step_finished(self, stage, step, host, r):
+        self.tally.add(stage, host, r)
         with self.running_lock:
             self.running.pop((step.title, _where(step, host)), None)
             idle = not self.running
         mark, style = ("✓", "green") if r.result.ok else ("✗", "bold red")
         self._print(f"  {mark} {step.title} [{_where(step, host)}] {r.seconds:.1f}s", style)
         if not r.result.ok:
-            for line in self.output_lines(r.result)[-40:]:
+            for line in failure_lines(step, r.result, self.redact):
                 self._print(f"      {line}", "red")
         if idle and self.live is not None:
             self.live.stop()
@@ -389,7 +489,21 @@ class RichReporter(PlainReporter):
     def note(self, text):
         self._print(f"! {text}", "yellow")
 
+    def summary_table(self):
+        from rich.table import Table
+
+        rows = self.tally.rows()
+        if not rows:
+            return
+        table = Table(box=None, padding=(0, 2), header_style="bold")
+        for column in ("host", "stages", "time", "result"):
+            table.add_column(column)
+        for host, stages, seconds, result in rows:
+            table.add_row(host, stages, seconds, result, style="red" if result != "ok" else "")
+        self.console.print(table)
+
     def finished(self, exit_code, error, summary=""):
+        self.summary_table()
         if error:
             self._print(f"error: {error}", "bold red")
             if summary:

@@ -18,6 +18,8 @@ SECRET = 's3cr3t-Pä55"w\\ord|[x]'
 
 MIGRATE = f"echo migrating with {shlex.quote(SECRET)}"
 TC = re.compile(r"^##teamcity\[(\w+)((?: \w+='(?:[^'|]|\|.)*')*)\]$")
+# The single-value form: ##teamcity[progressMessage 'text'].
+TC_VALUE = re.compile(r"^##teamcity\[(\w+) '((?:[^'|]|\|.)*)'\]$")
 
 
 @pytest.fixture
@@ -52,6 +54,9 @@ def _messages(lines):
     parsed = []
     for line in lines:
         if line.startswith("##teamcity"):
+            if m := TC_VALUE.match(line):
+                parsed.append((m.group(1), {"value": m.group(2)}))
+                continue
             m = TC.match(line)
             assert m, f"malformed service message: {line}"
             attrs = dict(re.findall(r"(\w+)='((?:[^'|]|\|.)*)'", m.group(2)))
@@ -68,6 +73,11 @@ def test_teamcity_blocks_open_and_close_per_stage(local):
     stages = ["package", "upload", "render", "migrate", "restart"]
     assert blocks == [(k, s) for s in stages for k in ("blockOpened", "blockClosed")]
     assert not [m for m in msgs if m[0] == "buildProblem"]
+    assert [a["value"] for kind, a in msgs if kind == "progressMessage"] == [f"deployer: {s}" for s in stages]
+    # A duration per stage, and the whole run's, for TeamCity's charts.
+    stats = {a["key"]: float(a["value"]) for kind, a in msgs if kind == "buildStatisticValue"}
+    assert set(stats) == {f"deployer.{s}.seconds" for s in stages} | {"deployer.total.seconds"}
+    assert sum(v for k, v in stats.items() if k != "deployer.total.seconds") <= stats["deployer.total.seconds"]
 
 
 def test_teamcity_failure_closes_block_and_reports_escaped_problem(local):
@@ -79,8 +89,11 @@ def test_teamcity_failure_closes_block_and_reports_escaped_problem(local):
     assert "restart" not in {name for _, name in blocks}
     problems = [a for kind, a in msgs if kind == "buildProblem"]
     assert len(problems) == 1
-    assert problems[0]["description"].startswith("migrate: ")
-    assert problems[0]["identity"] == "deployer-exit-1"
+    # Named for the stage and host, the same from build to build: TeamCity tells a new problem from a known one.
+    assert problems[0]["description"] == "migrate failed on local: it|'s |[bad|] || now"
+    assert problems[0]["identity"] == "deployer:migrate:local"
+    # No chart point for a stage that failed.
+    assert "deployer.migrate.seconds" not in {a["key"] for kind, a in msgs if kind == "buildStatisticValue"}
     # The stage's stderr is in the log, escaped where it sits inside a message.
     assert any("it's [bad] | now" in line for line in lines if not line.startswith("##"))
 
@@ -189,3 +202,36 @@ def test_a_file_name_with_a_line_break_cannot_forge_a_line_of_the_plan():
     lines = details(steps.Build("package", source="/src", dest="/w/a.tgz", manifest=manifest))
     assert f"left out: {name!r}: environment file" in lines
     assert not [line for line in lines if line.startswith("##teamcity")]
+
+
+def test_plain_ends_with_a_table_of_hosts_then_the_last_line(local):
+    code, lines = local("--output", "plain", migrate="echo migrating; echo 'no such table' >&2; exit 4")
+    assert code == 1
+    # The failing command and the end of its output, under the step.
+    at = next(i for i, line in enumerate(lines) if line.startswith("  migrate: ") and "FAILED" in line)
+    assert lines[at + 1].startswith("      $ echo migrating; echo 'no such table' >&2; exit 4  (in ")
+    assert lines[at + 2:at + 4] == ["      migrating", "      no such table"]
+    table = lines[lines.index(next(line for line in lines if line.startswith("host "))):]
+    assert table[0].split() == ["host", "stages", "time", "result"]
+    assert table[1].split()[0] == "runner" and table[1].endswith("ok")
+    assert table[2].startswith("local ") and table[2].endswith("FAILED in migrate")
+    assert "upload, render, migrate" in table[2]
+    assert table[-1].startswith("every host is as it was") or table[-2].startswith("error: ")
+
+
+def test_json_finished_says_per_host_what_ran_and_how_long(local):
+    code, lines = local("--output", "json")
+    assert code == 0
+    hosts = json.loads(lines[-1])["hosts"]
+    assert set(hosts) == {"runner", "local"}
+    assert hosts["local"]["stages"] == ["upload", "render", "migrate", "restart"]
+    assert hosts["local"]["failed_in"] is None and hosts["local"]["seconds"] > 0
+
+
+def test_a_build_problem_identity_fits_teamcity():
+    from deployer.output import problem_identity
+
+    assert problem_identity("upload", "web1.internal") == "deployer:upload:web1.internal"
+    long = problem_identity("upload", "web1." + "x" * 80 + ".internal")
+    assert len(long) <= 60 and long == problem_identity("upload", "web1." + "x" * 80 + ".internal")
+    assert long != problem_identity("render", "web1." + "x" * 80 + ".internal")
