@@ -10,21 +10,28 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deployer import __version__, context, instance, names, plan, scaffold, steps
+from deployer import __version__, checks, context, instance, names, plan, scaffold, steps
 from deployer.cli import Run, guarded
 from deployer.config import CATCH_ALL, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import QuietReporter
 
 DESCRIPTION = """\
-Look after the instances `deploy` made: the releases each host keeps, who
-deployed what and when, the lock a run holds, and going back to an earlier
-release. Each command connects like a deploy (the target's VPN and SSH
-settings in targets.yaml) and reads or changes only the instance named.
+Look after the instances `deploy` makes: check a target before deploying,
+list the instances on its hosts and destroy them, see the releases each
+host keeps and who deployed what and when, remove a killed run's lock, and
+go back to an earlier release. Each command connects like a deploy (the
+target's VPN and SSH settings in targets.yaml); only destroy, rollback and
+unlock change anything, and only for the instance named.
 """
 
 EPILOG = """\
 examples:
+  deployer check alpha                  check a target before deploying; changes nothing
+  deployer list                         every instance on the demo hosts: who deployed what, when
+  deployer destroy demo-acme            remove an instance from every host (asks first)
+  deployer destroy --older-than 14d     every unprotected instance last deployed 14+ days ago
+  deployer init                         a commented targets.yaml and vhost template, here
   deployer releases alpha               the releases on each host, the live one marked
   deployer history alpha                every run: when, who, which release, how it ended
   deployer rollback alpha               every host back to the previous release
@@ -32,8 +39,9 @@ examples:
   deployer rollback alpha --dry-run     read the hosts, print the plan, change nothing
   deployer unlock alpha                 remove a killed run's lock, and undo what it left
 
-exit codes: as for deploy (deploy --help); releases and history exit 0
-when every host answered.
+exit codes: as for deploy (deploy --help); releases, history and list exit 0
+when every host answered; check exits 0 only when every check passed, 1
+when one failed or could not run, 2 for a bad targets.yaml or arguments.
 """
 
 
@@ -55,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
                           " DIRECTORY (default: here), a starting point to edit. Nothing is written if either"
                           " is there already.", allow_abbrev=False)
     init.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
+    checks.add_parser(sub)
     listing = sub.add_parser("list", help="every instance on a target's hosts: who deployed what, when, where",
                              description="Every instance deployer made on the hosts of CONFIG_NAME's target"
                              " (default: the catch-all entry \"*\", where demo instances go): its hostname, live"
@@ -126,6 +135,8 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command == "init":
         return _init(args.directory, stdout)
+    if args.command == "check":
+        return checks.main(args, stdout)
     if args.command in ("releases", "history", "list"):
         # The answer on stdout; what went wrong reaching the hosts, on stderr.
         show = _list if args.command == "list" else _show

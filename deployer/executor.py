@@ -47,9 +47,13 @@ class _Undo:
 
 
 class Executor:
-    def __init__(self, ctx: Context, reporter: Reporter, parallel: int = 1):
+    def __init__(self, ctx: Context, reporter: Reporter, parallel: int = 1, every_host: bool = False):
         self.ctx = ctx
         self.reporter = reporter
+        # Read-only commands (check, preview) run on every host that answers,
+        # and fail only on those that do not; a run that changes hosts runs
+        # nowhere unless every host answers.
+        self.every_host = every_host
         self.transports: dict[str, Transport] = {}
         # Set when the deploy is interrupted: every host's running command is
         # stopped, and transfers end between two chunks.
@@ -550,11 +554,13 @@ class Executor:
                 opened[host.name] = t
             return None
 
-        errors = [e for e in self.fan_out(target.hosts, open_one) if e]
-        if errors:
+        found = self.fan_out(target.hosts, open_one)
+        errors = [e for e in found if e]
+        if errors and not self.every_host:
             raise StepFailed("cannot connect to every host; nothing was changed on any host:\n  "
                              + "\n  ".join(errors))
         self.transports.update(opened)
+        self.transports.update({h.name: _Unreachable(e) for h, e in zip(target.hosts, found, strict=True) if e})
 
     def rollback(self) -> list[str]:
         """Every host's changes undone, newest first, hosts at once, then
@@ -709,6 +715,24 @@ class _Prefixed:
 
     def close(self) -> None:
         self.f.close()
+
+
+class _Unreachable:
+    """The transport of a host that did not answer when an every-host run
+    connected: each command on it fails with the reason, so that host's
+    step fails while the others' results stand."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def run(self, line, stdin=b"", timeout=None, out=None, err=None) -> Result:
+        raise StepFailed(self.reason)
+
+    def reconnect(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 def _remove_stale_workdirs(parent: str) -> None:
