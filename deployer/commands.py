@@ -319,15 +319,15 @@ def _list(args, run: Run, stdout) -> str:
     name, target = _hosts_of(args)
     run.report_to(frozenset())
     found = _instances(name, target)
-    now = datetime.now(UTC)
+    now, protected = datetime.now(UTC), _protection(args)
     if args.json:
         stdout.write(json.dumps([{"name": i.name, "hostname": _field(i, "hostname"), "live": sorted(i.lives),
                                   "deployed": _field(i, "time"), "by": _by(i), "age_seconds": i.age(now),
                                   "hosts": {h: f.live or None for h, f in i.hosts.items()},
-                                  "protected": _protected(args, i.name), "problems": i.problems()}
+                                  "protected": protected(i.name), "problems": i.problems()}
                                  for i in found], indent=2) + "\n")
     else:
-        stdout.write(_instances_table(found, now, args) + "\n")
+        stdout.write(_instances_table(found, now, protected) + "\n")
     return f"read every host of target {target.entry!r}"
 
 
@@ -358,18 +358,26 @@ def _by(i: instance.Instance) -> str:
     return _field(i, "ci") or _field(i, "who").split(" (")[0]
 
 
-def _protected(args, name: str) -> bool:
-    return load(args.targets).resolve(name).protected
+def _protection(args):
+    """name -> whether its target is `protected: true`. From the file's
+    entries, not a resolved target: that would need the target's files
+    (its VPN config, its key), which this machine may not have."""
+    targets = load(args.targets)
+
+    def protected(name: str) -> bool:
+        entry = name if name in targets.entries else CATCH_ALL
+        return bool({**targets.defaults, **targets.entries.get(entry, {})}.get("protected", False))
+    return protected
 
 
-def _instances_table(found: list[instance.Instance], now: datetime, args) -> str:
+def _instances_table(found: list[instance.Instance], now: datetime, protected) -> str:
     if not found:
         return "(no instances)"
     rows = [("instance", "hostname", "live release", "deployed", "by", "hosts", "")]
     for i in found:
         age = i.age(now)
         lives = sorted(i.lives - {""})
-        rows.append((i.name + (" (protected)" if _protected(args, i.name) else ""), _field(i, "hostname") or "-",
+        rows.append((i.name + (" (protected)" if protected(i.name) else ""), _field(i, "hostname") or "-",
                      lives[0] if len(lives) == 1 else ("-" if not lives else "(differ)"),
                      f"{_field(i, 'time') or '-'}" + (f" ({_ago(age)} ago)" if age is not None else ""),
                      _by(i) or "-", f"{len(i.hosts)}/{len(i.every_host)}", "; ".join(i.problems())))
@@ -407,7 +415,8 @@ def _destroy(args, run: Run, stdin) -> str:
     now = datetime.now(UTC)
     found = _instances(where, target)
     old = [i for i in found if (age := i.age(now)) is not None and age > args.older_than]
-    chosen = [i for i in old if not _protected(args, i.name)]
+    protected = _protection(args)
+    chosen = [i for i in old if not protected(i.name)]
     for i in old:
         if i not in chosen:
             run.reporter.note(f"{i.name} is older, but protected: true in {args.targets}: kept")

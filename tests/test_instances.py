@@ -162,3 +162,14 @@ def test_destroy_of_an_instance_that_is_not_there_does_nothing(demos):
     code, out = deployer(demos, "destroy", "demo-zzz", "--yes", "--output", "plain")
     assert code == 0 and "no such instance" in out, out
     assert tree_digest(demos.root, history=True) == before
+
+
+def test_list_needs_no_file_of_another_target(demos):
+    # A developer's machine without alpha's VPN file still lists the demo hosts, alpha marked protected.
+    doc = yaml.safe_load(demos.targets_file.read_text())
+    doc["targets"]["alpha"]["vpn"] = {"kind": "openvpn", "config": "/nonexistent/alpha.ovpn"}
+    demos.targets_file.write_text(yaml.safe_dump(doc))
+    code, out = deployer(demos, "list", "--json")
+    assert code == 0, out
+    assert {i["name"]: i["protected"] for i in json.loads(out)} == {"alpha": True, "demo-a": False,
+                                                                   "demo-b": False}
