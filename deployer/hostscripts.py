@@ -454,12 +454,16 @@ until mkdir -m 700 -- "$lock" 2> /dev/null; do
     fi
     sleep 1
 done
+# Stopped (the run interrupted) between taking the lock and naming itself in
+# it, it would leave a lock nobody can name: the stop signal removes it.
+trap 'rm -rf -- "$lock"; exit 143' TERM INT HUP
 if ! { printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new" && mv -f -- "$lock/owner.new" "$lock/owner"; }
 then
     rm -rf -- "$lock"  # ours, a moment old: a lock nobody can name would hold the instance for good
     echo "cannot write $lock/owner (full disk?)" >&2
     exit 1
 fi
+trap - TERM INT HUP
 """
 
 # Whatever the run's outcome: a line in the instance's history, then the

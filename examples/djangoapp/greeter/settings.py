@@ -45,7 +45,7 @@ MEDIA_URL = "/media/"
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "greeter-example-not-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
-ALLOWED_HOSTS = [".example.test", ".example.com", ".test", "localhost", "127.0.0.1"]
+ALLOWED_HOSTS = [".example.test", ".example.com", "local.test", "localhost", "127.0.0.1"]
 
 INSTALLED_APPS = ["hello"]
 MIDDLEWARE = [
