@@ -6,19 +6,21 @@ import traceback
 from collections.abc import Sequence
 
 from deployer import __version__, context, interrupts, names, plan
-from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, load
+from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, Missing, load
 from deployer.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
+    DryRunLacks,
     StepFailed,
     UndoIncomplete,
     UsageError,
 )
 from deployer.interrupts import Interrupted
 from deployer.output import Reporter, choose
+from deployer.steps import Plan
 
 DESCRIPTION = """\
 Deploy a Django app to the Apache hosts of a target, through its VPN.
@@ -43,16 +45,20 @@ examples:
   deploy alpha alpha.example.com                  as TeamCity runs it
   deploy demo-acme demo-acme.example.com          a demo, no configuration
   deploy alpha alpha.example.com --dry-run        print the plan, change nothing
+  deploy alpha alpha.example.com --dry-run --diff and read the hosts: vhost diff, live release, upload
   deploy alpha alpha.example.com --only render,restart
   deploy local local.test                         this machine, no SSH, no VPN
 
 exit codes (the last line says which release each host serves):
-  0    deployed (or, with --dry-run, the plan is valid)
+  0    deployed (or, with --dry-run, the plan is valid and a real run on
+       this machine could start)
   1    failed, and undone: every host serves what it served before, and
        Apache was reloaded where it had read the new config (a migration
        that ran is never undone)
   2    bad usage, config or input; nothing was run
   3    failed, and the undo did not complete: the hosts named need a person
+  4    dry run: the plan is valid, but a real run on this machine could not
+       start: it lacks what is listed (a key, the VPN file, a secret, ...)
   130  interrupted (Ctrl-C or SIGTERM); undone as for 1 (or 3, if it could not be)
 
 manage releases, locks and history with the `deployer` command (deployer --help).
@@ -69,7 +75,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("hostname", metavar="HOSTNAME",
                    help="the site's host name, <<HOSTNAME>> in the template")
     p.add_argument("-n", "--dry-run", action="store_true",
-                   help="print every step that would run, with the rendered vhost; run nothing")
+                   help="print every step that would run, with the rendered vhost, and what this machine"
+                   " lacks for a real run; run nothing, connect to nothing")
+    p.add_argument("--diff", action="store_true",
+                   help="with --dry-run: also read every host (through the VPN; no lock, nothing written) and"
+                   " show the vhost's diff, the live release and what the upload would send")
     p.add_argument("--targets", default="targets.yaml", metavar="PATH",
                    help="the targets file (default: ./targets.yaml)")
     p.add_argument("--only", type=_stage_list, default=(), metavar="STAGE[,STAGE]",
@@ -177,20 +187,36 @@ def guarded(output: str, stdout, body) -> int:
 def _deploy(args, run: Run) -> str:
     # Everything up to Executor.run is read-only: a UsageError here
     # means nothing ran anywhere.
+    if args.diff and not args.dry_run:
+        raise UsageError("--diff shows what a run would change, reading the hosts: add --dry-run")
     name = names.config_name(args.config_name)
     hostname = names.hostname(args.hostname)
     overrides = _vars(args.var)
-    target = load(args.targets).resolve(name)
+    targets = load(args.targets)
+    # A dry run on a laptop lacks the CI's key, VPN file and secrets: it lists
+    # them after the plan instead of stopping at the first. A real run still
+    # fails on the first, before anything runs.
+    target, missing = targets.resolve_for_dry_run(name) if args.dry_run else (targets.resolve(name), ())
     selected = plan.select(target.pipeline, args.only, args.skip)
-    ctx = context.make(name, hostname, target, overrides, selected, lock_wait=args.lock_wait)
+    lacks = {m.kind for m in missing}
+    # No template, no vhost: the render stage cannot be planned, every other one can.
+    stages = tuple(s for s in selected if s != "render") if "template" in lacks else selected
+    ctx = context.make(name, hostname, target, overrides, stages, lock_wait=args.lock_wait,
+                       scan="source" not in lacks)
     reporter = run.report_to(ctx.secrets)
     the_plan = plan.build(ctx)
     reporter.start(name, hostname, ctx.release, args.dry_run)
     if args.dry_run:
-        for stage, step in the_plan.steps():
-            reporter.planned(stage, step)
-        for step in the_plan.after:
-            reporter.planned("after a successful run", step)
+        _print_plan(reporter, the_plan, selected, stages)
+        if args.diff and "connect" in lacks:
+            reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
+        elif args.diff:
+            # Here, not at the top: it brings the SSH library, which a plain dry run does without.
+            from deployer import preview
+
+            preview.show(ctx, the_plan, reporter, missing, min(args.parallel or target.parallel,
+                                                               len(target.hosts)))
+        _report_missing(reporter, missing)
         return ""
     # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
     # of a second).
@@ -214,6 +240,35 @@ def _deploy(args, run: Run) -> str:
         run.executor = Executor(ctx, run.reporter, parallel)
         run.executor.run(the_plan)
     return run.executor.serving(True)
+
+
+def _print_plan(reporter: Reporter, the_plan: Plan, selected: tuple[str, ...], planned: tuple[str, ...]) -> None:
+    """Every step, in order; a stage that could not be planned on this
+    machine is named where its steps would be."""
+    order = {stage: i for i, stage in enumerate(selected)}
+    dropped = [stage for stage in selected if stage not in planned]
+
+    def dropped_before(position: int) -> None:
+        while dropped and order[dropped[0]] < position:
+            reporter.note(f"{dropped.pop(0)}: not shown: the template is not on this machine (listed below),"
+                          " so the vhost cannot be rendered")
+
+    for stage, step in the_plan.steps():
+        dropped_before(order.get(stage, len(selected)))
+        reporter.planned(stage, step)
+    dropped_before(len(selected))
+    for step in the_plan.after:
+        reporter.planned("after a successful run", step)
+
+
+def _report_missing(reporter: Reporter, missing: tuple[Missing, ...]) -> None:
+    """A dry run's end: what a real run on this machine would lack, and the
+    exit code that says whether it could start."""
+    if not missing:
+        return
+    reporter.section(["a real run on this machine would lack:", *(f"  {m}" for m in missing)], "missing",
+                     items=[{"key": m.key, "problem": m.problem} for m in missing])
+    raise DryRunLacks("dry run: a real run on this machine could not start: it lacks what is listed above")
 
 
 def _serving(executor, e: BaseException) -> str:

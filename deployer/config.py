@@ -153,6 +153,23 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """Something a real run needs that this machine lacks: a file, or an
+    environment variable. A real run fails on the first one (exit 2); a dry
+    run lists them all. `kind` says what a dry run can do without it:
+    "connect" (a key, known_hosts, the VPN file: needed to reach the hosts),
+    "template", "source" (the package source), "value" (of the var `var`)."""
+
+    key: str  # the key path, as errors name it: targets/alpha/vpn/config
+    problem: str
+    kind: str
+    var: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+@dataclass(frozen=True)
 class Targets:
     source: str
     base: Path
@@ -165,6 +182,18 @@ class Targets:
 
     def resolve(self, name: str) -> Target:
         """The target for a config name: its own entry or the catch-all."""
+        return self._resolve(name, None)
+
+    def resolve_for_dry_run(self, name: str) -> tuple[Target, tuple[Missing, ...]]:
+        """The target as `resolve` reads it, and what this machine lacks that a
+        real run would need, all of it instead of failing on the first. A
+        variable that is not set stands in as `<VARIABLE: not set here>` (a
+        secret's stand-in is masked like the secret); a missing file or
+        source directory keeps its path, for the caller to do without."""
+        missing: list[Missing] = []
+        return self._resolve(name, missing), tuple(missing)
+
+    def _resolve(self, name: str, missing: list[Missing] | None) -> Target:
         entry = name if name in self.entries else CATCH_ALL
         if entry not in self.entries:
             raise UsageError(
@@ -172,7 +201,7 @@ class Targets:
                 f" entry {CATCH_ALL!r}; known: {', '.join(self.names()) or 'none'}"
             )
         merged = _merge(self.defaults, self.entries[entry])
-        reader = _Reader(self.source, self.base, check_environment=True)
+        reader = _Reader(self.source, self.base, check_environment=True, missing=missing)
         target = reader.target(entry, merged, f"targets/{entry}")
         return replace(target, package=replace(target.package, protected=self.protected))
 
@@ -340,13 +369,23 @@ def _merge(base: dict, over: dict) -> dict:
 class _Reader:
     """Typed access to parsed YAML that knows where in the file it is."""
 
-    def __init__(self, source: str, base: Path, check_environment: bool):
+    def __init__(self, source: str, base: Path, check_environment: bool, missing: list[Missing] | None = None):
         self.source = source
         self.base = base
         self.check_environment = check_environment
+        # None: what this machine lacks fails the read, as any other error.
+        self.missing = missing
 
     def fail(self, path: str, problem: str) -> ConfigError:
         return ConfigError(self.source, path, problem)
+
+    def lacks(self, path: str, problem: str, kind: str, var: str = "") -> None:
+        """This machine lacks something a real run needs: fail, or note it."""
+        if self.missing is None:
+            raise self.fail(path, problem)
+        # Every host of a target names the same key file: listed once.
+        if all((m.kind, m.problem) != (kind, problem) for m in self.missing):
+            self.missing.append(Missing(path, problem, kind, var))
 
     def path(self, value: str) -> str:
         return str(self.base / os.path.expanduser(value))
@@ -390,10 +429,10 @@ class _Reader:
             raise self.fail(path, f"expected a list of strings, got {_kind(value)}")
         return tuple(self.string(v, f"{path}/{i}") for i, v in enumerate(value))
 
-    def file(self, value: Any, path: str) -> str:
+    def file(self, value: Any, path: str, kind: str) -> str:
         resolved = self.path(self.string(value, path))
         if self.check_environment and not os.path.isfile(resolved):
-            raise self.fail(path, f"file not found: {resolved}")
+            self.lacks(path, f"file not found: {resolved}", kind)
         return resolved
 
     def target(self, entry: str, raw: Any, path: str) -> Target:
@@ -402,7 +441,7 @@ class _Reader:
         hosts = self.hosts(t, path) if transport == "ssh" else (LOCAL_HOST,)
         known_hosts = None
         if transport == "ssh":
-            known_hosts = self.file(t.get("known_hosts", "~/.ssh/known_hosts"), f"{path}/known_hosts")
+            known_hosts = self.file(t.get("known_hosts", "~/.ssh/known_hosts"), f"{path}/known_hosts", "connect")
         pipeline = self.strings(t.get("pipeline", list(DEFAULT_PIPELINE)), f"{path}/pipeline")
         stages = {
             name: self.hook(spec, f"{path}/stages/{name}")
@@ -438,7 +477,7 @@ class _Reader:
             package=self.package(t.get("package", {}), f"{path}/package"),
             health=self.health(t.get("health"), f"{path}/health", apache.port),
             shared=self.shared(t.get("shared", {}), f"{path}/shared", transport, t.get("deploy_root", "/var/www")),
-            template=self.file(t.get("template", "templates/default_template"), f"{path}/template"),
+            template=self.file(t.get("template", "templates/default_template"), f"{path}/template", "template"),
             vars=self.vars(t.get("vars", {}), f"{path}/vars"),
             pipeline=self.pipeline(pipeline, before, after, path),
             stages=stages,
@@ -496,7 +535,8 @@ class _Reader:
                 address=address,
                 port=self.integer(h.get("port", port), f"{hpath}/port", 1, 65535),
                 user=self.string(h["user"], f"{hpath}/user") if "user" in h else user,
-                identity_file=None if host_key is None else self.file(host_key, f"{hpath}/identity_file"),
+                identity_file=None if host_key is None else self.file(host_key, f"{hpath}/identity_file",
+                                                                      "connect"),
             ))
         seen = set()
         for i, h in enumerate(hosts):
@@ -512,7 +552,7 @@ class _Reader:
             return Vpn()
         return Vpn(
             kind=kind,
-            config=self.file(v.get("config"), f"{path}/config"),
+            config=self.file(v.get("config"), f"{path}/config", "connect"),
             timeout=self.number(v.get("timeout", 30), f"{path}/timeout"),
         )
 
@@ -598,7 +638,7 @@ class _Reader:
         p = self.mapping(raw, path, {"source", "exclude", "include"})
         source = self.absolute(p.get("source", "."), f"{path}/source")
         if self.check_environment and not os.path.isdir(source):
-            raise self.fail(f"{path}/source", f"directory not found: {source}")
+            self.lacks(f"{path}/source", f"directory not found: {source}", "source")
         return Package(source=source, exclude=self.strings(p.get("exclude", []), f"{path}/exclude"),
                        include=self.strings(p.get("include", []), f"{path}/include"))
 
@@ -612,10 +652,10 @@ class _Reader:
                 raise self.fail(vpath, str(e)) from None
             if key in BUILTIN_TOKENS:
                 raise self.fail(vpath, f"{key} is set by deployer and cannot be overridden")
-            out[key] = self.var(value, vpath)
+            out[key] = self.var(value, vpath, key)
         return out
 
-    def var(self, value: Any, path: str) -> Var:
+    def var(self, value: Any, path: str, name: str) -> Var:
         if isinstance(value, bool) or value is None:
             raise self.fail(path, f"{_kind(value)} is not a value for a template; quote it")
         if isinstance(value, (_Int, _Float)):
@@ -628,11 +668,14 @@ class _Reader:
             raise self.fail(path, "expected exactly one of value or env")
         if "env" in v:
             env = self.string(v["env"], f"{path}/env")
-            if self.check_environment and env not in os.environ:
-                raise self.fail(f"{path}/env", f"environment variable {env} is not set")
-            value = self.value(os.environ.get(env, ""), f"{path}/env", f"environment variable {env}")
+            value = os.environ.get(env)
+            if value is None and self.check_environment:
+                self.lacks(f"{path}/env", f"environment variable {env} is not set", "value", name)
+                # Only a dry run gets here: it shows where the value would go.
+                value = f"<{env}: not set here>"
+            value = self.value(value or "", f"{path}/env", f"environment variable {env}")
             return Var(value, secret)
-        return Var(self.var(v["value"], f"{path}/value").value, secret)
+        return Var(self.var(v["value"], f"{path}/value", name).value, secret)
 
     def value(self, text: str, path: str, what: str = "value") -> str:
         problem = names.value_problem(text)

@@ -187,13 +187,20 @@ def _rules(target: Target) -> packaging.Rules:
     return packaging.Rules(exclude=p.exclude + shared, include=p.include, protected=p.protected)
 
 
+# The end of the release id of a dry run on a machine without the package
+# source: there is no tree to hash, and this cannot be taken for a digest.
+NO_SOURCE_DIGEST = "?" * 12
+
+
 def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
          stages: tuple[str, ...], now: datetime | None = None,
-         workdir: str | None = None, lock_wait: int = 0) -> Context:
-    """Build the context: hashes the source tree (read-only) for the release id."""
+         workdir: str | None = None, lock_wait: int = 0, scan: bool = True) -> Context:
+    """Build the context: hashes the source tree (read-only) for the release id.
+    Without `scan` (a dry run on a machine that lacks the source) there is no
+    manifest, and the id ends in NO_SOURCE_DIGEST."""
     now = now or datetime.now(UTC)
-    manifest = packaging.scan(target.package.source, _rules(target))
-    release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12]}"
+    manifest = packaging.scan(target.package.source, _rules(target)) if scan else None
+    release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12] if manifest else NO_SOURCE_DIGEST}"
     values = {k: v.value for k, v in target.vars.items()}
     values.update(overrides)
     # Secret by name: a value given with --var for a secret var is masked too.

@@ -4,6 +4,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNDO_INCOMPLETE = 3
+# A dry run that printed a valid plan, on a machine that lacks what a real
+# run needs to start (an SSH key, the VPN file, a secret): a laptop's preview
+# must not pass for a green check that the CI agent could deploy.
+EXIT_DRY_RUN_LACKS = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -30,6 +34,12 @@ class ConfigError(UsageError):
 
 class TemplateError(UsageError):
     """The vhost template cannot be rendered strictly."""
+
+
+class DryRunLacks(DeployError):
+    """A dry run printed the plan; a real run on this machine could not start."""
+
+    exit_code = EXIT_DRY_RUN_LACKS
 
 
 class StepFailed(DeployError):

@@ -323,6 +323,8 @@ class Executor:
             entry = session.Entry(step.command(first).line(), timeout=timeout + step.wait, data=data)
             return [(entry, taken)]
         if isinstance(step, steps.Run):
+            if step.output_limit:
+                return [(session.Entry(step.command.line(), timeout=timeout, keep=step.output_limit), None)]
             return [(session.Entry(step.command.line(), timeout=timeout), None)]
         if isinstance(step, steps.Upload):
             self.record(_Undo(host, f"undo {step.title}", step.undo))

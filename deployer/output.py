@@ -40,7 +40,7 @@ def details(step: steps.Step, redact=lambda text: text) -> list[str]:
         lines = [f"tar -czf {step.dest} -C {step.source} .{excl}"]
         m = step.manifest
         if m is not None:
-            lines.append(f"{len(m.files)} files, {_size(m.size)}")
+            lines.append(f"{len(m.files)} files, {human_size(m.size)}")
             lines.extend(f"left out: {_shown(path)}: {why}" for path, why in m.withheld)
             lines.extend(f"packaged because package/include names it: {_shown(path)} ({why})"
                          for path, why in m.included)
@@ -104,7 +104,7 @@ def _shown(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     if n < 1024:
         return f"{n} bytes"
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
@@ -162,6 +162,13 @@ class Reporter:
     def step_started(self, stage: str, step: steps.Step, host: str) -> None: ...
     def step_finished(self, stage: str, step: steps.Step, host: str, r: StepResult) -> None: ...
     def note(self, text: str) -> None: ...
+
+    def section(self, lines: list[str], event: str, **facts) -> None:
+        """A part of the output of its own (what a dry run lacks, what a host
+        holds): `lines` for people; JSON emits `event` with `facts` instead."""
+        for line in lines:
+            self.write(line)
+
     # `summary`: what each host serves now, the run's last line.
     def finished(self, exit_code: int, error: str | None, summary: str = "") -> None: ...
 
@@ -415,6 +422,9 @@ class JsonReporter(Reporter):
 
     def note(self, text):
         self.emit("note", text=text)
+
+    def section(self, lines, event, **facts):
+        self.emit(event, **facts)
 
     def finished(self, exit_code, error, summary=""):
         self.emit("finished", exit_code=exit_code, ok=exit_code == 0, error=error, summary=summary,

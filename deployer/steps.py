@@ -53,6 +53,9 @@ class Run(Step):
     command: Command = field(default_factory=Command)
     undo: Command | None = None
     keep: Command | None = None  # once the run has succeeded: what `undo` would have needed goes
+    # Bytes of its stdout kept (the end), None for the default: a read whose
+    # whole answer matters (a vhost, a file list) keeps more than a log's tail.
+    output_limit: int | None = None
     timeout: float | None = None  # seconds; None: the target's step_timeout
     # If the run is undone after this step began on a host, it runs there
     # again once the undo is done: a reload then reads back what was.
