@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 
-from deployer import context, instance, names, stages, steps
+from deployer import completion, context, instance, names, stages, steps
 from deployer.cli import Run, _vars, guarded
 from deployer.config import Target, load
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
@@ -129,7 +129,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("check", help=about, description=about[0].upper() + about[1:] + ". Exit 0 when every"
                        " check passes, 1 when one fails or could not run, 2 when targets.yaml or an argument"
                        " is wrong.", allow_abbrev=False)
-    c.add_argument("config_name", metavar="CONFIG_NAME", help="the instance, as given to deploy")
+    completion.names(c.add_argument("config_name", metavar="CONFIG_NAME",
+                                    help="the instance, as given to deploy"))
     c.add_argument("hostname", metavar="HOSTNAME", nargs="?", default=None,
                    help="<<HOSTNAME>> for rendering the template (default: CONFIG_NAME.check.invalid)")
     c.add_argument("--targets", default="targets.yaml", metavar="PATH",

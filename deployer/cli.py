@@ -5,7 +5,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from deployer import __version__, context, interrupts, names, plan
+from deployer import __version__, completion, context, interrupts, names, plan
 from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, Missing, load
 from deployer.errors import (
     EXIT_FAILED,
@@ -70,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
         prog="deploy", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
-    p.add_argument("config_name", metavar="CONFIG_NAME",
-                   help="target and instance name, a DNS label (e.g. alpha, demo-acme)")
+    completion.names(p.add_argument("config_name", metavar="CONFIG_NAME",
+                   help="target and instance name, a DNS label (e.g. alpha, demo-acme)"))
     p.add_argument("hostname", metavar="HOSTNAME",
                    help="the site's host name, <<HOSTNAME>> in the template")
     p.add_argument("-n", "--dry-run", action="store_true",
@@ -133,7 +133,9 @@ def _vars(pairs: list[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None, stdout=None) -> int:
     stdout = stdout or sys.stdout
     try:
-        args = parser().parse_args(argv)
+        p = parser()
+        completion.answer(p)
+        args = p.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     return guarded(args.output, stdout, lambda run: _deploy(args, run))

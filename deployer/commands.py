@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deployer import __version__, checks, context, instance, names, plan, scaffold, steps
+from deployer import __version__, checks, completion, context, instance, names, plan, scaffold, steps
 from deployer.cli import Run, guarded
 from deployer.config import CATCH_ALL, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
@@ -53,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
-        c.add_argument("config_name", metavar="CONFIG_NAME", help="the instance, as given to deploy")
+        completion.names(c.add_argument("config_name", metavar="CONFIG_NAME",
+                                        help="the instance, as given to deploy"))
         c.add_argument("--targets", default="targets.yaml", metavar="PATH",
                        help="the targets file (default: ./targets.yaml)")
         return c
@@ -64,13 +65,19 @@ def parser() -> argparse.ArgumentParser:
                           " is there already.", allow_abbrev=False)
     init.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
     checks.add_parser(sub)
+    shell = sub.add_parser("completion", help="the shell code that completes deploy and deployer (bash, zsh)",
+                           description="Print the code that completes deploy's and deployer's options,"
+                           " subcommands and config names (from targets.yaml). Add to ~/.bashrc:"
+                           ' eval "$(deployer completion bash)"; to ~/.zshrc: eval "$(deployer completion zsh)".',
+                           allow_abbrev=False)
+    shell.add_argument("shell", choices=("bash", "zsh"))
     listing = sub.add_parser("list", help="every instance on a target's hosts: who deployed what, when, where",
                              description="Every instance deployer made on the hosts of CONFIG_NAME's target"
                              " (default: the catch-all entry \"*\", where demo instances go): its hostname, live"
                              " release, when and by whom it was deployed, and where hosts disagree.",
                              allow_abbrev=False)
-    listing.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
-                         help="any instance of the target whose hosts to list (default: the catch-all entry)")
+    completion.names(listing.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
+                         help="any instance of the target whose hosts to list (default: the catch-all entry)"))
     listing.add_argument("--targets", default="targets.yaml", metavar="PATH",
                          help="the targets file (default: ./targets.yaml)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -80,9 +87,9 @@ def parser() -> argparse.ArgumentParser:
         " Apache checked and reloaded, then its releases, live path and shared files removed. Asks first on a"
         " terminal (--yes otherwise); refuses targets marked protected: true in targets.yaml.",
         allow_abbrev=False)
-    destroy.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
+    completion.names(destroy.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
                          help="the instance; with --older-than, any instance of the target whose hosts to look on"
-                         " (default: the catch-all entry)")
+                         " (default: the catch-all entry)"))
     destroy.add_argument("--older-than", type=_age, metavar="AGE",
                          help="every unprotected instance whose last deploy is older than AGE (14d, 12h, 2w)")
     destroy.add_argument("--keep-shared", action="store_true",
@@ -130,13 +137,18 @@ def _count(text: str) -> int:
 def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
     stdout = stdout or sys.stdout
     try:
-        args = parser().parse_args(argv)
+        p = parser()
+        completion.answer(p)
+        args = p.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command == "init":
         return _init(args.directory, stdout)
     if args.command == "check":
         return checks.main(args, stdout)
+    if args.command == "completion":
+        stdout.write(completion.script(args.shell))
+        return EXIT_OK
     if args.command in ("releases", "history", "list"):
         # The answer on stdout; what went wrong reaching the hosts, on stderr.
         show = _list if args.command == "list" else _show
