@@ -36,9 +36,33 @@ def init(directory: Path = Path(".")) -> list[Path]:
         in_the_way = _in_the_way(project, directory)
         if in_the_way:
             raise UsageError(f"{directory}: not initialised, nothing written: {'; '.join(in_the_way)}")
-        return _write(project, directory, targets, template)
+        return _write(project, directory, targets, for_project(template, wsgi_module(directory)))
     finally:
         os.close(project)
+
+
+def wsgi_module(directory: Path) -> str:
+    """The project's WSGI file, as `startproject` makes it (`<package>/wsgi.py`
+    beside manage.py), relative to the project; "" if there is not exactly one."""
+    try:
+        found = sorted(p for p in directory.glob("*/wsgi.py")
+                       if (p.parent / "settings.py").is_file() and not p.is_symlink())
+    except OSError:
+        return ""
+    return f"{found[0].parent.name}/wsgi.py" if len(found) == 1 and (directory / "manage.py").is_file() else ""
+
+
+def for_project(template: bytes, wsgi: str) -> bytes:
+    """The skeleton's vhost, serving the project's own WSGI file if it has one
+    (the skeleton serves the example app's django.wsgi, at the release's root)."""
+    if not wsgi:
+        return template
+    package, _, script = wsgi.partition("/")
+    return (template
+            .replace(b"WSGIScriptAlias / <<DEPLOY_PATH>>/django.wsgi",
+                     f"WSGIScriptAlias / <<DEPLOY_PATH>>/{wsgi}".encode())
+            .replace(b"<Directory <<DEPLOY_PATH>>>\n        <Files django.wsgi>",
+                     f"<Directory <<DEPLOY_PATH>>/{package}>\n        <Files {script}>".encode()))
 
 
 def _skeleton(name: str) -> bytes:

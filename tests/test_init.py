@@ -1,14 +1,18 @@
 """deployer.scaffold.init: a starting point that loads, and never a file of the user's replaced."""
 
+import http.client
 import io
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from deployer import config, context, scaffold, template
+from deployer import commands, config, context, scaffold, template
 from deployer.errors import UsageError
+from tests.test_local_default import _free_port, needs_local_site
 
 REPO = Path(__file__).resolve().parent.parent
 SKELETON = REPO / "deployer" / "skeleton"
@@ -150,3 +154,47 @@ def test_deployer_init_writes_then_refuses_with_exit_2(tmp_path, capsys):
     assert main(["init", str(tmp_path)], stdout=io.StringIO()) == 2
     assert "targets.yaml exists" in capsys.readouterr().err
     assert (tmp_path / "targets.yaml").read_bytes() == before
+
+
+def test_the_template_serves_a_startproject_layouts_wsgi_file(tmp_path):
+    (tmp_path / "manage.py").write_text("")
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "settings.py").write_text("")
+    (tmp_path / "shop" / "wsgi.py").write_text("")
+    scaffold.init(tmp_path)
+    text = (tmp_path / "templates" / "default_template").read_text()
+    assert "WSGIScriptAlias / <<DEPLOY_PATH>>/shop/wsgi.py" in text
+    assert "<Directory <<DEPLOY_PATH>>/shop>\n        <Files wsgi.py>" in text
+    assert "django.wsgi" not in text
+
+
+@needs_local_site
+def test_init_in_a_new_django_project_then_deploy_local_serves_it(tmp_path):
+    """A new user's first hour: startproject, deployer init, deploy local."""
+    project = tmp_path / "shop"
+    project.mkdir()
+    subprocess.run(["/usr/bin/python3", "-m", "django", "startproject", "shop", str(project)], check=True,
+                   timeout=60)
+    assert commands.main(["init", str(project)], stdout=io.StringIO()) == 0
+    targets = project / "targets.yaml"
+    text = targets.read_text()
+    port = _free_port()
+    # The machine's first python3 may have no Django (a pyenv build): the skeleton says to name one that has.
+    assert "port: 8480}" in text and "migrate: python3 manage.py migrate --noinput" in text
+    targets.write_text(text.replace("port: 8480}", f"port: {port}}}")
+                       .replace("migrate: python3 manage.py", "migrate: /usr/bin/python3 manage.py"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deployer", "local", "localhost", "--output", "plain"],
+                              cwd=project, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.splitlines()[-1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/", headers={"Host": "localhost"})
+        page = conn.getresponse()
+        assert page.status == 200 and b"The install worked successfully" in page.read()
+        conn.close()
+    finally:
+        subprocess.run([sys.executable, "-m", "deployer.commands", "destroy", "local", "--yes"], cwd=project,
+                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert not (project / ".deployer-local" / "www" / "local").exists()
+
