@@ -15,7 +15,8 @@ import re
 
 import chevron
 
-from deployer.errors import TemplateError
+from deployer import names
+from deployer.errors import TemplateError, UsageError
 
 # (kind, key, line): chevron's (tag_type, key) token and the line it starts on.
 Token = tuple[str, str, int]
@@ -45,6 +46,12 @@ def render(template: str, values: dict[str, str], source: str) -> str:
     for kind, key, line in tokenize(template, source):
         if kind == "no escape" or kind in _SECTION_TAGS:
             if key not in values:
+                try:
+                    names.token_name(key)
+                except UsageError:
+                    # No var can have this name: say so, rather than suggest one.
+                    raise TemplateError(f"{source}:{line}: token <<{key}>> is not a valid name: use letters,"
+                                        " digits and underscores, not starting with a digit") from None
                 raise TemplateError(
                     f"{source}:{line}: token <<{key}>> has no value;"
                     f" set it under vars: in targets.yaml or with --var {key}=VALUE"

@@ -219,3 +219,10 @@ def test_cli_unknown_token_exits_2_and_changes_nothing(tmp_path):
     assert code == 2
     assert events[-1]["error"].startswith(f"{tmp_path}/vhost.tmpl:3: token <<ALIAS>> has no value")
     assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("token", ["my-var", "X.y", "1ST"])
+def test_a_token_no_var_can_name_says_so_and_suggests_no_var(token):
+    with pytest.raises(TemplateError, match=rf"t:1: token <<{re.escape(token)}>> is not a valid name") as e:
+        render(f"<<{token}>>\n", {}, "t")
+    assert "--var" not in str(e.value)
