@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deployer import __version__, checks, completion, context, instance, names, plan, scaffold, steps
 from deployer.cli import Run, guarded
-from deployer.config import CATCH_ALL, load
+from deployer.config import CATCH_ALL, SCHEMA_FILE, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import QuietReporter
 
@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
                           " is there already.", allow_abbrev=False)
     init.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
     checks.add_parser(sub)
+    sub.add_parser("schema", help="print the JSON Schema of targets.yaml (for editors)",
+                   description="Print the JSON Schema of targets.yaml, which editors read to complete and check"
+                   " it: deployer schema > .deployer/targets.schema.json", allow_abbrev=False)
     shell = sub.add_parser("completion", help="the shell code that completes deploy and deployer (bash, zsh)",
                            description="Print the code that completes deploy's and deployer's options,"
                            " subcommands and config names (from targets.yaml). Add to ~/.bashrc:"
@@ -146,6 +149,9 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
         return _init(args.directory, stdout)
     if args.command == "check":
         return checks.main(args, stdout)
+    if args.command == "schema":
+        stdout.write(SCHEMA_FILE.read_text(encoding="utf-8"))
+        return EXIT_OK
     if args.command == "completion":
         stdout.write(completion.script(args.shell))
         return EXIT_OK

@@ -12,14 +12,18 @@ import os
 
 
 def config_names(prefix: str, parsed_args, **_) -> list[str]:
-    """The targets file's config names (not the catch-all) that start with `prefix`."""
-    from deployer.config import CATCH_ALL, load
+    """The targets file's config names (not the catch-all) that start with
+    `prefix`. Its keys only, not the whole check of config.load: a TAB must
+    answer at once."""
+    import yaml
 
     try:
-        targets = load(getattr(parsed_args, "targets", None) or "targets.yaml")
+        with open(getattr(parsed_args, "targets", None) or "targets.yaml", encoding="utf-8") as f:
+            entries = (yaml.safe_load(f) or {}).get("targets") or {}
+        found = [str(n) for n in entries]
     except Exception:  # noqa: BLE001 - a broken or missing file completes nothing, and never breaks the shell
         return []
-    return [n for n in targets.names() if n != CATCH_ALL and n.startswith(prefix)]
+    return sorted(n for n in found if n != "*" and n.startswith(prefix))
 
 
 def names(action):

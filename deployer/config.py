@@ -4,17 +4,28 @@ Every error names the file, the key path and what is wrong, e.g.
 `targets.yaml: targets/alpha/hosts/0/port: expected an integer`, and is
 raised before any side effect. Relative paths in the file are relative to
 the file's own directory, so a checkout can be deployed from anywhere.
+
+The file's shape is defined once, by the pydantic models in _models(): they
+check every entry as merged with the defaults (a mistake written under
+defaults: is named there), and they give the JSON Schema editors read
+(json_schema(), committed as deployer/targets.schema.json). What a model
+cannot know is checked after, while the frozen Target is built: paths on
+this machine or on the hosts, rules that depend on the transport, and, for
+the one target being deployed, files and environment variables.
 """
 
 import copy
+import functools
 import ipaddress
+import json
 import os
 import posixpath
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -34,6 +45,9 @@ BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME", "HTTP_PORT")
 # `apache: {ctl: builtin}`: an Apache of the local target's own, on loopback
 # (the script says how); run with sh, so a wheel's file mode does not matter.
 LOCAL_APACHE_CTL = Path(__file__).with_name("local-apache2ctl")
+# The committed JSON Schema of targets.yaml; tests/test_config.py keeps it
+# equal to json_schema(), and `python -m deployer.config` prints that.
+SCHEMA_FILE = Path(__file__).with_name("targets.schema.json")
 
 
 @dataclass(frozen=True)
@@ -200,9 +214,11 @@ class Targets:
                 f"{self.source}: no target named {name!r} and no catch-all"
                 f" entry {CATCH_ALL!r}; known: {', '.join(self.names()) or 'none'}"
             )
-        merged = _merge(self.defaults, self.entries[entry])
-        reader = _Reader(self.source, self.base, check_environment=True, missing=missing)
-        target = reader.target(entry, merged, f"targets/{entry}")
+        # Checked again (a millisecond), so that Targets holds the file's own
+        # entries and defaults, as `deployer list` and `destroy` read them.
+        spec = _validated(self.source, {"targets": {entry: self.entries[entry]}}, self.defaults).targets[entry]
+        builder = _Builder(self.source, self.base, check_environment=True, missing=missing)
+        target = builder.target(entry, spec, f"targets/{entry}")
         return replace(target, package=replace(target.package, protected=self.protected))
 
 
@@ -293,26 +309,19 @@ def load(path: str | os.PathLike) -> Targets:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
-    # Every entry's shape is checked now; files and environment variables
-    # only for the target being deployed (resolve), since a build agent has
-    # the VPN file and secrets of its own target only.
-    reader = _Reader(source, path.resolve().parent, check_environment=False)
-    top = reader.mapping(doc, "", {"defaults", "targets"})
-    defaults = reader.mapping(top.get("defaults") or {}, "defaults", _TARGET_KEYS)
-    entries = reader.mapping(top.get("targets"), "targets")
-    if not entries:
-        raise ConfigError(source, "targets", "expected at least one target")
-    named: list[str] = []
-    for name, entry in entries.items():
-        if name != CATCH_ALL:
-            try:
-                names.config_name(str(name))
-            except UsageError as e:
-                raise ConfigError(source, f"targets/{name}", str(e)) from None
-        named.extend(_files_named(reader.target(name, _merge(defaults, entry or {}), f"targets/{name}")))
+    defaults = (doc.get("defaults") if isinstance(doc, dict) else None) or {}
+    spec = _validated(source, doc, defaults)
+    # Every entry's shape is checked now, and what its transport allows;
+    # files and environment variables only for the target being deployed
+    # (resolve), since a build agent has the VPN file and secrets of its own
+    # target only.
+    builder = _Builder(source, path.resolve().parent, check_environment=False)
+    named = [f for name, entry in spec.targets.items()
+             for f in _files_named(builder.target(name, entry, f"targets/{name}"))]
     protected = ((str(path.resolve()), "the targets file"),
                  *((f, f"named in {path.name}") for f in sorted(set(named))))
-    return Targets(source, reader.base, {str(k): v or {} for k, v in entries.items()}, defaults, protected)
+    entries = {str(k): v or {} for k, v in doc["targets"].items()}
+    return Targets(source, builder.base, entries, defaults, protected)
 
 
 def _files_named(t: Target) -> list[str]:
@@ -345,14 +354,6 @@ def _vpn_secret_files(config: str) -> list[str]:
     return out
 
 
-_TARGET_KEYS = {
-    "transport", "hosts", "user", "port", "identity_file", "known_hosts",
-    "connect_timeout", "step_timeout", "migrate_timeout", "parallel", "relay", "keep_releases", "protected",
-    "deploy_root", "vpn", "apache", "migrate", "shared", "health", "package", "template", "vars", "pipeline",
-    "stages", "hooks",
-}
-
-
 def _merge(base: dict, over: dict) -> dict:
     """Defaults under an entry: mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(base)
@@ -366,8 +367,588 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-class _Reader:
-    """Typed access to parsed YAML that knows where in the file it is."""
+# -- the shape of targets.yaml ---------------------------------------------------------
+#
+# Each rule is written once, in _models(); where JSON Schema can say it, the
+# schema says it too, made from the same models. Errors are in our words: a
+# check raises _problem(...), and a type pydantic checks is wrapped in
+# says(...), which rewords the errors of that value (not of its items).
+#
+# pydantic is imported, and the models made, on first use: that costs more
+# than the rest of this module, and `deploy --help` needs none of it.
+
+
+def _problem(message: str, *below: str | int) -> Exception:
+    """An error in our words; `below`: the keys under the value checked that it is about."""
+    from pydantic_core import PydanticCustomError
+
+    return PydanticCustomError("deployer", message, {"below": below} if below else None)
+
+
+def _anchored(pattern: str) -> str:
+    # pydantic and JSON Schema both search for a pattern anywhere in the text.
+    return f"^(?:{pattern})$"
+
+
+def _as_written_text(value: Any) -> Any:
+    """A number as YAML wrote it (0640, not 416); anything else as it is."""
+    return value.text if isinstance(value, (_Int, _Float)) else value
+
+
+def _non_empty(value: Any) -> str:
+    return f"expected a non-empty string, got {_kind(value)}"
+
+
+def _config_name(name: str) -> None:
+    if name != CATCH_ALL:
+        names.config_name(name)
+
+
+def _var_name(name: str) -> None:
+    names.token_name(name)
+    if name in BUILTIN_TOKENS:
+        raise UsageError(f"{name} is set by deployer and cannot be overridden")
+
+
+def _stage_name(name: str) -> None:
+    if name in DEFAULT_PIPELINE:
+        raise UsageError("a built-in stage has this name; use hooks to run commands before or after it")
+
+
+def _host_address(address: str) -> str:
+    try:
+        names.hostname(address)
+    except UsageError:
+        if not _is_ip(address):
+            raise _problem(f"not a host name or IP address: {address!r}") from None
+    return address
+
+
+_MODE = r"0?[0-7]{3}"
+_ACCOUNT = r"[a-z_][a-z0-9_.-]*\$?|[0-9]+"
+_URL_PATH = r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*"
+
+
+def _private_mode(value: Any) -> int:
+    # Written as in chmod; an unquoted 0640 is read as YAML wrote it.
+    text = _as_written_text(value)
+    if not isinstance(text, str) or not re.fullmatch(_MODE, text):
+        got = repr(text) if isinstance(text, str) else _kind(value)
+        raise _problem(f"expected an octal mode such as \"0640\", got {got}")
+    mode = int(text, 8)
+    if mode & ~0o660 or not mode & 0o400:
+        raise _problem(f"{text}: the owner must read it, and nobody else but the group may"
+                       " (no execute bits): e.g. 0600 or 0640")
+    return mode
+
+
+def _release_path(value: str) -> str:
+    """A path inside every release: relative, plain, not one deployer keeps there."""
+    norm = posixpath.normpath(value)
+    problem = names.value_problem(value)
+    if problem:
+        raise _problem(f"{value!r} {problem}")
+    if value.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "/../" in value:
+        raise _problem(f"expected a path inside the release, such as media or var/db, got {value!r}")
+    if norm.split("/")[0].startswith(".deployer"):
+        raise _problem(f"{value!r} is a name deployer keeps in every release")
+    return norm
+
+
+def _template_value(value: Any) -> str:
+    """A var's value as a template gets it: numbers as written (0755 stays "0755"), one line."""
+    if isinstance(value, bool) or value is None:
+        raise _problem(f"{_kind(value)} is not a value for a template; quote it")
+    value = _as_written_text(value)
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _problem(f"expected a string or a number, got {_kind(value)}")
+    problem = names.value_problem(value)
+    if problem:
+        raise _problem(f"value {problem}")
+    return value
+
+
+def _unique(stages: list[str]) -> list[str]:
+    # Entry-point stages are checked when the plan is built; here only
+    # duplicates (and, in TargetSpec, hooks on stages that will not run).
+    for i, name in enumerate(stages):
+        if name in stages[:i]:
+            raise _problem(f"stage {name!r} listed twice", i)
+    return stages
+
+
+# The short forms: `- web1` is {address: web1}, `KEY: 1.10` is {value: "1.10"},
+# `restart: ./x` is {run: ./x}, and a hook alone is a list of one.
+def _host_shorthand(value: Any) -> Any:
+    return {"address": value} if isinstance(value, str) else value
+
+
+def _var_shorthand(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) or value is None:  # bool is an int
+        return {"value": _template_value(value)}
+    return value
+
+
+def _hook_shorthand(value: Any) -> Any:
+    return {"run": value} if isinstance(value, str) else value
+
+
+def _one_or_more(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+@functools.cache
+def _models() -> SimpleNamespace:
+    """The models of targets.yaml: TargetsFile and the *Spec classes it is made of."""
+    from pydantic import (
+        AfterValidator,
+        BaseModel,
+        BeforeValidator,
+        ConfigDict,
+        Field,
+        ValidationError,
+        WithJsonSchema,
+        WrapValidator,
+        model_validator,
+    )
+    from pydantic.json_schema import GenerateJsonSchema
+
+    def says(message: Callable[[Any], str | None]) -> WrapValidator:
+        """Errors of the value itself read message(value) (None: keep pydantic's);
+        errors inside it (an item of a list, a key of a mapping) keep their own."""
+
+        def reword(value: Any, handler: Callable[[Any], Any]) -> Any:
+            try:
+                return handler(value)
+            except ValidationError as e:
+                text = message(value) if all(not err["loc"] for err in e.errors()) else None
+                if text is None:
+                    raise
+                raise _problem(text) from None
+
+        return WrapValidator(reword)
+
+    def between(low: int, high: int) -> Any:
+        def reword(value: Any) -> str:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return f"expected an integer from {low} to {high}, got {value}"
+            return "expected an integer"
+
+        # A plain int: getaddrinfo refuses the subclass that remembers its text.
+        return Annotated[int, Field(ge=low, le=high), says(reword), AfterValidator(lambda v: int(v))]
+
+    def one_of(*choices: str) -> Any:
+        def reword(value: Any) -> str:
+            if isinstance(value, str) and value.strip():
+                return f"expected one of {', '.join(choices)}, got {value!r}"
+            return _non_empty(value)
+
+        return Annotated[Literal[choices], says(reword)]
+
+    def checked_key(check: Callable[[str], None], schema: dict) -> Any:
+        """A key that `check` accepts (it raises UsageError, as deployer.names does);
+        `schema` says the same to an editor, from the same regex and names."""
+
+        def validate(value: str) -> str:
+            try:
+                check(value)
+            except UsageError as e:
+                raise _problem(str(e)) from None
+            return value
+
+        return Annotated[str, AfterValidator(validate), WithJsonSchema({"type": "string", **schema})]
+
+    def matching(pattern: str) -> Any:
+        return Annotated[str, Field(pattern=_anchored(pattern))]
+
+    Text = Annotated[str, Field(pattern=r"\S"), says(_non_empty)]
+    Texts = Annotated[list[Text], says(lambda v: f"expected a list of strings, got {_kind(v)}")]
+    Flag = Annotated[bool, says(lambda v: "expected true or false")]
+    Seconds = Annotated[float, Field(gt=0.0), says(lambda v: "expected a positive number of seconds")]
+    Port = between(1, 65535)
+    # deployer.names' own regexes: the schema says what its checks check.
+    TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names._LABEL.pattern}")})
+    VarName = checked_key(_var_name, {"pattern": _anchored(names._TOKEN.pattern),
+                                      "not": {"enum": list(BUILTIN_TOKENS)}})
+    StageName = checked_key(_stage_name, {"not": {"enum": list(DEFAULT_PIPELINE)}})
+    Mode = Annotated[int, BeforeValidator(_private_mode, json_schema_input_type=matching(_MODE) | int)]
+    Account = Annotated[
+        str, Field(pattern=_anchored(_ACCOUNT)),
+        says(lambda v: f"expected a user or group name or number, got {_kind(v)}"),
+        # A uid or gid may be written unquoted.
+        BeforeValidator(_as_written_text, json_schema_input_type=matching(_ACCOUNT) | int),
+    ]
+    UrlPath = Annotated[str, Field(pattern=_anchored(_URL_PATH)),
+                        says(lambda v: f"expected a URL path such as /health, got {v!r}" if isinstance(v, str)
+                              else _non_empty(v))]
+    ReleasePaths = Annotated[list[Annotated[Text, AfterValidator(_release_path)]],
+                             says(lambda v: f"expected a list of strings, got {_kind(v)}")]
+
+    class _Spec(BaseModel):
+        # Strict: YAML already typed every value, and "22" for a port is a
+        # mistake to point at, not to convert. Frozen: a spec is read, never
+        # changed. Deferred: one validator, TargetsFile's, made on first use,
+        # rather than one for every class here (a fifth of the models' cost).
+        model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _known_keys(cls, data: Any) -> Any:
+            # extra="forbid" says so too, and gives the schema its
+            # additionalProperties: false; this says which keys there are.
+            if isinstance(data, dict):
+                for key in data:
+                    if not isinstance(key, str):
+                        raise _problem(f"keys must be strings, got {key!r}")
+                    if key not in cls.model_fields:
+                        raise _problem(f"unknown key; expected one of: {', '.join(sorted(cls.model_fields))}", key)
+            return data
+
+    class HostSpec(_Spec):
+        """A host, and what differs on it from the target's user, port and key."""
+
+        address: Annotated[Text, AfterValidator(_host_address)] = Field(
+            description="Host name or IP address, as this machine reaches it (through the VPN).")
+        user: Text = Field(None, description="SSH user; default: the target's `user`.")
+        port: Port = Field(None, description="SSH port; default: the target's `port`.")
+        identity_file: Text | None = Field(
+            None, description="SSH private key file on this machine; default: the target's `identity_file`;"
+            " null for none.")
+
+    class VpnSpec(_Spec):
+        """The VPN this machine opens to reach the hosts, and closes after the run."""
+
+        kind: one_of("none", "openvpn") = Field("none", description="`none`, or `openvpn` (needs `config`).")
+        config: Text = Field(
+            None, description="The OpenVPN config file (.ovpn) on this machine, for kind openvpn; never packaged,"
+            " nor the key files it names.")
+        timeout: Seconds = Field(30, description="Seconds to wait for the tunnel to come up.")
+
+        @model_validator(mode="after")
+        def _config_for_openvpn(self) -> "VpnSpec":
+            if self.kind == "openvpn" and self.config is None:
+                raise _problem("missing; kind openvpn needs its config file (.ovpn)", "config")
+            return self
+
+    class ApacheSpec(_Spec):
+        """Apache on the hosts: where the vhost goes, how it is reloaded."""
+
+        dir: Text = Field(
+            "/etc/apache2", description="Apache's configuration directory on the hosts (its sites-available/ and"
+            " sites-enabled/): an absolute path, unless transport is local.")
+        ctl: Text = Field(
+            "apache2ctl", description="The apache2ctl command, or a command prefix such as `sudo apache2ctl`;"
+            " `builtin` (transport local only) is deployer's own Apache on this machine, on 127.0.0.1, run as"
+            " you.")
+        port: Port = Field(
+            80, description="The vhost's port: <<HTTP_PORT>> in the template, and the health check's.")
+        vhost_mode: Mode = Field(
+            "0640", validate_default=True, description="The vhost file's mode, as in chmod: the owner reads it,"
+            " nobody else but the group may (0600, 0640, ...).")
+        vhost_owner: Account | None = Field(
+            None, description="The vhost file's owner (chown needs root); default: the SSH user.")
+        vhost_group: Account | None = Field(None, description="The vhost file's group; default: the SSH user's.")
+
+    class PackageSpec(_Spec):
+        """What goes into the release tarball."""
+
+        source: Text = Field(".", description="The folder to package (the folder of manage.py), on this machine.")
+        exclude: Texts = Field(
+            [], description="Lines as in .gitignore (git's own rules): a pattern without / matches a name at any"
+            " depth (*.pyc, media/), one with / a path from the source root (static/*.map), ** any depth"
+            " (**/*.map).")
+        include: Texts = Field(
+            [], description="Exact paths packaged although the safe defaults withhold them (keys, .env files, the"
+            " files targets.yaml names).")
+
+    class SharedSpec(_Spec):
+        """What outlives a release (uploads, a SQLite file, a settings file with secrets): kept in
+        <root>/<CONFIG_NAME>.shared/ on each host and linked into every release at the same relative path."""
+
+        root: Text = Field(
+            None, description="Where the .shared/ folders are, on the hosts; default: `deploy_root`; or storage"
+            " every host mounts (NFS).")
+        dirs: ReleasePaths = Field(
+            [], description="Folders, relative to the release (media, var/db): made if missing.")
+        files: ReleasePaths = Field(
+            [], description="Files, relative to the release (local_settings.py): must be there already; deployer"
+            " never writes them.")
+        group: Account | None = Field(
+            None, description="The group of the folders it makes, group-writable (setgid), if the app writes there"
+            " (www-data).")
+
+        @model_validator(mode="after")
+        def _each_path_once(self) -> "SharedSpec":
+            every = self.dirs + self.files
+            if len(set(every)) != len(every):
+                raise _problem("a path is named twice")
+            for a in every:
+                for b in every:
+                    if b.startswith(a + "/"):
+                        raise _problem(f"{b!r} is inside {a!r}: name only the outer one")
+            return self
+
+    class HealthSpec(_Spec):
+        """Asked of every host after the reload: GET `path` with the instance's Host header must
+        answer `status` within `timeout` seconds, or every host is put back."""
+
+        path: UrlPath = Field(description="The URL path to ask for, e.g. /health.")
+        status: between(100, 599) = Field(200, description="The HTTP status it must answer.")
+        timeout: Seconds = Field(30, description="Seconds to wait for that answer.")
+        port: Port = Field(None, description="The port to ask on; default: apache's `port`.")
+
+    class VarSpec(_Spec):
+        """A template token's value: written here (`value`) or read from the environment (`env`)."""
+
+        value: Annotated[str, BeforeValidator(_template_value, json_schema_input_type=str | int | float)] = Field(
+            None, description="The value: one line of text, kept as written (0755 stays 0755).")
+        env: Text = Field(None, description="The environment variable to read the value from, when deploying.")
+        secret: Flag = Field(False, description="Mask the value in all output.")
+
+        @model_validator(mode="after")
+        def _one_source(self) -> "VarSpec":
+            if (self.value is None) == (self.env is None):
+                raise _problem("expected exactly one of value or env")
+            return self
+
+    class HookSpec(_Spec):
+        """A shell command, run by /bin/sh in the new release."""
+
+        run: Text = Field(description="The command.")
+        on: one_of(*HOOK_PLACES) = Field(
+            "all", description="Where it runs: `all` hosts, the `first` host only, or `local`: this machine.")
+
+    Hook = Annotated[HookSpec, BeforeValidator(_hook_shorthand, json_schema_input_type=Text | HookSpec)]
+    Hooks = Annotated[list[Hook], BeforeValidator(_one_or_more, json_schema_input_type=Hook | list[Hook])]
+
+    class HooksSpec(_Spec):
+        """Commands before or after a stage of the pipeline, by stage name."""
+
+        before: dict[str, Hooks] = Field(
+            {}, description="Stage name: a command, or a list of them, run before it.")
+        after: dict[str, Hooks] = Field({}, description="Stage name: a command, or a list of them, run after it.")
+
+    HostItem = Annotated[HostSpec, BeforeValidator(_host_shorthand, json_schema_input_type=Text | HostSpec)]
+    Var = Annotated[VarSpec, BeforeValidator(_var_shorthand, json_schema_input_type=str | int | float | VarSpec)]
+
+    class TargetSpec(_Spec):
+        """A target: where and how `deploy CONFIG_NAME HOSTNAME` deploys. Every key is optional; under
+        `defaults:` they are what every target starts from. Paths on this machine may be relative to
+        targets.yaml."""
+
+        transport: one_of("ssh", "local") = Field(
+            "ssh", description="`ssh`, or `local`: this machine, no SSH, no VPN.")
+        hosts: Annotated[list[HostItem], Field(min_length=1),
+                         says(lambda v: "expected a non-empty list of hosts")] = Field(
+            None, description="The hosts, for transport ssh: each an address (host name or IP), or {address, user,"
+            " port, identity_file}.")
+        user: Text | None = Field(None, description="SSH user on the hosts; default: the current user.")
+        port: Port = Field(22, description="SSH port of the hosts.")
+        identity_file: Text | None = Field(
+            None, description="SSH private key file on this machine; default: the SSH agent's and the default"
+            " keys.")
+        known_hosts: Text = Field(
+            "~/.ssh/known_hosts", description="Host keys are checked against this file only: an unknown or changed"
+            " key refuses the host.")
+        connect_timeout: Seconds = Field(10, description="Seconds to wait for a host's SSH connection.")
+        step_timeout: Seconds = Field(
+            600, description="Seconds a remote command may run before it is stopped and its step fails.")
+        migrate_timeout: Seconds = Field(
+            3600, description="Seconds migrate may run before it is stopped and its step fails.")
+        parallel: between(1, 1000) = Field(
+            MAX_PARALLEL, description="Hosts at once, at most (fewer when the target has fewer).")
+        relay: Flag = Field(
+            True, description="The other hosts read the artifact from the first one: it crosses the tunnel once.")
+        keep_releases: between(2, 1000) = Field(
+            5, description="Releases kept per host after a run that succeeded; the live one and the one before it"
+            " are always kept.")
+        protected: Flag = Field(False, description="`deployer destroy` refuses this target.")
+        deploy_root: Text = Field(
+            "/var/www", description="DEPLOY_PATH is <deploy_root>/<CONFIG_NAME>: an absolute path on the hosts,"
+            " without white space (relative to targets.yaml only for transport local).")
+        vpn: VpnSpec = Field(
+            {"kind": "none"}, validate_default=True,
+            description="The VPN: {kind: none}, or {kind: openvpn, config: FILE, timeout: 30}.")
+        apache: ApacheSpec = Field({}, validate_default=True, description="Apache on the hosts.")
+        migrate: Text | None = Field(
+            "python manage.py migrate --noinput", description="A shell command run in the new release; null for"
+            " none.")
+        shared: SharedSpec = Field({}, validate_default=True, description="What outlives a release.")
+        health: HealthSpec | None = Field(
+            None, description="A request every host must answer after the reload; default: none.")
+        package: PackageSpec = Field({}, validate_default=True, description="What goes into the release.")
+        template: Text = Field("templates/default_template", description="The vhost template, on this machine.")
+        vars: dict[VarName, Var] = Field(
+            {}, description="Template tokens, besides HOSTNAME, DEPLOY_PATH, CONFIG_NAME and HTTP_PORT:"
+            " `KEY: value`, or `KEY: {env: VAR, secret: true}` to read it from the environment and mask it in all"
+            " output.")
+        pipeline: Annotated[list[Text], says(lambda v: f"expected a list of strings, got {_kind(v)}"),
+                            AfterValidator(_unique)] = Field(
+            list(DEFAULT_PIPELINE), json_schema_extra={"uniqueItems": True},
+            description="The stages, in order: built-in ones, shell stages named in `stages`, plugin stages.")
+        stages: dict[StageName, Hook] = Field(
+            {}, description="Shell stages to name in `pipeline`: `name: command` or {run: command, on:"
+            " all|first|local}.")
+        hooks: HooksSpec = Field({}, validate_default=True, description="Commands before or after a stage.")
+
+        @model_validator(mode="after")
+        def _hooks_on_stages_that_run(self) -> "TargetSpec":
+            for when in ("before", "after"):
+                for stage in getattr(self.hooks, when):
+                    if stage not in self.pipeline:
+                        raise _problem("no such stage in the pipeline", "hooks", when, stage)
+            return self
+
+    Entry = Annotated[TargetSpec, BeforeValidator(lambda v: {} if v is None else v,
+                                                  json_schema_input_type=TargetSpec | None)]
+
+    class TargetsFile(_Spec):
+        """targets.yaml: the targets of `deploy CONFIG_NAME HOSTNAME`, and the defaults they share."""
+
+        model_config = ConfigDict(title="deployer targets.yaml")
+
+        defaults: TargetSpec = Field(
+            {}, validate_default=True, description="What every target starts from: an entry overrides it key by"
+            " key (mappings merge, lists and strings replace).")
+        targets: Annotated[dict[TargetName, Entry], Field(min_length=1),
+                           says(lambda v: "expected at least one target" if v == {} else None)] = Field(
+            description="The targets by config name (a DNS label, e.g. demo-acme); the entry \"*\" is used for any"
+            " config name not listed.")
+
+    class SchemaGenerator(GenerateJsonSchema):
+        """The schema as editors read it: hover text from the descriptions, no
+        titles made up from class and field names, and the same from every
+        pydantic 2 (the committed file is compared with what this one makes)."""
+
+        def field_title_should_be_set(self, schema) -> bool:
+            return False
+
+        def default_schema(self, schema) -> dict:
+            # A field that is None by default means "see the description"
+            # (the target's port, deploy_root): null is no value to offer.
+            if schema.get("default", ...) is None and schema["schema"]["type"] != "nullable":
+                return self.generate_inner(schema["schema"])
+            return super().default_schema(schema)
+
+        def dict_schema(self, schema) -> dict:
+            # The keys' pattern as propertyNames, so that a key matching none is
+            # an error too (patternProperties alone would let it through).
+            keys = self.generate_inner(schema["keys_schema"]) if "keys_schema" in schema else {}
+            out = {"type": "object", "additionalProperties": self.generate_inner(schema["values_schema"])}
+            if any(k != "type" for k in keys):
+                out["propertyNames"] = {k: v for k, v in keys.items() if k != "type"}
+            self.update_with_validations(out, schema, self.ValidationsMapping.object)
+            return out
+
+    return SimpleNamespace(TargetsFile=TargetsFile, ValidationError=ValidationError,
+                           SchemaGenerator=SchemaGenerator)
+
+
+def _validated(source: str, doc: Any, defaults: Any) -> Any:
+    """`doc` checked by the models (a TargetsFile), each entry as merged with `defaults`."""
+    models = _models()
+    checked = doc
+    if isinstance(doc, dict):
+        checked = dict(doc)
+        entries = doc.get("targets")
+        if isinstance(defaults, dict):
+            # The defaults are checked under each entry, as merged: alone, a
+            # mapping in them may lack what every entry adds to it.
+            checked["defaults"] = {}
+            if isinstance(entries, dict):
+                checked["targets"] = {name: _merge(defaults, {} if e is None else e)
+                                      for name, e in entries.items()}
+    try:
+        return models.TargetsFile.model_validate(checked)
+    except models.ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(source, _key_path(err, doc, defaults), _wording(err)) from None
+
+
+def _key_path(err: dict, doc: Any, defaults: Any) -> str:
+    keys = list(err["loc"])
+    if keys and keys[-1] == "[key]":  # the key itself is wrong
+        keys.pop()
+        if err["type"] == "string_type":
+            keys.pop()  # not a string: named by the mapping it is in
+    if err["type"] == "deployer":
+        keys += (err.get("ctx") or {}).get("below", ())
+    if keys[:1] == ["targets"] and len(keys) > 1 and _from_defaults(doc["targets"][keys[1]], defaults, keys[2:]):
+        keys = ["defaults", *keys[2:]]  # said where it is written
+    return "/".join(str(k) for k in keys)
+
+
+def _from_defaults(entry: Any, defaults: Any, keys: list) -> bool:
+    """Whether the value at `keys` of an entry merged with the defaults is the defaults' alone."""
+    entry = {} if entry is None else entry  # `alpha:` alone: the defaults, all of it
+    for key in keys:
+        if not isinstance(entry, dict) or not isinstance(defaults, dict):
+            return False  # replaced by the entry's, or made from it (`- web1` is {address: web1})
+        if key not in entry:
+            return key in defaults
+        entry, defaults = entry[key], defaults.get(key)
+    return False
+
+
+def _wording(err: dict) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "deployer":
+        return err["msg"]
+    if kind == "string_type" and err["loc"][-1:] == ("[key]",):
+        return f"keys must be strings, got {value!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {_kind(value)}"
+    if kind == "missing":
+        return "missing; this key is required"
+    known = {"list_type": f"expected a list, got {_kind(value)}", "string_type": _non_empty(value),
+             "int_type": "expected an integer", "float_type": "expected a number",
+             "bool_type": "expected true or false", "extra_forbidden": "unknown key"}
+    if kind in known:
+        return known[kind]
+    message = err["msg"]
+    return message[:1].lower() + message[1:]
+
+
+def json_schema() -> dict:
+    """targets.yaml's JSON Schema, from the models: what deployer/targets.schema.json holds.
+
+    Draft 7, the newest that yaml-language-server (VS Code, Neovim, ...) validates with."""
+    models = _models()
+    schema = models.TargetsFile.model_json_schema(ref_template="#/definitions/{model}",
+                                                  schema_generator=models.SchemaGenerator)
+    definitions = schema.pop("$defs")
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **_for_editors(schema),
+            "definitions": {name: _for_editors(d, title=False) for name, d in sorted(definitions.items())}}
+
+
+def _for_editors(node: Any, title: bool = True) -> Any:
+    if isinstance(node, list):
+        return [_for_editors(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _for_editors(v) for k, v in node.items() if title or k != "title"}
+    if isinstance(node.get("description"), str):
+        node["description"] = " ".join(node["description"].split())  # a docstring's lines, as one
+    if "$ref" in node and len(node) > 1:
+        # Draft 7 ignores whatever stands beside a $ref: the field's
+        # description and default would be lost to the hover.
+        node = {"allOf": [{"$ref": node.pop("$ref")}], **node}
+    return node
+
+
+def schema_text() -> str:
+    """json_schema() as the committed file holds it."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# -- what the models cannot know ---------------------------------------------------------
+
+
+class _Builder:
+    """A checked entry made a Target: paths resolved, and checked against the
+    transport and, when one target is resolved, against this machine."""
 
     def __init__(self, source: str, base: Path, check_environment: bool, missing: list[Missing] | None = None):
         self.source = source
@@ -390,117 +971,65 @@ class _Reader:
     def path(self, value: str) -> str:
         return str(self.base / os.path.expanduser(value))
 
-    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(path, f"keys must be strings, got {key!r}")
-            if allowed is not None and key not in allowed:
-                raise self.fail(_join(path, key), f"unknown key; expected one of: {', '.join(sorted(allowed))}")
-        return value
-
-    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, f"expected a non-empty string, got {_kind(value)}")
-        if choices and value not in choices:
-            raise self.fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def integer(self, value: Any, path: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, "expected an integer")
-        if not low <= value <= high:
-            raise self.fail(path, f"expected an integer from {low} to {high}, got {value}")
-        return int(value)  # a plain int: getaddrinfo refuses the subclass that remembers its text
-
-    def number(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise self.fail(path, "expected a positive number of seconds")
-        return float(value)
-
-    def boolean(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(path, "expected true or false")
-        return value
-
-    def strings(self, value: Any, path: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of strings, got {_kind(value)}")
-        return tuple(self.string(v, f"{path}/{i}") for i, v in enumerate(value))
-
-    def file(self, value: Any, path: str, kind: str) -> str:
-        resolved = self.path(self.string(value, path))
+    def file(self, value: str, path: str, kind: str) -> str:
+        resolved = self.path(value)
         if self.check_environment and not os.path.isfile(resolved):
             self.lacks(path, f"file not found: {resolved}", kind)
         return resolved
 
-    def target(self, entry: str, raw: Any, path: str) -> Target:
-        t = self.mapping(raw, path, _TARGET_KEYS)
-        transport = self.string(t.get("transport", "ssh"), f"{path}/transport", ("ssh", "local"))
+    def absolute(self, value: str) -> str:
+        return os.path.normpath(self.path(value)).rstrip("/") or "/"
+
+    def target(self, entry: str, t: Any, path: str) -> Target:  # t: a TargetSpec
+        # In the order of the file's README table: a dry run lists what
+        # this machine lacks in this order.
+        transport = t.transport
         hosts = self.hosts(t, path) if transport == "ssh" else (LOCAL_HOST,)
-        known_hosts = None
-        if transport == "ssh":
-            known_hosts = self.file(t.get("known_hosts", "~/.ssh/known_hosts"), f"{path}/known_hosts", "connect")
-        pipeline = self.strings(t.get("pipeline", list(DEFAULT_PIPELINE)), f"{path}/pipeline")
-        stages = {
-            name: self.hook(spec, f"{path}/stages/{name}")
-            for name, spec in self.mapping(t.get("stages", {}), f"{path}/stages").items()
-        }
-        for name in stages:
-            if name in DEFAULT_PIPELINE:
-                raise self.fail(f"{path}/stages/{name}", "a built-in stage has this name; use hooks"
-                                " to run commands before or after it")
-        hooks = self.mapping(t.get("hooks", {}), f"{path}/hooks", {"before", "after"})
-        before, after = (
-            self.hooks(hooks.get(when, {}), f"{path}/hooks/{when}") for when in ("before", "after")
-        )
-        migrate = t.get("migrate", "python manage.py migrate --noinput")
-        apache = self.apache(t.get("apache", {}), f"{path}/apache", transport)
+        known_hosts = self.file(t.known_hosts, f"{path}/known_hosts", "connect") if transport == "ssh" else None
+        apache = self.apache(t.apache, f"{path}/apache", transport)
+        deploy_root = self.deploy_root(t.deploy_root, f"{path}/deploy_root", transport)
         return Target(
             entry=entry,
             transport=transport,
             hosts=hosts,
             known_hosts=known_hosts,
-            connect_timeout=self.number(t.get("connect_timeout", 10), f"{path}/connect_timeout"),
-            step_timeout=self.number(t.get("step_timeout", 600), f"{path}/step_timeout"),
-            migrate_timeout=self.number(t.get("migrate_timeout", 3600), f"{path}/migrate_timeout"),
-            parallel=self.integer(t.get("parallel", MAX_PARALLEL), f"{path}/parallel", 1, 1000),
-            relay=self.boolean(t.get("relay", True), f"{path}/relay"),
-            # Two at least: the live release and the one a rollback goes back to.
-            keep_releases=self.integer(t.get("keep_releases", 5), f"{path}/keep_releases", 2, 1000),
-            protected=self.boolean(t.get("protected", False), f"{path}/protected"),
-            deploy_root=self.deploy_root(t.get("deploy_root", "/var/www"), f"{path}/deploy_root", transport),
-            vpn=self.vpn(t.get("vpn", {"kind": "none"}), f"{path}/vpn"),
+            connect_timeout=float(t.connect_timeout),
+            step_timeout=float(t.step_timeout),
+            migrate_timeout=float(t.migrate_timeout),
+            parallel=t.parallel,
+            relay=t.relay,
+            keep_releases=t.keep_releases,
+            protected=t.protected,
+            deploy_root=deploy_root,
+            vpn=self.vpn(t.vpn, f"{path}/vpn"),
             apache=apache,
-            migrate=None if migrate is None else self.string(migrate, f"{path}/migrate"),
-            package=self.package(t.get("package", {}), f"{path}/package"),
-            health=self.health(t.get("health"), f"{path}/health", apache.port),
-            shared=self.shared(t.get("shared", {}), f"{path}/shared", transport, t.get("deploy_root", "/var/www")),
-            template=self.file(t.get("template", "templates/default_template"), f"{path}/template", "template"),
-            vars=self.vars(t.get("vars", {}), f"{path}/vars"),
-            pipeline=self.pipeline(pipeline, before, after, path),
-            stages=stages,
-            before=before,
-            after=after,
+            migrate=t.migrate,
+            package=self.package(t.package, f"{path}/package"),
+            health=None if t.health is None else Health(
+                path=t.health.path, status=t.health.status, timeout=float(t.health.timeout),
+                port=apache.port if t.health.port is None else t.health.port),
+            shared=Shared(
+                root=self.deploy_root(t.shared.root or t.deploy_root, f"{path}/shared/root", transport),
+                dirs=tuple(t.shared.dirs), files=tuple(t.shared.files), group=t.shared.group or ""),
+            template=self.file(t.template, f"{path}/template", "template"),
+            vars={key: self.var(v, f"{path}/vars/{key}", key) for key, v in t.vars.items()},
+            pipeline=tuple(t.pipeline),
+            stages={name: Hook(h.run, h.on) for name, h in t.stages.items()},
+            before={stage: tuple(Hook(h.run, h.on) for h in hooks) for stage, hooks in t.hooks.before.items()},
+            after={stage: tuple(Hook(h.run, h.on) for h in hooks) for stage, hooks in t.hooks.after.items()},
         )
 
-    def absolute(self, value: Any, path: str) -> str:
-        text = self.string(value, path)
-        return os.path.normpath(self.path(text)).rstrip("/") or "/"
-
-    def host_path(self, value: Any, path: str, transport: str) -> str:
+    def host_path(self, value: str, path: str, transport: str) -> str:
         """A path on the hosts. For the local target the hosts are this machine,
         so it may be relative to this file; for SSH it is never resolved here
         (`~/www` would become the runner's home, `www` a folder on the runner)."""
         if transport == "local":
-            return self.absolute(value, path)
-        text = self.string(value, path)
-        if not text.startswith("/"):
-            raise self.fail(path, f"expected an absolute path on the hosts (starting with /), got {text!r}")
-        return posixpath.normpath(text).rstrip("/") or "/"
+            return self.absolute(value)
+        if not value.startswith("/"):
+            raise self.fail(path, f"expected an absolute path on the hosts (starting with /), got {value!r}")
+        return posixpath.normpath(value).rstrip("/") or "/"
 
-    def deploy_root(self, value: Any, path: str, transport: str) -> str:
+    def deploy_root(self, value: str, path: str, transport: str) -> str:
         root = self.host_path(value, path, transport)
         # DEPLOY_PATH goes into the vhost unquoted (<<DEPLOY_PATH>>/static).
         problem = names.value_problem(root) or (
@@ -509,34 +1038,19 @@ class _Reader:
             raise self.fail(path, f"{root!r} {problem}")
         return root
 
-    def hosts(self, t: dict, path: str) -> tuple[Host, ...]:
-        raw = t.get("hosts")
-        if not isinstance(raw, list) or not raw:
+    def hosts(self, t: Any, path: str) -> tuple[Host, ...]:
+        if t.hosts is None:
             raise self.fail(f"{path}/hosts", "expected a non-empty list of hosts")
-        user = t.get("user")
-        if user is not None:
-            user = self.string(user, f"{path}/user")
-        port = self.integer(t.get("port", 22), f"{path}/port", 1, 65535)
-        key = t.get("identity_file")
         hosts = []
-        for i, item in enumerate(raw):
-            hpath = f"{path}/hosts/{i}"
-            if isinstance(item, str):
-                item = {"address": item}
-            h = self.mapping(item, hpath, {"address", "user", "port", "identity_file"})
-            address = self.string(h.get("address"), f"{hpath}/address")
-            try:
-                names.hostname(address)
-            except UsageError:
-                if not _is_ip(address):
-                    raise self.fail(f"{hpath}/address", f"not a host name or IP address: {address!r}") from None
-            host_key = h.get("identity_file", key)
+        for i, h in enumerate(t.hosts):
+            # `identity_file: null` on a host: none for it, whatever the target's.
+            key = h.identity_file if "identity_file" in h.model_fields_set else t.identity_file
             hosts.append(Host(
-                address=address,
-                port=self.integer(h.get("port", port), f"{hpath}/port", 1, 65535),
-                user=self.string(h["user"], f"{hpath}/user") if "user" in h else user,
-                identity_file=None if host_key is None else self.file(host_key, f"{hpath}/identity_file",
-                                                                      "connect"),
+                address=h.address,
+                port=t.port if h.port is None else h.port,
+                user=t.user if h.user is None else h.user,
+                identity_file=None if key is None else self.file(key, f"{path}/hosts/{i}/identity_file",
+                                                                  "connect"),
             ))
         seen = set()
         for i, h in enumerate(hosts):
@@ -545,21 +1059,14 @@ class _Reader:
             seen.add(h.name)
         return tuple(hosts)
 
-    def vpn(self, raw: Any, path: str) -> Vpn:
-        v = self.mapping(raw, path, {"kind", "config", "timeout"})
-        kind = self.string(v.get("kind", "none"), f"{path}/kind", ("none", "openvpn"))
-        if kind == "none":
+    def vpn(self, v: Any, path: str) -> Vpn:
+        if v.kind == "none":
             return Vpn()
-        return Vpn(
-            kind=kind,
-            config=self.file(v.get("config"), f"{path}/config", "connect"),
-            timeout=self.number(v.get("timeout", 30), f"{path}/timeout"),
-        )
+        return Vpn(kind=v.kind, config=self.file(v.config, f"{path}/config", "connect"), timeout=float(v.timeout))
 
-    def apache(self, raw: Any, path: str, transport: str) -> Apache:
-        a = self.mapping(raw, path, {"dir", "ctl", "port", "vhost_mode", "vhost_owner", "vhost_group"})
-        ctl = words(self.string(a.get("ctl", "apache2ctl"), f"{path}/ctl"))
-        apache_dir = self.host_path(a.get("dir", "/etc/apache2"), f"{path}/dir", transport)
+    def apache(self, a: Any, path: str, transport: str) -> Apache:
+        ctl = words(a.ctl)
+        apache_dir = self.host_path(a.dir, f"{path}/dir", transport)
         if ctl == ("builtin",):
             if transport != "local":
                 raise self.fail(f"{path}/ctl", "builtin is deployer's own Apache on this machine: only for"
@@ -569,154 +1076,27 @@ class _Reader:
             # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare
             # name (apache2ctl, sudo) is looked up on the host's PATH.
             ctl = (self.host_path(ctl[0], f"{path}/ctl", transport), *ctl[1:])
-        return Apache(
-            dir=apache_dir, ctl=ctl, port=self.integer(a.get("port", 80), f"{path}/port", 1, 65535),
-            vhost_mode=self.private_mode(a.get("vhost_mode", "0640"), f"{path}/vhost_mode"),
-            vhost_owner=self.account(a.get("vhost_owner"), f"{path}/vhost_owner"),
-            vhost_group=self.account(a.get("vhost_group"), f"{path}/vhost_group"),
-        )
+        return Apache(dir=apache_dir, ctl=ctl, port=a.port, vhost_mode=a.vhost_mode,
+                      vhost_owner=a.vhost_owner or "", vhost_group=a.vhost_group or "")
 
-    def private_mode(self, value: Any, path: str) -> int:
-        # Written as in chmod; an unquoted 0640 is read as YAML wrote it.
-        text = value.text if isinstance(value, _Int) else value
-        if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{3}", text):
-            got = repr(text) if isinstance(text, str) else _kind(value)
-            raise self.fail(path, f"expected an octal mode such as \"0640\", got {got}")
-        mode = int(text, 8)
-        if mode & ~0o660 or not mode & 0o400:
-            raise self.fail(path, f"{text}: the owner must read it, and nobody else but the group may"
-                            " (no execute bits): e.g. 0600 or 0640")
-        return mode
-
-    def account(self, value: Any, path: str) -> str:
-        if value is None:
-            return ""
-        text = value.text if isinstance(value, _Int) else value
-        if not isinstance(text, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?|[0-9]+", text):
-            raise self.fail(path, f"expected a user or group name or number, got {_kind(value)}")
-        return text
-
-    def health(self, raw: Any, path: str, port: int) -> Health | None:
-        if raw is None:
-            return None
-        h = self.mapping(raw, path, {"path", "status", "timeout", "port"})
-        url_path = self.string(h.get("path"), f"{path}/path")
-        if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*", url_path):
-            raise self.fail(f"{path}/path", f"expected a URL path such as /health, got {url_path!r}")
-        return Health(path=url_path, status=self.integer(h.get("status", 200), f"{path}/status", 100, 599),
-                      timeout=self.number(h.get("timeout", 30), f"{path}/timeout"),
-                      port=self.integer(h.get("port", port), f"{path}/port", 1, 65535))
-
-    def shared(self, raw: Any, path: str, transport: str, deploy_root: Any) -> Shared:
-        s = self.mapping(raw, path, {"root", "dirs", "files", "group"})
-        dirs, files = (tuple(self.shared_path(v, f"{path}/{kind}/{i}")
-                             for i, v in enumerate(self.strings(s.get(kind, []), f"{path}/{kind}")))
-                       for kind in ("dirs", "files"))
-        every = dirs + files
-        if len(set(every)) != len(every):
-            raise self.fail(path, "a path is named twice")
-        for a in every:
-            for b in every:
-                if b.startswith(a + "/"):
-                    raise self.fail(path, f"{b!r} is inside {a!r}: name only the outer one")
-        return Shared(root=self.deploy_root(s.get("root", deploy_root), f"{path}/root", transport),
-                      dirs=dirs, files=files, group=self.account(s.get("group"), f"{path}/group"))
-
-    def shared_path(self, value: str, path: str) -> str:
-        """A path inside every release: relative, plain, not one deployer keeps there."""
-        norm = posixpath.normpath(value)
-        problem = names.value_problem(value)
-        if problem:
-            raise self.fail(path, f"{value!r} {problem}")
-        if value.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "/../" in value:
-            raise self.fail(path, f"expected a path inside the release, such as media or var/db, got {value!r}")
-        if norm.split("/")[0].startswith(".deployer"):
-            raise self.fail(path, f"{value!r} is a name deployer keeps in every release")
-        return norm
-
-    def package(self, raw: Any, path: str) -> Package:
-        p = self.mapping(raw, path, {"source", "exclude", "include"})
-        source = self.absolute(p.get("source", "."), f"{path}/source")
+    def package(self, p: Any, path: str) -> Package:
+        source = self.absolute(p.source)
         if self.check_environment and not os.path.isdir(source):
             self.lacks(f"{path}/source", f"directory not found: {source}", "source")
-        return Package(source=source, exclude=self.strings(p.get("exclude", []), f"{path}/exclude"),
-                       include=self.strings(p.get("include", []), f"{path}/include"))
+        return Package(source=source, exclude=tuple(p.exclude), include=tuple(p.include))
 
-    def vars(self, raw: Any, path: str) -> dict[str, Var]:
-        out = {}
-        for key, value in self.mapping(raw, path).items():
-            vpath = f"{path}/{key}"
-            try:
-                names.token_name(key)
-            except UsageError as e:
-                raise self.fail(vpath, str(e)) from None
-            if key in BUILTIN_TOKENS:
-                raise self.fail(vpath, f"{key} is set by deployer and cannot be overridden")
-            out[key] = self.var(value, vpath, key)
-        return out
-
-    def var(self, value: Any, path: str, name: str) -> Var:
-        if isinstance(value, bool) or value is None:
-            raise self.fail(path, f"{_kind(value)} is not a value for a template; quote it")
-        if isinstance(value, (_Int, _Float)):
-            return Var(self.value(value.text, path))
-        if isinstance(value, (str, int, float)):
-            return Var(self.value(str(value), path))
-        v = self.mapping(value, path, {"value", "env", "secret"})
-        secret = self.boolean(v.get("secret", False), f"{path}/secret")
-        if ("value" in v) == ("env" in v):
-            raise self.fail(path, "expected exactly one of value or env")
-        if "env" in v:
-            env = self.string(v["env"], f"{path}/env")
-            value = os.environ.get(env)
-            if value is None and self.check_environment:
-                self.lacks(f"{path}/env", f"environment variable {env} is not set", "value", name)
-                # Only a dry run gets here: it shows where the value would go.
-                value = f"<{env}: not set here>"
-            value = self.value(value or "", f"{path}/env", f"environment variable {env}")
-            return Var(value, secret)
-        return Var(self.var(v["value"], f"{path}/value", name).value, secret)
-
-    def value(self, text: str, path: str, what: str = "value") -> str:
-        problem = names.value_problem(text)
+    def var(self, v: Any, path: str, name: str) -> Var:
+        if v.env is None:
+            return Var(v.value, v.secret)
+        value = os.environ.get(v.env)
+        if value is None and self.check_environment:
+            self.lacks(f"{path}/env", f"environment variable {v.env} is not set", "value", name)
+            # Only a dry run gets here: it shows where the value would go.
+            value = f"<{v.env}: not set here>"
+        problem = names.value_problem(value or "")
         if problem:
-            raise self.fail(path, f"{what} {problem}")
-        return text
-
-    def hook(self, raw: Any, path: str) -> Hook:
-        if isinstance(raw, str):
-            raw = {"run": raw}
-        h = self.mapping(raw, path, {"run", "on"})
-        return Hook(
-            run=self.string(h.get("run"), f"{path}/run"),
-            on=self.string(h.get("on", "all"), f"{path}/on", HOOK_PLACES),
-        )
-
-    def hooks(self, raw: Any, path: str) -> dict[str, tuple[Hook, ...]]:
-        out = {}
-        for stage, items in self.mapping(raw, path).items():
-            if not isinstance(items, list):
-                items = [items]
-            out[stage] = tuple(self.hook(item, f"{path}/{stage}/{i}") for i, item in enumerate(items))
-        return out
-
-    def pipeline(self, pipeline, before, after, path) -> tuple[str, ...]:
-        # Entry-point stages are checked when the plan is built; here only
-        # duplicates and hooks on stages that will not run are caught.
-        seen = set()
-        for i, name in enumerate(pipeline):
-            if name in seen:
-                raise self.fail(f"{path}/pipeline/{i}", f"stage {name!r} listed twice")
-            seen.add(name)
-        for when, hooks in (("before", before), ("after", after)):
-            for stage in hooks:
-                if stage not in seen:
-                    raise self.fail(f"{path}/hooks/{when}/{stage}", "no such stage in the pipeline")
-        return pipeline
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}/{key}" if path else key
+            raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
+        return Var(value or "", v.secret)
 
 
 def _kind(value: Any) -> str:
@@ -725,7 +1105,8 @@ def _kind(value: Any) -> str:
     if value == "":
         return "an empty string"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+            int: "an integer", float: "a number", _Int: "an integer", _Float: "a number"}.get(
+        type(value), type(value).__name__)
 
 
 def _is_ip(text: str) -> bool:
@@ -734,3 +1115,8 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+if __name__ == "__main__":
+    # python -m deployer.config > deployer/targets.schema.json
+    print(schema_text(), end="")

@@ -1,12 +1,14 @@
-"""`deployer init`: a project's first targets.yaml and vhost template.
+"""`deployer init`: a project's first targets.yaml, vhost template, and the
+JSON Schema its editor reads.
 
-Both come from deployer/skeleton/, installed as package data, so a pip
-install writes the same starting point as a checkout. Once written they are
-the user's, so init never replaces anything: whatever is at either path,
-even a dangling symlink, means nothing is written. Every step goes through
-a descriptor of the project directory and of templates/, and every file is
-created with O_EXCL and O_NOFOLLOW, so a link planted between the check and
-the write is refused rather than written through.
+They come from deployer/skeleton/ and deployer/targets.schema.json,
+installed as package data, so a pip install writes the same starting point
+as a checkout. Once written they are the user's, so init never replaces
+anything: whatever is at any of the paths, even a dangling symlink, means
+nothing is written. Every step goes through a descriptor of the project
+directory and of each folder, and every file is created with O_EXCL and
+O_NOFOLLOW, so a link planted between the check and the write is refused
+rather than written through.
 """
 
 import contextlib
@@ -21,22 +23,30 @@ from deployer.errors import UsageError
 TARGETS = "targets.yaml"
 TEMPLATES = "templates"
 TEMPLATE = "default_template"
+# The JSON Schema of targets.yaml, where the skeleton's first line points
+# editors; `deployer schema` prints it again after an upgrade.
+SCHEMA_DIR = ".deployer"
+SCHEMA = "targets.schema.json"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def init(directory: Path = Path(".")) -> list[Path]:
-    """Write targets.yaml and templates/default_template into `directory`; the paths written."""
+    """Write targets.yaml, templates/default_template and .deployer/targets.schema.json
+    into `directory`; the paths written."""
     # Read first: a broken install fails before anything is written.
-    targets, template = _skeleton(TARGETS), _skeleton(TEMPLATE)
+    template = for_project(_skeleton(TEMPLATE), wsgi_module(directory))
+    files = [("", TARGETS, _skeleton(TARGETS)), (TEMPLATES, TEMPLATE, template),
+             (SCHEMA_DIR, SCHEMA, (resources.files("deployer") / SCHEMA).read_bytes())]
     try:
         project = os.open(directory, _DIR_FLAGS)
     except OSError as e:
         raise UsageError(f"{directory}: cannot initialise: {e.strerror}") from None
     try:
-        in_the_way = _in_the_way(project, directory)
+        in_the_way = [problem for folder, name, _ in files
+                      for problem in _in_the_way(project, directory, folder, name)]
         if in_the_way:
             raise UsageError(f"{directory}: not initialised, nothing written: {'; '.join(in_the_way)}")
-        return _write(project, directory, targets, for_project(template, wsgi_module(directory)))
+        return _write(project, directory, files)
     finally:
         os.close(project)
 
@@ -76,51 +86,55 @@ def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def _in_the_way(project: int, directory: Path) -> list[str]:
-    """What stops init, as `PATH what`; empty if nothing does."""
+def _in_the_way(project: int, directory: Path, folder: str, name: str) -> list[str]:
+    """What stops init writing folder/name, as `PATH what`; empty if nothing does."""
+    path = f"{folder}/{name}" if folder else name
     try:
-        found = [f"{directory / TARGETS} exists"] if _lstat(TARGETS, project) else []
-        templates = _lstat(TEMPLATES, project)
-        if templates is None:
-            return found
-        if stat.S_ISLNK(templates.st_mode):
-            # Its target may be another project's templates/, or nothing yet.
-            return [*found, f"{directory / TEMPLATES} is a symbolic link"]
-        if not stat.S_ISDIR(templates.st_mode):
-            return [*found, f"{directory / TEMPLATES} exists and is not a directory"]
-        if _lstat(f"{TEMPLATES}/{TEMPLATE}", project):
-            found.append(f"{directory / TEMPLATES / TEMPLATE} exists")
-        return found
+        if folder:
+            found = _lstat(folder, project)
+            if found is None:
+                return []
+            if stat.S_ISLNK(found.st_mode):
+                # Its target may be another project's folder, or nothing yet.
+                return [f"{directory / folder} is a symbolic link"]
+            if not stat.S_ISDIR(found.st_mode):
+                return [f"{directory / folder} exists and is not a directory"]
+        return [f"{directory / path} exists"] if _lstat(path, project) else []
     except OSError as e:
         raise UsageError(f"{directory}: cannot initialise: {e.filename}: {e.strerror}") from None
 
 
-def _write(project: int, directory: Path, targets: bytes, template: bytes) -> list[Path]:
+def _write(project: int, directory: Path, files: list[tuple[str, str, bytes]]) -> list[Path]:
     # What this call made, undone newest first if a later step fails: each
     # was created here (O_EXCL, mkdir), so removing it removes nothing of the user's.
     undo: list[Callable[[], None]] = []
-    where = directory / TARGETS
+    written = []
     try:
-        _create(TARGETS, project, targets)
-        undo.append(lambda: os.unlink(TARGETS, dir_fd=project))
-        where = directory / TEMPLATES
-        try:
-            os.mkdir(TEMPLATES, 0o755, dir_fd=project)
-            undo.append(lambda: os.rmdir(TEMPLATES, dir_fd=project))
-        except FileExistsError:
-            pass  # a real directory when checked; O_NOFOLLOW below refuses it if it is now a link
-        templates = os.open(TEMPLATES, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=project)
-        try:
-            where = directory / TEMPLATES / TEMPLATE
-            _create(TEMPLATE, templates, template)
-        finally:
-            os.close(templates)
+        for folder, name, content in files:
+            where = directory / folder / name
+            if not folder:
+                _create(name, project, content)
+                undo.append(lambda name=name: os.unlink(name, dir_fd=project))
+                written.append(where)
+                continue
+            try:
+                os.mkdir(folder, 0o755, dir_fd=project)
+                undo.append(lambda folder=folder: os.rmdir(folder, dir_fd=project))
+            except FileExistsError:
+                pass  # a real directory when checked; O_NOFOLLOW below refuses it if it is now a link
+            inside = os.open(folder, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=project)
+            try:
+                _create(name, inside, content)
+                undo.append(lambda folder=folder, name=name: os.unlink(f"{folder}/{name}", dir_fd=project))
+            finally:
+                os.close(inside)
+            written.append(where)
     except OSError as e:
         for step in reversed(undo):
             with contextlib.suppress(OSError):
                 step()
         raise UsageError(f"{where}: cannot write: {e.strerror}; nothing written") from None
-    return [directory / TARGETS, directory / TEMPLATES / TEMPLATE]
+    return written
 
 
 def _create(name: str, dir_fd: int, content: bytes) -> None:

@@ -1,10 +1,15 @@
-"""targets.yaml: merging, the catch-all, paths, hosts, and errors that read like paths."""
+"""targets.yaml: merging, the catch-all, paths, hosts, errors that read like paths, and its JSON Schema."""
 
 import io
+import json
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deployer import config
 from deployer.cli import main
@@ -355,8 +360,9 @@ MALFORMED = [
      " underscores, not starting with a digit"),
     ("targets:\n  alpha: {" + HOST + ", vars: {HOSTNAME: evil.example.com}}\n",
      "targets/alpha/vars/HOSTNAME: HOSTNAME is set by deployer and cannot be overridden"),
+    # A mistake in the defaults is named where it is written, not in the first target.
     ("defaults: {vars: {DEPLOY_PATH: /tmp}}\ntargets:\n  alpha: {" + HOST + "}\n",
-     "targets/alpha/vars/DEPLOY_PATH: DEPLOY_PATH is set by deployer and cannot be overridden"),
+     "defaults/vars/DEPLOY_PATH: DEPLOY_PATH is set by deployer and cannot be overridden"),
     ("targets:\n  alpha: {" + HOST + ", vars: {A: {env: X, value: y}}}\n",
      "targets/alpha/vars/A: expected exactly one of value or env"),
     ("targets:\n  alpha: {" + HOST + ", vars: {A: {env: X, secret: 'yes'}}}\n",
@@ -523,3 +529,121 @@ def test_odd_yaml_is_a_config_error_not_a_crash(site, text, message):
     with pytest.raises(ConfigError) as e:
         config.load(path)
     assert str(e.value) == f"{path}: {message}"
+
+
+# -- defaults, checked as merged ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("defaults: {port: '22'}\ntargets:\n  alpha: {" + HOST + "}\n", "defaults/port: expected an integer"),
+    ("defaults: {port: '22'}\ntargets:\n  alpha:\n", "defaults/port: expected an integer"),
+    # The entry has apache: too, merged with the defaults' key by key.
+    ("defaults: {apache: {ctll: x}}\ntargets:\n  alpha: {" + HOST + ", apache: {port: 81}}\n",
+     "defaults/apache/ctll: unknown key; expected one of: ctl, dir, port, vhost_group, vhost_mode, vhost_owner"),
+    # Wrong only as merged: named in the target.
+    ("defaults: {vars: {A: {env: X}}}\ntargets:\n  alpha: {" + HOST + ", vars: {A: {value: y}}}\n",
+     "targets/alpha/vars/A: expected exactly one of value or env"),
+])
+def test_a_mistake_in_the_defaults_is_named_where_it_is_written(site, text, expected):
+    path = write(site, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert str(e.value) == f"{path}: {expected}"
+
+
+def test_a_mapping_in_the_defaults_may_lack_what_every_target_adds(site):
+    t = config.load(write(site, BASE.replace("defaults:\n", "defaults:\n  vpn: {kind: openvpn, timeout: 5}\n"
+                                             "  health: {timeout: 5}\n") + """\
+targets:
+  alpha: {hosts: [web1.alpha.internal], vpn: {config: vpn/alpha.ovpn}, health: {path: /up}}
+""")).resolve("alpha")
+    assert t.vpn == Vpn(kind="openvpn", config=str(site / "vpn/alpha.ovpn"), timeout=5.0)
+    assert (t.health.path, t.health.timeout, t.health.port) == ("/up", 5.0, 80)
+
+
+def test_a_host_may_do_without_the_targets_key(site, tmp_path):
+    t = config.load(write(site, BASE + """\
+targets:
+  alpha:
+    identity_file: ~/.ssh/id_ed25519
+    hosts: [web1.alpha.internal, {address: web2.alpha.internal, identity_file: null}]
+""")).resolve("alpha")
+    assert [h.identity_file for h in t.hosts] == [str(tmp_path / "home/.ssh/id_ed25519"), None]
+
+
+# -- the JSON Schema -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_committed_schema_is_the_one_the_models_make():
+    committed = json.loads(config.SCHEMA_FILE.read_text(encoding="utf-8"))
+    # After a change to the models: python -m deployer.config > deployer/targets.schema.json
+    assert committed == config.json_schema()
+
+
+def test_every_key_has_text_for_the_editors_hover():
+    schema = config.json_schema()
+    for name, definition in [("targets.yaml", schema), *schema["definitions"].items()]:
+        for key, prop in definition["properties"].items():
+            assert prop.get("description"), f"{name}: {key}"
+
+
+def test_pydantic_is_imported_only_to_read_a_targets_file():
+    # `deploy --help` and `deployer init` need no schema: pydantic's import
+    # would be most of their start-up time.
+    code = "import sys, deployer.cli, deployer.commands; print(sorted(m for m in sys.modules if 'pydantic' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout == "[]\n"
+
+
+def _schema_validator():
+    jsonschema = pytest.importorskip("jsonschema")  # not a dependency: the models themselves validate
+    jsonschema.Draft7Validator.check_schema(config.json_schema())
+    return jsonschema.Draft7Validator(config.json_schema())
+
+
+def _yaml(text: str):
+    # As an editor reads it: YAML 1.2, where `on:` is a key and `no` a string.
+    return yaml.load(text, Loader=config._Loader)
+
+
+def _uncommented(text: str) -> str:
+    """The skeleton with its commented examples (alpha, "*") as a user uncomments them."""
+    head, entries = text.split("\ntargets:\n")
+    entries = re.sub(r"(?m)^  # (\"\*\"|[a-z][a-z0-9-]*):$", r"  \1:", entries)
+    return f"{head}\ntargets:\n{re.sub(r'(?m)^  #   ', '    ', entries)}"
+
+
+@pytest.mark.parametrize(("name", "edit"), [
+    ("targets.yaml", str),
+    ("deployer/skeleton/targets.yaml", str),
+    ("deployer/skeleton/targets.yaml", _uncommented),
+])
+def test_the_files_we_ship_are_valid_for_the_schema_too(name, edit):
+    doc = _yaml(edit((REPO / name).read_text()))
+    assert "local" in doc["targets"]
+    assert ("alpha" in doc["targets"]) == (edit is _uncommented or name == "targets.yaml")
+    assert [e.message for e in _schema_validator().iter_errors(doc)] == []
+
+
+def test_the_files_we_ship_point_editors_at_the_schema():
+    assert (REPO / "targets.yaml").read_text().splitlines()[0] == (
+        "# yaml-language-server: $schema=./deployer/targets.schema.json")
+    # In a project of its own, deployer init writes the schema beside it.
+    assert (REPO / "deployer/skeleton/targets.yaml").read_text().splitlines()[0] == (
+        "# yaml-language-server: $schema=./.deployer/targets.schema.json")
+
+
+# What an editor flags as it is typed; the rest needs deployer (another
+# key's value, names.hostname, a path's parts, the file system).
+_SCHEMA_SAYS = re.compile(
+    r"unknown key|invalid (config|variable) name|\w+ is set by deployer|stage '\w+' listed twice|expected (an"
+    r" integer|one of|true or false|a positive number|a non-empty|a mapping|a list|at least one|a URL)")
+
+
+@pytest.mark.parametrize(("text", "expected"),
+                         [(t, e) for t, e in MALFORMED if _SCHEMA_SAYS.match(e.split(": ", 1)[-1])])
+def test_the_schema_refuses_what_it_can_say(text, expected):
+    assert list(_schema_validator().iter_errors(_yaml(text))), expected
+

@@ -18,11 +18,15 @@ REPO = Path(__file__).resolve().parent.parent
 SKELETON = REPO / "deployer" / "skeleton"
 
 
-def test_writes_both_files_and_they_load(tmp_path):
+def test_writes_the_files_and_they_load(tmp_path):
     written = scaffold.init(tmp_path)
-    assert written == [tmp_path / "targets.yaml", tmp_path / "templates" / "default_template"]
+    assert written == [tmp_path / "targets.yaml", tmp_path / "templates" / "default_template",
+                       tmp_path / ".deployer" / "targets.schema.json"]
     assert written[0].read_bytes() == (SKELETON / "targets.yaml").read_bytes()
     assert written[1].read_bytes() == (SKELETON / "default_template").read_bytes()
+    # Where the skeleton's first line points editors.
+    assert written[0].read_text().startswith("# yaml-language-server: $schema=./.deployer/targets.schema.json\n")
+    assert written[2].read_bytes() == (REPO / "deployer" / "targets.schema.json").read_bytes()
     local = config.load(written[0]).resolve("local")
     assert local.transport == "local"
     assert local.deploy_root == str(tmp_path / ".deployer-local" / "www")
@@ -34,7 +38,8 @@ def test_writes_both_files_and_they_load(tmp_path):
 
 def test_the_directory_defaults_to_the_current_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert scaffold.init() == [Path("targets.yaml"), Path("templates/default_template")]
+    assert scaffold.init() == [Path("targets.yaml"), Path("templates/default_template"),
+                               Path(".deployer/targets.schema.json")]
     assert (tmp_path / "templates" / "default_template").is_file()
 
 
@@ -198,3 +203,9 @@ def test_init_in_a_new_django_project_then_deploy_local_serves_it(tmp_path):
                        capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert not (project / ".deployer-local" / "www" / "local").exists()
 
+
+
+def test_deployer_schema_prints_the_packaged_schema():
+    out = io.StringIO()
+    assert commands.main(["schema"], stdout=out) == 0
+    assert out.getvalue() == (REPO / "deployer" / "targets.schema.json").read_text()
