@@ -1065,12 +1065,20 @@ class _Builder:
         return Vpn(kind=v.kind, config=self.file(v.config, f"{path}/config", "connect"), timeout=float(v.timeout))
 
     def apache(self, a: Any, path: str, transport: str) -> Apache:
-        ctl = words(a.ctl)
+        try:
+            ctl = words(a.ctl)
+        except ValueError as e:  # an unclosed quote
+            raise self.fail(f"{path}/ctl", f"cannot be split into words: {e}") from None
         apache_dir = self.host_path(a.dir, f"{path}/dir", transport)
         if ctl == ("builtin",):
             if transport != "local":
                 raise self.fail(f"{path}/ctl", "builtin is deployer's own Apache on this machine: only for"
                                 " transport: local")
+            # It writes its own config into that folder: never the system's.
+            if os.path.realpath(apache_dir) == os.path.realpath("/etc/apache2") or not re.fullmatch(
+                    r"[A-Za-z0-9_./+-]+", apache_dir):
+                raise self.fail(f"{path}/dir", f"builtin needs a folder of its own for its config, such as"
+                                f" .deployer-local/apache2 (letters, digits, . _ - + / only), not {apache_dir!r}")
             ctl = ("/bin/sh", str(LOCAL_APACHE_CTL), apache_dir)
         elif "/" in ctl[0]:
             # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare

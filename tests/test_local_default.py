@@ -184,3 +184,33 @@ def test_readme_first_command_as_written(tmp_path):
         print(f"README's first command: exit 0 in {took:.0f} s")
     finally:
         _stop(checkout)
+
+
+@needs_local_site
+def test_the_builtin_configtest_writes_nothing_and_never_replaces_a_foreign_config(tmp_path):
+    apache = tmp_path / "apache2"
+    (apache / "sites-enabled").mkdir(parents=True)
+    (apache / "sites-enabled" / "x.conf").write_text("<VirtualHost *:18080>\nServerName x.test\n</VirtualHost>\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = subprocess.run(["sh", str(LOCAL_CTL), str(apache), "configtest"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "Syntax OK" in proc.stderr + proc.stdout, proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    (apache / "apache2.conf").write_text("# the system's, say\n")
+    proc = subprocess.run(["sh", str(LOCAL_CTL), str(apache), "graceful"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "was not written by deployer's local-apache2ctl" in proc.stderr
+    assert (apache / "apache2.conf").read_text() == "# the system's, say\n"
+
+
+@pytest.mark.parametrize("folder", ["/etc/apache2", "with space"])
+def test_a_builtin_apache_needs_a_plain_folder_of_its_own(tmp_path, folder):
+    from deployer.config import load
+    from deployer.errors import ConfigError
+
+    (tmp_path / "t").write_text("x\n")
+    (tmp_path / "targets.yaml").write_text(
+        "targets:\n  local:\n    transport: local\n    template: t\n"
+        f"    apache: {{ctl: builtin, dir: {folder}}}\n")
+    with pytest.raises(ConfigError, match="targets/local/apache/dir: builtin needs a folder of its own"):
+        load(tmp_path / "targets.yaml")
