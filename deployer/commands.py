@@ -211,7 +211,7 @@ def _show(args, run: Run, stdout) -> str:
     else:
         rows = _history_rows(states)[-args.lines:]
         text = json.dumps(rows, indent=2) if args.json else _history_table(rows, ctx.host_names)
-    stdout.write(text + "\n")
+    stdout.write((text if args.json else _printable(text)) + "\n")
     return "read every host"
 
 
@@ -345,8 +345,14 @@ def _list(args, run: Run, stdout) -> str:
                                   "protected": protected(i.name), "problems": i.problems()}
                                  for i in found], indent=2) + "\n")
     else:
-        stdout.write(_instances_table(found, now, protected) + "\n")
+        stdout.write(_printable(_instances_table(found, now, protected)) + "\n")
     return f"read every host of target {target.entry!r}"
+
+
+def _printable(text: str) -> str:
+    """A table for a terminal: what hosts wrote in it (a history line, a
+    link's name) cannot move the cursor, set the title or forge a line."""
+    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
 def _hosts_of(args) -> tuple[str, object]:
@@ -374,6 +380,12 @@ def _field(i: instance.Instance, key: str) -> str:
 def _by(i: instance.Instance) -> str:
     """Who deployed it last: the CI build, else user@machine."""
     return _field(i, "ci") or _field(i, "who").split(" (")[0]
+
+
+def _entry_of(args):
+    """name -> the entry of targets.yaml it uses: its own, or the catch-all."""
+    entries = load(args.targets).entries
+    return lambda name: name if name in entries else CATCH_ALL
 
 
 def _protection(args):
@@ -433,11 +445,18 @@ def _destroy(args, run: Run, stdin) -> str:
     now = datetime.now(UTC)
     found = _instances(where, target)
     old = [i for i in found if (age := i.age(now)) is not None and age > args.older_than]
-    protected = _protection(args)
-    chosen = [i for i in old if not protected(i.name)]
+    protected, entry_of = _protection(args), _entry_of(args)
+    chosen = []
     for i in old:
-        if i not in chosen:
+        if protected(i.name):
             run.reporter.note(f"{i.name} is older, but protected: true in {args.targets}: kept")
+        elif entry_of(i.name) != target.entry:
+            # Its own entry may name other hosts and another deploy root: what
+            # was judged old here is not what destroying it there would remove.
+            run.reporter.note(f"{i.name} is older here, but its entry in {args.targets} is"
+                              f" {entry_of(i.name)!r}, not {target.entry!r}: kept (destroy it by name)")
+        else:
+            chosen.append(i)
     if not chosen:
         return f"no unprotected instance on target {target.entry!r}'s hosts is older than {_ago(args.older_than)}"
     confirm(f"Destroy these {len(chosen)} instance(s), last deployed more than {_ago(args.older_than)} ago:\n"
@@ -448,9 +467,8 @@ def _destroy(args, run: Run, stdin) -> str:
     failed = []
     for i in chosen:
         # One at a time, each under its own lock: a failure leaves it as it was, and the others go on.
-        own = load(args.targets).resolve(i.name)
         try:
-            _destroy_one(i.name, own, args.keep_shared, run)
+            _destroy_one(i.name, target, args.keep_shared, run)
         except DeployError as e:
             failed.append(i.name)
             run.reporter.note(f"{i.name}: not destroyed: {e}")
@@ -471,6 +489,13 @@ def _destroy_one(name: str, target, keep_shared: bool, run: Run) -> str:
     run.reporter.start(name, "", "", False, action="destroy")
     run.executor = _executor(ctx, run.reporter)
     run.executor.run(plan.destroy(ctx, keep_shared))
+    # Its files go after the run has succeeded (see plan.destroy), where a
+    # failure is only a note: read the hosts again before saying it is gone.
+    left = [h for h, s in _read(context.for_instance(name, target, "destroy")).items()
+            if s.live or s.releases or s.lock or s.history]
+    if left:
+        raise DeployError(f"{name}: its site is gone, but files of it are left on {', '.join(left)} (see the"
+                          f" notes above); `deployer destroy {name}` again removes them")
     return f"{name} is gone from every host"
 
 

@@ -473,7 +473,11 @@ trap - TERM INT HUP
 _FINISH = r"""state=$1 run=$2 line=$3 forget=${4-}
 [ -d "$state" ] && [ ! -L "$state" ] || exit 0
 if [ "$(head -n 1 -- "$state/lock/owner" 2> /dev/null)" != "$run" ]; then exit 0; fi
-if [ "$forget" = 1 ]; then rm -rf -- "$state"; exit; fi
+# Destroyed: the state goes too, but only once the releases and the live
+# link are gone (the purge before it may have failed): else `list` and
+# `destroy` could no longer find what is left.
+base=${state%.deployer}
+if [ "$forget" = 1 ] && [ ! -e "$base.releases" ] && [ ! -L "$base" ]; then rm -rf -- "$state"; exit; fi
 [ -z "$line" ] || printf '%s\n' "$line" >> "$state/history"
 rm -rf -- "$state/lock"
 """
@@ -543,10 +547,10 @@ done | grep -E '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' | sort -u | while IFS= rea
         vhost=available
         [ -L "$apache/sites-enabled/$n.conf" ] && vhost=enabled
     fi
-    lock=-
-    [ -d "$n.deployer/lock" ] && lock=$((now - $(stat -c %Y -- "$n.deployer/lock")))
-    since=-
-    [ -L "$n" ] && since=$((now - $(stat -c %Y -- "$n")))
+    # Either may go while this reads (a run ends): then it is not there.
+    lock=- since=-
+    if t=$(stat -c %Y -- "$n.deployer/lock" 2> /dev/null); then lock=$((now - t)); fi
+    if [ -L "$n" ] && t=$(stat -c %Y -- "$n" 2> /dev/null); then since=$((now - t)); fi
     printf 'instance\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$live" "$count" "$vhost" "$lock" "$since"
     awk -F '\t' '$3 == "done" && $4 ~ /^[0-9]+T[0-9]+Z-[0-9a-f]+$/ { last = $0 }
         END { if (last != "") print last }' "$n.deployer/history" 2> /dev/null | sed "s/^/last\t$n\t/"

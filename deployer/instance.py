@@ -139,6 +139,10 @@ def parse_instances(stdout: str) -> dict[str, Found]:
         kind, _, rest = row.partition("\t")
         if kind == "instance":
             name, live, count, vhost, lock, since = (rest.split("\t") + [""] * 6)[:6]
+            # A host's answer is not trusted to name things: a link whose
+            # target holds a newline could forge a row.
+            if not names._LABEL.fullmatch(name) or not (live == "-" or names.RELEASE.fullmatch(live)):
+                continue
             found[name] = Found("" if live == "-" else live, int(count) if count.isdigit() else 0,
                                 "" if vhost == "-" else vhost, int(lock) if lock.isdigit() else None,
                                 int(since) if since.isdigit() else None, None)
@@ -150,7 +154,8 @@ def parse_instances(stdout: str) -> dict[str, Found]:
 
 def _entry(line: str) -> dict[str, str]:
     """A history line (context.history_line) by field name."""
-    values = line.split("\t")
+    # A line from a later version may have more fields; one cut short, fewer.
+    values = line.split("\t")[:len(HISTORY_FIELDS)]
     return dict(zip(HISTORY_FIELDS, values + [""] * (len(HISTORY_FIELDS) - len(values)), strict=True))
 
 

@@ -72,7 +72,8 @@ def instances(ctx: Context) -> Plan:
     """Every instance under the target's deploy root, on every host; read-only."""
     step = steps.Run("read the instances", ctx.host_names,
                      command=hostscripts.instances(ctx.target.deploy_root, ctx.target.apache.dir,
-                                                   stage_lib.owner_mark("%s")))
+                                                   stage_lib.owner_mark("%s")),
+                     output_limit=16 * 1024 * 1024)  # all of them: a few hundred bytes each
     return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
 
 

@@ -173,3 +173,28 @@ def test_list_needs_no_file_of_another_target(demos):
     assert code == 0, out
     assert {i["name"]: i["protected"] for i in json.loads(out)} == {"alpha": True, "demo-a": False,
                                                                    "demo-b": False}
+
+
+def test_a_hosts_answer_cannot_forge_an_instance_or_break_the_listing():
+    from deployer import instance
+
+    out = ("instance\tdemo-a\t20260101T000000Z-abc\t2\tenabled\t-\t50\n"
+           "instance\tNOT A*NAME\t-\t0\t-\t-\t-\n"              # a link target with a newline in it, say
+           "instance\tdemo-b\t../../etc\t0\t-\t-\t-\n"
+           "last\tdemo-a\t2026-01-01T00:00:00Z\tdeploy\tdone\t20260101T000000Z-abc\td.test\tci@x\t-\t-\tr1\textra\n")
+    found = instance.parse_instances(out)
+    assert list(found) == ["demo-a"]
+    assert found["demo-a"].last["hostname"] == "d.test" and found["demo-a"].last["run"] == "r1"
+
+
+def test_destroy_older_than_keeps_an_instance_whose_own_entry_is_another(demos):
+    # demo-b was deployed through the catch-all; now it has an entry of its own,
+    # which may name other hosts: what was judged old here is not what that would remove.
+    doc = yaml.safe_load(demos.targets_file.read_text())
+    doc["targets"]["demo-b"] = dict(doc["targets"]["*"])
+    demos.targets_file.write_text(yaml.safe_dump(doc))
+    _age(demos, "demo-b", 1)
+    code, out = deployer(demos, "destroy", "--older-than", "14d", "--yes", "--output", "plain")
+    assert code == 0, out
+    assert "demo-b is older here, but its entry in" in out and "is 'demo-b', not '*': kept" in out
+    assert len(parts(demos, "demo-b")) == 6
