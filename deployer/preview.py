@@ -265,11 +265,12 @@ class _Masks:
     secret before it was changed, or one not set here. So a host's line
     that matches a template line holding a secret token (the literal text
     around the token as written) has the token's place masked, whatever is
-    there; and while a secret is not set here, any other line only the host
-    has is masked whole, since it might hold it."""
+    there. Any other line only the host has, while the target has a secret,
+    shows its directive only: the template line that put the secret there
+    may have changed too."""
 
-    def __init__(self, patterns: list[re.Pattern], unknown: tuple[str, ...], redact):
-        self.patterns, self.unknown, self.redact = patterns, unknown, redact
+    def __init__(self, patterns: list[tuple[list[str], list[bool]]], secrets: bool, redact):
+        self.patterns, self.secrets, self.redact = patterns, secrets, redact
 
     @classmethod
     def of(cls, ctx: Context, missing: tuple[Missing, ...], reporter: Reporter) -> "_Masks":
@@ -283,29 +284,44 @@ class _Masks:
         for line in template.split("\n"):
             parts = _TAG.split(line)
             keys = [p.strip().lstrip("&").strip() for p in parts[1::2]]
-            if not secret & set(keys):
-                continue
-            rx = "".join(re.escape(p) if i % 2 == 0 else ("(.*)" if keys[i // 2] in secret else ".*?")
-                         for i, p in enumerate(parts))
-            patterns.append(re.compile(rx))
-        unknown = tuple(m.var for m in missing if m.kind == "value" and m.var in secret)
-        return cls(patterns, unknown, reporter.redact)
+            if secret & set(keys):
+                patterns.append((parts[0::2], [k in secret for k in keys]))
+        return cls(patterns, bool(secret), reporter.redact)
 
     def rendered(self, line: str) -> str:
         return self.redact(line)
 
     def host(self, line: str, removed: bool) -> str:
-        for rx in self.patterns:
-            m = rx.fullmatch(line)
-            if m:
+        for literals, secret in self.patterns:
+            spans = _token_spans(literals, line)
+            if spans is not None:
                 out, done = [], 0
-                for i in range(1, rx.groups + 1):
-                    start, end = m.span(i)
-                    if start >= done:
+                for (start, end), masked in zip(spans, secret, strict=True):
+                    if masked:
                         out += [line[done:start], MASK]
                         done = end
                 return self.redact("".join(out) + line[done:])
-        if removed and self.unknown:
-            return f"{MASK} (a line only the host has, not shown: {', '.join(self.unknown)} is not set here)"
+        if removed and self.secrets:
+            directive, _, rest = line.strip().partition(" ")
+            return f"{line[:len(line) - len(line.lstrip())]}{directive} {MASK}" if rest.strip() else line
         return self.redact(line)
 
+
+def _token_spans(literals: list[str], line: str) -> list[tuple[int, int]] | None:
+    """Where each token of a template line is in `line`, if `line` has that
+    line's literal text around them: each literal found after the one
+    before it, so the time is linear in the line's length (a regex of
+    `.*` per token backtracks without bound on a hostile line)."""
+    first, last = literals[0], literals[-1]
+    end = len(line) - len(last)
+    if not line.startswith(first) or not line.endswith(last) or end < len(first):
+        return None
+    spans, at = [], len(first)
+    for literal in literals[1:-1]:
+        found = line.find(literal, at, end)
+        if found < 0:
+            return None
+        spans.append((at, found))
+        at = found + len(literal)
+    spans.append((at, end))
+    return spans
