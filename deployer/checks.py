@@ -174,7 +174,10 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
     if vpn is not None:
         runner["vpn"] = vpn
     report = _redacted(Report(name, hostname, runner, hosts, tuple(notes)), redactor)
-    stdout.write((_json(report) if args.json else _table(report, _marks(stdout))) + "\n")
+    # What hosts wrote (a lock's owner, configtest's output) cannot drive the terminal.
+    stdout.write((_json(report) if args.json else
+                  "".join(c if c.isprintable() or c == "\n" else "?" for c in _table(report, _marks(stdout))))
+                 + "\n")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -351,7 +351,9 @@ class TeamCityReporter(PlainReporter):
         if hasattr(self, "started"):
             self.tc.message("buildStatisticValue", key="deployer.total.seconds",
                             value=f"{time.monotonic() - self.started:.3f}")
-        if error and not getattr(self, "problems", 0):
+        # An undo that did not complete (3), or an interrupt (130), is a problem
+        # of its own, beside any step's: a person must look at the hosts.
+        if error and (exit_code in (3, 130) or not getattr(self, "problems", 0)):
             # TeamCity shows the description in the build overview: one line.
             self.tc.buildProblem(description=self.redact(error).splitlines()[0][:4000],
                                  identity=f"deployer-exit-{exit_code}")

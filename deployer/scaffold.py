@@ -55,8 +55,10 @@ def wsgi_module(directory: Path) -> str:
     """The project's WSGI file, as `startproject` makes it (`<package>/wsgi.py`
     beside manage.py), relative to the project; "" if there is not exactly one."""
     try:
+        # A package name is an identifier: nothing else goes into the vhost.
         found = sorted(p for p in directory.glob("*/wsgi.py")
-                       if (p.parent / "settings.py").is_file() and not p.is_symlink())
+                       if p.parent.name.isidentifier() and p.parent.name.isascii()
+                       and (p.parent / "settings.py").is_file() and not p.is_symlink())
     except OSError:
         return ""
     return f"{found[0].parent.name}/wsgi.py" if len(found) == 1 and (directory / "manage.py").is_file() else ""

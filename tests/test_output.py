@@ -235,3 +235,17 @@ def test_a_build_problem_identity_fits_teamcity():
     long = problem_identity("upload", "web1." + "x" * 80 + ".internal")
     assert len(long) <= 60 and long == problem_identity("upload", "web1." + "x" * 80 + ".internal")
     assert long != problem_identity("render", "web1." + "x" * 80 + ".internal")
+
+
+def test_teamcity_reports_an_incomplete_undo_as_a_problem_of_its_own():
+    from deployer import steps
+    from deployer.output import StepResult, TeamCityReporter
+    from deployer.result import Result
+
+    out = io.StringIO()
+    r = TeamCityReporter(out)
+    r.start("alpha", "alpha.test", "R", False)
+    r.step_finished("restart", steps.Run("apache graceful", ("web1",)), "web1", StepResult(Result(1, "", "no"), 1))
+    r.finished(3, "apache graceful failed\nTHE UNDO DID NOT COMPLETE; these hosts need a person")
+    problems = [a for kind, a in _messages(out.getvalue().splitlines()) if kind == "buildProblem"]
+    assert [p["identity"] for p in problems] == ["deployer:restart:web1", "deployer-exit-3"]
