@@ -435,7 +435,7 @@ def test_lab_diff_through_the_vpn_changes_no_host_and_closes_the_vpn(lab, tmp_pa
         # One new file; the other hosts hold the first one's release, so they too get only that.
         assert e["live"] == release and e["send"]["files"] == 1 and not e["send"]["whole"], e
         assert e["vhost"]["state"] == "file" and e["refusals"] == []
-        assert "-    SetEnv ********" in e["vhost"]["diff"] and "+    SetEnv TIER green" in e["vhost"]["diff"]
+        assert "-    SetEnv TIER blue" in e["vhost"]["diff"] and "+    SetEnv TIER green" in e["vhost"]["diff"]
     assert hosts() == before
     assert_vpn_down(lab)
 
