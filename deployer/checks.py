@@ -20,7 +20,7 @@ from deployer import completion, context, instance, names, stages, steps
 from deployer.cli import Run, _vars, guarded
 from deployer.config import Target, load
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
-from deployer.output import Reporter
+from deployer.output import Reporter, printable_lines
 from deployer.quoting import Command
 from deployer.result import Result
 
@@ -175,9 +175,7 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
         runner["vpn"] = vpn
     report = _redacted(Report(name, hostname, runner, hosts, tuple(notes)), redactor)
     # What hosts wrote (a lock's owner, configtest's output) cannot drive the terminal.
-    stdout.write((_json(report) if args.json else
-                  "".join(c if c.isprintable() or c == "\n" else "?" for c in _table(report, _marks(stdout))))
-                 + "\n")
+    stdout.write((_json(report) if args.json else printable_lines(_table(report, _marks(stdout)))) + "\n")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -14,7 +14,7 @@ from deployer import __version__, checks, completion, context, instance, names, 
 from deployer.cli import Run, guarded
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
-from deployer.output import QuietReporter
+from deployer.output import QuietReporter, printable_lines
 
 DESCRIPTION = """\
 Look after the instances `deploy` makes: check a target before deploying,
@@ -211,7 +211,7 @@ def _show(args, run: Run, stdout) -> str:
     else:
         rows = _history_rows(states)[-args.lines:]
         text = json.dumps(rows, indent=2) if args.json else _history_table(rows, ctx.host_names)
-    stdout.write((text if args.json else _printable(text)) + "\n")
+    stdout.write((text if args.json else printable_lines(text)) + "\n")
     return "read every host"
 
 
@@ -345,14 +345,8 @@ def _list(args, run: Run, stdout) -> str:
                                   "protected": protected(i.name), "problems": i.problems()}
                                  for i in found], indent=2) + "\n")
     else:
-        stdout.write(_printable(_instances_table(found, now, protected)) + "\n")
+        stdout.write(printable_lines(_instances_table(found, now, protected)) + "\n")
     return f"read every host of target {target.entry!r}"
-
-
-def _printable(text: str) -> str:
-    """A table for a terminal: what hosts wrote in it (a history line, a
-    link's name) cannot move the cursor, set the title or forge a line."""
-    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
 def _hosts_of(args) -> tuple[str, object]:

@@ -98,6 +98,13 @@ def _relay_details(r: steps.Relay | None) -> list[str]:
             *(f"$ {line}" for line in r.close.line().splitlines())]
 
 
+def printable_lines(text: str) -> str:
+    """Text for a terminal, line breaks kept: what hosts wrote in it (a history
+    line, a link's name, a lock's owner) cannot move the cursor, set the title
+    or forge a line."""
+    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
+
+
 def _shown(path: str) -> str:
     """A file name as it can be printed: one with a line break or another
     control character in it is shown quoted, so it cannot forge a line."""
