@@ -9,6 +9,7 @@ loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
 import base64
 import hashlib
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -241,17 +242,53 @@ class _RejectUnknown(paramiko.RejectPolicy):
         raise UnknownHostKey(key)
 
 
-def _pid_of(err: bytes) -> int | None:
-    """The pid `reporting_pid` wrote, once its whole line has arrived."""
-    start = err.find(PID_MARKER)
-    end = err.find(b"\n", start)
-    if start < 0 or end < 0:
-        return None
-    return int(err[start + len(PID_MARKER):end])
+# What a host may write on stderr before the pid line (a shell's startup
+# files may print something first). Past it, the host is not answering as a
+# shell does: the step fails there, rather than hold whatever it sends.
+PID_HEAD_LIMIT = 4096
+_PID_LINE = re.compile(re.escape(PID_MARKER) + rb"0*([1-9][0-9]{0,9})\n")
 
 
-def _without_pid(err: bytes, pid: int) -> bytes:
-    return bytes(err).replace(b"%s%d\n" % (PID_MARKER, pid), b"", 1)
+class _PidLine:
+    """The `deployer-pid:N` line that `reporting_pid` writes first, found in
+    stderr as it arrives: at most PID_HEAD_LIMIT bytes are held, and each is
+    searched once for the marker and once for the line's end."""
+
+    def __init__(self, host: str):
+        self.host = host
+        self.head = bytearray()
+        self.marker_from = 0  # no marker starts before this
+        self.end_from = 0  # no line ends between the marker and this
+        self.pid: int | None = None
+
+    def add(self, chunk: bytes) -> bytes:
+        """Stderr that arrived before the pid is known: once it is, what came
+        beside the pid line, else b"". Fails the step if no pid line comes."""
+        take = chunk[:PID_HEAD_LIMIT - len(self.head)]
+        self.head += take
+        start = self.head.find(PID_MARKER, self.marker_from)
+        if start < 0:
+            self.marker_from = max(0, len(self.head) - len(PID_MARKER) + 1)
+        else:
+            self.marker_from = start
+            end = self.head.find(b"\n", max(start, self.end_from))
+            if end >= 0:
+                m = _PID_LINE.fullmatch(self.head, start, end + 1)
+                if m is None or int(m[1]) < 2:
+                    raise StepFailed(f"{self.host}: the host's pid line is not a process id:"
+                                     f" {_printable(self.head[start:end][:80])}; the step is failed there")
+                self.pid = int(m[1])
+                return bytes(self.head[:start] + self.head[end + 1:]) + chunk[len(take):]
+            self.end_from = len(self.head)
+        if len(self.head) >= PID_HEAD_LIMIT:
+            raise StepFailed(f"{self.host}: the host wrote {PID_HEAD_LIMIT} bytes of stderr and no"
+                             f" {PID_MARKER.decode()} line before the command: not a shell deployer can"
+                             " run commands in (a ForceCommand?); the step is failed there")
+        return b""
+
+
+def _printable(data: bytes) -> str:
+    return "".join(c if c.isprintable() else "?" for c in data.decode(errors="replace"))
 
 
 class _Watchdog:
@@ -390,7 +427,7 @@ class SshTransport:
 
     def _run(self, line: str, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> Result:
         chan = self.open_channel()
-        head = bytearray()  # stderr until the pid line has arrived whole
+        pid_line = _PidLine(self.host.name)
         pid = None
         feed = _Feed(stdin)
         try:
@@ -421,9 +458,8 @@ class SshTransport:
                 if chan.recv_stderr_ready():
                     chunk = chan.recv_stderr(_CHUNK)
                     if pid is None:
-                        head += chunk
-                        pid = _pid_of(head)
-                        chunk, head = (_without_pid(head, pid), bytearray()) if pid is not None else (b"", head)
+                        chunk = pid_line.add(chunk)
+                        pid = pid_line.pid
                     err.add(chunk)
                     busy = True
                 if not busy:
@@ -442,7 +478,9 @@ class SshTransport:
             while chan.recv_ready():
                 out.add(chan.recv(_CHUNK))
             while chan.recv_stderr_ready():
-                err.add(chan.recv_stderr(_CHUNK))
+                chunk = chan.recv_stderr(_CHUNK)
+                err.add(chunk if pid is not None else pid_line.add(chunk))
+                pid = pid_line.pid
             code = chan.recv_exit_status()
         except BaseException:
             if pid is not None:
@@ -450,7 +488,8 @@ class SshTransport:
             raise
         finally:
             chan.close()
-        err.add(bytes(head))
+        if pid is None:
+            err.add(bytes(pid_line.head))
         return Result(code, out.text(), err.text())
 
     def stop_group(self, pid: int) -> None:

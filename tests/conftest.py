@@ -123,15 +123,23 @@ class Sshd:
     known_hosts: Path
     host_pub: Path
     log: Path
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1 and a random port: own host key, own authorized_keys,
-    root login by key only. Stopped by pid at the end of the session."""
+def start_sshd(d: Path, extra: str = "") -> Sshd:
+    """A real sshd on 127.0.0.1 and a random port, its files in `d`: own host
+    key, own authorized_keys, root login by key only; `extra` is added to its
+    config (a ForceCommand of a hostile host, say). Stop it with .stop()."""
     if not os.path.exists(SSHD) or os.geteuid() != 0:
         pytest.skip("needs root and openssh-server (run .ci/run)")
-    d = tmp_path_factory.mktemp("sshd")
     os.chmod(d, 0o755)
     _keygen(d / "host_ed25519")
     _keygen(d / "client_ed25519")
@@ -143,7 +151,7 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n"
         f"AuthorizedKeysFile {auth}\nPidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+        "StrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n" + extra
     )
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     log = d / "sshd.log"
@@ -163,15 +171,17 @@ def sshd(tmp_path_factory):
     known_hosts = d / "known_hosts"
     key_type, key_b64 = host_pub.read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    return Sshd(port, d / "client_ed25519", known_hosts, host_pub, log, proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd (start_sshd) for the whole session; stopped by pid at its end."""
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
     try:
-        yield Sshd(port, d / "client_ed25519", known_hosts, host_pub, log)
+        yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture
