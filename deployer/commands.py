@@ -302,7 +302,11 @@ def _hostname_of(states: dict[str, instance.HostState], release: str) -> str:
     for s in states.values():
         for entry in reversed(s.history):
             if entry["release"] == release and entry["hostname"]:
-                return entry["hostname"]
+                # The host's word, bound for the vhost: a host name, or it is not used.
+                try:
+                    return names.hostname(entry["hostname"])
+                except UsageError:
+                    return ""
     return ""
 
 
@@ -310,6 +314,10 @@ def _unlock(args, run: Run, stdin) -> str:
     name, target = _instance(args)
     run.report_to(frozenset())
     states = _read(context.for_instance(name, target, "unlock"))
+    odd = [f"{h}: {o}" for h, s in states.items() for o in s.odd if "lock" in o]
+    if odd:
+        raise DeployError(f"{name}'s lock is not one deployer made: {'; '.join(odd)}. Look at"
+                          f" <deploy_root>/{name}.deployer/lock on that host and remove it by hand")
     # "-": a lock with no owner (a run died taking it).
     held = {s.lock_run or "-": s.lock for s in states.values() if s.lock}
     if not held:

@@ -376,17 +376,20 @@ cd / && rm -rf -- "$relay"
 
 # The offer withdrawn: the copy removed, and the key's line removed from
 # authorized_keys through a new file renamed over it (readers see the old
-# file or the new one, never a part), under the lock `offer` takes.
+# file or the new one, never a part), under the lock `offer` takes. The
+# line is the one whose last field is the tag, compared as a string (from
+# the environment: `awk -v` would expand backslashes), never as a pattern.
 _CLOSE = r"""relay=$1 tag=$2 keys=$HOME/.ssh/authorized_keys
 rm -rf -- "$relay"
 [ -f "$keys" ] && [ ! -L "$keys" ] || exit 0
-grep -q -- " $tag\$" "$keys" || exit 0
+export DEPLOYER_TAG="$tag"
+awk '$NF == ENVIRON["DEPLOYER_TAG"] { found = 1; exit } END { exit !found }' "$keys" || exit 0
 (flock -w 10 9 || exit 1
  was=$(stat -c '%i %s %y' -- "$keys")
  new=$(mktemp -- "$keys.XXXXXX") || exit 1
- grep -v -- " $tag\$" "$keys" > "$new"
  # Not over a change another tool made meanwhile (it takes no lock of ours).
- [ "$?" -le 1 ] && chmod --reference="$keys" -- "$new" && [ "$(stat -c '%i %s %y' -- "$keys")" = "$was" ] \
+ awk '$NF != ENVIRON["DEPLOYER_TAG"]' "$keys" > "$new" && chmod --reference="$keys" -- "$new" \
+     && [ "$(stat -c '%i %s %y' -- "$keys")" = "$was" ] \
      && mv -f -- "$new" "$keys" || { rm -f -- "$new"; exit 1; }) 9< "$HOME/.ssh" && exit 0
 echo "could not remove the relay key $tag from $keys (it expires by itself)" >&2
 exit 1
@@ -521,8 +524,8 @@ if [ -d "$releases" ]; then
 fi
 if [ -d "$state/lock" ]; then
     since=$(stat -c %Y -- "$state/lock")
-    echo "lock $(($(date +%s) - since)) $(head -n 1 -- "$state/lock/owner" 2> /dev/null | tr -d ' ')" \
-        "$(sed -n 2p -- "$state/lock/owner" 2> /dev/null)"
+    run=$(head -n 1 -- "$state/lock/owner" 2> /dev/null | tr -d ' ' | head -c 64)
+    echo "lock $(($(date +%s) - since)) $run $(sed -n 2p -- "$state/lock/owner" 2> /dev/null | head -c 512)"
 fi
 if [ -f "$state/history" ]; then tail -n "$lines" -- "$state/history" | sed 's/^/history /'; fi
 exit 0

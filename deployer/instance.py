@@ -26,29 +26,46 @@ class HostState:
     live: str = ""  # "" when no release is live
     releases: tuple[Release, ...] = ()  # oldest first
     lock: str = ""  # who holds the lock and for how long, "" when nobody does
-    lock_run: str = ""
+    lock_run: str = ""  # the holder's run id, "" for a lock with no owner
     history: tuple[dict[str, str], ...] = field(default=())
+    # What the host said that deployer never writes (a live link to something
+    # that is not a release, a lock naming no run id): never acted on.
+    odd: tuple[str, ...] = ()
 
     def usable(self) -> set[str]:
         return {r.name for r in self.releases if r.whole and r.vhost}
 
 
 def parse(stdout: str) -> HostState:
-    live, releases, lock, lock_run, history = "", [], "", "", []
+    """A host's answer to hostscripts.state. Every name in it is held to the
+    shape deployer gives it before anything uses it: the host may be hostile."""
+    live, releases, lock, lock_run, history, odd = "", [], "", "", [], []
     for row in stdout.splitlines():
         kind, _, rest = row.partition(" ")
         if kind == "live":
-            live = rest
+            if names.RELEASE.fullmatch(rest):
+                live = rest
+            else:
+                odd.append(f"its live path points at {shown(rest)}, which is not a release")
         elif kind == "release":
             name, whole, vhost = (rest.split(" ") + ["0", "0"])[:3]
-            releases.append(Release(name, whole == "1", vhost == "1"))
+            if names.RELEASE.fullmatch(name):
+                releases.append(Release(name, whole == "1", vhost == "1"))
         elif kind == "lock":
             age, run, who = (rest.split(" ", 2) + ["", ""])[:3]
+            if run and not names.RUN_ID.fullmatch(run):
+                odd.append(f"its lock names run {shown(run)}, which is not a run id deployer makes")
+                run = ""
             lock_run = run
             lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
         elif kind == "history":
             history.append(_entry(rest))
-    return HostState(live, tuple(releases), lock, lock_run, tuple(history))
+    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd))
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """Host text in a message: quoted, cut short, one line."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _age(seconds: str) -> str:
@@ -66,6 +83,10 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     """The release to go back to: `wanted`, or the newest one older than
     every host's live release; either must be whole, with its vhost, on
     every host."""
+    odd = [f"{h}: {o}" for h, s in states.items() for o in s.odd]
+    if odd:
+        raise DeployError("a host holds what deployer never writes; look at it before rolling back: "
+                          + "; ".join(odd))
     common = set.intersection(*(s.usable() for s in states.values()))
     if wanted:
         lacking = [h for h, s in states.items() if wanted not in s.usable()]
@@ -76,6 +97,12 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     lives = [s.live for s in states.values() if s.live]
     if not lives:
         raise DeployError("no release is live on any host: nothing to roll back from")
+    # Which release is "the previous one" depends on which host is asked:
+    # one host (a hand-made link, a half-finished run) must not choose.
+    if len({s.live for s in states.values()}) > 1:
+        raise DeployError("the hosts do not serve the same release (" + ", ".join(
+            f"{h} serves {s.live or 'none'}" for h, s in states.items())
+            + "): name the release to go back to with --to (`deployer releases` shows what each host has)")
     # What was live before the live one, as the history says (see previous_live).
     before = {previous_live(s) for s in states.values()}
     if len(before) == 1 and (b := before.pop()) in common:

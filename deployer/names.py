@@ -37,6 +37,11 @@ def release(value: str) -> str:
     return value
 
 
+# A run's id (Context.run_id: 8 random bytes in hex). Hosts hand it back (a
+# lock's owner, the history), and it goes into file names and commands there.
+RUN_ID = re.compile(r"[0-9a-f]{16}")
+
+
 def hostname(value: str) -> str:
     """An RFC 1123 host name: dot-separated labels, at most 253 characters."""
     labels = value.split(".")

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib.metadata import entry_points
 
-from deployer import context, hostscripts, steps, template
+from deployer import context, hostscripts, names, steps, template
 from deployer.config import Hook
 from deployer.context import Context
-from deployer.errors import UsageError
+from deployer.errors import DeployError, UsageError
 from deployer.quoting import Command
 
 StageFn = Callable[[Context], Sequence[steps.Step]]
@@ -190,6 +190,8 @@ def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
     """What run `run_id`, now gone, changed and never finished, undone
     newest first from what it kept for its own undo (every one of these is
     safe where that run never got to), then Apache reloaded."""
+    if run_id != "-" and not names.RUN_ID.fullmatch(run_id):
+        raise DeployError(f"{run_id!r} is not a run id deployer makes; not undoing anything for it")
     gone = replace(ctx, run_id=run_id, release="")
     switch = steps.Link("", path=ctx.deploy_path, work=f"{ctx.deploy_path}.deployer-{run_id}")
     record = steps.Install("", path=posixpath.join(ctx.deploy_path, VHOST_RECORD),

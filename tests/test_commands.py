@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployer import commands
-from tests.conftest import deploy_process, wait_until
+from tests.conftest import deploy_process, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -279,3 +279,31 @@ def test_a_lock_left_without_an_owner_can_be_unlocked(site):
     assert code == 0, out
     assert not lock.exists()
     assert site.deploy()[0] == 0
+
+
+# -- what a host says is held to deployer's shapes (a hostile host) -----------
+
+@pytest.mark.parametrize("run", ["\\|.*", "x|.*", "../../etc", "feedfacefeedface0"])
+def test_unlock_refuses_a_lock_whose_run_id_is_not_one_deployer_makes(site, run):
+    # The run id went to every host as the relay key's tag, where a pattern
+    # match on it emptied authorized_keys.
+    made = _deploy_versions(site, 1)
+    lock = site.root / "www" / "alpha.deployer" / "lock"
+    lock.mkdir()
+    (lock / "owner").write_text(f"{run}\ndeploy of release X by a@b (run {run})\n")
+    before = tree_digest(site.root, history=True)
+    code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+    assert code == 1 and "its lock names run" in out and "which is not a run id deployer makes" in out, out
+    assert tree_digest(site.root, history=True) == before
+    assert os.readlink(site.live()).endswith(made[0])
+
+
+def test_rollback_refuses_a_live_link_that_is_not_a_release(site):
+    _deploy_versions(site, 2)
+    elsewhere = site.root / "www" / "alpha.releases" / "..ELSE"
+    elsewhere.mkdir()
+    os.unlink(site.live())
+    os.symlink(elsewhere, site.live())
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 1 and "which is not a release" in out, out
+    assert os.readlink(site.live()) == str(elsewhere)

@@ -507,3 +507,20 @@ def test_of_runs_taking_over_a_gone_runs_lock_at_once_only_one_wins(tmp_path):
     won = [i for i, p in enumerate(procs) if p.wait(30) == 0]
     assert len(won) == 1
     assert (state / "lock" / "owner").read_text() == f"run{won[0]:012d}\ntaker {won[0]}\n"
+
+
+@pytest.mark.parametrize("tag", ["deployer-relay-\\|.*", "deployer-relay-.*", ".*", "AAAAuser"])
+def test_closing_the_relay_removes_only_the_line_whose_last_field_is_the_tag(tmp_path, tag):
+    # A tag is matched as a string, never as a pattern: one that a host made
+    # up (from a forged run id) can remove no key of the user's.
+    ours = 'restrict ssh-ed25519 AAAAone deployer-relay-0123456789abcdef\n'
+    keys = authorized_keys(tmp_path, b"ssh-ed25519 AAAAuser user@laptop\n" + ours.encode())
+    close = LocalTransport().run(f"HOME={shlex.quote(str(tmp_path / 'home'))} "
+                                 + hostscripts.close(str(tmp_path / "relay"), tag).line())
+    assert close.ok, close.stderr
+    assert keys.read_text() == "ssh-ed25519 AAAAuser user@laptop\n" + ours
+    close = LocalTransport().run(f"HOME={shlex.quote(str(tmp_path / 'home'))} "
+                                 + hostscripts.close(str(tmp_path / "relay"),
+                                                     "deployer-relay-0123456789abcdef").line())
+    assert close.ok, close.stderr
+    assert keys.read_text() == "ssh-ed25519 AAAAuser user@laptop\n"

@@ -361,3 +361,32 @@ def test_the_health_check_follows_the_reload_and_asks_each_host_from_the_runner(
                                 host_header="alpha.example.com", status=204, timeout=9.0)
     # In no session of its own: after the reload's session, on the runner.
     assert [g.steps[0][1] for g in session.groups(make.plan)][-1] is check
+
+
+# -- the release a rollback goes back to: no one host chooses it ----------------
+
+def _host(live: str, *made: str):
+    from deployer.instance import HostState, Release
+    return HostState(live=live, releases=tuple(Release(r, True, True) for r in made))
+
+
+def test_rollback_without_to_refuses_when_the_hosts_serve_different_releases():
+    from deployer.errors import DeployError
+    from deployer.instance import rollback_target
+
+    r = [f"2026010{i}T000000Z-abc" for i in range(1, 5)]
+    states = {"web1": _host(r[3], *r), "web2": _host(r[1], *r)}
+    with pytest.raises(DeployError, match=f"web1 serves {r[3]}, web2 serves {r[1]}.*--to"):
+        rollback_target(states, None)
+    assert rollback_target(states, r[2]) == r[2]  # --to still goes where it is told
+
+
+def test_a_hosts_answer_is_held_to_deployers_shapes():
+    from deployer.instance import parse
+
+    s = parse("live ../../etc\nrelease 20260101T000000Z-abc 1 1\nrelease ;rm -rf 1 1\n"
+              "lock 5 x|.* deploy by a@b\n")
+    assert s.live == "" and [r.name for r in s.releases] == ["20260101T000000Z-abc"]
+    assert s.lock_run == "" and len(s.odd) == 2
+    ok = parse("live 20260101T000000Z-abc\nlock 5 0123456789abcdef deploy by a@b\n")
+    assert ok.live == "20260101T000000Z-abc" and ok.lock_run == "0123456789abcdef" and not ok.odd
