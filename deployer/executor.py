@@ -21,7 +21,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from deployer import context, delta, health, instance, interrupts, packaging, relay, session, steps, transport
+from deployer import (
+    context,
+    delta,
+    health,
+    instance,
+    interrupts,
+    packaging,
+    relay,
+    runs,
+    session,
+    steps,
+    transport,
+)
 from deployer.config import LOCAL_HOST
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed, UndoIncomplete
@@ -102,7 +114,12 @@ class Executor:
 
     def run(self, plan: steps.Plan) -> None:
         outcome = "failed"
+        # A run that takes the lock says so on this machine first: a later
+        # run that finds it holding a lock asks here whether it lives.
+        alive = runs.RunLock(self.ctx.run_id) if plan.lock else None
         try:
+            if alive is not None:
+                alive.hold()
             _remove_stale_workdirs(os.path.dirname(self.ctx.workdir))
             try:
                 os.mkdir(self.ctx.workdir, 0o700)
@@ -137,8 +154,12 @@ class Executor:
             raise
         finally:
             with interrupts.deferred():
-                self.finish(plan, outcome)
-                self.close()
+                try:
+                    self.finish(plan, outcome)
+                    self.close()
+                finally:
+                    if alive is not None:
+                        alive.release()
 
     def serving(self, ok: bool) -> str:
         """What each host serves now that the run is over, for its last line."""

@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from deployer import context, names
+from deployer import context, names, runs
 from deployer.errors import DeployError
 
 HISTORY_FIELDS = ("time", "action", "outcome", "release", "hostname", "who", "ci", "revision", "run")
@@ -115,24 +115,29 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     return older[-1]
 
 
-_HOLDER = re.compile(r"by [^ @]+@([^ ]+) \(pid ([0-9]+), process ([0-9a-f]+)-([0-9]+)-([0-9]+)\)"
-                     r".*\(run ([0-9a-f]+)\)")
+# Each is searched once, and neither can backtrack far: host text, bounded.
+_HOLDER = re.compile(r"by [^ @]+@([^ ]+) \(pid [0-9]+, process ([0-9a-f]+)-([0-9]+)-[0-9]+\)")
+_HOLDER_RUN = re.compile(r"\(run ([0-9a-f]{16})\)")
 
 
 def holder_here(owner: str) -> tuple[str, int | None] | None:
-    """For a lock held by a run on this machine (this host name, this boot
-    of the kernel, this pid namespace): (its run id, its pid if that process
-    still runs, else None). None if the run is not from here, or if that
-    cannot be told."""
-    m = _HOLDER.search(owner)
-    if not m or m.group(1) != socket.gethostname():
+    """For a lock held by a run of this machine (this host name, this boot of
+    the kernel, this pid namespace, as the host says): (its run id, its pid
+    if it is alive, else None), as this machine's own record of its runs
+    says (runs.py), never the host. None if the run is not from here, or if
+    this machine has no record of it."""
+    m = _HOLDER.search(owner[:1024])
+    r = _HOLDER_RUN.search(owner[:1024], m.end()) if m else None
+    if not m or not r or m.group(1) != socket.gethostname():
         return None
-    host, pid, boot, namespace, started, run = m.groups()
-    mine = context.process_id(os.getpid()).split("-")
-    if mine[:2] != [boot, namespace]:
+    host, boot, namespace = m.groups()
+    run = r.group(1)
+    if context.process_id(os.getpid()).split("-")[:2] != [boot, namespace]:
         return None
-    now = context.process_id(int(pid))
-    return run, (int(pid) if now == f"{boot}-{namespace}-{started}" else None)
+    pid = runs.alive(run)
+    if pid is None:
+        return None
+    return run, (pid or None)
 
 
 def previous_live(state: HostState) -> str:

@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,26 @@ def test_rollback_refuses_a_live_link_that_is_not_a_release(site):
     code, out = deployer(site, "rollback", "--output", "plain")
     assert code == 1 and "which is not a release" in out, out
     assert os.readlink(site.live()) == str(elsewhere)
+
+
+def test_a_lock_whose_owner_line_a_host_changed_cannot_make_a_deploy_kill_the_live_run(site, tmp_path):
+    # Whether the holder is gone is this machine's own record, not the host's
+    # word: a pid there that names no process must not make the next deploy
+    # take over and stop a live run's commands on every host.
+    started = tmp_path / "started"
+    site.edit(migrate=f"touch {started}; sleep 4")
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    try:
+        wait_until(started.exists, proc, 60)
+        owner = site.root / "www" / "alpha.deployer" / "lock" / "owner"
+        run_id, who = owner.read_text().splitlines()[:2]
+        forged = re.sub(r"\(pid [0-9]+, process ([0-9a-f]+)-([0-9]+)-[0-9]+\)", r"(pid 4, process \1-\2-1)", who)
+        assert forged != who
+        owner.write_text(f"{run_id}\n{forged}\n")
+        code, out = site.deploy()
+        assert code == 1 and "locked by" in out and "taking it over" not in out, out
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out

@@ -1,0 +1,37 @@
+"""runs.py: whether a run of this machine lives, from the runner's own state."""
+
+import subprocess
+import sys
+
+from deployer import runs
+
+RUN = "0123456789abcdef"
+
+
+def test_a_held_run_is_alive_a_released_one_is_unknown_a_killed_one_is_gone(tmp_path):
+    registry = str(tmp_path / "registry")
+    lock = runs.RunLock(RUN, registry)
+    assert runs.alive(RUN, registry) is None
+    lock.hold()
+    assert runs.alive(RUN, registry) > 0
+    lock.release()
+    assert runs.alive(RUN, registry) is None  # ended as runs end: no trace
+    # SIGKILL runs no teardown: the file stays, and nobody holds it.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer import runs;"
+                               " runs.RunLock(sys.argv[1], sys.argv[2]).hold(); print('held', flush=True);"
+                               " time.sleep(60)", RUN, registry], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert runs.alive(RUN, registry) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert runs.alive(RUN, registry) == 0
+
+
+def test_what_is_not_a_run_id_is_never_a_run_of_ours(tmp_path):
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    (registry / "run-..lock").write_text("")
+    assert runs.alive("..", str(registry)) is None
+    assert runs.alive("x|.*", str(registry)) is None
