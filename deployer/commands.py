@@ -434,7 +434,8 @@ def _destroy(args, run: Run, stdin) -> str:
         _refuse_protected(name, target)
         run.report_to(frozenset())
         states = _read(context.for_instance(name, target, "destroy"))
-        if not any(s.live or s.releases or s.lock or s.history for s in states.values()):
+        if not any(s.live or s.releases or s.lock or s.history or (s.shared and not args.keep_shared)
+                   for s in states.values()):
             return f"{name}: no such instance on any host of target {target.entry!r}; nothing to do"
         lives = sorted({s.live for s in states.values()} - {""})
         confirm(f"Destroy instance {name} (live release {', '.join(lives) or 'none'}) on"
@@ -494,7 +495,7 @@ def _destroy_one(name: str, target, keep_shared: bool, run: Run) -> str:
     # Its files go after the run has succeeded (see plan.destroy), where a
     # failure is only a note: read the hosts again before saying it is gone.
     left = [h for h, s in _read(context.for_instance(name, target, "destroy")).items()
-            if s.live or s.releases or s.lock or s.history]
+            if s.live or s.releases or s.lock or s.history or (s.shared and not keep_shared)]
     if left:
         raise DeployError(f"{name}: its site is gone, but files of it are left on {', '.join(left)} (see the"
                           f" notes above); `deployer destroy {name}` again removes them")

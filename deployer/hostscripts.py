@@ -473,14 +473,19 @@ trap - TERM INT HUP
 # lock released, if this run holds it (never another's). A history line is
 # one write of less than PIPE_BUF bytes in append mode: whole, never mixed
 # with another's.
-_FINISH = r"""state=$1 run=$2 line=$3 forget=${4-}
+_FINISH = r"""state=$1 run=$2 line=$3
+shift 3
 [ -d "$state" ] && [ ! -L "$state" ] || exit 0
 if [ "$(head -n 1 -- "$state/lock/owner" 2> /dev/null)" != "$run" ]; then exit 0; fi
-# Destroyed: the state goes too, but only once the releases and the live
-# link are gone (the purge before it may have failed): else `list` and
-# `destroy` could no longer find what is left.
-base=${state%.deployer}
-if [ "$forget" = 1 ] && [ ! -e "$base.releases" ] && [ ! -L "$base" ]; then rm -rf -- "$state"; exit; fi
+# Destroyed: the state goes too, but only once every path named after the
+# line is gone (the purge before it may have failed, on a file it could not
+# remove): else `list` and `destroy` could no longer find what is left, and
+# a new instance of that name would take over the old one's shared files.
+if [ "$#" -gt 0 ]; then
+    left=
+    for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then left=1; fi; done
+    if [ -z "$left" ]; then rm -rf -- "$state"; exit; fi
+fi
 [ -z "$line" ] || printf '%s\n' "$line" >> "$state/history"
 rm -rf -- "$state/lock"
 """
@@ -512,8 +517,9 @@ done
 # `rollback` (see instance.py): its live release, every release (whether
 # whole, whether it keeps its vhost), who holds its lock and since when,
 # and the end of its history. Reads only.
-_STATE = r"""live=$1 releases=$2 state=$3 lines=$4 record=$5
+_STATE = r"""live=$1 releases=$2 state=$3 lines=$4 record=$5 shared=${6-}
 now=$(readlink -- "$live" 2> /dev/null) && echo "live ${now##*/}"
+if [ -n "$shared" ] && { [ -e "$shared" ] || [ -L "$shared" ]; }; then echo shared; fi
 if [ -d "$releases" ]; then
     ls -1 -- "$releases" | grep -E '^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$' | sort | while IFS= read -r r; do
         whole=0 vhost=0
@@ -865,10 +871,11 @@ def discard_run(releases: str, live: str, run_id: str) -> Command:
     return _program("deployer-discard-run", _DISCARD_RUN, releases, live, run_id)
 
 
-def finish(state: str, run_id: str, line: str, forget: bool = False) -> Command:
+def finish(state: str, run_id: str, line: str, forget: tuple[str, ...] = ()) -> Command:
     """Append `line` to the history and release the lock, if `run_id` holds
-    it; with `forget`, remove the instance's whole state instead."""
-    return _program("deployer-finish", _FINISH, state, run_id, line, *(["1"] if forget else []))
+    it; if every path of `forget` is gone, remove the instance's whole state
+    instead."""
+    return _program("deployer-finish", _FINISH, state, run_id, line, *forget)
 
 
 def prune(releases: str, live: str, keep: int, history: str) -> Command:
@@ -876,9 +883,9 @@ def prune(releases: str, live: str, keep: int, history: str) -> Command:
     return _program("deployer-prune", _PRUNE, releases, live, str(keep), history)
 
 
-def state(live: str, releases: str, state_dir: str, lines: int, record: str) -> Command:
+def state(live: str, releases: str, state_dir: str, lines: int, record: str, shared: str) -> Command:
     """Print what the instance's host holds (see _STATE)."""
-    return _program("deployer-state", _STATE, live, releases, state_dir, str(lines), record)
+    return _program("deployer-state", _STATE, live, releases, state_dir, str(lines), record, shared)
 
 
 def instances(root: str, apache_dir: str, mark: str) -> Command:

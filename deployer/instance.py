@@ -31,6 +31,7 @@ class HostState:
     # What the host said that deployer never writes (a live link to something
     # that is not a release, a lock naming no run id): never acted on.
     odd: tuple[str, ...] = ()
+    shared: bool = False  # its shared directory is there
 
     def usable(self) -> set[str]:
         return {r.name for r in self.releases if r.whole and r.vhost}
@@ -39,7 +40,7 @@ class HostState:
 def parse(stdout: str) -> HostState:
     """A host's answer to hostscripts.state. Every name in it is held to the
     shape deployer gives it before anything uses it: the host may be hostile."""
-    live, releases, lock, lock_run, history, odd = "", [], "", "", [], []
+    live, releases, lock, lock_run, history, odd, shared = "", [], "", "", [], [], False
     for row in stdout.splitlines():
         kind, _, rest = row.partition(" ")
         if kind == "live":
@@ -60,7 +61,9 @@ def parse(stdout: str) -> HostState:
             lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
         elif kind == "history":
             history.append(_entry(rest))
-    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd))
+        elif row == "shared":
+            shared = True
+    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd), shared)
 
 
 def shown(text: str, limit: int = 80) -> str:

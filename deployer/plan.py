@@ -44,7 +44,7 @@ def read(ctx: Context, history: int = 20) -> Plan:
     """Read what the instance's hosts hold; changes nothing, takes no lock."""
     step = steps.Run("read releases, lock and history", ctx.host_names,
                      command=hostscripts.state(ctx.deploy_path, ctx.releases_dir, ctx.state_dir, history,
-                                               stage_lib.VHOST_RECORD))
+                                               stage_lib.VHOST_RECORD, ctx.shared_dir))
     return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
 
 
@@ -63,7 +63,8 @@ def unlock(ctx: Context, run_id: str) -> Plan:
 def destroy(ctx: Context, keep_shared: bool) -> Plan:
     """Instance `ctx.name` gone from every host: its site first, then (the
     run having succeeded) its files and, with the lock, its state."""
-    lock = replace(stage_lib.lock(ctx), forgets=True)
+    lock = replace(stage_lib.lock(ctx), forgets=(ctx.deploy_path, ctx.releases_dir,
+                                                 *(() if keep_shared else (ctx.shared_dir,))))
     return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", (lock, *stage_lib.retire(ctx)))), lock=lock,
                 after=(stage_lib.purge(ctx, keep_shared),))
 

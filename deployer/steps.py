@@ -81,16 +81,17 @@ class Lock(Step):
     wait: int = 0
     hint: str = ""  # what to do about a lock that is held
     takes_over: str = ""  # the id of a run that is gone, whose lock this one takes over
-    # The run removes the instance: if it succeeds, its state (history
+    # The run removes the instance: if it succeeds and these paths are gone
+    # (its code, its shared files unless kept), its state (history
     # included) goes with the lock, and no trace of the instance is left.
-    forgets: bool = False
+    forgets: tuple[str, ...] = ()
 
     def command(self, first: bool) -> Command:
         wait = self.wait if first else max(self.wait, OTHER_HOSTS_WAIT)
         return hostscripts.lock(self.state, self.run_id, self.owner, wait, not first, self.hint, self.takes_over)
 
     def finish(self, line: str, done: bool) -> Command:
-        return hostscripts.finish(self.state, self.run_id, line, forget=self.forgets and done)
+        return hostscripts.finish(self.state, self.run_id, line, forget=self.forgets if done else ())
 
 
 @dataclass(frozen=True)

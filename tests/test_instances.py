@@ -4,6 +4,7 @@ them, over a real sshd on 127.0.0.1, checked on disk."""
 import io
 import json
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -198,3 +199,22 @@ def test_destroy_older_than_keeps_an_instance_whose_own_entry_is_another(demos):
     assert code == 0, out
     assert "demo-b is older here, but its entry in" in out and "is 'demo-b', not '*': kept" in out
     assert len(parts(demos, "demo-b")) == 6
+
+
+def test_destroy_that_cannot_remove_a_shared_file_keeps_the_state_and_exits_1(demos):
+    # The next deploy of that name would link the old customer's file back in.
+    upload = demos.root / "www" / "demo-a.shared" / "media" / "upload.jpg"
+    upload.write_bytes(b"a customer's file")
+    if subprocess.run(["chattr", "+i", str(upload)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        code, out = deployer(demos, "destroy", "demo-a", "--yes", "--output", "plain")
+        assert code == 1 and "files of it are left" in out, out
+        assert "www/demo-a.deployer" in parts(demos, "demo-a")  # list and destroy still find it
+        code, out = deployer(demos, "list", "--json")
+        assert "demo-a" in [i["name"] for i in json.loads(out)], out
+    finally:
+        subprocess.run(["chattr", "-i", str(upload)], check=True)
+    code, out = deployer(demos, "destroy", "demo-a", "--yes", "--output", "plain")
+    assert code == 0, out
+    assert parts(demos, "demo-a") == []
