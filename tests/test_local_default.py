@@ -60,6 +60,16 @@ def _stop(checkout: Path) -> None:
         subprocess.run(["sh", str(LOCAL_CTL), str(apache), "stop"], timeout=30, capture_output=True)
 
 
+def _deploy(checkout: Path) -> str:
+    """`deploy local local.test` in the checkout, with PATH as the machine has it:
+    its first python3 may be a pyenv build without Django, which the local
+    target must not depend on."""
+    proc = subprocess.run([sys.executable, "-m", "deployer", "local", "local.test", "--output", "plain"],
+                          cwd=checkout, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def _copy_checkout(dest: Path, parts=("targets.yaml", "templates", "examples/djangoapp")) -> Path:
     for part in parts:
         src, dst = REPO / part, dest / part
@@ -80,16 +90,7 @@ def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
     assert f"port: {README_PORT}}}" in text
     targets.write_text(text.replace(f"port: {README_PORT}}}", f"port: {port}}}"))
     try:
-        # PATH as the machine has it: its first python3 may be a pyenv build
-        # without Django, which the local target must not depend on.
-        def deploy():
-            proc = subprocess.run([sys.executable, "-m", "deployer", "local", "local.test", "--output", "plain"],
-                                  cwd=checkout, capture_output=True, text=True, timeout=120,
-                                  stdin=subprocess.DEVNULL)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            return proc.stdout
-
-        out = deploy()
+        out = _deploy(checkout)
         local = checkout / ".deployer-local"
         live = local / "www" / "local"
         assert live.is_symlink() and (live / "django.wsgi").is_file()
@@ -113,7 +114,7 @@ def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
 
         # A second deploy reloads that Apache gracefully; the site serves the new release.
         (checkout / "examples" / "djangoapp" / "hello" / "new.txt").write_text("new\n")
-        out = deploy()
+        out = _deploy(checkout)
         assert f"local Apache reloaded gracefully (pid {pid})" in out
         second = json.loads(_get(port, "/health", "local.test")[1])
         assert second["release_dir"] != first["release_dir"]
@@ -121,6 +122,56 @@ def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
     finally:
         _stop(checkout)
     assert not process_running(pid)
+
+
+# What the local Apache loads (README: Your first deploy), besides its MPM.
+LOCAL_MODULES = {"mod_authz_core", "mod_authz_host", "mod_alias", "mod_mime", "mod_dir", "mod_env",
+                 "mod_headers", "mod_setenvif", "mod_wsgi"}
+
+
+@needs_local_site
+def test_the_local_apache_serves_only_what_the_site_grants(tmp_path):
+    checkout = _copy_checkout(tmp_path / "checkout")
+    port = _free_port()
+    targets = checkout / "targets.yaml"
+    targets.write_text(targets.read_text().replace(f"port: {README_PORT}}}", f"port: {port}}}"))
+    # A folder the site aliases but grants nothing in.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "page.txt").write_text("not granted\n")
+    template = checkout / "templates" / "default_template"
+    template.write_text(template.read_text().replace("</VirtualHost>",
+                                                     f"    Alias /outside/ {outside}/\n</VirtualHost>"))
+    # A file of another owner than the one who deploys, outside the deploy root.
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign.txt"
+        foreign.write_text("someone else's\n")
+        os.chown(foreign, 65534, 65534)
+    else:
+        foreign = Path("/etc/passwd")
+    try:
+        _deploy(checkout)
+        media = checkout / ".deployer-local" / "www" / "local" / "media"
+        assert media.is_symlink()
+        # The site itself, through its links (the live path, media/ to the shared folder).
+        (media / "upload.txt").write_text("uploaded\n")
+        assert _get(port, "/media/upload.txt", "local.test") == (200, "uploaded\n")
+        assert _get(port, "/static/greeter.css", "local.test")[0] == 200
+        # Nothing of the system's modules' configs: no status page, no icons.
+        assert _get(port, "/server-status", "local.test")[0] != 200
+        assert _get(port, "/icons/apache_pb.svg", "local.test")[0] != 200
+        maps = Path(f"/proc/{_apache_pid(checkout)}/maps").read_text()
+        loaded = set(re.findall(r"/(mod_\w+)\.so[-.0-9]*$", maps, re.M))  # mod_wsgi.so-3.11
+        assert {m for m in loaded if not m.startswith("mod_mpm_")} == LOCAL_MODULES
+        assert len(loaded - LOCAL_MODULES) == 1, loaded
+        # A link to a file of another owner is refused, as is anything not granted.
+        (media / "planted.txt").symlink_to(foreign)
+        assert _get(port, "/media/planted.txt", "local.test")[0] == 403
+        (media / ".htpasswd").write_text("user:hash\n")
+        assert _get(port, "/media/.htpasswd", "local.test")[0] == 403
+        assert _get(port, "/outside/page.txt", "local.test")[0] == 403
+    finally:
+        _stop(checkout)
 
 
 def test_a_builtin_apache_is_only_for_the_local_transport(tmp_path):
