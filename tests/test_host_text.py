@@ -9,6 +9,8 @@ import re
 import pytest
 
 from deployer import steps
+from deployer.commands import confirm
+from deployer.errors import DeployError
 from deployer.output import StepResult, choose, printable_lines
 from deployer.result import Result
 
@@ -121,3 +123,23 @@ def test_the_rule():
     assert printable_lines("a\r\nb\nc\td\u00a0e") == "a\nb\nc d e"
     assert printable_lines("".join(BAD) + "\x00\x85\x0b\x0c\u2029\u200b\ufeff\udcff") == "?" * 15
     assert printable_lines("déjà vu, 日本語, ✓ ✗ ━━") == "déjà vu, 日本語, ✓ ✗ ━━"
+
+
+class AnswersNo(io.StringIO):
+    """A person at a terminal who answers n."""
+
+    def __init__(self):
+        super().__init__("n\n")
+
+    def isatty(self):
+        return True
+
+
+def test_the_unlock_question_shows_the_lock_owner_printable():
+    owner = f"run 1234 (ci@build7, pid 99) {HOSTILE}"
+    out = io.StringIO()
+    with pytest.raises(DeployError, match="not confirmed"):
+        confirm(f"alpha is locked by {owner}. Go on?", False, AnswersNo(), out)
+    assert out.getvalue().startswith("alpha is locked by run 1234 (ci@build7, pid 99) AH00526")
+    assert out.getvalue().endswith(" [y/N] ")
+    assert controls(out.getvalue()) == []
