@@ -508,7 +508,8 @@ def confirm(question: str, yes: bool, stdin, stdout) -> None:
         return
     if not stdin.isatty():
         raise UsageError(f"{question} Not on a terminal: add --yes to go on without asking")
-    stdout.write(f"{question} [y/N] ")
+    # The question quotes hosts (a lock's owner): shown as any host text is.
+    stdout.write(f"{printable_lines(question)} [y/N] ")
     stdout.flush()
     if stdin.readline().strip().lower() not in ("y", "yes"):
         raise DeployError("not confirmed; nothing was changed")

@@ -4,7 +4,9 @@ One event interface, four renderings: rich (a terminal), plain (a log file),
 teamcity (service messages, escaped by the teamcity-messages library and
 written raw: rich would read their `[...]` as markup) and json (one object a
 line). Every text goes through `redact` first, so a secret never reaches any
-of them.
+of them; then, in the three for people, through `printable_lines`, so no
+text a host wrote can drive the terminal or the build log (JSON escapes
+control characters itself and keeps the exact text).
 """
 
 import hashlib
@@ -12,6 +14,7 @@ import json
 import os
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import IO
 
@@ -99,10 +102,21 @@ def _relay_details(r: steps.Relay | None) -> list[str]:
 
 
 def printable_lines(text: str) -> str:
-    """Text for a terminal, line breaks kept: what hosts wrote in it (a history
-    line, a link's name, a lock's owner) cannot move the cursor, set the title
-    or forge a line."""
-    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
+    """Text as a terminal or a build log may show it, line breaks kept: what
+    hosts wrote in it (a command's output, a lock's owner, a history line)
+    cannot move the cursor, erase or overwrite a line, set the title or the
+    clipboard, reorder what follows, or forge a line. LF and CR LF are line
+    breaks; a tab or another space is a space; anything else that is not
+    printable (a lone CR, ESC, BEL, the other C0 and C1 controls, DEL,
+    format characters such as U+202E, U+2028 and U+2029) is a `?`."""
+    return "\n".join(line if line.isprintable() else "".join(map(_stand_in, line))
+                     for line in text.replace("\r\n", "\n").split("\n"))
+
+
+def _stand_in(c: str) -> str:
+    if c.isprintable():
+        return c
+    return " " if c == "\t" or unicodedata.category(c) == "Zs" else "?"
 
 
 def _shown(path: str) -> str:
@@ -154,13 +168,19 @@ class Reporter:
         out.append(text[done:])
         return "".join(out)
 
+    def printable(self, text: str) -> str:
+        """`text` as people are shown it: redacted (on the text as it came, so
+        a secret with a control character in it still matches), then made
+        printable."""
+        return printable_lines(self.redact(text))
+
     def write(self, line: str) -> None:
-        self.stream.write(self.redact(line) + "\n")
+        self.stream.write(self.printable(line) + "\n")
         self.stream.flush()
 
     def output_lines(self, r: Result) -> list[str]:
-        """A command's output, redacted whole, then split."""
-        return [line for line in self.redact(r.stdout + r.stderr).splitlines() if line.strip()]
+        """A command's output, as people are shown it, split into lines."""
+        return _lines(self.printable(r.stdout + r.stderr))
 
     def start(self, name: str, hostname: str, release: str, dry_run: bool, action: str = "deploy") -> None: ...
     def stage_started(self, stage: str) -> None: ...
@@ -213,17 +233,22 @@ class Tally:
                 for h, t in self.hosts.items()}
 
 
-def failure_lines(step: steps.Step, r: Result, redact) -> list[str]:
+def failure_lines(step: steps.Step, r: Result, printable) -> list[str]:
     """What a person needs of a step that failed on a host: the command, and
-    the end of what it printed (stderr last, where the error is)."""
+    the end of what it printed (stderr last, where the error is). `printable`
+    is the reporter's: the text is redacted whole, and cut into lines only
+    where a terminal would show a line break."""
     lines = []
     if isinstance(step, steps.Run):
         # A command from targets.yaml as written there; one of deployer's, its start.
         c = step.command
-        command = redact(f"{c.shell}  (in {c.cwd})" if c.shell is not None and c.cwd else c.shell or c.line())
+        command = printable(f"{c.shell}  (in {c.cwd})" if c.shell is not None and c.cwd else c.shell or c.line())
         lines.append(f"$ {command if len(command) <= 300 else command[:300] + ' ...'}")
-    output = [line for line in redact(r.stdout + r.stderr).splitlines() if line.strip()]
-    return lines + output[-40:]
+    return lines + _lines(printable(r.stdout + r.stderr))[-40:]
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line.strip()]
 
 
 def _where(step: steps.Step, host: str | None = None) -> str:
@@ -259,7 +284,7 @@ class PlainReporter(Reporter):
         self.tally.add(stage, host, r)
         status = "ok" if r.result.ok else f"FAILED (exit {r.result.exit_code})"
         self.write(f"  {step.title} [{_where(step, host)}]: {status} in {r.seconds:.1f}s")
-        lines = self.output_lines(r.result)[-40:] if r.result.ok else failure_lines(step, r.result, self.redact)
+        lines = self.output_lines(r.result)[-40:] if r.result.ok else failure_lines(step, r.result, self.printable)
         for line in lines:
             self.write(f"      {line}")
 
@@ -315,7 +340,7 @@ class TeamCityReporter(PlainReporter):
         # Text from hosts and file names is not ours: a line holding a
         # service message (a compromised host printing publishArtifacts of
         # the agent's key) goes out escaped, inside a message of our own.
-        for part in self.redact(line).split("\n"):
+        for part in self.printable(line).split("\n"):
             if "##teamcity[" in part.lower():
                 self.tc.message("message", text=part)
             else:
@@ -347,12 +372,13 @@ class TeamCityReporter(PlainReporter):
             # same from build to build, so TeamCity can tell a new failure
             # from a known one (and mute it).
             self.problems += 1
-            last = (failure_lines(step, r.result, self.redact) or [""])[-1]
-            self.tc.buildProblem(description=f"{stage} failed on {_where(step, host)}: {last}"[:4000],
-                                 identity=problem_identity(stage, _where(step, host)))
+            last = (failure_lines(step, r.result, self.printable) or [""])[-1]
+            where = _where(step, host)
+            self.tc.buildProblem(description=self.printable(f"{stage} failed on {where}: {last}")[:4000],
+                                 identity=problem_identity(stage, where))
 
     def note(self, text):
-        self.tc.message("message", text=self.redact(text), status="WARNING")
+        self.tc.message("message", text=self.printable(text), status="WARNING")
 
     def finished(self, exit_code, error, summary=""):
         if hasattr(self, "started"):
@@ -362,7 +388,7 @@ class TeamCityReporter(PlainReporter):
         # of its own, beside any step's: a person must look at the hosts.
         if error and (exit_code in (3, 130) or not getattr(self, "problems", 0)):
             # TeamCity shows the description in the build overview: one line.
-            self.tc.buildProblem(description=self.redact(error).splitlines()[0][:4000],
+            self.tc.buildProblem(description=self.printable(error).split("\n")[0][:4000],
                                  identity=f"deployer-exit-{exit_code}")
         super().finished(exit_code, error, summary)
 
@@ -454,11 +480,16 @@ class RichReporter(PlainReporter):
         self.running_lock = threading.Lock()
         self.live = None
 
-    def _print(self, text: str, style: str = "") -> None:
+    def _text(self, text: str, style: str = ""):
+        """What rich draws: Text, not a string (rich would read `[/]` in a
+        hook's title as markup), made printable (rich drops BEL and CR but
+        passes ESC through)."""
         from rich.text import Text
 
-        # Text, not a string: rich would read `[/]` in a hook's title as markup.
-        self.console.print(Text(self.redact(text), style=style))
+        return Text(self.printable(text), style=style)
+
+    def _print(self, text: str, style: str = "") -> None:
+        self.console.print(self._text(text, style))
 
     def _running_lines(self):
         from rich.table import Table
@@ -469,7 +500,7 @@ class RichReporter(PlainReporter):
         with self.running_lock:
             rows = list(self.running.items())
         for (title, host), (started, spinner) in rows:
-            grid.add_row(spinner, Text(self.redact(f"{title} [{host}]")), Text(f"{now - started:.0f}s", "dim"))
+            grid.add_row(spinner, self._text(f"{title} [{host}]"), Text(f"{now - started:.0f}s", "dim"))
         return grid
 
     def write(self, line: str) -> None:
@@ -499,7 +530,7 @@ class RichReporter(PlainReporter):
         mark, style = ("✓", "green") if r.result.ok else ("✗", "bold red")
         self._print(f"  {mark} {step.title} [{_where(step, host)}] {r.seconds:.1f}s", style)
         if not r.result.ok:
-            for line in failure_lines(step, r.result, self.redact):
+            for line in failure_lines(step, r.result, self.printable):
                 self._print(f"      {line}", "red")
         if idle and self.live is not None:
             self.live.stop()
@@ -518,7 +549,7 @@ class RichReporter(PlainReporter):
         for column in ("host", "stages", "time", "result"):
             table.add_column(column)
         for host, stages, seconds, result in rows:
-            table.add_row(host, stages, seconds, result, style="red" if result != "ok" else "")
+            table.add_row(*map(self._text, (host, stages, seconds, result)), style="red" if result != "ok" else "")
         self.console.print(table)
 
     def finished(self, exit_code, error, summary=""):

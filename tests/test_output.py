@@ -249,3 +249,31 @@ def test_teamcity_reports_an_incomplete_undo_as_a_problem_of_its_own():
     r.finished(3, "apache graceful failed\nTHE UNDO DID NOT COMPLETE; these hosts need a person")
     problems = [a for kind, a in _messages(out.getvalue().splitlines()) if kind == "buildProblem"]
     assert [p["identity"] for p in problems] == ["deployer:restart:web1", "deployer-exit-3"]
+
+
+# A host's stderr: a title change, a clipboard write, cursor up and erase with a
+# forged last line, a lone CR, a C1 CSI and a bidi override (printf's octal
+# escapes: \302\233 is U+009B, \342\200\256 U+202E).
+HOSTILE_STDERR = (r"printf 'AH00526\033]0;pwned\007\033]52;c;eA==\007\033[1A\033[2Kdone: all live\rx"
+                  r"\302\233y\342\200\256z\n' >&2; exit 1")
+
+
+@pytest.mark.parametrize("output", ["plain", "teamcity", "rich"])
+def test_a_failed_step_and_the_error_show_host_text_printable(local, output):
+    code, lines = local("--output", output, migrate=HOSTILE_STDERR)
+    assert code == 1
+    text = "\n".join(lines)
+    assert [c for c in text if not c.isprintable() and c != "\n"] == []
+    # The step's output, and the error that quotes it (the error cuts its lines at the CR as well).
+    shown = "AH00526?]0;pwned??]52;c;eA==??[1A?[2Kdone: all live"
+    assert [line for line in lines if line.endswith(f"      {shown}?x?y?z")]
+    assert [line for line in lines if line.endswith(f"  local: {shown}")]
+
+
+def test_json_keeps_what_the_host_wrote_exactly(local):
+    code, lines = local("--output", "json", migrate=HOSTILE_STDERR)
+    assert code == 1
+    events = [json.loads(line) for line in lines]
+    exact = "AH00526\x1b]0;pwned\x07\x1b]52;c;eA==\x07\x1b[1A\x1b[2Kdone: all live\rx\x9by\u202ez\n"
+    assert [e["stderr"] for e in events if e["event"] == "step_finished" and not e["ok"]] == [exact]
+    assert "local: AH00526\x1b]0;pwned\x07\x1b]52;c;eA==\x07\x1b[1A\x1b[2Kdone: all live" in events[-1]["error"]
