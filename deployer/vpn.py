@@ -4,15 +4,15 @@ that uses the same VPN config.
 Two build agents on one machine deploying two instances through one VPN
 config must not each start a client: a second OpenVPN client with the same
 certificate cuts off the first. So the first deploy starts a keeper (this
-module, run as `python -m deployer.vpn keep`), a small process of its own
-that runs OpenVPN, and every deploy that uses the tunnel holds a shared
-flock on the tunnel's `users` file for as long as it does. The keeper
-looks every half second: once nobody holds that lock (the last deploy
-ended, or was killed: the kernel releases a dead process's locks), it stops
-OpenVPN and exits. The deploy that finds itself last stops the keeper at
-once and waits for OpenVPN to be gone, so its routes are down when the
-deploy returns. OpenVPN dies with its keeper (`setpriv --pdeathsig`, from
-util-linux).
+module's `keep`, in an isolated Python that imports nothing from the
+config's folder), a small process of its own that runs OpenVPN, and every
+deploy that uses the tunnel holds a shared flock on the tunnel's `users`
+file for as long as it does. The keeper looks every half second: once
+nobody holds that lock (the last deploy ended, or was killed: the kernel
+releases a dead process's locks), it stops OpenVPN and exits. The deploy
+that finds itself last stops the keeper at once and waits for OpenVPN to be
+gone, so its routes are down when the deploy returns. OpenVPN dies with its
+keeper (`setpriv --pdeathsig`, from util-linux).
 
 The tunnel counts as up only when OpenVPN's log says "Initialization
 Sequence Completed" (its exit code proves nothing), within the config's
@@ -20,7 +20,8 @@ timeout; a failure quotes the end of the log. A tunnel to the hosts that is
 already up and is not ours (a VPN the machine keeps) is used as it is and
 left up.
 
-Relative file names in the config are its folder's (OpenVPN runs there).
+Relative file names in the config are its folder's (OpenVPN is given
+--cd FOLDER).
 The registry (a directory per user: /run/deployer-UID, else
 $XDG_RUNTIME_DIR/deployer, else /tmp/deployer-UID, mode 0700, which must be
 ours and not a link) holds per config: `.users`, `.setup` (a lock while a
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 
+import deployer
 from deployer.errors import StepFailed
 
 READY = "Initialization Sequence Completed"
@@ -57,7 +59,7 @@ class OpenVpnTunnel:
         self.config = os.path.realpath(config)
         self.timeout = timeout
         self.probe = probe  # a host's address: is a tunnel to it already up?
-        self.dir = registry or registry_dir()
+        self.dir = os.path.abspath(registry or registry_dir())  # the keeper runs in /
         # By content: two build agents' checkouts hold the same config at two paths.
         with open(self.config, "rb") as f:
             key = hashlib.sha256(f.read()).hexdigest()[:16]
@@ -92,17 +94,17 @@ class OpenVpnTunnel:
         # stopping the build that started it (TeamCity kills the process
         # tree, Jenkins the processes with its BUILD_ID) leaves the tunnel
         # to the other deploys that use it. Ctrl-C in a terminal is for the
-        # deploy, which closes its own use of the tunnel.
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH")}
+        # deploy, which closes its own use of the tunnel. No PYTHONPATH: the
+        # keeper finds our package by _keeper_argv, not the build's word.
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
         with open(os.devnull, "rb") as null:
-            starter = subprocess.Popen([sys.executable, "-m", "deployer.vpn", "keep", self.config, self.base],
-                                       stdin=null, stdout=null, stderr=null, start_new_session=True, env=env,
-                                       cwd=os.path.dirname(self.config))
+            starter = subprocess.Popen(_keeper_argv(self.config, self.base), stdin=null, stdout=null,
+                                       stderr=null, start_new_session=True, env=env, cwd="/")
         starter.wait(10)
         deadline = time.monotonic() + 10
         while _state(self.base) is None:
             if time.monotonic() > deadline:
-                raise StepFailed(f"the VPN keeper did not start (python -m deployer.vpn keep){self._tail()}")
+                raise StepFailed(f"the VPN keeper did not start (python -I ... deployer.vpn keep){self._tail()}")
             time.sleep(_POLL)
 
     def _wait_ready(self, deadline: float) -> None:
@@ -145,6 +147,29 @@ class OpenVpnTunnel:
     def _tail(self, lines: int = 15) -> str:
         tail = _read(self.log).splitlines()[-lines:]
         return ("\n  openvpn log (last lines):\n    " + "\n    ".join(tail)) if tail else ""
+
+
+# The keeper's Python is isolated (-I: no PYTHONPATH, no user site-packages,
+# neither the working directory nor a script's on sys.path) and runs in /.
+# It runs as whoever deploys, root on a build agent, and `-m` in the config's
+# folder imported whatever a checkout put there (a deployer/vpn.py beside
+# client.ovpn). Our own package comes first on sys.path instead, so the
+# keeper is this deployer also when the interpreter has none installed; its
+# folder is an argument, never spliced into the code.
+_KEEPER_BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def _keeper_argv(config: str, base: str) -> list[str]:
+    """`python -m deployer.vpn keep CONFIG BASE`, isolated; its cmdline holds
+    "deployer.vpn" and BASE as words of their own, which _state looks for."""
+    return [sys.executable, "-I", "-c", _KEEPER_BOOT, _package_parent(), "deployer.vpn", "keep", config, base]
+
+
+def _package_parent() -> str:
+    """The folder that holds the deployer package this process runs: trusted,
+    since its code already runs here."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(deployer.__file__)))
 
 
 def registry_dir() -> str:
@@ -273,8 +298,9 @@ def _alive(pid: int) -> bool:
 
 def keep(config: str, base: str) -> int:
     """The keeper: OpenVPN up for as long as a deploy holds the users lock.
-    OpenVPN runs in the config's folder: relative file names in it (an
-    auth-user-pass file) are the folder's, as with systemd's openvpn units."""
+    OpenVPN reads its files from the config's folder (--cd, before --config):
+    relative file names in it (an auth-user-pass file, a cert) are the
+    folder's, as with systemd's openvpn units; we ourselves run in /."""
     if os.fork() > 0:
         os._exit(0)  # the deploy that started us waits only for this
     os.setsid()
@@ -283,8 +309,8 @@ def keep(config: str, base: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     users = _open(f"{base}.users")
     log = os.open(f"{base}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    proc = subprocess.Popen([*_DIES_WITH_US, "openvpn", "--config", config], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_openvpn_argv(config), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT)
     state = f"{base}.state"
     with open(f"{state}.new", "w") as f:
         f.write(f"{os.getpid()} {proc.pid}\n")
@@ -311,6 +337,10 @@ def keep(config: str, base: str) -> int:
         if _read(state).split()[:1] == [str(os.getpid())]:
             os.unlink(state)
     return 0
+
+
+def _openvpn_argv(config: str) -> list[str]:
+    return [*_DIES_WITH_US, "openvpn", "--cd", os.path.dirname(config), "--config", config]
 
 
 if __name__ == "__main__":
