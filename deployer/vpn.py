@@ -25,8 +25,10 @@ left up.
 Relative file names in the config are its folder's (OpenVPN is given
 --cd FOLDER).
 The registry (a directory per user: /run/deployer-UID, else
-$XDG_RUNTIME_DIR/deployer, else /tmp/deployer-UID, mode 0700, which must be
-ours and not a link) holds per tunnel: `.users`, `.setup` (a lock while a
+$XDG_RUNTIME_DIR/deployer, else $XDG_STATE_HOME/deployer or
+~/.local/state/deployer, never a name in a shared folder such as /tmp that
+another user could take first; mode 0700, which must be ours and not a
+link) holds per tunnel: `.users`, `.setup` (a lock while a
 deploy starts or stops the keeper), `.state` (the keeper's and OpenVPN's
 pids) and `.log` (OpenVPN's output).
 """
@@ -37,14 +39,15 @@ import hashlib
 import ipaddress
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Mapping
 
 import deployer
 from deployer.errors import StepFailed
@@ -389,14 +392,72 @@ def _package_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(deployer.__file__)))
 
 
-def registry_dir() -> str:
-    uid = os.getuid()
-    if os.access("/run", os.W_OK):
+def registry_dir(*, uid: int | None = None, environ: Mapping[str, str] | None = None,
+                 run_writable: bool | None = None) -> str:
+    """This user's folder for the tunnels' state (see the module's docstring);
+    the keywords stand in for this process's, in tests."""
+    uid = os.getuid() if uid is None else uid
+    env = os.environ if environ is None else environ
+    if os.access("/run", os.W_OK) if run_writable is None else run_writable:
         return f"/run/deployer-{uid}"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and os.path.isdir(runtime) and not _not_only_ours(runtime, uid):
         return os.path.join(runtime, "deployer")
-    return os.path.join(tempfile.gettempdir(), f"deployer-{uid}")
+    # Never a name in a shared folder such as /tmp/deployer-UID: another
+    # user who made it first would make every VPN deploy of ours fail.
+    return os.path.join(_state_home(uid, env), "deployer")
+
+
+def _state_home(uid: int, env: Mapping[str, str]) -> str:
+    """$XDG_STATE_HOME, else ~/.local/state (made if need be): refused unless
+    nobody but this user (and root) can change it or a folder it is in."""
+    home = env.get("HOME") or _passwd_home(uid)
+    state = env.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # a relative one is to be ignored (the XDG spec)
+        if not os.path.isabs(home) or not os.path.isdir(home) or os.stat(home).st_uid != uid:
+            raise StepFailed(f"no folder of this user's own for deployer's VPN state: /run is not writable,"
+                             f" XDG_RUNTIME_DIR is not set (or not this user's alone), and the home folder"
+                             f" {home or '(none)'} is not this user's; set XDG_RUNTIME_DIR or XDG_STATE_HOME"
+                             f" to a folder of its own")
+        state = os.path.join(home, ".local", "state")
+    try:
+        os.makedirs(state, 0o700, exist_ok=True)
+    except OSError as e:
+        raise StepFailed(f"cannot make {state} for deployer's VPN state: {e.strerror}") from None
+    why = _not_only_ours(state, uid)
+    if why:
+        raise StepFailed(f"{state} will not hold deployer's VPN state: {why}; set XDG_STATE_HOME or"
+                         f" XDG_RUNTIME_DIR to a folder of this user's own")
+    return os.path.realpath(state)
+
+
+def _passwd_home(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return ""
+
+
+def _not_only_ours(path: str, uid: int) -> str:
+    """Why another user could replace `path` or what it holds, or "": each
+    folder from / to it must be root's or uid's, writable by its owner alone
+    or sticky (as /tmp is, where nobody may move another's name), and `path`
+    itself uid's and writable by uid alone."""
+    parts = os.path.realpath(path).split(os.sep)[1:]
+    for i in range(len(parts) + 1):
+        folder = os.sep + os.sep.join(parts[:i])
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            return f"{folder}: {e.strerror}"
+        last = i == len(parts)
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{folder} is not a folder"
+        if st.st_uid not in ((uid,) if last else (0, uid)):
+            return f"{folder} belongs to user {st.st_uid}"
+        if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+            return f"others may write in {folder}"
+    return ""
 
 
 def _private_dir(path: str) -> None:

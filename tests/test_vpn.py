@@ -1,7 +1,9 @@
-"""The VPN tunnel's bookkeeping that needs no OpenVPN: what one tunnel is shared by."""
+"""The VPN tunnel's bookkeeping that needs no OpenVPN: what one tunnel is shared by, and where
+its state lives."""
 
 import base64
 import os
+import tempfile
 import textwrap
 import time
 
@@ -109,3 +111,83 @@ def test_a_hostile_config_is_read_in_linear_time(tmp_path):
     started = time.monotonic()
     key(hostile)
     assert time.monotonic() - started < 2
+
+
+# -- the registry ---------------------------------------------------------------
+
+ANOTHER_USER = 65534  # nobody
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="makes folders of another user's (chown)")
+
+
+def home_of_ours(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    return home
+
+
+@as_root
+def test_without_run_or_xdg_runtime_dir_a_folder_another_user_made_first_cannot_take_our_registry(
+        tmp_path, monkeypatch):
+    # It used to be /tmp/deployer-UID: any local user could make it first,
+    # and every VPN deploy of ours then failed (it is not ours, so refused).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    squatted = shared / f"deployer-{os.getuid()}"
+    squatted.mkdir(mode=0o700)
+    os.chown(squatted, ANOTHER_USER, ANOTHER_USER)
+    home = home_of_ours(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != "/run" and access(path, mode, **kw))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    registry = vpn.registry_dir()
+    assert not registry.startswith(str(shared))
+    assert registry == str(home / ".local" / "state" / "deployer")
+    for folder in (home, home / ".local", home / ".local" / "state"):
+        assert folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o022, folder
+    vpn._private_dir(registry)  # ours: a deploy can use it
+    assert os.stat(registry).st_mode & 0o777 == 0o700
+
+
+def home_not_ours(home):
+    os.chown(home, ANOTHER_USER, ANOTHER_USER)
+
+
+def local_made_by_another_user(home):
+    (home / ".local").mkdir()
+    os.chown(home / ".local", ANOTHER_USER, ANOTHER_USER)
+
+
+def state_writable_by_all(home):
+    (home / ".local" / "state").mkdir(parents=True)
+    (home / ".local" / "state").chmod(0o777)
+
+
+@as_root
+@pytest.mark.parametrize("plant, words", [
+    (home_not_ours, "home folder .* is not this user's"),
+    (local_made_by_another_user, r"\.local belongs to user 65534"),
+    (state_writable_by_all, r"others may write in .*/\.local/state"),
+])
+def test_a_state_folder_another_user_can_change_is_refused(tmp_path, plant, words):
+    home = home_of_ours(tmp_path)
+    plant(home)
+    with pytest.raises(StepFailed, match=words):
+        vpn.registry_dir(environ={"HOME": str(home)}, run_writable=False)
+
+
+def test_xdg_state_home_and_runtime_dir_are_used_only_when_only_ours(tmp_path):
+    runtime, state = tmp_path / "runtime", tmp_path / "state"
+    runtime.mkdir(mode=0o700)
+    home = home_of_ours(tmp_path)
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime), "XDG_STATE_HOME": str(state)}
+    assert vpn.registry_dir(environ=env, run_writable=False) == str(runtime / "deployer")
+    runtime.chmod(0o1777)  # a shared folder, however it is named
+    assert vpn.registry_dir(environ=env, run_writable=False) == str(state / "deployer")
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert vpn.registry_dir(environ={**env, "XDG_STATE_HOME": "relative"}, run_writable=False) == str(
+        home / ".local" / "state" / "deployer")
+    assert vpn.registry_dir(environ=env, run_writable=True) == f"/run/deployer-{os.getuid()}"
