@@ -16,7 +16,7 @@ import time
 
 from deployer import names
 from deployer.errors import StepFailed
-from deployer.vpn import _private_dir as private_dir
+from deployer.vpn import _private_dir as private_dir  # noqa: PLC2701 - one rule for both
 from deployer.vpn import registry_dir
 
 # The file of a killed run is what lets a later run know it is gone: kept a

@@ -105,8 +105,9 @@ def assert_vpn_down(lab) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # deployer's own client; the lab's checking client adds --log.
-        assert cmdline[:-1] != [b"openvpn", b"--config", str(lab.client_ovpn).encode()], pid
+        # deployer's own client (openvpn --cd DIR --config FILE); the lab's checking client adds --log.
+        ours = cmdline[:1] == [b"openvpn"] and str(lab.client_ovpn).encode() in cmdline
+        assert not ours or b"--log" in cmdline, pid
 
 
 def applied_migrations(lab, name: str) -> list[tuple[str, int]]:

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
+from deployer import vpn
 from deployer.cli import main
+from deployer.errors import StepFailed
 from tests.conftest import REPO, armed_local_target, tree_digest, wait_until
 from tests.lab.lab import _cert, blackhole
 
@@ -85,6 +87,61 @@ def test_openvpn_dies_with_a_deploy_killed_without_warning(tmp_path):
             runner.kill()
         if pid and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
             os.kill(pid, signal.SIGKILL)
+
+
+# A Python without deployer installed: the keeper must still run ours.
+BARE_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.parametrize("python", [sys.executable, BARE_PYTHON])
+def test_the_keeper_imports_nothing_from_the_config_folder(tmp_path, monkeypatch, python):
+    # The keeper used to be `python -m deployer.vpn` run in the config's
+    # folder, which puts that folder first on sys.path: a checkout's
+    # deployer/vpn.py beside client.ovpn ran as root. Now it runs isolated,
+    # in /, and OpenVPN is given --cd, so the config's relative names still work.
+    if python == BARE_PYTHON and subprocess.run([python, "-I", "-c", "import deployer"], cwd="/",
+                                                capture_output=True).returncode == 0:
+        pytest.skip(f"{python} has a deployer of its own")
+    subprocess.run(["ip", "route", "add", "unreachable", "198.18.0.0/15"], capture_output=True)
+    checkout = tmp_path / "checkout"
+    planted = checkout / "deployer"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "PLANTED-CODE-RAN"
+    for name in ("__init__.py", "vpn.py"):
+        (planted / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    _, _, server = _cert(tmp_path, "server")
+    _cert(checkout, "client")  # client.crt and client.key, named relatively below
+    (checkout / "pass.txt").write_text("user\npassword\n")
+    (checkout / "pass.txt").chmod(0o600)
+    config = checkout / "client.ovpn"
+    config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\nconnect-retry 1 2\n"
+                      f"peer-fingerprint {server}\ncert client.crt\nkey client.key\nauth-user-pass pass.txt\n")
+    monkeypatch.setattr(vpn.sys, "executable", python)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    tunnel = vpn.OpenVpnTunnel(str(config), timeout=3, registry=str(tmp_path / "registry"))
+    state = None
+    try:
+        with pytest.raises(StepFailed) as failed:
+            tunnel.open()
+        state = vpn._state(tunnel.base)
+        log = vpn._read(tunnel.log)
+    finally:
+        tunnel.close()
+    assert not marker.exists(), marker.read_text()
+    assert "VPN not up after 3s" in str(failed.value)  # our keeper ran, and OpenVPN found no server
+    assert state is not None
+    assert not any(_alive(pid) for pid in state), "the keeper or its OpenVPN outlived the deploy"
+    # OpenVPN found the config's relative files and got as far as the network.
+    assert "No such file" not in log and "UDPv4 link remote" in log, log
+
+
+def test_openvpn_reads_relative_names_from_the_config_folder():
+    assert vpn._openvpn_argv("/srv/ci/vpn/client.ovpn")[-4:] == [
+        "--cd", "/srv/ci/vpn", "--config", "/srv/ci/vpn/client.ovpn"]
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) != "Z"
 
 
 def _state(pid: int) -> str:
