@@ -16,8 +16,7 @@ import time
 
 from deployer import names
 from deployer.errors import StepFailed
-from deployer.vpn import _private_dir as private_dir  # noqa: PLC2701 - one rule for both
-from deployer.vpn import registry_dir
+from deployer.vpn import private_dir, registry_dir
 
 # The file of a killed run is what lets a later run know it is gone: kept a
 # while (the registry under /run goes with a reboot anyway), then swept.
@@ -66,7 +65,10 @@ def alive(run_id: str, registry: str | None = None) -> int | None:
     once it is gone, None when this machine has no record of it."""
     if not names.RUN_ID.fullmatch(run_id):
         return None
-    path = _path(registry or registry_dir(), run_id)
+    try:
+        path = _path(registry or registry_dir(), run_id)
+    except StepFailed:  # no registry of ours here: no record of any run
+        return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -77,7 +77,7 @@ class OpenVpnTunnel:
     def open(self) -> None:
         if not shutil.which("openvpn"):
             raise StepFailed("openvpn is not installed (apt-get install openvpn)")
-        _private_dir(self.dir)
+        private_dir(self.dir)
         self.users = _open(f"{self.base}.users")
         deadline = time.monotonic() + self.timeout + _LOCK_TIMEOUT
         # A keeper shutting down holds it exclusively until OpenVPN is gone.
@@ -460,7 +460,7 @@ def _not_only_ours(path: str, uid: int) -> str:
     return ""
 
 
-def _private_dir(path: str) -> None:
+def private_dir(path: str) -> None:
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

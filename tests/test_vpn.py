@@ -148,7 +148,7 @@ def test_without_run_or_xdg_runtime_dir_a_folder_another_user_made_first_cannot_
     assert registry == str(home / ".local" / "state" / "deployer")
     for folder in (home, home / ".local", home / ".local" / "state"):
         assert folder.stat().st_uid == os.getuid() and not folder.stat().st_mode & 0o022, folder
-    vpn._private_dir(registry)  # ours: a deploy can use it
+    vpn.private_dir(registry)  # ours: a deploy can use it
     assert os.stat(registry).st_mode & 0o777 == 0o700
 
 
