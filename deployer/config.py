@@ -128,6 +128,7 @@ class Health:
 class Var:
     value: str
     secret: bool = False
+    source: str = ""  # the environment variable it was read from
 
 
 @dataclass(frozen=True)
@@ -1104,7 +1105,7 @@ class _Builder:
         problem = names.value_problem(value or "")
         if problem:
             raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
-        return Var(value or "", v.secret)
+        return Var(value or "", v.secret, v.env)
 
 
 def _kind(value: Any) -> str:

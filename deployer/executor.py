@@ -70,7 +70,8 @@ class Executor:
         # Set when the deploy is interrupted: every host's running command is
         # stopped, and transfers end between two chunks.
         self.stop = threading.Event()
-        self.local = LocalTransport(self.stop)
+        self.local = LocalTransport(self.stop, frozenset(
+            v.source for v in ctx.target.vars.values() if v.secret and v.source))
         self.undo: list[_Undo] = []
         self.teardown: list[tuple[str, object]] = []
         # Host steps run in threads: the undo log and the reporter are shared.

@@ -102,14 +102,18 @@ class LocalTransport:
     (TERM, then KILL after GRACE) and its run raises Stopped.
     """
 
-    def __init__(self, stop: threading.Event | None = None):
+    def __init__(self, stop: threading.Event | None = None, hidden: frozenset[str] = frozenset()):
         self.stop = stop or threading.Event()
+        # The variables secrets are read from: not for hooks, migrate or any
+        # other command here (the values reach the vhost only).
+        self.hidden = hidden
 
     def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
             out: Sink | None = None, err: Sink | None = None) -> Result:
         # A session of its own, so an interrupted deploy stops the whole
         # command (shell and children), not just the shell.
-        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE,
+        env = {k: v for k, v in os.environ.items() if k not in self.hidden}
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE, env=env,
                                 stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
         limit = _limit(timeout)
         out, err = out or Tail(), err or Tail()

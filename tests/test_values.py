@@ -212,3 +212,22 @@ def test_a_secret_cut_in_two_where_output_was_dropped_stays_masked(target_with_s
         assert code == 1
         assert "earlier bytes of output not kept" in out, output
         assert "Passw0rd" not in out and secret[-5:] not in out, output
+
+
+def test_commands_on_this_machine_do_not_see_the_variable_a_secret_is_read_from(tmp_path, monkeypatch):
+    # The review's hook wrote it reversed, where masking cannot catch it.
+    targets = armed_local_target(tmp_path, "ServerName <<HOSTNAME>>\nSetEnv DB <<DB>>\n")
+    seen = tmp_path / "seen"
+    text = targets.read_text().replace(f"run: touch {tmp_path}/HOOKED", f"run: 'printf %s%s \"${SECRET_ENV}\""
+                                       f" \"$OTHER\" | rev > {seen}'")
+    text = text.replace(f"migrate: touch {tmp_path}/MIGRATED",
+                        f"migrate: printf %s \"${SECRET_ENV}\" | rev > {seen}.migrate")
+    secret = f"  vars: {{DB: {{env: {SECRET_ENV}, secret: true}}}}\n"
+    targets.write_text(text.replace("  pipeline:", secret + "  pipeline:"))
+    monkeypatch.setenv(SECRET_ENV, "s3cret-value")
+    monkeypatch.setenv("OTHER", "kept")
+    code, out = deploy(targets)
+    assert code == 0, out
+    assert seen.read_text() == "tpek"  # the rest of the environment is there
+    assert (tmp_path / "seen.migrate").read_text() == ""  # on the local target's "host" too
+    assert "SetEnv DB s3cret-value" in (tmp_path / "apache2" / "sites-available" / "demo-x.conf").read_text()
