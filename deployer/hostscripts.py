@@ -444,6 +444,13 @@ if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ]; then
     fi
 fi
 until mkdir -m 700 -- "$lock" 2> /dev/null; do
+    if [ ! -e "$state" ] && [ ! -L "$state" ]; then
+        # Destroyed while this run waited: it is made anew, as by a first deploy.
+        mkdir -p -- "${state%/*}" && mkdir -m 755 -- "$state" 2> /dev/null
+        [ ! -d "$state" ] || [ -L "$state" ] || continue
+    elif [ ! -e "$lock" ] && [ ! -L "$lock" ] && [ -d "$state" ] && [ ! -L "$state" ]; then
+        continue  # released between the two looks
+    fi
     if [ -L "$lock" ] || [ ! -d "$lock" ]; then
         echo "$lock exists and is not a lock deployer made; deployer will not use it (move it aside)" >&2
         exit 1

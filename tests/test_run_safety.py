@@ -2,6 +2,7 @@
 whole deploys over a real sshd on 127.0.0.1, checked on disk."""
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -301,3 +302,18 @@ def test_a_host_that_answers_a_byte_at_a_time_cannot_hold_the_health_check(tmp_p
         server.close()
     assert not r.ok and "no whole answer within" in r.stderr
     assert time.monotonic() - started < 8
+
+
+def test_lock_wait_takes_the_lock_anew_after_the_instance_was_destroyed_meanwhile(site):
+    # What the deploy waited on (a destroy) removes the lock with the instance's state.
+    _plant_lock(site)
+
+    def destroyed():
+        time.sleep(2)
+        shutil.rmtree(_lock(site).parent)
+    t = threading.Thread(target=destroyed)
+    t.start()
+    code, out = site.deploy("--lock-wait", "30")
+    t.join()
+    assert code == 0, out
+    assert site.live().is_symlink() and not _lock(site).exists()
