@@ -232,13 +232,17 @@ def _deploy(args, run: Run) -> str:
         gone = run.executor.gone_holder()
         if gone is None:
             raise
+        from deployer import instance, reading
+
         # A run killed on this machine (TeamCity's SIGKILL) left its lock and
-        # what it changed: undone first, as `deployer unlock` does, then the deploy.
-        reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
-                      " taking it over and undoing what it left, then deploying")
+        # what it changed: undone first, as `deployer unlock` does, then the
+        # deploy; kept, if it was done on a host (past its commit point).
         undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
+        keep = bool(instance.finished_on(reading.states(undo), gone))
+        reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
+                      f" taking it over and {'keeping' if keep else 'undoing'} what it left, then deploying")
         run.executor = Executor(undo, reporter, parallel)
-        run.executor.run(plan.unlock(undo, gone))
+        run.executor.run(plan.unlock(undo, gone, keep))
         run.executor = Executor(ctx, run.reporter, parallel)
         run.executor.run(the_plan)
     return run.executor.serving(True)

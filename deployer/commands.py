@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deployer import __version__, checks, completion, context, instance, names, plan, scaffold, steps
+from deployer import __version__, checks, completion, context, instance, names, plan, reading, scaffold
 from deployer.cli import Run, guarded
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
-from deployer.output import QuietReporter, printable_lines
+from deployer.output import printable_lines
 
 DESCRIPTION = """\
 Look after the instances `deploy` makes: check a target before deploying,
@@ -181,31 +181,11 @@ def _instance(args) -> tuple[str, object]:
     return name, load(args.targets).resolve(name)
 
 
-def _executor(ctx: context.Context, reporter):
-    # Here, not at the top: paramiko's import alone is a tenth of a second.
-    from deployer.executor import Executor
-
-    return Executor(ctx, reporter, min(ctx.target.parallel, len(ctx.host_names)))
-
-
-def _outputs(ctx: context.Context, the_plan: steps.Plan) -> dict[str, str]:
-    """Run a read-only plan whose last step prints what each host holds: its
-    output per host. Only what goes wrong is shown (on stderr)."""
-    executor = _executor(ctx, QuietReporter(sys.stderr))
-    executor.run(the_plan)
-    return {h: r.stdout for h, r in executor.outputs(the_plan.stages[-1][1][0]).items()}
-
-
-def _read(ctx: context.Context, history: int = 20) -> dict[str, instance.HostState]:
-    """Every host's state, through the target's VPN; read-only, no lock."""
-    return {h: instance.parse(out) for h, out in _outputs(ctx, plan.read(ctx, history)).items()}
-
-
 def _show(args, run: Run, stdout) -> str:
     name, target = _instance(args)
     ctx = context.for_instance(name, target, args.command)
     run.report_to(frozenset())
-    states = _read(ctx, getattr(args, "lines", 20))
+    states = reading.states(ctx, getattr(args, "lines", 20))
     if args.command == "releases":
         text = _releases_json(states) if args.json else _releases_table(states)
     else:
@@ -279,7 +259,7 @@ def _rollback(args, run: Run, stdin) -> str:
         names.release(args.to)
     reader = context.for_instance(name, target, "rollback")
     run.report_to(frozenset())
-    states = _read(reader, history=1000)
+    states = reading.states(reader, history=1000)
     release = instance.rollback_target(states, args.to)
     if all(s.live == release for s in states.values()):
         return f"release {release} is already live on every host; nothing to do"
@@ -291,7 +271,7 @@ def _rollback(args, run: Run, stdin) -> str:
         for stage, step in the_plan.steps():
             run.reporter.planned(stage, step)
         return ""
-    run.executor = _executor(ctx, run.reporter)
+    run.executor = reading.executor(ctx, run.reporter)
     run.executor.previous = {h: s.live for h, s in states.items()}
     run.executor.run(the_plan)
     return run.executor.serving(True)
@@ -313,7 +293,7 @@ def _hostname_of(states: dict[str, instance.HostState], release: str) -> str:
 def _unlock(args, run: Run, stdin) -> str:
     name, target = _instance(args)
     run.report_to(frozenset())
-    states = _read(context.for_instance(name, target, "unlock"))
+    states = reading.states(context.for_instance(name, target, "unlock"))
     odd = [f"{h}: {o}" for h, s in states.items() for o in s.odd if "lock" in o]
     if odd:
         raise DeployError(f"{name}'s lock is not one deployer made: {'; '.join(odd)}. Look at"
@@ -331,14 +311,32 @@ def _unlock(args, run: Run, stdin) -> str:
     if alive:
         raise DeployError(f"{name} is locked by {who}, which is still running on this machine (pid {alive});"
                           " stop it (it undoes its own changes), or wait for it")
-    confirm(f"{name} is locked by {who}. Unlock it only if that run is gone: what it changed and did not"
-            " finish is undone on every host, and Apache reloaded. Go on?", args.yes, stdin, run.stdout)
+    done_on = instance.finished_on(states, gone)
+    if done_on:
+        what = (f"its history says it was done on {', '.join(done_on)}, so what it changed is kept on every"
+                " host (none is undone: the hosts would serve different releases)")
+    else:
+        what = "what it changed and did not finish is undone on every host, and Apache reloaded"
+    confirm(f"{name} is locked by {who}. Unlock it only if that run is gone: {what}. Go on?", args.yes, stdin,
+            run.stdout)
     # The history's release column says which run this one undid.
     ctx = context.for_instance(name, target, "unlock", release=f"run {gone}")
     run.reporter.start(name, "", ctx.release, False, action="unlock")
-    run.executor = _executor(ctx, run.reporter)
-    run.executor.run(plan.unlock(ctx, gone))
-    return f"unlocked: what run {gone} left is undone on every host"
+    run.executor = reading.executor(ctx, run.reporter)
+    run.executor.run(plan.unlock(ctx, gone, keep=bool(done_on)))
+    if not done_on:
+        return f"unlocked: what run {gone} left is undone on every host"
+    return f"unlocked: run {gone} was done on {', '.join(done_on)}; its changes are kept on every host, " + _lives(
+        name, {h: s.live for h, s in states.items()})
+
+
+def _lives(name: str, lives: dict[str, str]) -> str:
+    """What the hosts serve, and what to do if they do not agree."""
+    if len(set(lives.values())) == 1:
+        live = next(iter(lives.values()))
+        return f"where release {live} is live" if live else "where no release is live"
+    return ("but the hosts serve different releases (" + ", ".join(f"{h}: {r or 'none'}" for h, r in lives.items())
+            + f"): `deployer rollback {name} --to RELEASE` puts one on every host")
 
 
 def _list(args, run: Run, stdout) -> str:
@@ -372,7 +370,7 @@ def _hosts_of(args) -> tuple[str, object]:
 def _instances(name: str, target) -> list[instance.Instance]:
     ctx = context.for_instance(name if name != CATCH_ALL else "list", target, "list")
     return instance.merge({h: instance.parse_instances(out)
-                           for h, out in _outputs(ctx, plan.instances(ctx)).items()})
+                           for h, out in reading.outputs(ctx, plan.instances(ctx)).items()})
 
 
 def _field(i: instance.Instance, key: str) -> str:
@@ -433,7 +431,7 @@ def _destroy(args, run: Run, stdin) -> str:
         target = load(args.targets).resolve(name)
         _refuse_protected(name, target)
         run.report_to(frozenset())
-        states = _read(context.for_instance(name, target, "destroy"))
+        states = reading.states(context.for_instance(name, target, "destroy"))
         if not any(s.live or s.releases or s.lock or s.history or (s.shared and not args.keep_shared)
                    for s in states.values()):
             return f"{name}: no such instance on any host of target {target.entry!r}; nothing to do"
@@ -490,11 +488,11 @@ def _destroy_one(name: str, target, keep_shared: bool, run: Run) -> str:
     _refuse_protected(name, target)
     ctx = context.for_instance(name, target, "destroy")
     run.reporter.start(name, "", "", False, action="destroy")
-    run.executor = _executor(ctx, run.reporter)
+    run.executor = reading.executor(ctx, run.reporter)
     run.executor.run(plan.destroy(ctx, keep_shared))
     # Its files go after the run has succeeded (see plan.destroy), where a
     # failure is only a note: read the hosts again before saying it is gone.
-    left = [h for h, s in _read(context.for_instance(name, target, "destroy")).items()
+    left = [h for h, s in reading.states(context.for_instance(name, target, "destroy")).items()
             if s.live or s.releases or s.lock or s.history or (s.shared and not keep_shared)]
     if left:
         raise DeployError(f"{name}: its site is gone, but files of it are left on {', '.join(left)} (see the"

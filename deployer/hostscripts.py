@@ -634,11 +634,13 @@ fi
 """
 
 # What a run that is gone (killed) left beside the releases: its release,
-# if not live, its part-made tree and the artifact's copy it offered.
-_DISCARD_RUN = r"""releases=$1 live=$2 run=$3
+# if not live (and not `keep`), its part-made tree and the artifact's copy
+# it offered.
+_DISCARD_RUN = r"""releases=$1 live=$2 run=$3 keep=$4
 cd -- "$releases" 2> /dev/null || exit 0
 current=$(readlink -- "$live" 2> /dev/null) || current=
 for r in *; do
+    [ "$keep" = 0 ] || break
     [ -d "$r" ] && [ ! -L "$r" ] && [ -f "$r/.deployer-release-id" ] || continue
     [ "$(cat -- "$r/.deployer-release-id")" = "$run" ] || continue
     if [ "${current##*/}" = "$r" ]; then echo "release $r of that run is live: kept"; continue; fi
@@ -873,9 +875,10 @@ def lock(state: str, run_id: str, owner: str, wait: int, gated: bool, hint: str,
                     *([takes_over] if takes_over else []))
 
 
-def discard_run(releases: str, live: str, run_id: str) -> Command:
-    """Remove what run `run_id` left beside the releases (see _DISCARD_RUN)."""
-    return _program("deployer-discard-run", _DISCARD_RUN, releases, live, run_id)
+def discard_run(releases: str, live: str, run_id: str, keep: bool = False) -> Command:
+    """Remove what run `run_id` left beside the releases (see _DISCARD_RUN);
+    with `keep`, its whole releases stay."""
+    return _program("deployer-discard-run", _DISCARD_RUN, releases, live, run_id, "01"[keep])
 
 
 def finish(state: str, run_id: str, line: str, forget: tuple[str, ...] = ()) -> Command:

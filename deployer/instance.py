@@ -143,6 +143,13 @@ def holder_here(owner: str) -> tuple[str, int | None] | None:
     return run, (pid or None)
 
 
+def finished_on(states: dict[str, HostState], run_id: str) -> list[str]:
+    """The hosts whose history says run `run_id` was done there: past that,
+    the run had made its changes on every host, and none may be undone."""
+    return [h for h, s in states.items()
+            if any(e["run"] == run_id and e["outcome"] == "done" for e in s.history)]
+
+
 def previous_live(state: HostState) -> str:
     """The release older than the live one that was live last, from the
     history: after R5 (bad), a rollback to R4 and a deploy of R6, it is R4;

@@ -54,10 +54,12 @@ def rollback(ctx: Context, seen: tuple[str, ...]) -> Plan:
     return Plan((("vpn", stage_lib.vpn(ctx)), ("rollback", (lock, *stage_lib.activate(ctx, seen)))), lock=lock)
 
 
-def unlock(ctx: Context, run_id: str) -> Plan:
-    """The lock of run `run_id`, gone, taken over, and what it left undone."""
+def unlock(ctx: Context, run_id: str, keep: bool = False) -> Plan:
+    """The lock of run `run_id`, gone, taken over, and what it left undone
+    (or, with `keep`, kept: see stages.undo_run)."""
     lock = stage_lib.lock(ctx, takes_over=run_id)
-    return Plan((("vpn", stage_lib.vpn(ctx)), ("unlock", (lock, *stage_lib.undo_run(ctx, run_id)))), lock=lock)
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("unlock", (lock, *stage_lib.undo_run(ctx, run_id, keep)))),
+                lock=lock)
 
 
 def destroy(ctx: Context, keep_shared: bool) -> Plan:

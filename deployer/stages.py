@@ -186,10 +186,13 @@ def lock(ctx: Context, takes_over: str = "") -> steps.Lock:
                             f" {ctx.name}` removes its lock and undoes what it left"))
 
 
-def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
+def undo_run(ctx: Context, run_id: str, keep: bool = False) -> tuple[steps.Step, ...]:
     """What run `run_id`, now gone, changed and never finished, undone
     newest first from what it kept for its own undo (every one of these is
-    safe where that run never got to), then Apache reloaded."""
+    safe where that run never got to), then Apache reloaded. With `keep`
+    (the run was past its commit point: a host's history says it was done),
+    its changes stand on every host instead: only what their undo needed,
+    and what it left half-made, go."""
     if run_id != "-" and not names.RUN_ID.fullmatch(run_id):
         raise DeployError(f"{run_id!r} is not a run id deployer makes; not undoing anything for it")
     gone = replace(ctx, run_id=run_id, release="")
@@ -202,10 +205,11 @@ def undo_run(ctx: Context, run_id: str) -> tuple[steps.Step, ...]:
     return (
         steps.Run(f"stop what run {run_id} still runs on the host", hosts, waits=False,
                   command=hostscripts.stop_run(run_id, hostscripts.STOP_GRACE)),
-        *(steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
+        *(steps.Run(f"keep {s.path} as run {run_id} left it", hosts, command=s.keep(), waits=False) if keep
+          else steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
           for s in (switch, record, enable, vhost)),
-        steps.Run(f"remove what run {run_id} left beside the releases", hosts, waits=False,
-                  command=hostscripts.discard_run(ctx.releases_dir, ctx.deploy_path, run_id)),
+        steps.Run(f"remove what run {run_id} left half-made beside the releases", hosts, waits=False,
+                  command=hostscripts.discard_run(ctx.releases_dir, ctx.deploy_path, run_id, keep)),
         steps.Run(f"withdraw the relay key of run {run_id}", hosts, waits=False,
                   command=hostscripts.close(relay, f"deployer-relay-{run_id}")),
         _configtest(ctx, waits=False),

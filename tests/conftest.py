@@ -233,3 +233,16 @@ def site(tmp_path, sshd):
             return host / "www" / "alpha"
 
     return Site()
+
+
+def killed_run(run_id: str) -> None:
+    """This machine's record of run `run_id` (runs.py) as a run SIGKILLed
+    would leave it: there, and held by nobody."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer import runs;"
+                               " runs.RunLock(sys.argv[1]).hold(); print('held', flush=True); time.sleep(60)",
+                               run_id], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+    finally:
+        holder.kill()
+        holder.wait(10)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from deployer import checks, context
-from tests.conftest import armed_local_target, tree_digest
+from tests.conftest import armed_local_target, killed_run, tree_digest
 from tests.lab.fixtures import lab_session  # noqa: F401
 
 pytestmark = pytest.mark.sshd
@@ -189,8 +189,13 @@ def test_the_lock_of_a_killed_run_of_this_machine_passes_with_a_note(site):
     boot, namespace, _ = context.process_id(os.getpid()).split("-")
     lock = site.root / "www" / "alpha.deployer" / "lock"
     lock.mkdir(parents=True)
-    (lock / "owner").write_text(f"feedface\ndeploy of release 20260101T000000Z-abc by ci@{socket.gethostname()}"
-                                f" (pid {gone.pid}, process {boot}-{namespace}-1) (run feedface)\n")
+    run = "feedfacefeedface"
+    (lock / "owner").write_text(f"{run}\ndeploy of release 20260101T000000Z-abc by ci@{socket.gethostname()}"
+                                f" (pid {gone.pid}, process {boot}-{namespace}-1) (run {run})\n")
+    # Gone as this machine's own record says, not as the host's pid says.
+    code, found = report(site.targets_file)
+    assert code == 1 and "a deploy would fail" in only_host(found)["lock"]["detail"], found
+    killed_run(run)
     code, found = report(site.targets_file)
     assert code == 0, found
     assert "a deploy takes the lock over" in only_host(found)["lock"]["detail"]
