@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deployer import __version__, checks, completion, context, instance, names, plan, reading, scaffold
+from deployer import __version__, checks, completion, context, instance, names, plan, reading, runs, scaffold
 from deployer.cli import Run, guarded
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
@@ -294,7 +294,7 @@ def _unlock(args, run: Run, stdin) -> str:
     name, target = _instance(args)
     run.report_to(frozenset())
     states = reading.states(context.for_instance(name, target, "unlock"))
-    odd = [f"{h}: {o}" for h, s in states.items() for o in s.odd if "lock" in o]
+    odd = [f"{h}: {s.odd_lock}" for h, s in states.items() if s.odd_lock]
     if odd:
         raise DeployError(f"{name}'s lock is not one deployer made: {'; '.join(odd)}. Look at"
                           f" <deploy_root>/{name}.deployer/lock on that host and remove it by hand")
@@ -306,10 +306,12 @@ def _unlock(args, run: Run, stdin) -> str:
         raise DeployError(f"{name} is locked by more than one run: " + "; ".join(held.values())
                           + f". Unlock the hosts by hand (rm -r <deploy_root>/{name}.deployer/lock)")
     (gone, who), = held.items()
-    here = instance.holder_here(who)
-    alive = here[1] if here else None
+    # The run that would be undone is the one the lock's first line names
+    # (what taking it over checks), whatever the host wrote for people.
+    alive = runs.alive(gone)
     if alive:
-        raise DeployError(f"{name} is locked by {who}, which is still running on this machine (pid {alive});"
+        raise DeployError(f"{name} is locked by run {gone} ({who}), which is still running on this machine"
+                          f" (pid {alive});"
                           " stop it (it undoes its own changes), or wait for it")
     done_on = instance.finished_on(states, gone)
     if done_on:
@@ -317,8 +319,8 @@ def _unlock(args, run: Run, stdin) -> str:
                 " host (none is undone: the hosts would serve different releases)")
     else:
         what = "what it changed and did not finish is undone on every host, and Apache reloaded"
-    confirm(f"{name} is locked by {who}. Unlock it only if that run is gone: {what}. Go on?", args.yes, stdin,
-            run.stdout)
+    confirm(f"{name} is locked by run {gone} ({who}). Unlock it only if that run is gone: {what}. Go on?",
+            args.yes, stdin, run.stdout)
     # The history's release column says which run this one undid.
     ctx = context.for_instance(name, target, "unlock", release=f"run {gone}")
     run.reporter.start(name, "", ctx.release, False, action="unlock")

@@ -117,10 +117,9 @@ class Executor:
         outcome = "failed"
         # A run that takes the lock says so on this machine first: a later
         # run that finds it holding a lock asks here whether it lives.
-        alive = runs.RunLock(self.ctx.run_id) if plan.lock else None
+        alive = self.record_run() if plan.lock else None
+        released = False
         try:
-            if alive is not None:
-                alive.hold()
             _remove_stale_workdirs(os.path.dirname(self.ctx.workdir))
             try:
                 os.mkdir(self.ctx.workdir, 0o700)
@@ -156,11 +155,26 @@ class Executor:
         finally:
             with interrupts.deferred():
                 try:
-                    self.finish(plan, outcome)
+                    released = self.finish(plan, outcome)
                     self.close()
                 finally:
                     if alive is not None:
-                        alive.release()
+                        # A lock a host still holds for this run must read as a
+                        # run that is gone, which a later run may take over.
+                        alive.release(forget=released)
+
+    def record_run(self) -> "runs.RunLock | None":
+        """This run, alive, in this machine's record (see runs.py); without a
+        registry of this user's here, a run goes on unrecorded: if it is
+        killed, its lock is not taken over by itself (`deployer unlock` asks)."""
+        try:
+            record = runs.RunLock(self.ctx.run_id)
+            record.hold()
+        except StepFailed as e:
+            self.reporter.note(f"this run is not recorded on this machine ({e}): if it is killed, a later run"
+                               " will not take its lock over by itself; `deployer unlock` will")
+            return None
+        return record
 
     def serving(self, ok: bool) -> str:
         """What each host serves now that the run is over, for its last line."""
@@ -635,7 +649,7 @@ class Executor:
                     self.pending_keep.setdefault(u.host, []).append(u.keep.line())
             self.undo.clear()
 
-    def finish(self, plan: steps.Plan, outcome: str) -> None:
+    def finish(self, plan: steps.Plan, outcome: str) -> bool:
         """The run's last command on each host: what kept changes left for
         their undo goes, old releases are pruned if the run succeeded (within
         AFTER_LIMIT: a slow prune must not keep the lock), then the history
@@ -651,15 +665,19 @@ class Executor:
         self.pending_keep.clear()
         hosts = [h for h, line in lines.items() if line]
         first = plan.lock.hosts[0] if plan.lock else None
+        ok = True
         for batch in ([h for h in hosts if h != first], [h for h in hosts if h == first]):
-            self._on_each(batch, lines.get, "after the run")
+            ok &= self._on_each(batch, lines.get, "after the run")
+        return ok
 
-    def _on_each(self, hosts: list[str], line, what: str) -> None:
-        """`line(host)` on each of `hosts`, all at once; what fails is a note."""
+    def _on_each(self, hosts: list[str], line, what: str) -> bool:
+        """`line(host)` on each of `hosts`, all at once; what fails is a note.
+        Whether it succeeded on every host."""
         results = self.fan_out(hosts, lambda h: self.run_quietly(h, line(h)))
         for host, result in zip(hosts, results, strict=True):
             if not result.ok or result.stderr.strip():
                 self.reporter.note(f"{host}: {what}: {_detail(result)}")
+        return all(r.ok for r in results)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -29,8 +29,9 @@ class HostState:
     lock_run: str = ""  # the holder's run id, "" for a lock with no owner
     history: tuple[dict[str, str], ...] = field(default=())
     # What the host said that deployer never writes (a live link to something
-    # that is not a release, a lock naming no run id): never acted on.
+    # that is not a release), and a lock naming no run id: never acted on.
     odd: tuple[str, ...] = ()
+    odd_lock: str = ""
     shared: bool = False  # its shared directory is there
 
     def usable(self) -> set[str]:
@@ -40,7 +41,7 @@ class HostState:
 def parse(stdout: str) -> HostState:
     """A host's answer to hostscripts.state. Every name in it is held to the
     shape deployer gives it before anything uses it: the host may be hostile."""
-    live, releases, lock, lock_run, history, odd, shared = "", [], "", "", [], [], False
+    live, releases, lock, lock_run, history, odd, odd_lock, shared = "", [], "", "", [], [], "", False
     for row in stdout.splitlines():
         kind, _, rest = row.partition(" ")
         if kind == "live":
@@ -55,7 +56,7 @@ def parse(stdout: str) -> HostState:
         elif kind == "lock":
             age, run, who = (rest.split(" ", 2) + ["", ""])[:3]
             if run and not names.RUN_ID.fullmatch(run):
-                odd.append(f"its lock names run {shown(run)}, which is not a run id deployer makes")
+                odd_lock = f"its lock names run {shown(run)}, which is not a run id deployer makes"
                 run = ""
             lock_run = run
             lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
@@ -63,7 +64,7 @@ def parse(stdout: str) -> HostState:
             history.append(_entry(rest))
         elif row == "shared":
             shared = True
-    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd), shared)
+    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd), odd_lock, shared)
 
 
 def shown(text: str, limit: int = 80) -> str:
@@ -71,8 +72,14 @@ def shown(text: str, limit: int = 80) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
+def _number(text: str) -> int | None:
+    """A count a host printed, if it is one (isdigit() takes '²', and
+    int() of 5,000 digits raises)."""
+    return int(text) if re.fullmatch(r"[0-9]{1,12}", text) else None
+
+
 def _age(seconds: str) -> str:
-    s = int(seconds) if seconds.isdigit() else 0
+    s = _number(seconds) or 0
     if s < 120:
         return f"{s} s"
     if s < 7200:
@@ -86,7 +93,7 @@ def rollback_target(states: dict[str, HostState], wanted: str | None) -> str:
     """The release to go back to: `wanted`, or the newest one older than
     every host's live release; either must be whole, with its vhost, on
     every host."""
-    odd = [f"{h}: {o}" for h, s in states.items() for o in s.odd]
+    odd = [f"{h}: {o}" for h, s in states.items() for o in (*s.odd, s.odd_lock) if o]
     if odd:
         raise DeployError("a host holds what deployer never writes; look at it before rolling back: "
                           + "; ".join(odd))
@@ -185,9 +192,8 @@ def parse_instances(stdout: str) -> dict[str, Found]:
             # target holds a newline could forge a row.
             if not names._LABEL.fullmatch(name) or not (live == "-" or names.RELEASE.fullmatch(live)):
                 continue
-            found[name] = Found("" if live == "-" else live, int(count) if count.isdigit() else 0,
-                                "" if vhost == "-" else vhost, int(lock) if lock.isdigit() else None,
-                                int(since) if since.isdigit() else None, None)
+            found[name] = Found("" if live == "-" else live, _number(count) or 0,
+                                "" if vhost == "-" else vhost, _number(lock), _number(since), None)
         elif kind == "last":
             name, _, line = rest.partition("\t")
             last[name] = _entry(line)

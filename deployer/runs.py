@@ -49,13 +49,15 @@ class RunLock:
         self.fd = fd
         _sweep(self.registry)
 
-    def release(self) -> None:
+    def release(self, forget: bool = True) -> None:
+        """Let go; with `forget`, leave no record (else it reads as a run that is gone)."""
         if self.fd is None:
             return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if forget:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
         os.close(self.fd)
         self.fd = None
 

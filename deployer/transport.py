@@ -286,8 +286,9 @@ class _PidLine:
             self.end_from = len(self.head)
         if len(self.head) >= PID_HEAD_LIMIT:
             raise StepFailed(f"{self.host}: the host wrote {PID_HEAD_LIMIT} bytes of stderr and no"
-                             f" {PID_MARKER.decode()} line before the command: not a shell deployer can"
-                             " run commands in (a ForceCommand?); the step is failed there")
+                             f" {PID_MARKER.decode()} line: not a shell deployer can run commands in (a"
+                             " ForceCommand?); the step is failed there, and what it may still run there"
+                             " cannot be stopped by deployer")
         return b""
 
 

@@ -331,3 +331,23 @@ def test_a_lock_whose_owner_line_a_host_changed_cannot_make_a_deploy_kill_the_li
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
+
+
+def test_unlock_refuses_a_live_run_whatever_the_hosts_line_for_people_says(site, tmp_path):
+    # The run undone is the one the lock's first line names: its liveness is
+    # asked of this machine by that id, not by the text a host wrote beside it.
+    started = tmp_path / "started"
+    site.edit(migrate=f"touch {started}; sleep 4")
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    try:
+        wait_until(started.exists, proc, 60)
+        owner = site.root / "www" / "alpha.deployer" / "lock" / "owner"
+        run_id = owner.read_text().splitlines()[0]
+        owner.write_text(f"{run_id}\ndeploy of release R by someone (run 9999888877776666)\n")
+        code, out = deployer(site, "unlock", "--yes", "--output", "plain")
+        assert code == 1 and f"run {run_id}" in out and "still running on this machine" in out, out
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out

@@ -387,6 +387,8 @@ def test_a_hosts_answer_is_held_to_deployers_shapes():
     s = parse("live ../../etc\nrelease 20260101T000000Z-abc 1 1\nrelease ;rm -rf 1 1\n"
               "lock 5 x|.* deploy by a@b\n")
     assert s.live == "" and [r.name for r in s.releases] == ["20260101T000000Z-abc"]
-    assert s.lock_run == "" and len(s.odd) == 2
+    assert s.lock_run == "" and len(s.odd) == 1 and "not a run id" in s.odd_lock
+    assert parse("lock \u00b2 0123456789abcdef who\n").lock.endswith("for 0 s")  # isdigit() takes it, int() not
+    assert parse(f"lock {'9' * 5000} 0123456789abcdef who\n").lock_run == "0123456789abcdef"
     ok = parse("live 20260101T000000Z-abc\nlock 5 0123456789abcdef deploy by a@b\n")
     assert ok.live == "20260101T000000Z-abc" and ok.lock_run == "0123456789abcdef" and not ok.odd

@@ -35,3 +35,11 @@ def test_what_is_not_a_run_id_is_never_a_run_of_ours(tmp_path):
     (registry / "run-..lock").write_text("")
     assert runs.alive("..", str(registry)) is None
     assert runs.alive("x|.*", str(registry)) is None
+
+
+def test_a_run_that_could_not_release_a_hosts_lock_leaves_a_record_that_it_is_gone(tmp_path):
+    registry = str(tmp_path / "registry")
+    lock = runs.RunLock(RUN, registry)
+    lock.hold()
+    lock.release(forget=False)
+    assert runs.alive(RUN, registry) == 0
