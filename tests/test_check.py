@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import os
+import secrets
 import socket
 import subprocess
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_the_lock_of_a_killed_run_of_this_machine_passes_with_a_note(site):
     boot, namespace, _ = context.process_id(os.getpid()).split("-")
     lock = site.root / "www" / "alpha.deployer" / "lock"
     lock.mkdir(parents=True)
-    run = "feedfacefeedface"
+    run = secrets.token_hex(8)  # a run this machine has no record of, until killed_run makes one
     (lock / "owner").write_text(f"{run}\ndeploy of release 20260101T000000Z-abc by ci@{socket.gethostname()}"
                                 f" (pid {gone.pid}, process {boot}-{namespace}-1) (run {run})\n")
     # Gone as this machine's own record says, not as the host's pid says.

@@ -303,7 +303,7 @@ def test_secret_from_env_is_checked_only_for_the_target_resolved(site, monkeypat
     assert str(e.value) == (f"{path}: targets/alpha/vars/DB_PASSWORD/env:"
                             " environment variable ALPHA_DB_PASSWORD is not set")
     monkeypatch.setenv("ALPHA_DB_PASSWORD", "s3cret")
-    assert targets.resolve("alpha").vars["DB_PASSWORD"] == Var("s3cret", secret=True)
+    assert targets.resolve("alpha").vars["DB_PASSWORD"] == Var("s3cret", secret=True, source="ALPHA_DB_PASSWORD")
 
 
 def test_another_targets_missing_env_does_not_fail(site, monkeypatch):

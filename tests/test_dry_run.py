@@ -186,7 +186,8 @@ def test_resolve_for_dry_run_reads_with_the_same_reader(laptop):
     target, missing = targets.resolve_for_dry_run("alpha")
     assert [str(m) for m in missing] == [e.format(root=laptop.root) for e in EXPECTED]
     assert [m.kind for m in missing] == ["connect", "connect", "value"]
-    assert target.vars["DB_PASSWORD"] == config.Var(f"<{SECRET_ENV}: not set here>", secret=True)
+    assert target.vars["DB_PASSWORD"] == config.Var(f"<{SECRET_ENV}: not set here>", secret=True,
+                                                    source=SECRET_ENV)
     with pytest.raises(config.ConfigError) as e:
         targets.resolve("alpha")
     assert str(e.value) == f"{laptop.targets}: " + EXPECTED[0].format(root=laptop.root)
