@@ -282,3 +282,49 @@ def test_no_request_fails_while_a_deploy_switches_and_reloads(site):
           f" during two deploys of {len(site.lab.hosts)} hosts")
     assert failed <= race and all(" 503 " in e for e in errors.split("; ") if e), f"{errors}\n{logs[-3000:]}"
     assert ok > 20
+
+
+def test_unlock_after_a_kill_between_the_hosts_finishing_keeps_the_new_release_on_every_host(site):
+    # Killed after web2 recorded the run as done, before web1 (the first
+    # host, last to finish) did: the run was past its commit point, so
+    # unlock must keep it on both hosts, never undo web1 alone.
+    name = "fault-split"
+    first_deploy(site, name)
+    marker = site.tmp / "restarted"
+    site.write(hooks={"after": {"restart": [{"run": f"touch {marker}; sleep 3", "on": "local"}]}})
+    (site.app / "RELEASE.txt").write_text("kept\n")
+    web1, web2 = site.lab.hosts[0], site.lab.hosts[1]
+    history = web2.path(f"/var/www/{name}.deployer/history")
+    done_before = history.read_text().count("\tdone\t")
+    proc = start(site, name)
+    stopped: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        stopped = sshd_connections(site.lab, 0)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        while history.read_text().count("\tdone\t") == done_before:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(30)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    new = os.readlink(web2.path(f"/var/www/{name}"))
+    assert web1.path(f"/var/www/{name}.deployer/lock").exists()
+    assert os.readlink(web1.path(f"/var/www/{name}")) == new
+    site.write()
+    out = subprocess.run([DEPLOY[0], "-m", "deployer.commands", "unlock", name, "--yes", "--targets",
+                          str(site.targets), "--output", "plain"],
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "its changes are kept on every host" in out.stdout, out.stdout
+    assert_whole(site, name, {new})
+    assert not list(web1.path("/var/www").glob(f"{name}.deployer-*"))
