@@ -372,7 +372,7 @@ class Bench:
 PACKAGING = r"""
 import hashlib, sys, tempfile, time
 from pathlib import Path
-from deployer.packaging import Rules, build
+from deployer.artifact.packaging import Rules, build
 app = sys.argv[1]
 rules = Rules(exclude=("__pycache__", "*.pyc"))
 with tempfile.TemporaryDirectory() as d:
@@ -551,7 +551,7 @@ def main() -> int:
         files, size = benchapp.size(app)
         extra.append(f"app: examples/djangoapp + Django's source as ballast, {files} files, {size / 1e6:.1f} MB")
         log("packaging ...")
-        extra.append(f"deployer.packaging.build of the app, twice: {packaging_time(app)}")
+        extra.append(f"deployer.artifact.packaging.build of the app, twice: {packaging_time(app)}")
         log(f"lab up, {max(counts)} hosts ...")
         t = time.monotonic()
         lab = up(work / "lab", max(counts), wait=args.wait)

@@ -2,7 +2,7 @@
 
     python -m bench.render [--sizes 0.5,1,2,4]
 
-Renders, with deployer.template.render as it is now, one template per size
+Renders, with deployer.plan.template.render as it is now, one template per size
 (in MB) made of lines `SetEnv K<<A>> <<B>>` (two tags every 20 bytes), once
 each, and prints the seconds and, for each size that doubles the one before,
 time(2n) / time(n): about 2 is linear, about 4 quadratic. chevron's own
@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 
-from deployer.template import render
+from deployer.plan.template import render
 
 LINE = "SetEnv K<<A>> <<B>>\n"
 

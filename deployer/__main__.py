@@ -1,5 +1,5 @@
 import sys
 
-from deployer.cli import main
+from deployer.cli.deploy import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from deployer import packaging
+from deployer.artifact import packaging
 from deployer.config import Target
 
 

@@ -7,8 +7,9 @@ means the step runs on this machine (the runner).
 
 from dataclasses import dataclass, field
 
-from deployer import hostscripts, packaging
+from deployer.artifact import packaging
 from deployer.quoting import Command
+from deployer.remote import hostscripts
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Step:
     hosts: tuple[str, ...] = ()
     # Starts only once every step before it has ended on every host. A step
     # that does not wait runs in the same SSH session as the one before it
-    # (see session.py): right for a change the undo log can take back, or
+    # (see run/session.py): right for a change the undo log can take back, or
     # a check; not for a command whose effects nothing undoes (migrate, a
     # hook), which must not start while another host may still fail.
     waits: bool = True
@@ -37,7 +38,7 @@ class Build(Step):
 
 @dataclass(frozen=True)
 class OpenVpn(Step):
-    """The tunnel of `config` up (see vpn.py: shared with every deploy on this
+    """The tunnel of `config` up (see deployer/vpn: shared with every deploy on this
     machine that uses it) until the deploy ends, however it ends. A tunnel
     to `probe` (the first host) already up, and not ours, is used as it is."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer.cli import main
+from deployer.cli.deploy import main
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -236,9 +236,9 @@ def site(tmp_path, sshd):
 
 
 def killed_run(run_id: str) -> None:
-    """This machine's record of run `run_id` (runs.py) as a run SIGKILLed
+    """This machine's record of run `run_id` (run/records.py) as a run SIGKILLed
     would leave it: there, and held by nobody."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer import runs;"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer.run import records;"
                                " runs.RunLock(sys.argv[1]).hold(); print('held', flush=True); time.sleep(60)",
                                run_id], stdout=subprocess.PIPE, text=True)
     try:

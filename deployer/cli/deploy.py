@@ -1,0 +1,297 @@
+"""`deploy CONFIG_NAME HOSTNAME`: arguments in, exit code out."""
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from deployer import __version__, context
+from deployer.cli import completion
+from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, Missing, load, names
+from deployer.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeployError,
+    DryRunLacks,
+    StepFailed,
+    UndoIncomplete,
+    UsageError,
+)
+from deployer.output import Reporter, choose
+from deployer.plan import pipeline
+from deployer.run import interrupts
+from deployer.run.interrupts import Interrupted
+from deployer.steps import Plan
+
+DESCRIPTION = """\
+Deploy a Django app to the Apache hosts of a target, through its VPN.
+
+A run packages the app into a tarball, opens the VPN, uploads and unpacks the
+tarball as a new release on every host, renders the Apache vhost template,
+runs the database migration once, then checks the Apache config, switches
+the live path to the new release and reloads Apache gracefully. The VPN is
+closed however the run ends; a failure before the switch undoes what the run
+changed on the hosts.
+
+CONFIG_NAME picks the target in targets.yaml (a name not listed there uses
+the catch-all entry "*", so demo instances need no configuration) and names
+the instance: its live code is DEPLOY_PATH=<deploy_root>/CONFIG_NAME and its
+vhost <apache dir>/sites-available/CONFIG_NAME.conf.
+"""
+
+EPILOG = f"""\
+stages (default order): {", ".join(DEFAULT_PIPELINE)}
+
+examples:
+  deploy alpha alpha.example.com                  as TeamCity runs it
+  deploy demo-acme demo-acme.example.com          a demo, no configuration
+  deploy alpha alpha.example.com --dry-run        print the plan, change nothing
+  deploy alpha alpha.example.com --dry-run --diff and read the hosts: vhost diff, live release, upload
+  deploy alpha alpha.example.com --only render,restart
+  deploy local local.test                         this machine, no SSH, no VPN
+
+exit codes (the last line says which release each host serves):
+  0    deployed (or, with --dry-run, the plan is valid and a real run on
+       this machine could start)
+  1    failed, and undone: every host serves what it served before, and
+       Apache was reloaded where it had read the new config (a migration
+       that ran is never undone)
+  2    bad usage, config or input; nothing was run
+  3    failed, and the undo did not complete: the hosts named need a person
+  4    dry run: the plan is valid, but a real run on this machine could not
+       start: it lacks what is listed (a key, the VPN file, a secret, ...)
+  130  interrupted (Ctrl-C or SIGTERM); undone as for 1 (or 3, if it could not be)
+
+manage releases, locks and history with the `deployer` command (deployer --help).
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deploy", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    completion.names(p.add_argument("config_name", metavar="CONFIG_NAME",
+                   help="target and instance name, a DNS label (e.g. alpha, demo-acme)"))
+    p.add_argument("hostname", metavar="HOSTNAME",
+                   help="the site's host name, <<HOSTNAME>> in the template")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="print every step that would run, with the rendered vhost, and what this machine"
+                   " lacks for a real run; run nothing, connect to nothing")
+    p.add_argument("--diff", action="store_true",
+                   help="with --dry-run: also read every host (through the VPN; no lock, nothing written) and"
+                   " show the vhost's diff, the live release and what the upload would send")
+    p.add_argument("--targets", default="targets.yaml", metavar="PATH",
+                   help="the targets file (default: ./targets.yaml)")
+    p.add_argument("--only", type=_stage_list, default=(), metavar="STAGE[,STAGE]",
+                   help="run only these stages of the pipeline")
+    p.add_argument("--skip", type=_stage_list, default=(), metavar="STAGE[,STAGE]",
+                   help="run the pipeline without these stages")
+    p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a template token, over vars: in targets.yaml (repeatable)")
+    p.add_argument("--parallel", type=_positive, metavar="N",
+                   help="at most N hosts at once (default: parallel: in targets.yaml, else all up to 32)")
+    p.add_argument("--lock-wait", type=_seconds, default=0, metavar="SECONDS",
+                   help="wait up to SECONDS for another run of this instance to end (default: fail at once)")
+    p.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"),
+                   default="auto",
+                   help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain")
+    p.add_argument("--version", action="version", version=f"deployer {__version__}")
+    return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of hosts, at least 1: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) > 86400:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, at most 86400: {text!r}")
+    return int(text)
+
+
+def _stage_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _vars(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
+        names.token_name(key)
+        if key in BUILTIN_TOKENS:
+            raise UsageError(f"--var {key}: set by deployer from the command line and config")
+        # TeamCity build parameters arrive here: whoever may start a build
+        # with custom parameters must not be able to write Apache directives.
+        out[key] = names.token_value(key, value, "--var")
+    return out
+
+
+def main(argv: Sequence[str] | None = None, stdout=None) -> int:
+    stdout = stdout or sys.stdout
+    try:
+        p = parser()
+        completion.answer(p)
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    return guarded(args.output, stdout, lambda run: _deploy(args, run))
+
+
+class Run:
+    """What a command has set up so far, for its last line: the reporter,
+    once the secrets are known, and the executor, once it has started."""
+
+    def __init__(self, output: str, stdout):
+        self.output, self.stdout = output, stdout
+        self.reporter: Reporter | None = None
+        self.executor = None
+
+    def report_to(self, secrets: frozenset[str]) -> Reporter:
+        # From here on every message may quote a secret: all go through it.
+        self.reporter = choose(self.output, self.stdout, secrets)
+        return self.reporter
+
+
+def guarded(output: str, stdout, body) -> int:
+    """Run `body(run)`, which returns the summary of a run that succeeded;
+    every way it can end becomes an exit code and a last line."""
+    run = Run(output, stdout)
+
+    def on_repeat():
+        if run.reporter is not None:
+            run.reporter.note("already stopping: undoing changes and closing the VPN")
+
+    previous = interrupts.install(on_repeat)
+    try:
+        try:
+            summary = body(run)
+        except DeployError as e:
+            return _finish(run, e.exit_code, str(e), _serving(run.executor, e))
+        except (Interrupted, KeyboardInterrupt) as e:
+            return _finish(run, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})", _serving(run.executor, e))
+        except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
+            # A bug: still end the output properly (TeamCity's build problem, the
+            # JSON "finished" event), then show the traceback, redacted like the
+            # rest: an exception's text can quote a secret (a vhost, a value).
+            code = _finish(run, EXIT_FAILED, f"internal error: {type(e).__name__}: {e}")
+            trace = "".join(traceback.format_exception(e))
+            sys.stderr.write(run.reporter.redact(trace) if run.reporter else trace)
+            return code
+        return _finish(run, EXIT_OK, None, summary)
+    finally:
+        interrupts.restore(previous)
+
+
+def _deploy(args, run: Run) -> str:
+    # Everything up to Executor.run is read-only: a UsageError here
+    # means nothing ran anywhere.
+    if args.diff and not args.dry_run:
+        raise UsageError("--diff shows what a run would change, reading the hosts: add --dry-run")
+    name = names.config_name(args.config_name)
+    hostname = names.hostname(args.hostname)
+    overrides = _vars(args.var)
+    targets = load(args.targets)
+    # A dry run on a laptop lacks the CI's key, VPN file and secrets: it lists
+    # them after the plan instead of stopping at the first. A real run still
+    # fails on the first, before anything runs.
+    target, missing = targets.resolve_for_dry_run(name) if args.dry_run else (targets.resolve(name), ())
+    selected = pipeline.select(target.pipeline, args.only, args.skip)
+    lacks = {m.kind for m in missing}
+    # No template, no vhost: the render stage cannot be planned, every other one can.
+    stages = tuple(s for s in selected if s != "render") if "template" in lacks else selected
+    ctx = context.make(name, hostname, target, overrides, stages, lock_wait=args.lock_wait,
+                       scan="source" not in lacks)
+    reporter = run.report_to(ctx.secrets)
+    the_plan = pipeline.build(ctx)
+    reporter.start(name, hostname, ctx.release, args.dry_run)
+    if args.dry_run:
+        _print_plan(reporter, the_plan, selected, stages)
+        if args.diff and "connect" in lacks:
+            reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
+        elif args.diff:
+            # Here, not at the top: it brings the SSH library, which a plain dry run does without.
+            from deployer.run import preview
+
+            preview.show(ctx, the_plan, reporter, missing, min(args.parallel or target.parallel,
+                                                               len(target.hosts)))
+        _report_missing(reporter, missing)
+        return ""
+    # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
+    # of a second).
+    from deployer.run.executor import Executor
+
+    parallel = min(args.parallel or target.parallel, len(target.hosts))
+    run.executor = Executor(ctx, run.reporter, parallel)
+    try:
+        run.executor.run(the_plan)
+    except StepFailed:
+        gone = run.executor.gone_holder()
+        if gone is None:
+            raise
+        from deployer.remote import instance
+        from deployer.run import reading
+
+        # A run killed on this machine (TeamCity's SIGKILL) left its lock and
+        # what it changed: undone first, as `deployer unlock` does, then the
+        # deploy; kept, if it was done on a host (past its commit point).
+        undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
+        keep = bool(instance.finished_on(reading.states(undo), gone))
+        reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
+                      f" taking it over and {'keeping' if keep else 'undoing'} what it left, then deploying")
+        run.executor = Executor(undo, reporter, parallel)
+        run.executor.run(pipeline.unlock(undo, gone, keep))
+        run.executor = Executor(ctx, run.reporter, parallel)
+        run.executor.run(the_plan)
+    return run.executor.serving(True)
+
+
+def _print_plan(reporter: Reporter, the_plan: Plan, selected: tuple[str, ...], planned: tuple[str, ...]) -> None:
+    """Every step, in order; a stage that could not be planned on this
+    machine is named where its steps would be."""
+    order = {stage: i for i, stage in enumerate(selected)}
+    dropped = [stage for stage in selected if stage not in planned]
+
+    def dropped_before(position: int) -> None:
+        while dropped and order[dropped[0]] < position:
+            reporter.note(f"{dropped.pop(0)}: not shown: the template is not on this machine (listed below),"
+                          " so the vhost cannot be rendered")
+
+    for stage, step in the_plan.steps():
+        dropped_before(order.get(stage, len(selected)))
+        reporter.planned(stage, step)
+    dropped_before(len(selected))
+    for step in the_plan.after:
+        reporter.planned("after a successful run", step)
+
+
+def _report_missing(reporter: Reporter, missing: tuple[Missing, ...]) -> None:
+    """A dry run's end: what a real run on this machine would lack, and the
+    exit code that says whether it could start."""
+    if not missing:
+        return
+    reporter.section(["a real run on this machine would lack:", *(f"  {m}" for m in missing)], "missing",
+                     items=[{"key": m.key, "problem": m.problem} for m in missing])
+    raise DryRunLacks("dry run: a real run on this machine could not start: it lacks what is listed above")
+
+
+def _serving(executor, e: BaseException) -> str:
+    """The last line of a failed run: what the hosts serve (the message of an
+    incomplete undo already names the hosts that need a person)."""
+    if executor is None or isinstance(e, UndoIncomplete):
+        return ""
+    return executor.serving(False)
+
+
+def _finish(run: Run, code: int, error: str | None, summary: str = "") -> int:
+    # Failed before the plan existed, so nothing ran and no secret is
+    # known yet: a usage error names keys and paths only.
+    reporter = run.reporter or choose(run.output, run.stdout, frozenset())
+    reporter.finished(code, error, summary)
+    return code

@@ -1,0 +1,516 @@
+"""How commands reach a host, files included (on their stdin): one small
+interface, two implementations.
+
+`SshTransport` wraps a Fabric Connection but checks host keys against the
+configured known_hosts: Fabric 3 hard-codes paramiko's AutoAddPolicy and never
+loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
+"""
+
+import base64
+import hashlib
+import os
+import re
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from typing import Protocol
+
+import paramiko
+from fabric import Config, Connection
+
+from deployer.config import Host
+from deployer.connectors.result import Result, Tail
+from deployer.errors import StepFailed
+from deployer.quoting import PID_MARKER, reporting_pid
+from deployer.remote import hostscripts
+from deployer.run.interrupts import Interrupted
+
+
+class Reader(Protocol):
+    def read(self, n: int) -> bytes: ...
+
+
+Stdin = bytes | Reader  # what a command reads: bytes, or a file read in chunks
+
+
+class Sink(Protocol):
+    """Where a command's output goes: a Tail, or a session's splitter."""
+
+    def add(self, chunk: bytes) -> None: ...
+    def text(self) -> str: ...
+
+
+class Limit(Protocol):
+    """A time limit that can move: each step of a session has its own."""
+
+    def deadline(self) -> float | None: ...  # time.monotonic() past which the command is stopped
+    def seconds(self) -> float | None: ...   # the limit, as the message about it says
+
+
+class _Fixed:
+    def __init__(self, seconds: float | None):
+        self.limit = seconds
+        self.end: float | None = None
+
+    def deadline(self) -> float | None:
+        # From the first time it is asked: once the command runs.
+        if self.end is None and self.limit is not None:
+            self.end = time.monotonic() + self.limit
+        return self.end
+
+    def seconds(self) -> float | None:
+        return self.limit
+
+
+def _limit(timeout: "float | None | Limit") -> Limit:
+    return timeout if hasattr(timeout, "deadline") else _Fixed(timeout)
+
+
+class Transport(Protocol):
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result: ...
+    def reconnect(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+# What a transport may raise mid-step: the step fails on that host, the
+# executor goes on to the next host and then rolls back.
+ERRORS = (OSError, EOFError, paramiko.SSHException)
+_CHUNK = 65536
+_POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
+GRACE = hostscripts.STOP_GRACE
+TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
+# How long opening a channel may take: a host that takes longer is not there
+# (a dead link answers nothing, and TCP can take many minutes to notice).
+ANSWER_TIMEOUT = 30.0
+
+
+def _timed_out(result_err: str, timeout: float) -> str:
+    return f"{result_err}[deployer: stopped after {timeout:g} s, the time limit of this step]\n"
+
+
+class Stopped(Interrupted):
+    """The deploy is being interrupted: a command running for it was stopped."""
+
+
+class LocalTransport:
+    """This machine, through /bin/sh: the embedded default and the runner's own steps.
+
+    `stop` is the deploy's stop flag: set, every running command is stopped
+    (TERM, then KILL after GRACE) and its run raises Stopped.
+    """
+
+    def __init__(self, stop: threading.Event | None = None, hidden: frozenset[str] = frozenset()):
+        self.stop = stop or threading.Event()
+        # The variables secrets are read from: not for hooks, migrate or any
+        # other command here (the values reach the vhost only).
+        self.hidden = hidden
+
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result:
+        # A session of its own, so an interrupted deploy stops the whole
+        # command (shell and children), not just the shell.
+        env = {k: v for k, v in os.environ.items() if k not in self.hidden}
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE, env=env,
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
+        limit = _limit(timeout)
+        out, err = out or Tail(), err or Tail()
+        try:
+            if not self._pump(proc, stdin, limit, out, err):
+                _stop_local_group(proc)
+                return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
+            code = proc.wait()
+        except BaseException:
+            _stop_local_group(proc)
+            raise
+        return Result(code, out.text(), err.text())
+
+    def _pump(self, proc: subprocess.Popen, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> bool:
+        """Feed stdin and pass stdout and stderr on, all at once, so neither
+        side waits on a full pipe; False if the time limit came first."""
+        tails = {proc.stdout: out, proc.stderr: err}
+        feed = _Feed(stdin)
+        with selectors.DefaultSelector() as sel:
+            for stream in tails:
+                sel.register(stream, selectors.EVENT_READ)
+            if stdin:
+                sel.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+            # Until the output is closed and the command has ended (a daemon
+            # it left may hold no pipe while the command still runs).
+            while sel.get_map() or proc.poll() is None:
+                if self.stop.is_set():
+                    raise Stopped("stopped")
+                deadline = limit.deadline()
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                if not sel.get_map():
+                    time.sleep(_POLL)
+                    continue
+                for key, _ in sel.select(_POLL):
+                    if key.fileobj is proc.stdin:
+                        chunk = feed.pending()
+                        if not chunk and not feed.done:
+                            time.sleep(_POLL / 10)  # what comes next is not there yet
+                            continue
+                        try:
+                            feed.sent(os.write(proc.stdin.fileno(), chunk))
+                        except BrokenPipeError:
+                            feed.done = True
+                        if feed.done:
+                            sel.unregister(proc.stdin)
+                            proc.stdin.close()
+                        continue
+                    chunk = os.read(key.fd, _CHUNK)
+                    if chunk:
+                        tails[key.fileobj].add(chunk)
+                    else:
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+        return True
+
+    def reconnect(self) -> bool:
+        return False  # nothing to reconnect: a command that failed here failed
+
+    def close(self) -> None:
+        pass
+
+
+def _stop_local_group(proc: subprocess.Popen) -> None:
+    """TERM the command's process group, KILL it after GRACE, and return only
+    when no process of it is left: stopped means stopped."""
+    for sig, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, GRACE)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never empties
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait()
+                return
+            time.sleep(_POLL)
+    proc.wait()
+
+
+class _Feed:
+    """A command's stdin, handed out a chunk at a time: a file is never read
+    whole into memory, and the stop flag is looked at between chunks."""
+
+    def __init__(self, stdin: Stdin):
+        self.reader = stdin if not isinstance(stdin, bytes) else None
+        self.buffer = stdin if isinstance(stdin, bytes) else b""
+        self.done = not stdin
+
+    def pending(self) -> bytes:
+        """The next bytes to send; b"" with `done` still False when the
+        reader has none yet (it returned None: what comes next depends on
+        what the command answers first)."""
+        if not self.buffer and self.reader is not None:
+            chunk = self.reader.read(_CHUNK)
+            if chunk is None:
+                return b""
+            self.buffer = chunk
+            if not self.buffer:
+                self.done = True
+        return self.buffer[:_CHUNK]
+
+    def sent(self, n: int) -> None:
+        self.buffer = self.buffer[n:]
+        if not self.buffer and self.reader is None:
+            self.done = True
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """As OpenSSH prints it, so it can be compared with `ssh-keygen -lf`."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, key: paramiko.PKey):
+        super().__init__(fingerprint(key))
+        self.key = key
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """RejectPolicy, raising a type of its own so no error text is parsed."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise UnknownHostKey(key)
+
+
+# What a host may write on stderr before the pid line (a shell's startup
+# files may print something first). Past it, the host is not answering as a
+# shell does: the step fails there, rather than hold whatever it sends.
+PID_HEAD_LIMIT = 4096
+_PID_LINE = re.compile(re.escape(PID_MARKER) + rb"0*([1-9][0-9]{0,9})\n")
+
+
+class _PidLine:
+    """The `deployer-pid:N` line that `reporting_pid` writes first, found in
+    stderr as it arrives: at most PID_HEAD_LIMIT bytes are held, and each is
+    searched once for the marker and once for the line's end."""
+
+    def __init__(self, host: str):
+        self.host = host
+        self.head = bytearray()
+        self.marker_from = 0  # no marker starts before this
+        self.end_from = 0  # no line ends between the marker and this
+        self.pid: int | None = None
+
+    def add(self, chunk: bytes) -> bytes:
+        """Stderr that arrived before the pid is known: once it is, what came
+        beside the pid line, else b"". Fails the step if no pid line comes."""
+        take = chunk[:PID_HEAD_LIMIT - len(self.head)]
+        self.head += take
+        start = self.head.find(PID_MARKER, self.marker_from)
+        if start < 0:
+            self.marker_from = max(0, len(self.head) - len(PID_MARKER) + 1)
+        else:
+            self.marker_from = start
+            end = self.head.find(b"\n", max(start, self.end_from))
+            if end >= 0:
+                m = _PID_LINE.fullmatch(self.head, start, end + 1)
+                if m is None or int(m[1]) < 2:
+                    raise StepFailed(f"{self.host}: the host's pid line is not a process id:"
+                                     f" {_printable(self.head[start:end][:80])}; the step is failed there")
+                self.pid = int(m[1])
+                return bytes(self.head[:start] + self.head[end + 1:]) + chunk[len(take):]
+            self.end_from = len(self.head)
+        if len(self.head) >= PID_HEAD_LIMIT:
+            raise StepFailed(f"{self.host}: the host wrote {PID_HEAD_LIMIT} bytes of stderr and no"
+                             f" {PID_MARKER.decode()} line: not a shell deployer can run commands in (a"
+                             " ForceCommand?); the step is failed there, and what it may still run there"
+                             " cannot be stopped by deployer")
+        return b""
+
+
+def _printable(data: bytes) -> str:
+    return "".join(c if c.isprintable() else "?" for c in data.decode(errors="replace"))
+
+
+class _Watchdog:
+    """Past every bound of its own (the command's limit, the stop's grace, the
+    answers it waits for), a run that is still stuck in the SSH library is
+    ended by closing the connection under it. It follows a limit that moves."""
+
+    def __init__(self, limit: Limit, give_up):
+        self.limit, self.give_up = limit, give_up
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.arm(self.limit.seconds())
+
+    def arm(self, wait: float | None) -> None:
+        wait = 3600.0 if wait is None else max(0.0, wait)
+        self.timer = threading.Timer(wait + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.cancelled:
+                return
+            deadline = self.limit.deadline()
+            if deadline is not None and time.monotonic() < deadline:
+                # The session went on to its next step, which has a limit of its own.
+                self.arm(deadline - time.monotonic())
+                return
+        self.give_up()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            self.timer.cancel()
+
+
+class SshTransport:
+    """One SSH connection to one host, opened once and reused for the whole deploy."""
+
+    def __init__(self, host: Host, known_hosts: str, timeout: float, stop: threading.Event | None = None):
+        self.host = host
+        self.stop = stop or threading.Event()
+        kwargs: dict = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
+        if host.identity_file:
+            kwargs.update(key_filename=host.identity_file, look_for_keys=False)
+        # targets.yaml is the only source: no ~/.ssh/config (whose ProxyJump
+        # would make Fabric open a gateway that trusts any host key), no
+        # Fabric/Invoke config files, no gateway.
+        config = Config(lazy=True, ssh_config=paramiko.SSHConfig())
+        self.conn = Connection(host.address, user=host.user, port=host.port, config=config,
+                               gateway=False, connect_kwargs=kwargs)
+        self.conn.client.load_host_keys(known_hosts)
+        self.conn.client.set_missing_host_key_policy(_RejectUnknown())
+        self.known_hosts = known_hosts
+        self.lost = False
+        self.unreachable = False
+
+    def open(self) -> None:
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException as e:
+            raise StepFailed(
+                f"{self.host.name}: host key CHANGED: the server offers {fingerprint(e.key)},"
+                f" {self.known_hosts} has another key for it; refusing to connect"
+            ) from None
+        except UnknownHostKey as e:
+            raise StepFailed(
+                f"{self.host.name}: host key {e} is not in {self.known_hosts}; refusing to"
+                " connect (check the fingerprint, then add the key to that file)"
+            ) from None
+        except paramiko.SSHException as e:
+            raise StepFailed(f"{self.host.name}: SSH failed: {e}") from None
+        except OSError as e:
+            raise StepFailed(f"{self.host.name}: cannot connect: {e.strerror or e}") from None
+        # Traffic on an idle connection (a long migrate on another host), so
+        # that a firewall or the VPN does not drop it as dead.
+        self.conn.transport.set_keepalive(15)
+
+    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
+            out: Sink | None = None, err: Sink | None = None) -> Result:
+        # A bare paramiko channel rather than Fabric's run: invoke's runner
+        # waits for the remote command to end even when we are interrupted,
+        # so Ctrl-C would take as long as the slowest migration.
+        if self.lost:
+            raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
+        limit = _limit(timeout)
+        watchdog = _Watchdog(limit, self.give_up)
+        try:
+            return self._run(line, stdin, limit, out or Tail(), err or Tail())
+        except ERRORS as e:
+            if self.lost:
+                raise StepFailed(f"{self.host.name}: no answer, connection closed ({type(e).__name__})") from None
+            raise
+        finally:
+            watchdog.cancel()
+
+    @property
+    def user(self) -> str:
+        """Who we log in as (targets.yaml, else the local user name)."""
+        return self.conn.user
+
+    def known_line(self, alias: str) -> str:
+        """The host's key, checked against our known_hosts when we connected,
+        as a known_hosts line for `alias`: a host given it can check this one."""
+        key = self.conn.transport.get_remote_server_key()
+        return f"{alias} {key.get_name()} {key.get_base64()}"
+
+    def give_up(self) -> None:
+        self.lost = True
+        self.conn.close()
+
+    def reconnect(self) -> bool:
+        """A new connection to a host whose connection died (an sshd that was
+        restarted, a link that came back): the undo must still reach it.
+        Tried until it fails once: a host that is gone costs one connect
+        timeout, not one per undo command."""
+        if self.unreachable:
+            return False
+        self.conn.close()
+        try:
+            self.open()
+        except StepFailed:
+            self.unreachable = True
+            return False
+        self.lost = False
+        return True
+
+    def open_channel(self) -> paramiko.Channel:
+        try:
+            return self.conn.client.get_transport().open_session(timeout=ANSWER_TIMEOUT)
+        except ERRORS:
+            # Not there: every later command on this host fails at once
+            # instead of waiting as long again (a rollback runs several).
+            self.give_up()
+            raise
+
+    def _run(self, line: str, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> Result:
+        chan = self.open_channel()
+        pid_line = _PidLine(self.host.name)
+        pid = None
+        feed = _Feed(stdin)
+        try:
+            chan.exec_command(reporting_pid(line))
+            if feed.done:
+                chan.shutdown_write()
+            while True:
+                if self.stop.is_set():
+                    raise Stopped("stopped")
+                busy = False
+                if not feed.done and chan.send_ready():
+                    # Interleaved with reading: a command that writes while
+                    # we send must not fill its window and stall us both.
+                    chunk = feed.pending()
+                    try:
+                        if chunk:
+                            feed.sent(chan.send(chunk))
+                            busy = True
+                        if feed.done:
+                            chan.shutdown_write()
+                    except OSError:
+                        # The command stopped reading (it failed): its exit
+                        # status and stderr, still to come, say why.
+                        feed.done = True
+                if chan.recv_ready():
+                    out.add(chan.recv(_CHUNK))
+                    busy = True
+                if chan.recv_stderr_ready():
+                    chunk = chan.recv_stderr(_CHUNK)
+                    if pid is None:
+                        chunk = pid_line.add(chunk)
+                        pid = pid_line.pid
+                    err.add(chunk)
+                    busy = True
+                if not busy:
+                    # The exit status can overtake output that sshd still holds
+                    # for want of window: done only once it has sent EOF too.
+                    if (chan.exit_status_ready() and chan.eof_received) or chan.closed:
+                        break
+                    deadline = limit.deadline()
+                    if deadline is not None and time.monotonic() > deadline:
+                        # A dead link ends here too: nothing answers, the time runs out.
+                        if pid is not None:
+                            self.stop_group(pid)
+                        return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
+                    time.sleep(0.005)
+            # Anything that arrived between the last read and the exit status.
+            while chan.recv_ready():
+                out.add(chan.recv(_CHUNK))
+            while chan.recv_stderr_ready():
+                chunk = chan.recv_stderr(_CHUNK)
+                err.add(chunk if pid is not None else pid_line.add(chunk))
+                pid = pid_line.pid
+            code = chan.recv_exit_status()
+        except BaseException:
+            if pid is not None:
+                self.stop_group(pid)
+            raise
+        finally:
+            chan.close()
+        if pid is None:
+            err.add(bytes(pid_line.head))
+        return Result(code, out.text(), err.text())
+
+    def stop_group(self, pid: int) -> None:
+        """Stop the remote command and its children (closing the channel alone
+        leaves them running on the host): TERM, KILL after GRACE, and back
+        only when the group is gone or the host stops answering."""
+        try:
+            chan = self.open_channel()
+            try:
+                chan.exec_command(hostscripts.stop_group(pid, GRACE).line())
+                if not chan.status_event.wait(2 * GRACE + ANSWER_TIMEOUT):
+                    self.give_up()
+            finally:
+                chan.close()
+        except ERRORS:
+            pass  # best effort: the host may be gone; the rollback and VPN teardown come next
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,319 @@
+"""The built-in stages: each turns a Context into a tuple of steps.
+
+A stage is any callable `(Context) -> Sequence[Step]`. Others come from the
+`deployer.stages` entry point group or from `stages:` in targets.yaml.
+"""
+
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from importlib.metadata import entry_points
+
+from deployer import context, steps
+from deployer.config import Hook, names
+from deployer.context import Context
+from deployer.errors import DeployError, UsageError
+from deployer.plan import template
+from deployer.quoting import Command
+from deployer.remote import hostscripts
+
+StageFn = Callable[[Context], Sequence[steps.Step]]
+
+
+def package(ctx: Context) -> tuple[steps.Step, ...]:
+    return (steps.Build(f"package {ctx.target.package.source}", source=ctx.target.package.source,
+                        rules=ctx.package_rules, dest=ctx.tarball, manifest=ctx.manifest),)
+
+
+def vpn(ctx: Context) -> tuple[steps.Step, ...]:
+    v = ctx.target.vpn
+    if v.kind == "none":
+        return ()
+    return (steps.OpenVpn(f"open VPN ({v.config})", config=v.config, timeout=v.timeout,
+                          probe=ctx.target.hosts[0].address),)
+
+
+def upload(ctx: Context) -> tuple[steps.Step, ...]:
+    # Names of the run's own beside the releases: the part-made tree, and
+    # the artifact's copy that the other hosts read from the first one.
+    tmp = posixpath.join(ctx.releases_dir, f".{ctx.release}.deployer-{ctx.run_id}")
+    relay_dir = posixpath.join(ctx.releases_dir, f".deployer-relay-{ctx.run_id}")
+    tag = f"deployer-relay-{ctx.run_id}"
+    t = ctx.target
+    relay = None
+    if t.transport == "ssh" and t.relay and len(t.hosts) > 1:
+        source = t.hosts[0]
+        relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
+                            fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
+    shared = t.shared
+    return (
+        *([steps.Run(f"check that the shared files are in {ctx.shared_dir}", ctx.host_names, waits=False,
+                     command=hostscripts.shared_files(ctx.shared_dir, shared.files))] if shared.files else []),
+        steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
+                     state_first=hostscripts.live_state(ctx.deploy_path, True),
+                     state=hostscripts.live_state(ctx.deploy_path, False),
+                     # The key may read the copy as long as a step may take.
+                     command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
+                                                ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
+                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay),
+        # In the release before migrate and hooks run in it; undone with the release.
+        *([steps.Run(f"link {', '.join(shared.dirs + shared.files)} to {ctx.shared_dir}", ctx.host_names,
+                     waits=False, command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared.group,
+                                                                  shared.dirs, shared.files))]
+          if shared.dirs or shared.files else []),
+    )
+
+
+def owner_mark(name: str) -> str:
+    """The first line of every file deployer writes for instance `name`: a
+    file at that path without it is not ours to replace."""
+    return f"# Written by deployer for instance {name}; the next deploy replaces this file."
+
+
+_SERVER_NAME = re.compile(r"\s*server(?:name|alias)\s+(.*)", re.IGNORECASE)
+
+
+def served_names(vhost: str, hostname: str) -> tuple[str, ...]:
+    """HOSTNAME and every name the rendered vhost answers to (a var can add a
+    ServerAlias): each must be free of other sites on the hosts."""
+    names = {hostname.lower()}
+    for line in vhost.splitlines():
+        m = _SERVER_NAME.fullmatch(line)
+        if m:
+            for word in m.group(1).split():
+                name = re.sub(r"^[a-z][a-z0-9+.-]*://|:[0-9*]+$", "", word.strip('"').lower())
+                if name:
+                    names.add(name)
+    return tuple(sorted(names))
+
+
+def render(ctx: Context) -> tuple[steps.Step, ...]:
+    path = ctx.target.template
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
+    mark = owner_mark(ctx.name)
+    content = f"{mark}\n{template.render(text, ctx.vars, path)}"
+    names = served_names(content, ctx.hostname)
+    enabled = posixpath.join(ctx.target.apache.dir, "sites-enabled")
+    record = posixpath.join(ctx.code_path, VHOST_RECORD)
+    return (
+        steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
+                  command=hostscripts.names_are_free(enabled, f"{ctx.name}.conf", names), waits=False),
+        *_vhost(ctx, content=content),
+        # What a rollback to this release installs again; only the deploy user reads it (secrets).
+        # Only in a release this run makes: without upload, DEPLOY_PATH may not be one yet.
+        *([steps.Install(f"keep the vhost in the release, for a rollback to it: {VHOST_RECORD}", ctx.host_names,
+                         path=record, content=content, mark=mark, mode=0o600,
+                         work=posixpath.join(ctx.code_path, f"{VHOST_RECORD}.deployer-{ctx.run_id}"))]
+          if ctx.uploads else []),
+        # Checked here as well as in restart: a broken vhost must fail the
+        # deploy before migrate changes the database, which no undo reverts.
+        _configtest(ctx, waits=False),
+    )
+
+
+# In every release: the vhost it was deployed with.
+VHOST_RECORD = ".deployer-vhost"
+
+
+def _vhost(ctx: Context, content: str = "", source: str = "") -> tuple[steps.Step, ...]:
+    """The instance's vhost written (`content`, or a copy of the host's file
+    `source`) and enabled."""
+    apache = ctx.target.apache
+    conf = f"{ctx.name}.conf"
+    available = posixpath.join(apache.dir, "sites-available")
+    enabled = posixpath.join(apache.dir, "sites-enabled")
+    return (
+        steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
+                      path=posixpath.join(available, conf), content=content, mark=owner_mark(ctx.name),
+                      mode=apache.vhost_mode, owner=apache.vhost_chown,
+                      work=posixpath.join(available, f".{conf}.deployer-{ctx.run_id}"), source=source),
+        # What a2ensite does, without needing a2ensite or Debian's layout helpers.
+        steps.Link(f"enable site {conf}", ctx.host_names,
+                   path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),
+                   work=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
+    )
+
+
+def activate(ctx: Context, live: tuple[str, ...]) -> tuple[steps.Step, ...]:
+    """A rollback: every host back to `ctx.release`, with the vhost it was
+    deployed with, if each host's live release is still one of `live`."""
+    return (
+        steps.Run(f"check that release {ctx.release} is whole and the live release unchanged", ctx.host_names,
+                  command=hostscripts.can_activate(ctx.deploy_path, ctx.release_path, VHOST_RECORD, live),
+                  waits=False),
+        *_vhost(ctx, source=posixpath.join(ctx.release_path, VHOST_RECORD)),
+        *restart(ctx),
+    )
+
+
+def migrate(ctx: Context) -> tuple[steps.Step, ...]:
+    if ctx.target.migrate is None:
+        return ()
+    # Once per deploy, on the first host, in the new release: the
+    # database is shared and the old code keeps serving until the switch.
+    return (steps.Run(f"migrate: {ctx.target.migrate}", ctx.host_names[:1],
+                      command=Command.script(ctx.target.migrate, cwd=ctx.code_path, env=ctx.environment()),
+                      timeout=ctx.target.migrate_timeout),)
+
+
+def restart(ctx: Context) -> tuple[steps.Step, ...]:
+    ctl, hosts = ctx.target.apache.ctl, ctx.host_names
+    return (
+        # After migrate has ended; each host switches right after its own
+        # configtest, in the same session, and a host whose configtest fails
+        # puts every host back, those that switched a moment before included.
+        _configtest(ctx),
+        # Only to a release this run uploaded, or rolls back to: `--only restart`
+        # must not point the live path at a directory that does not exist.
+        *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
+                      path=ctx.deploy_path, target=ctx.release_path,
+                      work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
+          if ctx.switches else []),
+        # Undone, the previous release and vhost are back: Apache reads them again.
+        steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful")), again_after_undo=True),
+        *_health(ctx),
+    )
+
+
+def lock(ctx: Context, takes_over: str = "") -> steps.Lock:
+    what = f"take over the lock of run {takes_over}" if takes_over else "lock instance"
+    return steps.Lock(f"{what} {ctx.name} on every host", ctx.host_names, state=ctx.state_dir,
+                      run_id=ctx.run_id, owner=context.lock_owner(ctx), wait=ctx.lock_wait, takes_over=takes_over,
+                      hint=(f"wait for it with --lock-wait SECONDS; if that run is gone (killed), `deployer unlock"
+                            f" {ctx.name}` removes its lock and undoes what it left"))
+
+
+def undo_run(ctx: Context, run_id: str, keep: bool = False) -> tuple[steps.Step, ...]:
+    """What run `run_id`, now gone, changed and never finished, undone
+    newest first from what it kept for its own undo (every one of these is
+    safe where that run never got to), then Apache reloaded. With `keep`
+    (the run was past its commit point: a host's history says it was done),
+    its changes stand on every host instead: only what their undo needed,
+    and what it left half-made, go."""
+    if run_id != "-" and not names.RUN_ID.fullmatch(run_id):
+        raise DeployError(f"{run_id!r} is not a run id deployer makes; not undoing anything for it")
+    gone = replace(ctx, run_id=run_id, release="")
+    switch = steps.Link("", path=ctx.deploy_path, work=f"{ctx.deploy_path}.deployer-{run_id}")
+    record = steps.Install("", path=posixpath.join(ctx.deploy_path, VHOST_RECORD),
+                           work=posixpath.join(ctx.deploy_path, f"{VHOST_RECORD}.deployer-{run_id}"))
+    vhost, enable = _vhost(gone)
+    relay = posixpath.join(ctx.releases_dir, f".deployer-relay-{run_id}")
+    hosts = ctx.host_names
+    return (
+        steps.Run(f"stop what run {run_id} still runs on the host", hosts, waits=False,
+                  command=hostscripts.stop_run(run_id, hostscripts.STOP_GRACE)),
+        *(steps.Run(f"keep {s.path} as run {run_id} left it", hosts, command=s.keep(), waits=False) if keep
+          else steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
+          for s in (switch, record, enable, vhost)),
+        steps.Run(f"remove what run {run_id} left half-made beside the releases", hosts, waits=False,
+                  command=hostscripts.discard_run(ctx.releases_dir, ctx.deploy_path, run_id, keep)),
+        steps.Run(f"withdraw the relay key of run {run_id}", hosts, waits=False,
+                  command=hostscripts.close(relay, f"deployer-relay-{run_id}")),
+        _configtest(ctx, waits=False),
+        steps.Run("apache graceful", hosts, command=Command.of((*ctx.target.apache.ctl, "graceful")), waits=False),
+    )
+
+
+def retire(ctx: Context) -> tuple[steps.Step, ...]:
+    """Destroy, while it can still be undone: the site disabled and its vhost
+    removed on every host, then Apache checked and reloaded. A failure puts
+    both back, and the reload runs again: every other site keeps serving."""
+    apache, conf, hosts = ctx.target.apache, f"{ctx.name}.conf", ctx.host_names
+    enabled = posixpath.join(apache.dir, "sites-enabled")
+    available = posixpath.join(apache.dir, "sites-available")
+    work = f".{conf}.deployer-{ctx.run_id}"
+    link, link_work = posixpath.join(enabled, conf), posixpath.join(enabled, work)
+    vhost, vhost_work = posixpath.join(available, conf), posixpath.join(available, work)
+    return (
+        steps.Run(f"disable site {conf}", hosts, waits=False, command=hostscripts.unlink(link, link_work),
+                  undo=hostscripts.restore_link(link, link_work), keep=hostscripts.forget(link_work)),
+        steps.Run(f"remove vhost sites-available/{conf}", hosts, waits=False,
+                  command=hostscripts.remove_file(vhost, owner_mark(ctx.name), vhost_work),
+                  undo=hostscripts.restore(vhost, vhost_work), keep=hostscripts.forget(vhost_work)),
+        _configtest(ctx, waits=False),
+        steps.Run("apache graceful", hosts, command=Command.of((*apache.ctl, "graceful")), again_after_undo=True),
+    )
+
+
+def purge(ctx: Context, keep_shared: bool) -> steps.Run:
+    """Destroy, once every host has stopped serving the instance: its code,
+    and its shared files unless they are kept."""
+    what = "releases and live path" + ("" if keep_shared else f", and its shared files in {ctx.shared_dir}")
+    return steps.Run(f"remove {ctx.name}'s {what}", ctx.host_names,
+                     command=hostscripts.purge(ctx.deploy_path, ctx.releases_dir,
+                                               "" if keep_shared else ctx.shared_dir))
+
+
+def prune(ctx: Context) -> steps.Run:
+    keep = ctx.target.keep_releases
+    return steps.Run(f"keep the newest {keep} releases, the live one and the one before it", ctx.host_names,
+                     command=hostscripts.prune(ctx.releases_dir, ctx.deploy_path, keep,
+                                               posixpath.join(ctx.state_dir, "history")))
+
+
+def _health(ctx: Context) -> tuple[steps.Step, ...]:
+    h = ctx.target.health
+    if h is None or not ctx.hostname:
+        return ()
+    local = ctx.target.transport == "local"
+    addresses = tuple("127.0.0.1" if local else host.address for host in ctx.target.hosts)
+    return (steps.HealthCheck(f"health check: GET {h.path} answers {h.status}", ctx.host_names,
+                              addresses=addresses, port=h.port, path=h.path, host_header=ctx.hostname,
+                              status=h.status, timeout=h.timeout),)
+
+
+def _configtest(ctx: Context, waits: bool = True) -> steps.Run:
+    return steps.Run("apache configtest", ctx.host_names, waits=waits,
+                     command=Command.of((*ctx.target.apache.ctl, "configtest")))
+
+
+BUILTIN: dict[str, StageFn] = {
+    "package": package, "vpn": vpn, "upload": upload,
+    "render": render, "migrate": migrate, "restart": restart,
+}
+
+
+def hook_step(ctx: Context, hook: Hook, title: str) -> steps.Run:
+    hosts = {"all": ctx.host_names, "first": ctx.host_names[:1], "local": ()}[hook.on]
+    # Remote hooks start in the new release; local ones where deploy was started.
+    cwd = ctx.code_path if hosts else None
+    return steps.Run(title, hosts, command=Command.script(hook.run, cwd=cwd, env=ctx.environment()))
+
+
+def shell_stage(hook: Hook) -> StageFn:
+    def plan(ctx: Context) -> tuple[steps.Step, ...]:
+        return (hook_step(ctx, hook, hook.run),)
+    return plan
+
+
+def find(name: str, ctx: Context) -> StageFn:
+    """A stage by name: built-in, then targets.yaml `stages:`, then a plugin."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in ctx.target.stages:
+        return shell_stage(ctx.target.stages[name])
+    plugins = entry_points(group="deployer.stages", name=name)
+    if not plugins:
+        raise UsageError(
+            f"unknown stage {name!r} in the pipeline of target {ctx.target.entry!r}: not built"
+            " in, not under stages: in targets.yaml, and no plugin in the deployer.stages group"
+        )
+    # The same plugin can be found twice (a checkout on PYTHONPATH and its
+    # install); two different ones for one name would be a coin toss.
+    values = sorted({ep.value for ep in plugins})
+    if len(values) > 1:
+        raise UsageError(f"stage {name!r} is registered by more than one installed plugin: {', '.join(values)};"
+                         " uninstall one")
+    ep = next(ep for ep in plugins if ep.value == values[0])
+    try:
+        fn = ep.load()
+    except Exception as e:  # noqa: BLE001 - a plugin's import can raise anything; nothing has run yet
+        raise UsageError(f"stage {name!r}: its plugin {ep.value} cannot be loaded: {type(e).__name__}: {e}") from e
+    if not callable(fn):
+        raise UsageError(f"stage {name!r}: its plugin {ep.value} is not a function of the context")
+    return fn

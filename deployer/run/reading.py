@@ -1,0 +1,30 @@
+"""Reading what an instance's hosts hold, through the target's VPN: read-only,
+no lock. Shared by the commands that look before they act (deployer's, and
+a deploy that finds a gone run's lock)."""
+
+import sys
+
+from deployer import context, steps
+from deployer.output import QuietReporter
+from deployer.plan import pipeline
+from deployer.remote import instance
+
+
+def executor(ctx: context.Context, reporter):
+    # Here, not at the top: paramiko's import alone is a tenth of a second.
+    from deployer.run.executor import Executor
+
+    return Executor(ctx, reporter, min(ctx.target.parallel, len(ctx.host_names)))
+
+
+def outputs(ctx: context.Context, the_plan: steps.Plan) -> dict[str, str]:
+    """Run a read-only plan whose last step prints what each host holds: its
+    output per host. Only what goes wrong is shown (on stderr)."""
+    ex = executor(ctx, QuietReporter(sys.stderr))
+    ex.run(the_plan)
+    return {h: r.stdout for h, r in ex.outputs(the_plan.stages[-1][1][0]).items()}
+
+
+def states(ctx: context.Context, history: int = 20) -> dict[str, instance.HostState]:
+    """Every host's state (instance.parse)."""
+    return {h: instance.parse(out) for h, out in outputs(ctx, pipeline.read(ctx, history)).items()}

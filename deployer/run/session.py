@@ -1,0 +1,214 @@
+"""Steps run together in one remote shell per host, and that shell's output
+split back into each step's result.
+
+A session costs a process start on the host and a round trip, and over an
+office VPN the round trips add up, so consecutive steps share one when the
+plan allows it: same hosts, and the later step does not have to wait for
+the others to end on every host (`Step.waits`). A step that commits (the
+switch of the live path) ends its session: what follows it starts only once
+it has happened everywhere.
+"""
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deployer import steps
+from deployer.connectors.result import Result, Tail
+from deployer.connectors.transport import Reader
+from deployer.quoting import Command
+from deployer.remote import hostscripts
+
+
+@dataclass(frozen=True)
+class Group:
+    """Steps that run one after another in one session on each of `hosts`
+    (or on the runner, when `hosts` is empty: then it holds one step)."""
+
+    hosts: tuple[str, ...]
+    steps: tuple[tuple[str, steps.Step], ...]  # (stage, step)
+
+
+def groups(plan: steps.Plan) -> list[Group]:
+    out: list[Group] = []
+    for stage, step in plan.steps():
+        last = out[-1] if out else None
+        if (last is not None and step.hosts and last.hosts == step.hosts and not step.waits
+                and not _ends(last.steps[-1][1]) and not isinstance(step, steps.HealthCheck)):
+            out[-1] = Group(last.hosts, (*last.steps, (stage, step)))
+        else:
+            out.append(Group(step.hosts, ((stage, step),)))
+    return out
+
+
+def _ends(step: steps.Step) -> bool:
+    """A switch ends its session; a health check runs on the runner, in no session."""
+    return isinstance(step, steps.Link) and step.commit or isinstance(step, steps.HealthCheck)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One command line of a session: `data` is what it reads on stdin, if it reads."""
+
+    line: str
+    data: "Piece | Deferred | None" = None
+    timeout: float = 600.0
+    keep: int = 256 * 1024  # bytes of its stdout kept (the end)
+
+
+class Piece:
+    """Bytes of known length for one step's stdin, opened when the session
+    gets to them."""
+
+    def __init__(self, size: int, open_: Callable[[], Reader]):
+        self.size, self.open = size, open_
+
+
+class Deferred:
+    """A Piece that can be made only once the session has answered something:
+    `make` returns None until then."""
+
+    def __init__(self, make: Callable[[], Piece | None]):
+        self.make = make
+
+
+def command(run_id: str, entries: list[Entry]) -> Command:
+    return hostscripts.session(run_id, tuple((e.line, e.data is not None) for e in entries))
+
+
+class Input:
+    """A session's stdin: the token line, then each reading step's size line
+    and bytes, read a chunk at a time (an artifact is never in memory whole)."""
+
+    def __init__(self, token: bytes, entries: list[Entry]):
+        self.parts: list[bytes | Piece | Deferred] = [token + b"\n"]
+        for e in entries:
+            if isinstance(e.data, Piece):
+                self.parts += [b"%d\n" % e.data.size, e.data]
+            elif e.data is not None:
+                self.parts.append(e.data)
+        self.reader = None
+
+    def read(self, n: int) -> bytes | None:
+        """The next bytes; None when the next ones are not known yet."""
+        while self.parts:
+            part = self.parts[0]
+            if isinstance(part, Deferred):
+                piece = part.make()
+                if piece is None:
+                    return None
+                self.parts[:1] = [b"%d\n" % piece.size, piece]
+                continue
+            if isinstance(part, bytes):
+                self.parts.pop(0)
+                if part:
+                    return part
+                continue
+            if self.reader is None:
+                self.reader = part.open()
+            chunk = self.reader.read(n)
+            if chunk:
+                return chunk
+            self.close()
+            self.parts.pop(0)
+        return b""
+
+    def close(self) -> None:
+        """Close the piece being read, if it has a file open."""
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            close()
+        self.reader = None
+
+
+class Split:
+    """Splits a session's stdout and stderr at the marks the session script
+    writes after each step, and says when each step ends and the next begins.
+
+    `ended(i, result)` is called once both streams have passed step i's
+    mark. A Split is also the time limit given to the session's transport:
+    each step has its own (`deadline`).
+    """
+
+    def __init__(self, entries: list[Entry], started: Callable[[int], None],
+                 ended: Callable[[int, Result], None]):
+        self.token = secrets.token_hex(16).encode()
+        self.entries = entries
+        self.started, self.ended = started, ended
+        self.marks: list[dict[int, int]] = [{}, {}]  # per stream: step index -> exit code
+        self.parts: list[list[Tail]] = [[Tail(entries[0].keep)], [Tail()]]
+        self.out, self.err = _Stream(self, 0), _Stream(self, 1)
+        self.current = 0
+        self.failed = False
+        self.since: float | None = None
+        started(0)
+
+    # The transport's time limit, per step; it starts when the transport
+    # first asks, once the command runs (opening a channel has its own).
+    def deadline(self) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+        return self.since + self.seconds()
+
+    def seconds(self) -> float:
+        return self.entries[min(self.current, len(self.entries) - 1)].timeout
+
+    def _marked(self, stream: int, index: int, code: int) -> None:
+        self.marks[stream][index] = code
+        if index + 1 < len(self.entries):
+            self.parts[stream].append(Tail(self.entries[index + 1].keep) if stream == 0 else Tail())
+        while self.current in self.marks[0] and self.current in self.marks[1]:
+            i, code = self.current, self.marks[0][self.current]
+            self.ended(i, Result(code, self.parts[0][i].text(), self.parts[1][i].text()))
+            self.current += 1
+            self.since = time.monotonic()
+            self.failed = code != 0
+            if self.running:
+                self.started(self.current)
+
+    def finish(self, r: Result) -> None:
+        """The session is over: the step it stopped in, if any, ends with the
+        session's own result (a time limit, a lost connection, a stop)."""
+        if self.running:
+            self.failed = True
+            detail = r.stderr if r.stderr.strip() else "the session ended before this step did"
+            self.ended(self.current, Result(r.exit_code or 1, r.stdout, detail))
+
+    @property
+    def running(self) -> bool:
+        return self.current < len(self.entries) and not self.failed
+
+
+class _Stream:
+    """One of a session's output streams, cut at the marks into the steps' tails."""
+
+    def __init__(self, split: Split, which: int):
+        self.split, self.which = split, which
+        self.mark = re.compile(rb"\n" + re.escape(split.token) + rb" (\d+) (\d+)\n")
+        self.longest = len(split.token) + 24
+        self.buffer = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        while (m := self.mark.search(self.buffer)) is not None:
+            # Read before the buffer changes: a match slices it lazily.
+            index, code, start, end = int(m[1]), int(m[2]), m.start(), m.end()
+            self._keep(self.buffer[:start])
+            del self.buffer[:end]
+            self.split._marked(self.which, index, code)
+        # All but what could be the start of a mark still to come.
+        cut = len(self.buffer) - self.longest
+        if cut > 0:
+            self._keep(self.buffer[:cut])
+            del self.buffer[:cut]
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self.split.parts[self.which][-1].add(bytes(data))
+
+    def text(self) -> str:
+        self._keep(self.buffer)
+        self.buffer.clear()
+        return self.split.parts[self.which][-1].text()

@@ -1,0 +1,8 @@
+"""`python -m deployer.vpn keep CONFIG BASE`: the keeper of one shared tunnel."""
+import sys
+
+from deployer.vpn import keep
+
+if len(sys.argv) != 4 or sys.argv[1] != "keep":
+    sys.exit("usage: python -m deployer.vpn keep CONFIG BASE")
+sys.exit(keep(sys.argv[2], sys.argv[3]))

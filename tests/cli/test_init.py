@@ -1,0 +1,213 @@
+"""deployer.cli.init.init: a starting point that loads, and never a file of the user's replaced."""
+
+import http.client
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deployer import config, context
+from deployer.cli import init, manage
+from deployer.errors import UsageError
+from deployer.plan import template
+from tests.cli.test_local_default import _free_port, needs_local_site
+
+REPO = Path(__file__).resolve().parents[2]
+SKELETON = REPO / "deployer" / "skeleton"
+
+
+def test_writes_the_files_and_they_load(tmp_path):
+    written = init.init(tmp_path)
+    assert written == [tmp_path / "targets.yaml", tmp_path / "templates" / "default_template",
+                       tmp_path / ".deployer" / "targets.schema.json"]
+    assert written[0].read_bytes() == (SKELETON / "targets.yaml").read_bytes()
+    assert written[1].read_bytes() == (SKELETON / "default_template").read_bytes()
+    # Where the skeleton's first line points editors.
+    assert written[0].read_text().startswith("# yaml-language-server: $schema=./.deployer/targets.schema.json\n")
+    assert written[2].read_bytes() == (REPO / "deployer" / "config" / "targets.schema.json").read_bytes()
+    local = config.load(written[0]).resolve("local")
+    assert local.transport == "local"
+    assert local.deploy_root == str(tmp_path / ".deployer-local" / "www")
+    assert local.package.source == str(tmp_path)
+    assert local.template == str(written[1])
+    assert local.apache.port == 8480
+    assert local.health is not None and local.health.port == 8480
+
+
+def test_the_directory_defaults_to_the_current_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert init.init() == [Path("targets.yaml"), Path("templates/default_template"),
+                               Path(".deployer/targets.schema.json")]
+    assert (tmp_path / "templates" / "default_template").is_file()
+
+
+def test_the_written_template_renders_for_the_local_target(tmp_path):
+    init.init(tmp_path)
+    target = config.load(tmp_path / "targets.yaml").resolve("local")
+    ctx = context.make("local", "localhost", target, {}, config.DEFAULT_PIPELINE, workdir=str(tmp_path / "work"))
+    out = template.render(Path(target.template).read_text(), ctx.vars, target.template)
+    assert "<<" not in out and ">>" not in out
+    lines = [line.strip() for line in out.splitlines()]
+    assert "<VirtualHost *:8480>" in lines
+    assert "ServerName localhost" in lines
+
+
+def test_the_commented_examples_load_once_uncommented(tmp_path):
+    # The examples are what a user will uncomment: they must stay valid.
+    init.init(tmp_path)
+    path = tmp_path / "targets.yaml"
+    head, entries = path.read_text().split("\ntargets:\n")
+    entries = re.sub(r"(?m)^  # (\"\*\"|[a-z][a-z0-9-]*):$", r"  \1:", entries)
+    entries = re.sub(r"(?m)^  #   ", "    ", entries)
+    path.write_text(f"{head}\ntargets:\n{entries}")
+    targets = config.load(path)
+    assert targets.names() == ["*", "alpha", "local"]
+    assert targets.entries["alpha"]["hosts"] == ["web1.alpha.internal", "web2.alpha.internal"]
+
+
+def test_refuses_when_targets_yaml_exists_and_writes_nothing(tmp_path):
+    (tmp_path / "targets.yaml").write_text("mine\n")
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'targets.yaml'} exists")):
+        init.init(tmp_path)
+    assert (tmp_path / "targets.yaml").read_text() == "mine\n"
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "targets.yaml"]
+
+
+def test_refuses_when_the_template_exists_and_names_both(tmp_path):
+    (tmp_path / "targets.yaml").write_text("mine\n")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "default_template").write_text("mine too\n")
+    with pytest.raises(UsageError) as e:
+        init.init(tmp_path)
+    assert "targets.yaml exists" in str(e.value)
+    assert f"{tmp_path / 'templates' / 'default_template'} exists" in str(e.value)
+    assert (tmp_path / "templates" / "default_template").read_text() == "mine too\n"
+
+
+def test_refuses_a_dangling_symlink_at_targets_yaml(tmp_path):
+    (tmp_path / "targets.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    with pytest.raises(UsageError, match="targets.yaml exists"):
+        init.init(tmp_path)
+    assert not (tmp_path / "elsewhere.yaml").exists()
+    assert not (tmp_path / "templates").exists()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_refuses_templates_being_a_symlink(tmp_path, dangling):
+    other = tmp_path / "other"
+    if not dangling:
+        other.mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "templates").symlink_to(other)
+    with pytest.raises(UsageError, match="templates is a symbolic link"):
+        init.init(project)
+    assert os.listdir(project) == ["templates"]
+    assert dangling or os.listdir(other) == []
+
+
+def test_refuses_templates_being_a_file(tmp_path):
+    (tmp_path / "templates").write_text("")
+    with pytest.raises(UsageError, match="templates exists and is not a directory"):
+        init.init(tmp_path)
+    assert not (tmp_path / "targets.yaml").exists()
+
+
+def test_uses_an_existing_templates_directory(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "other_template").write_text("kept\n")
+    init.init(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "templates").iterdir()) == ["default_template", "other_template"]
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_text("")], ids=["missing", "a file"])
+def test_refuses_a_directory_that_is_not_one(tmp_path, make):
+    where = tmp_path / "project"
+    make(where)
+    with pytest.raises(UsageError, match=re.escape(f"{where}: cannot initialise")):
+        init.init(where)
+
+
+def test_a_failed_second_file_removes_the_first(tmp_path, monkeypatch):
+    real = init._create
+
+    def full_disk(name, dir_fd, content):
+        if name == "default_template":
+            raise OSError(28, "No space left on device")
+        real(name, dir_fd, content)
+
+    monkeypatch.setattr(init, "_create", full_disk)
+    with pytest.raises(UsageError, match="default_template: cannot write: No space left on device"):
+        init.init(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_skeleton_template_is_the_repos():
+    # One vhost for a checkout and for `deployer init`: edit both, or neither.
+    assert (SKELETON / "default_template").read_bytes() == (REPO / "templates" / "default_template").read_bytes()
+
+
+def test_deployer_init_writes_then_refuses_with_exit_2(tmp_path, capsys):
+    from deployer.cli.manage import main
+
+    out = io.StringIO()
+    assert main(["init", str(tmp_path)], stdout=out) == 0
+    assert f"wrote {tmp_path / 'targets.yaml'}" in out.getvalue()
+    before = (tmp_path / "targets.yaml").read_bytes()
+    assert main(["init", str(tmp_path)], stdout=io.StringIO()) == 2
+    assert "targets.yaml exists" in capsys.readouterr().err
+    assert (tmp_path / "targets.yaml").read_bytes() == before
+
+
+def test_the_template_serves_a_startproject_layouts_wsgi_file(tmp_path):
+    (tmp_path / "manage.py").write_text("")
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "settings.py").write_text("")
+    (tmp_path / "shop" / "wsgi.py").write_text("")
+    init.init(tmp_path)
+    text = (tmp_path / "templates" / "default_template").read_text()
+    assert "WSGIScriptAlias / <<DEPLOY_PATH>>/shop/wsgi.py" in text
+    assert "<Directory <<DEPLOY_PATH>>/shop>\n        <Files wsgi.py>" in text
+    assert "django.wsgi" not in text
+
+
+@needs_local_site
+def test_init_in_a_new_django_project_then_deploy_local_serves_it(tmp_path):
+    """A new user's first hour: startproject, deployer init, deploy local."""
+    project = tmp_path / "shop"
+    project.mkdir()
+    subprocess.run(["/usr/bin/python3", "-m", "django", "startproject", "shop", str(project)], check=True,
+                   timeout=60)
+    assert manage.main(["init", str(project)], stdout=io.StringIO()) == 0
+    targets = project / "targets.yaml"
+    text = targets.read_text()
+    port = _free_port()
+    # The machine's first python3 may have no Django (a pyenv build): the skeleton says to name one that has.
+    assert "port: 8480}" in text and "migrate: python3 manage.py migrate --noinput" in text
+    targets.write_text(text.replace("port: 8480}", f"port: {port}}}")
+                       .replace("migrate: python3 manage.py", "migrate: /usr/bin/python3 manage.py"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deployer", "local", "localhost", "--output", "plain"],
+                              cwd=project, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.splitlines()[-1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/", headers={"Host": "localhost"})
+        page = conn.getresponse()
+        assert page.status == 200 and b"The install worked successfully" in page.read()
+        conn.close()
+    finally:
+        subprocess.run([sys.executable, "-m", "deployer.cli.manage", "destroy", "local", "--yes"], cwd=project,
+                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert not (project / ".deployer-local" / "www" / "local").exists()
+
+
+
+def test_deployer_schema_prints_the_packaged_schema():
+    out = io.StringIO()
+    assert manage.main(["schema"], stdout=out) == 0
+    assert out.getvalue() == (REPO / "deployer" / "config" / "targets.schema.json").read_text()

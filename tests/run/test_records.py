@@ -1,0 +1,46 @@
+"""records.py: whether a run of this machine lives, from the runner's own state."""
+
+import subprocess
+import sys
+
+from deployer.run import records
+
+RUN = "0123456789abcdef"
+
+
+def test_a_held_run_is_alive_a_released_one_is_unknown_a_killed_one_is_gone(tmp_path):
+    registry = str(tmp_path / "registry")
+    lock = records.RunLock(RUN, registry)
+    assert records.alive(RUN, registry) is None
+    lock.hold()
+    assert records.alive(RUN, registry) > 0
+    lock.release()
+    assert records.alive(RUN, registry) is None  # ended as runs end: no trace
+    # SIGKILL runs no teardown: the file stays, and nobody holds it.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer.run import records;"
+                               " records.RunLock(sys.argv[1], sys.argv[2]).hold(); print('held', flush=True);"
+                               " time.sleep(60)", RUN, registry], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert records.alive(RUN, registry) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert records.alive(RUN, registry) == 0
+
+
+def test_what_is_not_a_run_id_is_never_a_run_of_ours(tmp_path):
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    (registry / "run-..lock").write_text("")
+    assert records.alive("..", str(registry)) is None
+    assert records.alive("x|.*", str(registry)) is None
+
+
+def test_a_run_that_could_not_release_a_hosts_lock_leaves_a_record_that_it_is_gone(tmp_path):
+    registry = str(tmp_path / "registry")
+    lock = records.RunLock(RUN, registry)
+    lock.hold()
+    lock.release(forget=False)
+    assert records.alive(RUN, registry) == 0
+

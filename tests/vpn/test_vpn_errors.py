@@ -1,0 +1,152 @@
+"""The vpn stage's failures that need no VPN server: OpenVPN's own words, nothing changed."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from deployer import vpn
+from deployer.cli.deploy import main
+from deployer.errors import StepFailed
+from tests.conftest import REPO, armed_local_target, tree_digest, wait_until
+from tests.lab.lab import _cert, blackhole
+
+pytestmark = pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn (run .ci/run)")
+
+
+@pytest.mark.parametrize("config, words", [
+    # Refused while parsing its options.
+    ("client\nbogus-directive yes\n", "Unrecognized option"),
+    # Refused when it checks the TLS settings.
+    ("client\ndev tun\nremote 198.18.0.99 1194\nnobind\n", "You must define CA file"),
+])
+def test_openvpn_refusing_its_config_fails_the_deploy_with_its_message(tmp_path, config, words):
+    targets = armed_local_target(tmp_path)
+    (tmp_path / "bad.ovpn").write_text(config)
+    text = targets.read_text().replace(
+        "  pipeline: [package, upload,",
+        "  vpn: {kind: openvpn, config: bad.ovpn, timeout: 5}\n  pipeline: [package, vpn, upload,")
+    assert "bad.ovpn" in text
+    targets.write_text(text)
+    before = tree_digest(tmp_path)
+    out = io.StringIO()
+    code = main(["demo-acme", "demo-acme.example.com", "--targets", str(targets), "--output", "plain"],
+                stdout=out)
+    assert code == 1
+    assert "openvpn exited (code 1) before the tunnel came up" in out.getvalue()
+    assert words in out.getvalue()
+    # The before-package hook ran (it is the first step); nothing after the VPN did.
+    after = tree_digest(tmp_path)
+    assert set(after) - set(before) == {"HOOKED"}
+
+
+def test_openvpn_dies_with_a_deploy_killed_without_warning(tmp_path):
+    # TeamCity escalates to SIGKILL: no teardown runs, and OpenVPN, in a
+    # session of its own, used to stay up with its routes. Now its keeper
+    # stops it once no deploy holds the tunnel.
+    blackhole()  # it tries to reach a server in the lab's range: nothing may leave
+    _, _, server = _cert(tmp_path, "server")
+    crt, key, _ = _cert(tmp_path, "client")
+    config = tmp_path / "client.ovpn"
+    config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\nconnect-retry 1 2\n"
+                      f"peer-fingerprint {server}\n<cert>\n{crt}</cert>\n<key>\n{key}</key>\n")
+    registry = tmp_path / "registry"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import threading, time
+            from deployer.vpn import OpenVpnTunnel
+            t = OpenVpnTunnel({str(config)!r}, timeout=60, registry={str(registry)!r})
+            def say():
+                while t.openvpn_pid is None:
+                    time.sleep(0.01)
+                print(t.openvpn_pid, flush=True)
+            threading.Thread(target=say).start()
+            t.open()
+        """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    pid = None
+    try:
+        pid = int(runner.stdout.readline())
+        log = next(registry.glob("tunnel-*.log"))
+        wait_until(lambda: "TCP/UDP" in log.read_text(), runner)  # it is trying
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait(10)
+        # Its keeper sees nobody uses the tunnel any more, and stops it.
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "openvpn outlived the killed deploy"
+        assert not list(registry.glob("tunnel-*.state"))
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if pid and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+            os.kill(pid, signal.SIGKILL)
+
+
+# A Python without deployer installed: the keeper must still run ours.
+BARE_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.parametrize("python", [sys.executable, BARE_PYTHON])
+def test_the_keeper_imports_nothing_from_the_config_folder(tmp_path, monkeypatch, python):
+    # The keeper used to be `python -m deployer.vpn` run in the config's
+    # folder, which puts that folder first on sys.path: a checkout's
+    # deployer/vpn.py beside client.ovpn ran as root. Now it runs isolated,
+    # in /, and OpenVPN is given --cd, so the config's relative names still work.
+    if python == BARE_PYTHON and subprocess.run([python, "-I", "-c", "import deployer"], cwd="/",
+                                                capture_output=True).returncode == 0:
+        pytest.skip(f"{python} has a deployer of its own")
+    subprocess.run(["ip", "route", "add", "unreachable", "198.18.0.0/15"], capture_output=True)
+    checkout = tmp_path / "checkout"
+    planted = checkout / "deployer"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "PLANTED-CODE-RAN"
+    for name in ("__init__.py", "vpn.py"):
+        (planted / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    _, _, server = _cert(tmp_path, "server")
+    _cert(checkout, "client")  # client.crt and client.key, named relatively below
+    (checkout / "pass.txt").write_text("user\npassword\n")
+    (checkout / "pass.txt").chmod(0o600)
+    config = checkout / "client.ovpn"
+    config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\nconnect-retry 1 2\n"
+                      f"peer-fingerprint {server}\ncert client.crt\nkey client.key\nauth-user-pass pass.txt\n")
+    monkeypatch.setattr(vpn.sys, "executable", python)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    tunnel = vpn.OpenVpnTunnel(str(config), timeout=3, registry=str(tmp_path / "registry"))
+    state = None
+    try:
+        with pytest.raises(StepFailed) as failed:
+            tunnel.open()
+        state = vpn._state(tunnel.base)
+        log = vpn._read(tunnel.log)
+    finally:
+        tunnel.close()
+    assert not marker.exists(), marker.read_text()
+    assert "VPN not up after 3s" in str(failed.value)  # our keeper ran, and OpenVPN found no server
+    assert state is not None
+    assert not any(_alive(pid) for pid in state), "the keeper or its OpenVPN outlived the deploy"
+    # OpenVPN found the config's relative files and got as far as the network.
+    assert "No such file" not in log and "UDPv4 link remote" in log, log
+
+
+def test_openvpn_reads_relative_names_from_the_config_folder():
+    assert vpn._openvpn_argv("/srv/ci/vpn/client.ovpn")[-4:] == [
+        "--cd", "/srv/ci/vpn", "--config", "/srv/ci/vpn/client.ovpn"]
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) != "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"
