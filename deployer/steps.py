@@ -65,7 +65,7 @@ class Run(Step):
 
 # On a host other than the first, a lock is taken only once the first
 # host's is: a run that holds it there is releasing the others (see
-# hostscripts._LOCK), so waiting this long for it is always enough.
+# remote/sh/lock.sh), so waiting this long for it is always enough.
 OTHER_HOSTS_WAIT = 15
 
 

@@ -419,7 +419,7 @@ class Executor:
         return self.prepared(step, live)
 
     def sending(self, step: steps.Upload, host: str) -> session.Piece | None:
-        """The unpack's stdin on `host` (see hostscripts._UNPACK); None until known."""
+        """The unpack's stdin on `host` (see remote/sh/unpack.sh); None until known."""
         s = self.choice(step, host)
         if s is None:
             return None
@@ -450,7 +450,7 @@ class Executor:
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
     def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
-        """The fetch's stdin on `host` (see hostscripts._FETCH): what it needs to
+        """The fetch's stdin on `host` (see remote/sh/fetch.sh): what it needs to
         read the artifact from the source, once the source offers it, or `-`
         when it does not or `host` needs another tarball; None until known."""
         s = self.choice(step, host)

@@ -32,40 +32,12 @@ from deployer.quoting import Command
 from deployer.remote import hostscripts
 from deployer.run.executor import Executor
 
-# As the install (hostscripts._INSTALL): a larger vhost is never replaced, so never read.
+# As the install (remote/sh/install.sh): a larger vhost is never replaced, so never read.
 VHOST_LIMIT = 1024 * 1024
 
-# The instance's vhost as the host has it, and whether DEPLOY_PATH is a link
-# the switch may replace. Only a regular file the install would replace is
-# read (not a link, a FIFO or anything over the limit), as base64: the
-# session's output is text, and the vhost any bytes. What the login user
-# cannot read is said, never failed on. Reads only.
-_READ_VHOST = r"""live=$1 conf=$2 limit=$3
-if [ -e "$live" ] && [ ! -L "$live" ]; then echo "live-not-link"; fi
-dir=${conf%/*}
-if [ -d "$dir" ] && [ ! -x "$dir" ]; then
-    echo "vhost unreadable"
-elif [ -L "$conf" ]; then
-    echo "vhost link"
-elif [ ! -e "$conf" ]; then
-    echo "vhost absent"
-elif [ ! -f "$conf" ]; then
-    echo "vhost special"
-elif ! size=$(wc -c 2> /dev/null < "$conf"); then
-    echo "vhost unreadable"
-elif [ "$size" -gt "$limit" ]; then
-    echo "vhost large $size"
-elif data=$(base64 -w 0 2> /dev/null < "$conf"); then
-    echo "vhost file $data"
-else
-    echo "vhost unreadable"
-fi
-"""
-
-
 def read_vhost(live: str, conf: str) -> Command:
-    """Print the state of `conf` (and its content) and whether `live` is a link (see _READ_VHOST)."""
-    return Command.of(("sh", "-c", _READ_VHOST, "deployer-read-vhost", live, conf, str(VHOST_LIMIT)))
+    """Print the state of `conf` (and its content) and whether `live` is a link (see remote/sh/read-vhost.sh)."""
+    return hostscripts.program("read-vhost", live, conf, str(VHOST_LIMIT))
 
 
 def vhost_path(ctx: Context) -> str:
@@ -210,7 +182,7 @@ def _vhost(ctx: Context, host: str, view: HostView, rendered: steps.Install | st
     state = view.vhost_state
     if state == "unreadable":
         return f"not readable by {user}: not compared", [], refusals
-    # What the install refuses (hostscripts._INSTALL), in its words.
+    # What the install refuses (remote/sh/install.sh), in its words.
     refused = {"link": ("a symbolic link", "is a symbolic link; deployer will not write through it"),
                "special": ("not a regular file", "is not a regular file; deployer will not replace it"),
                "large": (human_size(view.vhost_size), "is larger than 1 MiB; deployer will not replace it")}

@@ -1,5 +1,5 @@
 """The tunnel crossed once: what the runner holds while the other hosts read
-the artifact from the first one (see `steps.Relay` and hostscripts._FETCH).
+the artifact from the first one (see `steps.Relay` and remote/sh/fetch.sh).
 
 The VPN is the narrow pipe; the private network behind it is fast. So the
 first host keeps a copy of the tarball as it unpacks it, and a one-time
