@@ -510,6 +510,52 @@ def test_of_runs_taking_over_a_gone_runs_lock_at_once_only_one_wins(tmp_path):
     assert (state / "lock" / "owner").read_text() == f"run{won[0]:012d}\ntaker {won[0]}\n"
 
 
+@pytest.mark.parametrize("takes_over", ["", "deadbeefdeadbeef"])
+def test_a_stop_signal_while_the_lock_is_taken_never_leaves_a_lock_nobody_can_name(tmp_path, takes_over):
+    """The run interrupted (its session's process group sent SIGTERM) in the
+    moment the lock's mkdir runs: once, the lock stayed with no owner, and
+    the instance was locked for good. A mkdir slowed down here holds that
+    moment open."""
+    import signal
+    import subprocess
+    import time
+
+    state = tmp_path / "demo.deployer"
+    lock = state / "lock"
+    if takes_over:
+        lock.mkdir(parents=True)
+        (lock / "owner").write_text(f"{takes_over}\ngone\n")
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "mkdir").write_text('#!/bin/sh\n/bin/mkdir "$@" || exit\n'
+                                'case "$*" in *lock|*taken-*) touch "$0.made"; sleep 2 ;; esac\n')
+    (slow / "mkdir").chmod(0o755)
+    command = hostscripts.lock(str(state), "0123456789abcdef", "deploy of release R by me", 5, False, "hint",
+                               takes_over=takes_over).line()
+    proc = subprocess.Popen(["sh", "-c", command], env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"},
+                            start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not (slow / "mkdir.made").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (slow / "mkdir.made").exists()
+        os.killpg(proc.pid, signal.SIGTERM)  # as stop_group sends it, which then waits for the whole group
+        proc.wait(20)
+        while time.monotonic() < deadline + 10:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Taken and named, or not taken: never a lock without its owner.
+    assert not lock.exists() or (lock / "owner").read_text().startswith("0123456789abcdef\n"), \
+        sorted(p.name for p in lock.iterdir())
+
+
 @pytest.mark.parametrize("tag", ["deployer-relay-\\|.*", "deployer-relay-.*", ".*", "AAAAuser"])
 def test_closing_the_relay_removes_only_the_line_whose_last_field_is_the_tag(tmp_path, tag):
     # A tag is matched as a string, never as a pattern: one that a host made

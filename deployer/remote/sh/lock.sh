@@ -25,7 +25,9 @@ lock=$state/lock
 start=$(date +%s)
 # Taken over from run `from` (gone; see `deployer unlock`) if it still
 # holds it (`-`: a lock with no owner, left by a run that died taking it):
-# of two runs taking it over at once, only one makes `taken`.
+# of two runs taking it over at once, only one makes `taken`. As below, a
+# stop signal is ignored until the owner is written.
+trap '' TERM INT HUP
 if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ]; then
     held=$(head -n 1 -- "$lock/owner" 2> /dev/null) || held=-
     if [ "$held" = "$from" ] && mkdir -- "$lock/taken-$from" 2> /dev/null; then
@@ -36,7 +38,15 @@ if [ -n "$from" ] && [ -d "$lock" ] && [ ! -L "$lock" ]; then
         exit 1
     fi
 fi
-until mkdir -m 700 -- "$lock" 2> /dev/null; do
+trap - TERM INT HUP
+# Taken and named in one piece: a stop signal (the run interrupted) is
+# ignored from just before the mkdir that takes the lock until the owner is
+# written, or a signal between the two would leave a lock nobody can name
+# (a trap set after mkdir comes too late: the signal may land while mkdir
+# runs, and the shell runs the trap before the next command). While it
+# waits for another holder, a signal stops it at once.
+until trap '' TERM INT HUP; mkdir -m 700 -- "$lock" 2> /dev/null; do
+    trap - TERM INT HUP
     if [ ! -e "$state" ] && [ ! -L "$state" ]; then
         # Destroyed while this run waited: it is made anew, as by a first deploy.
         mkdir -p -- "${state%/*}" && mkdir -m 755 -- "$state" 2> /dev/null
@@ -57,9 +67,6 @@ until mkdir -m 700 -- "$lock" 2> /dev/null; do
     fi
     sleep 1
 done
-# Stopped (the run interrupted) between taking the lock and naming itself in
-# it, it would leave a lock nobody can name: the stop signal removes it.
-trap 'rm -rf -- "$lock"; exit 143' TERM INT HUP
 if ! { printf '%s\n%s\n' "$run" "$owner" > "$lock/owner.new" && mv -f -- "$lock/owner.new" "$lock/owner"; }
 then
     rm -rf -- "$lock"  # ours, a moment old: a lock nobody can name would hold the instance for good
