@@ -246,3 +246,11 @@ def killed_run(run_id: str) -> None:
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def next_second() -> None:
+    """Wait for the clock's next second. A release's name orders it by the
+    second its run began: two deploys of one instance in one second (a local
+    one takes well under that) sort by their hash instead, and a test that
+    reads "newer" and "older" from the names would depend on the hash."""
+    time.sleep(1 - time.time() % 1)

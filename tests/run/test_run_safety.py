@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, deploy_process, tree_digest, wait_until
+from tests.conftest import REPO, deploy_process, next_second, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -189,6 +189,7 @@ def test_old_releases_are_pruned_after_success_never_the_live_or_the_previous(si
     site.edit(keep_releases=2)
     made = []
     for i in range(4):
+        next_second()
         (site.source / "manage.py").write_text(f"print({i})\n")
         code, out = site.deploy()
         assert code == 0, out
