@@ -236,17 +236,18 @@ def _deploy(args, run: Run) -> str:
         if gone is None:
             raise
         from deployer.remote import instance
-        from deployer.run import reading
+        from deployer.run import reading, records
 
         # A run killed on this machine (TeamCity's SIGKILL) left its lock and
         # what it changed: undone first, as `deployer unlock` does, then the
         # deploy; kept, if it was done on a host (past its commit point).
         undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
-        keep = bool(instance.finished_on(reading.states(undo), gone))
+        keep = bool(instance.past_commit(reading.states(undo, history=reading.WHOLE_HISTORY), gone))
         reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
                       f" taking it over and {'keeping' if keep else 'undoing'} what it left, then deploying")
         run.executor = Executor(undo, reporter, parallel)
         run.executor.run(pipeline.unlock(undo, gone, keep))
+        records.forget(gone)
         run.executor = Executor(ctx, run.reporter, parallel)
         run.executor.run(the_plan)
     return run.executor.serving(True)

@@ -263,7 +263,7 @@ def _rollback(args, run: Run, stdin) -> str:
         names.release(args.to)
     reader = context.for_instance(name, target, "rollback")
     run.report_to(frozenset())
-    states = reading.states(reader, history=1000)
+    states = reading.states(reader, history=reading.WHOLE_HISTORY)
     release = instance.rollback_target(states, args.to)
     if all(s.live == release for s in states.values()):
         return f"release {release} is already live on every host; nothing to do"
@@ -297,7 +297,7 @@ def _hostname_of(states: dict[str, instance.HostState], release: str) -> str:
 def _unlock(args, run: Run, stdin) -> str:
     name, target = _instance(args)
     run.report_to(frozenset())
-    states = reading.states(context.for_instance(name, target, "unlock"))
+    states = reading.states(context.for_instance(name, target, "unlock"), history=reading.WHOLE_HISTORY)
     odd = [f"{h}: {s.odd_lock}" for h, s in states.items() if s.odd_lock]
     if odd:
         raise DeployError(f"{name}'s lock is not one deployer made: {'; '.join(odd)}. Look at"
@@ -317,7 +317,7 @@ def _unlock(args, run: Run, stdin) -> str:
         raise DeployError(f"{name} is locked by run {gone} ({who}), which is still running on this machine"
                           f" (pid {alive});"
                           " stop it (it undoes its own changes), or wait for it")
-    done_on = instance.finished_on(states, gone)
+    done_on = instance.past_commit(states, gone)
     if done_on:
         what = (f"its history says it was done on {', '.join(done_on)}, so what it changed is kept on every"
                 " host (none is undone: the hosts would serve different releases)")
@@ -330,6 +330,7 @@ def _unlock(args, run: Run, stdin) -> str:
     run.reporter.start(name, "", ctx.release, False, action="unlock")
     run.executor = reading.executor(ctx, run.reporter)
     run.executor.run(pipeline.unlock(ctx, gone, keep=bool(done_on)))
+    records.forget(gone)
     if not done_on:
         return f"unlocked: what run {gone} left is undone on every host"
     return f"unlocked: run {gone} was done on {', '.join(done_on)}; its changes are kept on every host, " + _lives(

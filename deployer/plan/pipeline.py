@@ -41,11 +41,18 @@ def build(ctx: Context) -> Plan:
     return Plan(tuple(built), lock=lock, after=after)
 
 
+# What a host may answer `read` with: every release and up to 1,000 history
+# lines (rollback's), each cut at 4 KiB on the host. A longer answer fails
+# (reading.states): acted on in part, it could lack the live release.
+READ_LIMIT = 16 * 1024 * 1024
+
+
 def read(ctx: Context, history: int = 20) -> Plan:
     """Read what the instance's hosts hold; changes nothing, takes no lock."""
     step = steps.Run("read releases, lock and history", ctx.host_names,
                      command=hostscripts.state(ctx.deploy_path, ctx.releases_dir, ctx.state_dir, history,
-                                               stage_lib.VHOST_RECORD, ctx.shared_dir))
+                                               stage_lib.VHOST_RECORD, ctx.shared_dir),
+                     output_limit=READ_LIMIT)
     return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
 
 

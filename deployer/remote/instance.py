@@ -14,6 +14,8 @@ from deployer.errors import DeployError
 from deployer.run import records
 
 HISTORY_FIELDS = ("time", "action", "outcome", "release", "hostname", "who", "ci", "revision", "run")
+# The lock's line for people (context.lock_owner): "deploy of release R by ...".
+_OWNER = re.compile(r"[a-z]+ of release (\S+) by ")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class HostState:
     releases: tuple[Release, ...] = ()  # oldest first
     lock: str = ""  # who holds the lock and for how long, "" when nobody does
     lock_run: str = ""  # the holder's run id, "" for a lock with no owner
+    lock_release: str = ""  # the release the holder was making live, by its line for people (context.lock_owner)
     history: tuple[dict[str, str], ...] = field(default=())
     # What the host said that deployer never writes (a live link to something
     # that is not a release), and a lock naming no run id: never acted on.
@@ -43,7 +46,9 @@ class HostState:
 def parse(stdout: str) -> HostState:
     """A host's answer to hostscripts.state. Every name in it is held to the
     shape deployer gives it before anything uses it: the host may be hostile."""
-    live, releases, lock, lock_run, history, odd, odd_lock, shared = "", [], "", "", [], [], "", False
+    live = lock = lock_run = lock_release = odd_lock = ""
+    releases, history, odd = [], [], []
+    shared = False
     for row in stdout.splitlines():
         kind, _, rest = row.partition(" ")
         if kind == "live":
@@ -62,11 +67,14 @@ def parse(stdout: str) -> HostState:
                 run = ""
             lock_run = run
             lock = f"{who.strip() or 'a run that is taking or releasing it'}, for {_age(age)}"
+            making = _OWNER.match(who)
+            lock_release = making[1] if making and names.RELEASE.fullmatch(making[1]) else ""
         elif kind == "history":
             history.append(_entry(rest))
         elif row == "shared":
             shared = True
-    return HostState(live, tuple(releases), lock, lock_run, tuple(history), tuple(odd), odd_lock, shared)
+    return HostState(live, tuple(releases), lock, lock_run, lock_release, tuple(history), tuple(odd), odd_lock,
+                     shared)
 
 
 def shown(text: str, limit: int = 80) -> str:
@@ -152,11 +160,29 @@ def holder_here(owner: str) -> tuple[str, int | None] | None:
     return run, (pid or None)
 
 
-def finished_on(states: dict[str, HostState], run_id: str) -> list[str]:
-    """The hosts whose history says run `run_id` was done there: past that,
-    the run had made its changes on every host, and none may be undone."""
-    return [h for h, s in states.items()
-            if any(e["run"] == run_id and e["outcome"] == "done" for e in s.history)]
+def past_commit(states: dict[str, HostState], run_id: str) -> list[str]:
+    """The hosts whose history says run `run_id` was done there. Done is
+    written after the switch, which is one step on every host: so done on one
+    host, the run had switched them all, and its changes are kept, never
+    undone on some. But a host can write anything in its history: each other
+    host must bear it out by its own state (it still holds that run's lock,
+    and serves the release the run was making live), or this raises, naming
+    the hosts: one host's word never decides what happens on another."""
+    done_on = [h for h, s in states.items()
+               if any(e["run"] == run_id and e["outcome"] == "done" for e in s.history)]
+    if not done_on:
+        return []
+    unborne = [f"{h} serves {s.live or 'no release'}, its lock "
+               + (f"says run {run_id} was making {s.lock_release} live" if s.lock_run == run_id and s.lock_release
+                  else "is not that run's")
+               for h, s in states.items()
+               if h not in done_on and not (s.lock_run == run_id and s.lock_release and s.live == s.lock_release)]
+    if unborne:
+        raise DeployError(f"the hosts disagree about run {run_id}: the history of {', '.join(done_on)} says it was"
+                          f" done there, but {'; '.join(unborne)}. deployer neither keeps nor undoes what it left:"
+                          " look at the hosts, remove the lock by hand (rm -r <deploy_root>/NAME.deployer/lock),"
+                          " then `deployer rollback NAME --to RELEASE` puts one release on every host")
+    return done_on
 
 
 def previous_live(state: HostState) -> str:

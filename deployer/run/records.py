@@ -62,6 +62,17 @@ class RunLock:
         self.fd = None
 
 
+def forget(run_id: str, registry: str | None = None) -> None:
+    """What a gone run left has been dealt with on every host: its record
+    goes, so that a lock a host later writes in its name is not taken over
+    by itself (it then reads as a run this machine cannot speak for)."""
+    if alive(run_id, registry) == 0:
+        try:
+            os.unlink(_path(registry or registry_dir(), run_id))
+        except OSError:
+            pass
+
+
 def alive(run_id: str, registry: str | None = None) -> int | None:
     """Run `run_id` of this user on this machine: its pid while it lives, 0
     once it is gone, None when this machine has no record of it."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from deployer.cli import manage
-from tests.conftest import deploy_process, tree_digest, wait_until
+from deployer.plan import pipeline
+from tests.conftest import deploy_process, next_second, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -25,6 +26,7 @@ def deployer(site, *argv: str) -> tuple[int, str]:
 def _deploy_versions(site, n: int) -> list[str]:
     made = []
     for i in range(n):
+        next_second()
         (site.source / "manage.py").write_text(f"print({i})\n")
         code, out = site.deploy("--var", f"EXTRA={i}")
         assert code == 0, out
@@ -105,6 +107,29 @@ def test_rollback_with_nothing_older_says_so(site):
     _deploy_versions(site, 1)
     code, out = deployer(site, "rollback", "--output", "plain")
     assert code == 1 and "no release older than the live one" in out, out
+
+
+def test_rollback_reads_a_long_history_whole_and_refuses_an_answer_cut_short(site, monkeypatch):
+    """A thousand deploys of 260-byte history lines (a TeamCity build URL and
+    name) once pushed the live release out of what the runner kept of the
+    host's answer: rollback said nothing was live."""
+    made = _deploy_versions(site, 2)
+    history = site.root / "www" / "alpha.deployer" / "history"
+    last = history.read_text().splitlines()[-1]
+    fields = last.split("\t")
+    fields[6] = "https://teamcity.example.test/buildConfiguration/Acme_Deploy/" + "1" * 180
+    with history.open("a") as f:
+        f.write(("\t".join(fields) + "\n") * 1000)
+    code, out = deployer(site, "rollback", "--output", "plain")
+    assert code == 0, out
+    assert os.readlink(site.live()).endswith(made[0])
+    # A host whose answer is over the limit is not acted on in part (the
+    # limit made small here: at 16 MiB, it takes some 400,000 releases).
+    monkeypatch.setattr(pipeline, "READ_LIMIT", 64 * 1024)
+    before = tree_digest(site.root, history=True)
+    code, out = deployer(site, "rollback", "--to", made[1], "--output", "plain")
+    assert code == 1 and "was over 64 KiB and was cut" in out, out
+    assert tree_digest(site.root, history=True) == before
 
 
 def test_a_failed_rollback_is_undone(site, tmp_path):

@@ -9,7 +9,7 @@ import yaml
 from deployer import context
 from deployer.artifact import packaging
 from deployer.config import load
-from deployer.errors import UsageError
+from deployer.errors import DeployError, UsageError
 from deployer.plan import pipeline
 from deployer.plan import stages as stage_lib
 from deployer.quoting import Command
@@ -396,3 +396,40 @@ def test_a_hosts_answer_is_held_to_deployers_shapes():
     assert parse(f"lock {'9' * 5000} 0123456789abcdef who\n").lock_run == "0123456789abcdef"
     ok = parse("live 20260101T000000Z-abc\nlock 5 0123456789abcdef deploy by a@b\n")
     assert ok.live == "20260101T000000Z-abc" and ok.lock_run == "0123456789abcdef" and not ok.odd
+
+
+def _answer(live: str, lock: tuple[str, str] | None = None, done: tuple[str, str] | None = None) -> str:
+    """A host's answer to the state program: its live release, the lock (run,
+    release it was making live) and a done line (run, release) in its history."""
+    rows = [f"live {live}"]
+    if lock:
+        rows.append(f"lock 5 {lock[0]} deploy of release {lock[1]} by ci@agent (run {lock[0]})")
+    if done:
+        rows.append("history " + "\t".join(("2026-12-06T10:00:00Z", "deploy", "done", done[1], "alpha.test",
+                                             "ci@agent", "-", "-", done[0])))
+    return "\n".join(rows) + "\n"
+
+
+def test_a_gone_run_done_on_one_host_is_kept_only_if_every_other_host_bears_it_out():
+    from deployer.remote.instance import parse, past_commit
+
+    run, old, new = "0123456789abcdef", "20260101T000000Z-aaa", "20260102T000000Z-bbb"
+    # Killed after web2 finished (its lock released, done written) and before
+    # web1 did: web1 still holds the lock, and serves the run's release.
+    states = {"web1": parse(_answer(new, lock=(run, new))), "web2": parse(_answer(new, done=(run, new)))}
+    assert past_commit(states, run) == ["web2"]
+    # Done nowhere: undone, as before.
+    assert past_commit({"web1": parse(_answer(old, lock=(run, new)))}, run) == []
+    # web1 forged a done line; honest web2, killed during migrate, still
+    # serves the old release under the run's lock: nothing is decided for it.
+    forged = {"web1": parse(_answer(old, lock=(run, new), done=(run, old))),
+              "web2": parse(_answer(old, lock=(run, new)))}
+    disagree = ("the hosts disagree about run 0123456789abcdef: the history of web1 says it was done there,"
+                " but web2 serves 20260101T000000Z-aaa, its lock says")
+    with pytest.raises(DeployError, match=disagree):
+        past_commit(forged, run)
+    # A host with no lock of that run and no done line does not bear it out either.
+    with pytest.raises(DeployError, match="web2 serves 20260102T000000Z-bbb, its lock is not that run's"):
+        past_commit({"web1": parse(_answer(new, done=(run, new))), "web2": parse(_answer(new))}, run)
+    # The lock's line for people names the release only in deployer's shape.
+    assert parse(_answer(old, lock=(run, "../../x"))).lock_release == ""

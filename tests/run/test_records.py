@@ -44,3 +44,15 @@ def test_a_run_that_could_not_release_a_hosts_lock_leaves_a_record_that_it_is_go
     lock.release(forget=False)
     assert records.alive(RUN, registry) == 0
 
+
+def test_a_gone_runs_record_is_forgotten_once_dealt_with_a_live_ones_never(tmp_path):
+    registry = str(tmp_path / "registry")
+    lock = records.RunLock(RUN, registry)
+    lock.hold()
+    records.forget(RUN, registry)  # alive: kept
+    assert records.alive(RUN, registry) > 0
+    lock.release(forget=False)
+    assert records.alive(RUN, registry) == 0
+    records.forget(RUN, registry)
+    # A lock a host writes in its name later is no run this machine can speak for.
+    assert records.alive(RUN, registry) is None
