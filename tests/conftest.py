@@ -239,7 +239,7 @@ def killed_run(run_id: str) -> None:
     """This machine's record of run `run_id` (run/records.py) as a run SIGKILLed
     would leave it: there, and held by nobody."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from deployer.run import records;"
-                               " runs.RunLock(sys.argv[1]).hold(); print('held', flush=True); time.sleep(60)",
+                               " records.RunLock(sys.argv[1]).hold(); print('held', flush=True); time.sleep(60)",
                                run_id], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
