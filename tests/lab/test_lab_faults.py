@@ -273,14 +273,20 @@ def test_no_request_fails_while_a_deploy_switches_and_reloads(site):
     ok, failed = int(ok), int(failed)
     logs = "".join(h.path(f"/var/log/apache2/{name}-error.log").read_text(errors="replace")
                    for h in site.lab.hosts if h.path(f"/var/log/apache2/{name}-error.log").exists())
-    # mod_wsgi's one known gap (README: Zero failed requests): a request that
-    # reaches a worker while a graceful restart re-creates the daemon's
-    # socket gets 503, since mod_wsgi retries a refused connection but not a
-    # missing socket. Each leaves this line in Apache's log; nothing else may fail.
-    race = len(re.findall(r"\(2\)No such file or directory: .*Unable to connect to WSGI daemon process", logs))
-    print(f"\n{ok} requests answered 200, {failed} failed ({race} when graceful re-created mod_wsgi's socket),"
-          f" during two deploys of {len(site.lab.hosts)} hosts")
-    assert failed <= race and all(" 503 " in e for e in errors.split("; ") if e), f"{errors}\n{logs[-3000:]}"
+    # The known gap of a graceful restart under mod_wsgi (README: Requests
+    # during a deploy; issue 17 takes graceful out of a code-only deploy): a
+    # request that reaches a worker while the restart re-creates the
+    # daemon's socket gets 503 (mod_wsgi retries a refused connection, not
+    # a missing socket), and one handed to a daemon of the old generation as
+    # it exits gets 500. Each leaves its line in Apache's log; nothing else
+    # may fail.
+    missing = len(re.findall(r"\(2\)No such file or directory: .*Unable to connect to WSGI daemon process", logs))
+    cut = len(re.findall(r"Truncated or oversized response headers received from daemon process", logs))
+    print(f"\n{ok} requests answered 200, {failed} failed ({missing} when graceful re-created mod_wsgi's socket,"
+          f" {cut} cut off by an exiting daemon), during two deploys of {len(site.lab.hosts)} hosts")
+    statuses = [" 503 "] * missing + [" 500 "] * cut
+    assert failed <= missing + cut and all(any(s in e for s in statuses) for e in errors.split("; ") if e), (
+        f"{errors}\n{logs[-3000:]}")
     assert ok > 20
 
 
