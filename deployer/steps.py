@@ -6,6 +6,7 @@ means the step runs on this machine (the runner).
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from deployer.artifact import packaging
 from deployer.quoting import Command
@@ -22,6 +23,8 @@ class Step:
     # a check; not for a command whose effects nothing undoes (migrate, a
     # hook), which must not start while another host may still fail.
     waits: bool = True
+    # Of the kind, not a field: whether a run that began it changed a host.
+    changes: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class Lock(Step):
     wait: int = 0
     hint: str = ""  # what to do about a lock that is held
     takes_over: str = ""  # the id of a run that is gone, whose lock this one takes over
+    changes: ClassVar[bool] = False
     # The run removes the instance: if it succeeds and these paths are gone
     # (its code, its shared files unless kept), its state (history
     # included) goes with the lock, and no trace of the instance is left.
@@ -222,3 +226,11 @@ class Plan:
         for stage, steps in self.stages:
             for step in steps:
                 yield stage, step
+
+
+def of_kind(table: dict, step: Step):
+    """`table`'s entry for the kind of `step`: its class, or the nearest base
+    class listed (a plugin's subclass of Run runs as a Run); None if none is.
+    The executor and the printers find how to run and show a step so: a new
+    kind adds an entry to each table, and no `isinstance` chain."""
+    return next((table[cls] for cls in type(step).__mro__ if cls in table), None)

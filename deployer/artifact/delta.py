@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 from deployer.artifact import packaging
+from deployer.config import names
 
 # The most of a host's answer kept (its list, gzipped, in base64); a longer
 # one is not believed, and the host gets every file.
@@ -68,11 +69,12 @@ def parse(stdout: str) -> Live:
 
 
 def live_release(stdout: str) -> str:
-    """The name of the release the live path pointed to, as `live_state` said."""
+    """The name of the release the live path pointed to, as `live_state` said;
+    "" if it is not a name deployer gives a release (the host may be hostile)."""
     for row in stdout.splitlines():
         kind, _, value = row.partition(" ")
         if kind == "live":
-            return value
+            return value if names.RELEASE.fullmatch(value) else ""
     return ""
 
 

@@ -7,10 +7,32 @@ import socket
 import threading
 import time
 
+from deployer import steps
 from deployer.connectors.result import Result
+from deployer.output import StepResult
+from deployer.run.failures import failure_message
+from deployer.run.fanout import Fanout
+from deployer.run.progress import Progress
 
 ATTEMPT_TIMEOUT = 5.0  # seconds for one request, connection included
 PAUSE = 0.5  # between attempts
+
+
+def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Progress) -> list[str]:
+    """Every host of `step` asked from the runner, all at once; what failed."""
+
+    def one(i: int) -> Result:
+        host = step.hosts[i]
+        progress.say(lambda r: r.step_started(stage, step, host))
+        started = time.monotonic()
+        result = check(step.addresses[i], step.port, step.path, step.host_header, step.status, step.timeout,
+                       fanout.stop)
+        progress.step_finished(stage, step, host, StepResult(result, time.monotonic() - started))
+        return result
+
+    results = fanout.map(range(len(step.hosts)), one)
+    failed = [(h, r) for h, r in zip(step.hosts, results, strict=True) if not r.ok]
+    return [failure_message(step, failed, progress.reporter.redact)] if failed else []
 
 
 def check(address: str, port: int, path: str, host_header: str, status: int, timeout: float,

@@ -58,6 +58,16 @@ class Entry:
     keep: int = 256 * 1024  # bytes of its stdout kept (the end)
 
 
+@dataclass(frozen=True)
+class Made:
+    """An entry of a host's session for one step, with what to do when it
+    starts there and with its result (besides reporting it)."""
+
+    entry: Entry
+    then: Callable[[Result], None] | None = None
+    started: Callable[[], None] | None = None
+
+
 class Piece:
     """Bytes of known length for one step's stdin, opened when the session
     gets to them."""
@@ -186,7 +196,9 @@ class _Stream:
 
     def __init__(self, split: Split, which: int):
         self.split, self.which = split, which
-        self.mark = re.compile(rb"\n" + re.escape(split.token) + rb" (\d+) (\d+)\n")
+        # Bounded: a host knows the token (it is on its stdin), and int() of
+        # 5,000 digits raises.
+        self.mark = re.compile(rb"\n" + re.escape(split.token) + rb" ([0-9]{1,9}) ([0-9]{1,3})\n")
         self.longest = len(split.token) + 24
         self.buffer = bytearray()
 

@@ -477,7 +477,7 @@ def test_stop_run_stops_the_sessions_a_gone_run_left_and_only_those(tmp_path):
 def test_work_dirs_of_killed_runs_on_this_machine_are_removed_and_no_other(tmp_path):
     import subprocess
 
-    from deployer.run.executor import _remove_stale_workdirs
+    from deployer.run.executor import remove_stale_workdirs
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -491,7 +491,7 @@ def test_work_dirs_of_killed_runs_on_this_machine_are_removed_and_no_other(tmp_p
     planted.symlink_to(elsewhere)
     unrelated = tmp_path / "deployer-lab"
     unrelated.mkdir()
-    _remove_stale_workdirs(str(tmp_path))
+    remove_stale_workdirs(str(tmp_path))
     assert not stale.exists()
     assert mine.is_dir() and elsewhere.is_dir() and planted.is_symlink() and unrelated.is_dir()
 

@@ -1,0 +1,80 @@
+"""The undo log: how to put back each change a run made on a host, recorded
+before the change starts, replayed backwards on every host if the run fails
+or is interrupted before its commit point; and, once the changes stand,
+what their undo needed, which goes in the host's next session."""
+
+import threading
+from dataclasses import dataclass
+
+from deployer.quoting import Command
+from deployer.run.failures import detail
+
+
+@dataclass(frozen=True)
+class Undo:
+    """How to put back one change on one host, and what to tidy if it is kept."""
+
+    host: str
+    title: str
+    command: Command
+    keep: Command | None = None
+
+
+class UndoLog:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entries: list[Undo] = []
+        # Per host, what to run again once its changes are undone (a reload).
+        self.again: dict[str, list[Command]] = {}
+        # Per host, the commands that remove what the undo of kept changes needed.
+        self.pending: dict[str, list[str]] = {}
+
+    def record(self, undo: Undo) -> None:
+        with self.lock:
+            self.entries.append(undo)
+
+    def again_after(self, host: str, command: Command) -> None:
+        """`command` ran on `host`: run it there again once the host's changes are undone."""
+        with self.lock:
+            self.again.setdefault(host, []).append(command)
+
+    def tidy(self, host: str, line: str) -> None:
+        """`line` runs on `host` once its changes stand (in its next session, or at the end)."""
+        with self.lock:
+            self.pending.setdefault(host, []).append(line)
+
+    def take_tidying(self, host: str) -> list[str]:
+        with self.lock:
+            return self.pending.pop(host, [])
+
+    def keep(self) -> None:
+        """The changes stand: what their undo needed is to be removed."""
+        with self.lock:
+            for u in self.entries:
+                if u.keep is not None:
+                    self.pending.setdefault(u.host, []).append(u.keep.line())
+            self.entries.clear()
+
+    def replay(self, run_quietly, on_each, note) -> list[str]:
+        """Every host's changes undone, newest first, hosts at once
+        (`on_each`), then what must run again there (Apache reloads the
+        previous config); each command with `run_quietly`'s time limit, so
+        a host that stopped answering cannot hold the rollback of the
+        others. The log is empty after. Returns what could not be undone."""
+        with self.lock:
+            count = len(self.entries)
+            todo: dict[str, list[tuple[str, Command]]] = {}
+            for u in reversed(self.entries):
+                todo.setdefault(u.host, []).append((u.title, u.command))
+            for host, undo in todo.items():
+                undo += [(f"then again: {c.line()}", c) for c in self.again.get(host, ())]
+            self.entries.clear()
+        if not todo:
+            return []
+        note(f"rolling back {count} change(s)")
+
+        def undo_host(host: str) -> list[str]:
+            return [f"{host}: {title}: {detail(result)}" for title, command in todo[host]
+                    if not (result := run_quietly(host, command.line())).ok]
+
+        return [p for found in on_each(list(todo), undo_host) for p in found]

@@ -1,0 +1,229 @@
+"""The upload: what each host is sent to make the new release, found out in
+the same session that makes it. Each host first says what its live release
+holds; the runner then builds, once per live release, a tarball of only
+what differs (with the lists of what goes and what comes), and sends it on
+the unpack's stdin; or, with a relay, the first host keeps a copy and the
+others read it from there (see relay.py)."""
+
+import gzip
+import hashlib
+import io
+import os
+import threading
+from dataclasses import dataclass
+
+from deployer import steps
+from deployer.artifact import delta, packaging
+from deployer.connectors.result import Result
+from deployer.run import relay, session
+from deployer.run.progress import Progress
+from deployer.run.undo import Undo, UndoLog
+
+
+@dataclass(frozen=True)
+class Sending:
+    """A tarball of the files a host lacks, and what the unpack reads before it."""
+
+    path: str
+    size: int
+    sha: bytes
+    base: bytes
+    want: bytes
+    lists: bytes  # the gzipped drop and add lists, each after its size
+    copy_sha: bytes  # of the lists and the tarball, as the relay's source keeps them
+
+    def head(self, how: str) -> bytes:
+        line = b"%s %s %s %s\n" % (self.sha, self.base, self.want, how.encode())
+        return line if how == "fetched" else line + self.lists
+
+
+class Uploads:
+    def __init__(self, workdir: str, progress: Progress, undo: UndoLog, transports: dict):
+        self.workdir = workdir
+        self.progress = progress
+        self.undo = undo
+        self.transports = transports  # the executor's, by host name, once connected
+        self.lock = threading.Lock()
+        # Per host, what its live release holds (for sending only what changed).
+        self.live: dict[str, delta.Live] = {}
+        self.previous: dict[str, str] = {}  # per host, its live release before the run
+        # Per live release, the tarball of what differs and the lists before
+        # it: made by the first host that needs it, while the others wait.
+        self.sendings: dict[delta.Live, Sending | threading.Event] = {}
+        self.offer: relay.Offer | None = None  # the upload's relay, once it starts
+        self.built = 0  # tarballs begun: each gets a name of its own
+
+    def begin(self, group: session.Group) -> None:
+        """Before a group's sessions start: the relay's one-time key, if an upload in it has a relay."""
+        for _, step in group.steps:
+            if isinstance(step, steps.Upload) and step.relay is not None and self.offer is None:
+                self.offer = relay.Offer.make(step.relay)
+
+    def entries(self, step: steps.Upload, host: str, timeout: float) -> list[session.Made]:
+        self.undo.record(Undo(host, f"undo {step.title}", step.undo))
+        state = step.state_first if host == step.hosts[0] else step.state
+        made = [session.Made(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT),
+                             then=lambda result: self.learned(host, result))]
+        unpack = session.Entry(step.command.line(), timeout=timeout,
+                               data=session.Deferred(lambda: self.sending(step, host)))
+        offer = self.offer
+        if offer is None:
+            return [*made, session.Made(unpack)]
+        if host == offer.plan.source:
+            # Withdrawn in the source's next session, and on failure.
+            self.undo.record(Undo(host, "withdraw the relay key", offer.plan.close))
+            self.undo.tidy(host, offer.plan.close.line())
+            return [*made, session.Made(unpack, then=lambda result: self.offered(host, result))]
+        # It waits for the source to unpack, then reads within its own
+        # limit: a slow source means the runner sends, not a failed step.
+        fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
+                              data=session.Deferred(lambda: self.fetch_input(step, host)))
+        return [*made, session.Made(fetch, then=lambda result: self.fetched(host, result)), session.Made(unpack)]
+
+    def learned(self, host: str, result: Result) -> None:
+        with self.lock:
+            self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
+            self.previous[host] = delta.live_release(result.stdout)
+
+    def offered(self, host: str, result: Result) -> None:
+        with self.lock:
+            self.offer.open = result.ok and "is offered to the other hosts" in result.stdout
+        refused = [line for line in result.stdout.splitlines() if "is not offered" in line]
+        if result.ok and refused:
+            self.progress.note(f"{host}: {refused[0]}; the runner sends it to each of them")
+
+    def fetched(self, host: str, result: Result) -> None:
+        said = result.stdout.strip()
+        with self.lock:
+            self.offer.asked.add(host)
+            if result.ok and said == "fetched":
+                self.offer.fetched.add(host)
+        if result.ok and said and said != "fetched":
+            self.progress.note(f"{host}: the artifact was {said}; the runner sends it instead")
+
+    def ended(self, host: str) -> None:
+        """`host`'s session is over. A host that never said what it holds gets
+        everything; hosts waiting for its list go on, and so do those waiting
+        to read the artifact from it."""
+        with self.lock:
+            self.live.setdefault(host, delta.Live())
+            if self.offer is not None and host == self.offer.plan.source:
+                self.offer.give_up()
+
+    def choice(self, step: steps.Upload, host: str) -> Sending | None:
+        """What makes the new release on `host`, once it is known what the
+        host holds (and, for a host with the first host's live release,
+        once the first host has sent its list); None until then."""
+        first = step.hosts[0]
+        with self.lock:
+            live = self.live.get(host)
+            if live is None or (live.base and live.listed is None and first not in self.live):
+                return None
+            if live.listed is None and live.base and self.live[first].base == live.base:
+                live = delta.Live(live.base, live.drift, self.live[first].listed)
+        return self.prepared(step, live)
+
+    def sending(self, step: steps.Upload, host: str) -> session.Piece | None:
+        """The unpack's stdin on `host` (see remote/sh/unpack.sh); None until known."""
+        s = self.choice(step, host)
+        if s is None:
+            return None
+        how, key = "sent", b""
+        with self.lock:
+            offer = self.offer
+            if offer is not None and host == offer.plan.source:
+                offer.path = s.path if s.size >= relay.MIN_SIZE else ""
+                if offer.path:
+                    how, key = "keep", b"%s %s\n" % (s.copy_sha, offer.public.encode())
+            elif offer is not None and host not in offer.asked:
+                return None  # not before the fetch has ended
+            elif offer is not None and host in offer.fetched:
+                how = "fetched"
+        head = s.head(how) + key
+        if how == "fetched":
+            return session.Piece(len(head), lambda: io.BytesIO(head))
+        return session.Piece(len(head) + s.size, lambda: _Prefixed(head, open(s.path, "rb")))
+
+    def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
+        """The fetch's stdin on `host` (see remote/sh/fetch.sh): what it needs to
+        read the artifact from the source, once the source offers it, or `-`
+        when it does not or `host` needs another tarball; None until known."""
+        s = self.choice(step, host)
+        if s is None:
+            return None
+        offer = self.offer
+        with self.lock:
+            if offer.path is None or (offer.path == s.path and offer.open is None):
+                return None
+            go = offer.path == s.path and offer.open
+        data = b"-\n"
+        if go:
+            source = self.transports[offer.plan.source]
+            data = (b"%s %d\n%s\n%s\n" % (s.copy_sha, len(s.lists) + s.size, source.user.encode(),
+                                             source.known_line(relay.ALIAS).encode()) + offer.private)
+        return session.Piece(len(data), lambda: io.BytesIO(data))
+
+    def prepared(self, step: steps.Upload, live: delta.Live) -> Sending:
+        """The tarball and the lists for a host whose live release is `live`:
+        made once per deploy for all the hosts that hold the same one, by the
+        first that asks, outside the lock (the others wait for it)."""
+        while True:
+            with self.lock:
+                found = self.sendings.get(live)
+                if found is None:
+                    self.sendings[live] = building = threading.Event()
+                    self.built += 1
+                    n = self.built
+            if isinstance(found, Sending):
+                return found
+            if found is None:
+                break
+            found.wait()  # set however its build ends
+        try:
+            made = self._build(step, live, n)
+        except BaseException:
+            with self.lock:
+                del self.sendings[live]  # the next host to ask tries again, and fails as this one did
+            building.set()
+            raise
+        with self.lock:
+            self.sendings[live] = made
+        building.set()
+        return made
+
+    def _build(self, step: steps.Upload, live: delta.Live, n: int) -> Sending:
+        b = step.build
+        plan = delta.against(b.manifest, live)
+        path = step.local
+        if plan.send is not None:
+            path = os.path.join(self.workdir, f"changed-{n}.tar.gz")
+            packaging.build(b.source, b.rules, path, expect=b.manifest.digest, only=plan.send)
+        lists = b"".join(b"%d\n%s" % (len(part), part)
+                         for part in (gzip.compress(plan.drop, mtime=0), gzip.compress(plan.add, mtime=0)))
+        # One read for both: the tarball's sha256, and that of what a
+        # host keeps for the others (the lists, then the tarball).
+        tarball, copy = hashlib.sha256(), hashlib.sha256(lists)
+        size = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                tarball.update(chunk)
+                copy.update(chunk)
+                size += len(chunk)
+        return Sending(path, size, tarball.hexdigest().encode(), plan.base.encode(), plan.want.encode(), lists,
+                       copy.hexdigest().encode())
+
+
+class _Prefixed:
+    """Some bytes, then a file: read in chunks, so the artifact is never in memory whole."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            chunk, self.head = self.head[:n], self.head[n:]
+            return chunk
+        return self.f.read(n)
+
+    def close(self) -> None:
+        self.f.close()
