@@ -33,6 +33,7 @@ OK, FAILED, NOT_RUN = "ok", "failed", "not run"
 # the rest). "ssh" is not printed: the script ran, or it did not.
 HOST_CHECKS = ("ssh", "deploy_root", "sites-available", "sites-enabled", "tools", "lock", "configtest")
 
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # OK, FAILED or NOT_RUN

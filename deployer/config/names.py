@@ -6,6 +6,7 @@ a metacharacter: a DNS label and an RFC 1123 host name. Template values
 (`--var`, `vars:`, the environment) may be any one line of UTF-8 text.
 """
 
+import ipaddress
 import re
 import unicodedata
 
@@ -95,3 +96,11 @@ def token_value(key: str, value: str, where: str) -> str:
     if problem:
         raise UsageError(f"{where}: value of {key} {problem}")
     return value
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

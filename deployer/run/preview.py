@@ -35,6 +35,7 @@ from deployer.run.executor import Executor
 # As the install (remote/sh/install.sh): a larger vhost is never replaced, so never read.
 VHOST_LIMIT = 1024 * 1024
 
+
 def read_vhost(live: str, conf: str) -> Command:
     """Print the state of `conf` (and its content) and whether `live` is a link (see remote/sh/read-vhost.sh)."""
     return hostscripts.program("read-vhost", live, conf, str(VHOST_LIMIT))

@@ -13,7 +13,7 @@ import yaml
 
 from deployer import config
 from deployer.cli.deploy import main
-from deployer.config import Apache, Host, Var, Vpn
+from deployer.config import Apache, Host, Var, Vpn, loader
 from deployer.errors import ConfigError, UsageError
 
 
@@ -606,7 +606,7 @@ def _schema_validator():
 
 def _yaml(text: str):
     # As an editor reads it: YAML 1.2, where `on:` is a key and `no` a string.
-    return yaml.load(text, Loader=config._Loader)
+    return yaml.load(text, Loader=loader._Loader)
 
 
 def _uncommented(text: str) -> str:

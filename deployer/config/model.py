@@ -1,0 +1,178 @@
+"""targets.yaml as the rest of deployer sees it: frozen dataclasses, made by
+the loader (loader.py) once the file has passed its checks (schema.py,
+build.py), and the names every part shares."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CATCH_ALL = "*"
+# Hosts at once, by default. Each host costs the runner a thread, an SSH
+# connection and paramiko's own reader thread, and its CPU encrypts every
+# byte for every session: past a few dozen, more at once only adds
+# contention on a build agent's cores (README: "Hosts at once").
+MAX_PARALLEL = 32
+DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
+HOOK_PLACES = ("all", "first", "local")
+BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME", "HTTP_PORT")
+# `apache: {ctl: builtin}`: an Apache of the local target's own, on loopback
+# (the script says how); run with sh, so a wheel's file mode does not matter.
+LOCAL_APACHE_CTL = Path(__file__).parent.parent / "remote" / "local-apache2ctl"
+# The committed JSON Schema of targets.yaml; tests/config/test_config.py keeps it
+# equal to json_schema(), and `python -m deployer.config` prints that.
+SCHEMA_FILE = Path(__file__).with_name("targets.schema.json")
+
+
+@dataclass(frozen=True)
+class Host:
+    address: str
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.address if self.port == 22 else f"{self.address}:{self.port}"
+
+
+LOCAL_HOST = Host("local")
+
+
+@dataclass(frozen=True)
+class Vpn:
+    kind: str = "none"
+    config: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Apache:
+    dir: str = "/etc/apache2"
+    ctl: tuple[str, ...] = ("apache2ctl",)
+    # Apache reads its configuration as root, and a vhost may hold secrets
+    # (SetEnv DB_PASSWORD ...): nobody else needs to read it.
+    vhost_mode: int = 0o640
+    vhost_owner: str = ""
+    vhost_group: str = ""
+    port: int = 80  # <<HTTP_PORT>> in the template: the vhost's port, and the health check's
+
+    @property
+    def vhost_chown(self) -> str:
+        """The argument to chown, or "" to leave the writing user's."""
+        if self.vhost_group:
+            return f"{self.vhost_owner}:{self.vhost_group}"
+        return self.vhost_owner
+
+
+@dataclass(frozen=True)
+class Package:
+    source: str = "."
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()  # paths packaged although the safe defaults withhold them
+    # (path, why): the targets file and every file it names, in any target;
+    # never packaged unless included by name.
+    protected: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What outlives a release (uploads, a SQLite file, a settings file with
+    secrets): kept in <root>/<CONFIG_NAME>.shared/ on each host and linked
+    into every new release at the same relative path."""
+
+    root: str = ""  # "" until resolved: the target's deploy_root
+    dirs: tuple[str, ...] = ()  # made if missing
+    files: tuple[str, ...] = ()  # must exist: deployer never writes them
+    group: str = ""  # the group of the directories it makes (group-writable, setgid)
+
+
+@dataclass(frozen=True)
+class Health:
+    """Asked of every host after the reload: GET `path` with the instance's
+    Host header must answer `status` within `timeout` seconds."""
+
+    path: str
+    status: int = 200
+    timeout: float = 30.0
+    port: int = 80
+
+
+@dataclass(frozen=True)
+class Var:
+    value: str
+    secret: bool = False
+    source: str = ""  # the environment variable it was read from
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A shell snippet from targets.yaml and where it runs."""
+
+    run: str
+    on: str = "all"
+
+
+@dataclass(frozen=True)
+class Target:
+    entry: str
+    transport: str
+    hosts: tuple[Host, ...]
+    known_hosts: str | None
+    connect_timeout: float
+    step_timeout: float
+    migrate_timeout: float
+    parallel: int
+    relay: bool
+    keep_releases: int
+    protected: bool  # `deployer destroy` refuses it (alpha, production)
+    deploy_root: str
+    vpn: Vpn
+    apache: Apache
+    migrate: str | None
+    package: Package
+    shared: Shared
+    health: Health | None
+    template: str
+    vars: dict[str, Var] = field(hash=False)
+    pipeline: tuple[str, ...]
+    stages: dict[str, Hook] = field(hash=False)
+    before: dict[str, tuple[Hook, ...]] = field(hash=False)
+    after: dict[str, tuple[Hook, ...]] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Something a real run needs that this machine lacks: a file, or an
+    environment variable. A real run fails on the first one (exit 2); a dry
+    run lists them all. `kind` says what a dry run can do without it:
+    "connect" (a key, known_hosts, the VPN file: needed to reach the hosts),
+    "template", "source" (the package source), "value" (of the var `var`)."""
+
+    key: str  # the key path, as errors name it: targets/alpha/vpn/config
+    problem: str
+    kind: str
+    var: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+class YamlInt(int):
+    """An integer that remembers how it was written: under vars:, `0755`,
+    `12:30` and `0x1F` are the strings a template means, not 493, 750, 31."""
+
+    text: str
+
+
+class YamlFloat(float):
+    text: str
+
+
+def kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if value == "":
+        return "an empty string"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", YamlInt: "an integer", YamlFloat: "a number"}.get(
+        type(value), type(value).__name__)

@@ -1,0 +1,604 @@
+"""The shape of targets.yaml, defined once: the pydantic models check every
+entry as merged with the defaults (a mistake written under defaults: is
+named there), word their errors as deployer does, and give the JSON Schema
+editors read (committed as deployer/config/targets.schema.json). Imported
+only when a file is loaded: pydantic costs more than the rest, and
+`deploy --help` needs none of it."""
+
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    WrapValidator,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticCustomError
+
+from deployer.config import names
+from deployer.config.loader import merge
+from deployer.config.model import (
+    BUILTIN_TOKENS,
+    CATCH_ALL,
+    DEFAULT_PIPELINE,
+    HOOK_PLACES,
+    MAX_PARALLEL,
+    YamlFloat,
+    YamlInt,
+    kind_of,
+)
+from deployer.errors import ConfigError, UsageError
+
+# Each rule is written once, in the models below; where JSON Schema can say
+# it, the schema says it too, made from the same models. Errors are in our
+# words: a check raises _problem(...), and a type pydantic checks is wrapped
+# in says(...), which rewords the errors of that value (not of its items).
+
+
+def _problem(message: str, *below: str | int) -> Exception:
+    """An error in our words; `below`: the keys under the value checked that it is about."""
+    return PydanticCustomError("deployer", message, {"below": below} if below else None)
+
+
+def _anchored(pattern: str) -> str:
+    # pydantic and JSON Schema both search for a pattern anywhere in the text.
+    return f"^(?:{pattern})$"
+
+
+def _as_written_text(value: Any) -> Any:
+    """A number as YAML wrote it (0640, not 416); anything else as it is."""
+    return value.text if isinstance(value, (YamlInt, YamlFloat)) else value
+
+
+def _non_empty(value: Any) -> str:
+    return f"expected a non-empty string, got {kind_of(value)}"
+
+
+def _config_name(name: str) -> None:
+    if name != CATCH_ALL:
+        names.config_name(name)
+
+
+def _var_name(name: str) -> None:
+    names.token_name(name)
+    if name in BUILTIN_TOKENS:
+        raise UsageError(f"{name} is set by deployer and cannot be overridden")
+
+
+def _stage_name(name: str) -> None:
+    if name in DEFAULT_PIPELINE:
+        raise UsageError("a built-in stage has this name; use hooks to run commands before or after it")
+
+
+def _host_address(address: str) -> str:
+    try:
+        names.hostname(address)
+    except UsageError:
+        if not names.is_ip(address):
+            raise _problem(f"not a host name or IP address: {address!r}") from None
+    return address
+
+
+_MODE = r"0?[0-7]{3}"
+_ACCOUNT = r"[a-z_][a-z0-9_.-]*\$?|[0-9]+"
+_URL_PATH = r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*"
+
+
+def _private_mode(value: Any) -> int:
+    # Written as in chmod; an unquoted 0640 is read as YAML wrote it.
+    text = _as_written_text(value)
+    if not isinstance(text, str) or not re.fullmatch(_MODE, text):
+        got = repr(text) if isinstance(text, str) else kind_of(value)
+        raise _problem(f"expected an octal mode such as \"0640\", got {got}")
+    mode = int(text, 8)
+    if mode & ~0o660 or not mode & 0o400:
+        raise _problem(f"{text}: the owner must read it, and nobody else but the group may"
+                       " (no execute bits): e.g. 0600 or 0640")
+    return mode
+
+
+def _release_path(value: str) -> str:
+    """A path inside every release: relative, plain, not one deployer keeps there."""
+    norm = posixpath.normpath(value)
+    problem = names.value_problem(value)
+    if problem:
+        raise _problem(f"{value!r} {problem}")
+    if value.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "/../" in value:
+        raise _problem(f"expected a path inside the release, such as media or var/db, got {value!r}")
+    if norm.split("/")[0].startswith(".deployer"):
+        raise _problem(f"{value!r} is a name deployer keeps in every release")
+    return norm
+
+
+def _template_value(value: Any) -> str:
+    """A var's value as a template gets it: numbers as written (0755 stays "0755"), one line."""
+    if isinstance(value, bool) or value is None:
+        raise _problem(f"{kind_of(value)} is not a value for a template; quote it")
+    value = _as_written_text(value)
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise _problem(f"expected a string or a number, got {kind_of(value)}")
+    problem = names.value_problem(value)
+    if problem:
+        raise _problem(f"value {problem}")
+    return value
+
+
+def _unique(stages: list[str]) -> list[str]:
+    # Entry-point stages are checked when the plan is built; here only
+    # duplicates (and, in TargetSpec, hooks on stages that will not run).
+    for i, name in enumerate(stages):
+        if name in stages[:i]:
+            raise _problem(f"stage {name!r} listed twice", i)
+    return stages
+
+
+# The short forms: `- web1` is {address: web1}, `KEY: 1.10` is {value: "1.10"},
+# `restart: ./x` is {run: ./x}, and a hook alone is a list of one.
+def _host_shorthand(value: Any) -> Any:
+    return {"address": value} if isinstance(value, str) else value
+
+
+def _var_shorthand(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) or value is None:  # bool is an int
+        return {"value": _template_value(value)}
+    return value
+
+
+def _hook_shorthand(value: Any) -> Any:
+    return {"run": value} if isinstance(value, str) else value
+
+
+def _one_or_more(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+def says(message: Callable[[Any], str | None]) -> WrapValidator:
+    """Errors of the value itself read message(value) (None: keep pydantic's);
+    errors inside it (an item of a list, a key of a mapping) keep their own."""
+
+    def reword(value: Any, handler: Callable[[Any], Any]) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as e:
+            text = message(value) if all(not err["loc"] for err in e.errors()) else None
+            if text is None:
+                raise
+            raise _problem(text) from None
+
+    return WrapValidator(reword)
+
+
+def between(low: int, high: int) -> Any:
+    def reword(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"expected an integer from {low} to {high}, got {value}"
+        return "expected an integer"
+
+    # A plain int: getaddrinfo refuses the subclass that remembers its text.
+    return Annotated[int, Field(ge=low, le=high), says(reword), AfterValidator(lambda v: int(v))]
+
+
+def one_of(*choices: str) -> Any:
+    def reword(value: Any) -> str:
+        if isinstance(value, str) and value.strip():
+            return f"expected one of {', '.join(choices)}, got {value!r}"
+        return _non_empty(value)
+
+    return Annotated[Literal[choices], says(reword)]
+
+
+def checked_key(check: Callable[[str], None], schema: dict) -> Any:
+    """A key that `check` accepts (it raises UsageError, as deployer.config.names does);
+    `schema` says the same to an editor, from the same regex and names."""
+
+    def validate(value: str) -> str:
+        try:
+            check(value)
+        except UsageError as e:
+            raise _problem(str(e)) from None
+        return value
+
+    return Annotated[str, AfterValidator(validate), WithJsonSchema({"type": "string", **schema})]
+
+
+def matching(pattern: str) -> Any:
+    return Annotated[str, Field(pattern=_anchored(pattern))]
+
+Text = Annotated[str, Field(pattern=r"\S"), says(_non_empty)]
+Texts = Annotated[list[Text], says(lambda v: f"expected a list of strings, got {kind_of(v)}")]
+Flag = Annotated[bool, says(lambda v: "expected true or false")]
+Seconds = Annotated[float, Field(gt=0.0), says(lambda v: "expected a positive number of seconds")]
+Port = between(1, 65535)
+# deployer.config.names' own regexes: the schema says what its checks check.
+TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names._LABEL.pattern}")})
+VarName = checked_key(_var_name, {"pattern": _anchored(names._TOKEN.pattern),
+                                  "not": {"enum": list(BUILTIN_TOKENS)}})
+StageName = checked_key(_stage_name, {"not": {"enum": list(DEFAULT_PIPELINE)}})
+Mode = Annotated[int, BeforeValidator(_private_mode, json_schema_input_type=matching(_MODE) | int)]
+Account = Annotated[
+    str, Field(pattern=_anchored(_ACCOUNT)),
+    says(lambda v: f"expected a user or group name or number, got {kind_of(v)}"),
+    # A uid or gid may be written unquoted.
+    BeforeValidator(_as_written_text, json_schema_input_type=matching(_ACCOUNT) | int),
+]
+UrlPath = Annotated[str, Field(pattern=_anchored(_URL_PATH)),
+                    says(lambda v: f"expected a URL path such as /health, got {v!r}" if isinstance(v, str)
+                          else _non_empty(v))]
+ReleasePaths = Annotated[list[Annotated[Text, AfterValidator(_release_path)]],
+                         says(lambda v: f"expected a list of strings, got {kind_of(v)}")]
+
+
+class _Spec(BaseModel):
+    # Strict: YAML already typed every value, and "22" for a port is a
+    # mistake to point at, not to convert. Frozen: a spec is read, never
+    # changed. Deferred: one validator, TargetsFile's, made on first use,
+    # rather than one for every class here (a fifth of the models' cost).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # extra="forbid" says so too, and gives the schema its
+        # additionalProperties: false; this says which keys there are.
+        if isinstance(data, dict):
+            for key in data:
+                if not isinstance(key, str):
+                    raise _problem(f"keys must be strings, got {key!r}")
+                if key not in cls.model_fields:
+                    raise _problem(f"unknown key; expected one of: {', '.join(sorted(cls.model_fields))}", key)
+        return data
+
+
+class HostSpec(_Spec):
+    """A host, and what differs on it from the target's user, port and key."""
+
+    address: Annotated[Text, AfterValidator(_host_address)] = Field(
+        description="Host name or IP address, as this machine reaches it (through the VPN).")
+    user: Text = Field(None, description="SSH user; default: the target's `user`.")
+    port: Port = Field(None, description="SSH port; default: the target's `port`.")
+    identity_file: Text | None = Field(
+        None, description="SSH private key file on this machine; default: the target's `identity_file`;"
+        " null for none.")
+
+
+class VpnSpec(_Spec):
+    """The VPN this machine opens to reach the hosts, and closes after the run."""
+
+    kind: one_of("none", "openvpn") = Field("none", description="`none`, or `openvpn` (needs `config`).")
+    config: Text = Field(
+        None, description="The OpenVPN config file (.ovpn) on this machine, for kind openvpn; never packaged,"
+        " nor the key files it names.")
+    timeout: Seconds = Field(30, description="Seconds to wait for the tunnel to come up.")
+
+    @model_validator(mode="after")
+    def _config_for_openvpn(self) -> "VpnSpec":
+        if self.kind == "openvpn" and self.config is None:
+            raise _problem("missing; kind openvpn needs its config file (.ovpn)", "config")
+        return self
+
+
+class ApacheSpec(_Spec):
+    """Apache on the hosts: where the vhost goes, how it is reloaded."""
+
+    dir: Text = Field(
+        "/etc/apache2", description="Apache's configuration directory on the hosts (its sites-available/ and"
+        " sites-enabled/): an absolute path, unless transport is local.")
+    ctl: Text = Field(
+        "apache2ctl", description="The apache2ctl command, or a command prefix such as `sudo apache2ctl`;"
+        " `builtin` (transport local only) is deployer's own Apache on this machine, on 127.0.0.1, run as"
+        " you.")
+    port: Port = Field(
+        80, description="The vhost's port: <<HTTP_PORT>> in the template, and the health check's.")
+    vhost_mode: Mode = Field(
+        "0640", validate_default=True, description="The vhost file's mode, as in chmod: the owner reads it,"
+        " nobody else but the group may (0600, 0640, ...).")
+    vhost_owner: Account | None = Field(
+        None, description="The vhost file's owner (chown needs root); default: the SSH user.")
+    vhost_group: Account | None = Field(None, description="The vhost file's group; default: the SSH user's.")
+
+
+class PackageSpec(_Spec):
+    """What goes into the release tarball."""
+
+    source: Text = Field(".", description="The folder to package (the folder of manage.py), on this machine.")
+    exclude: Texts = Field(
+        [], description="Lines as in .gitignore (git's own rules): a pattern without / matches a name at any"
+        " depth (*.pyc, media/), one with / a path from the source root (static/*.map), ** any depth"
+        " (**/*.map).")
+    include: Texts = Field(
+        [], description="Exact paths packaged although the safe defaults withhold them (keys, .env files, the"
+        " files targets.yaml names).")
+
+
+class SharedSpec(_Spec):
+    """What outlives a release (uploads, a SQLite file, a settings file with secrets): kept in
+    <root>/<CONFIG_NAME>.shared/ on each host and linked into every release at the same relative path."""
+
+    root: Text = Field(
+        None, description="Where the .shared/ folders are, on the hosts; default: `deploy_root`; or storage"
+        " every host mounts (NFS).")
+    dirs: ReleasePaths = Field(
+        [], description="Folders, relative to the release (media, var/db): made if missing.")
+    files: ReleasePaths = Field(
+        [], description="Files, relative to the release (local_settings.py): must be there already; deployer"
+        " never writes them.")
+    group: Account | None = Field(
+        None, description="The group of the folders it makes, group-writable (setgid), if the app writes there"
+        " (www-data).")
+
+    @model_validator(mode="after")
+    def _each_path_once(self) -> "SharedSpec":
+        every = self.dirs + self.files
+        if len(set(every)) != len(every):
+            raise _problem("a path is named twice")
+        for a in every:
+            for b in every:
+                if b.startswith(a + "/"):
+                    raise _problem(f"{b!r} is inside {a!r}: name only the outer one")
+        return self
+
+
+class HealthSpec(_Spec):
+    """Asked of every host after the reload: GET `path` with the instance's Host header must
+    answer `status` within `timeout` seconds, or every host is put back."""
+
+    path: UrlPath = Field(description="The URL path to ask for, e.g. /health.")
+    status: between(100, 599) = Field(200, description="The HTTP status it must answer.")
+    timeout: Seconds = Field(30, description="Seconds to wait for that answer.")
+    port: Port = Field(None, description="The port to ask on; default: apache's `port`.")
+
+
+class VarSpec(_Spec):
+    """A template token's value: written here (`value`) or read from the environment (`env`)."""
+
+    value: Annotated[str, BeforeValidator(_template_value, json_schema_input_type=str | int | float)] = Field(
+        None, description="The value: one line of text, kept as written (0755 stays 0755).")
+    env: Text = Field(None, description="The environment variable to read the value from, when deploying.")
+    secret: Flag = Field(False, description="Mask the value in all output.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "VarSpec":
+        if (self.value is None) == (self.env is None):
+            raise _problem("expected exactly one of value or env")
+        return self
+
+
+class HookSpec(_Spec):
+    """A shell command, run by /bin/sh in the new release."""
+
+    run: Text = Field(description="The command.")
+    on: one_of(*HOOK_PLACES) = Field(
+        "all", description="Where it runs: `all` hosts, the `first` host only, or `local`: this machine.")
+
+Hook = Annotated[HookSpec, BeforeValidator(_hook_shorthand, json_schema_input_type=Text | HookSpec)]
+Hooks = Annotated[list[Hook], BeforeValidator(_one_or_more, json_schema_input_type=Hook | list[Hook])]
+
+
+class HooksSpec(_Spec):
+    """Commands before or after a stage of the pipeline, by stage name."""
+
+    before: dict[str, Hooks] = Field(
+        {}, description="Stage name: a command, or a list of them, run before it.")
+    after: dict[str, Hooks] = Field({}, description="Stage name: a command, or a list of them, run after it.")
+
+HostItem = Annotated[HostSpec, BeforeValidator(_host_shorthand, json_schema_input_type=Text | HostSpec)]
+Var = Annotated[VarSpec, BeforeValidator(_var_shorthand, json_schema_input_type=str | int | float | VarSpec)]
+
+
+class TargetSpec(_Spec):
+    """A target: where and how `deploy CONFIG_NAME HOSTNAME` deploys. Every key is optional; under
+    `defaults:` they are what every target starts from. Paths on this machine may be relative to
+    targets.yaml."""
+
+    transport: one_of("ssh", "local") = Field(
+        "ssh", description="`ssh`, or `local`: this machine, no SSH, no VPN.")
+    hosts: Annotated[list[HostItem], Field(min_length=1),
+                     says(lambda v: "expected a non-empty list of hosts")] = Field(
+        None, description="The hosts, for transport ssh: each an address (host name or IP), or {address, user,"
+        " port, identity_file}.")
+    user: Text | None = Field(None, description="SSH user on the hosts; default: the current user.")
+    port: Port = Field(22, description="SSH port of the hosts.")
+    identity_file: Text | None = Field(
+        None, description="SSH private key file on this machine; default: the SSH agent's and the default"
+        " keys.")
+    known_hosts: Text = Field(
+        "~/.ssh/known_hosts", description="Host keys are checked against this file only: an unknown or changed"
+        " key refuses the host.")
+    connect_timeout: Seconds = Field(10, description="Seconds to wait for a host's SSH connection.")
+    step_timeout: Seconds = Field(
+        600, description="Seconds a remote command may run before it is stopped and its step fails.")
+    migrate_timeout: Seconds = Field(
+        3600, description="Seconds migrate may run before it is stopped and its step fails.")
+    parallel: between(1, 1000) = Field(
+        MAX_PARALLEL, description="Hosts at once, at most (fewer when the target has fewer).")
+    relay: Flag = Field(
+        True, description="The other hosts read the artifact from the first one: it crosses the tunnel once.")
+    keep_releases: between(2, 1000) = Field(
+        5, description="Releases kept per host after a run that succeeded; the live one and the one before it"
+        " are always kept.")
+    protected: Flag = Field(False, description="`deployer destroy` refuses this target.")
+    deploy_root: Text = Field(
+        "/var/www", description="DEPLOY_PATH is <deploy_root>/<CONFIG_NAME>: an absolute path on the hosts,"
+        " without white space (relative to targets.yaml only for transport local).")
+    vpn: VpnSpec = Field(
+        {"kind": "none"}, validate_default=True,
+        description="The VPN: {kind: none}, or {kind: openvpn, config: FILE, timeout: 30}.")
+    apache: ApacheSpec = Field({}, validate_default=True, description="Apache on the hosts.")
+    migrate: Text | None = Field(
+        "python manage.py migrate --noinput", description="A shell command run in the new release; null for"
+        " none.")
+    shared: SharedSpec = Field({}, validate_default=True, description="What outlives a release.")
+    health: HealthSpec | None = Field(
+        None, description="A request every host must answer after the reload; default: none.")
+    package: PackageSpec = Field({}, validate_default=True, description="What goes into the release.")
+    template: Text = Field("templates/default_template", description="The vhost template, on this machine.")
+    vars: dict[VarName, Var] = Field(
+        {}, description="Template tokens, besides HOSTNAME, DEPLOY_PATH, CONFIG_NAME and HTTP_PORT:"
+        " `KEY: value`, or `KEY: {env: VAR, secret: true}` to read it from the environment and mask it in all"
+        " output.")
+    pipeline: Annotated[list[Text], says(lambda v: f"expected a list of strings, got {kind_of(v)}"),
+                        AfterValidator(_unique)] = Field(
+        list(DEFAULT_PIPELINE), json_schema_extra={"uniqueItems": True},
+        description="The stages, in order: built-in ones, shell stages named in `stages`, plugin stages.")
+    stages: dict[StageName, Hook] = Field(
+        {}, description="Shell stages to name in `pipeline`: `name: command` or {run: command, on:"
+        " all|first|local}.")
+    hooks: HooksSpec = Field({}, validate_default=True, description="Commands before or after a stage.")
+
+    @model_validator(mode="after")
+    def _hooks_on_stages_that_run(self) -> "TargetSpec":
+        for when in ("before", "after"):
+            for stage in getattr(self.hooks, when):
+                if stage not in self.pipeline:
+                    raise _problem("no such stage in the pipeline", "hooks", when, stage)
+        return self
+
+Entry = Annotated[TargetSpec, BeforeValidator(lambda v: {} if v is None else v,
+                                              json_schema_input_type=TargetSpec | None)]
+
+
+class TargetsFile(_Spec):
+    """targets.yaml: the targets of `deploy CONFIG_NAME HOSTNAME`, and the defaults they share."""
+
+    model_config = ConfigDict(title="deployer targets.yaml")
+
+    defaults: TargetSpec = Field(
+        {}, validate_default=True, description="What every target starts from: an entry overrides it key by"
+        " key (mappings merge, lists and strings replace).")
+    targets: Annotated[dict[TargetName, Entry], Field(min_length=1),
+                       says(lambda v: "expected at least one target" if v == {} else None)] = Field(
+        description="The targets by config name (a DNS label, e.g. demo-acme); the entry \"*\" is used for any"
+        " config name not listed.")
+
+
+class SchemaGenerator(GenerateJsonSchema):
+    """The schema as editors read it: hover text from the descriptions, no
+    titles made up from class and field names, and the same from every
+    pydantic 2 (the committed file is compared with what this one makes)."""
+
+    def field_title_should_be_set(self, schema) -> bool:
+        return False
+
+    def default_schema(self, schema) -> dict:
+        # A field that is None by default means "see the description"
+        # (the target's port, deploy_root): null is no value to offer.
+        if schema.get("default", ...) is None and schema["schema"]["type"] != "nullable":
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+    def dict_schema(self, schema) -> dict:
+        # The keys' pattern as propertyNames, so that a key matching none is
+        # an error too (patternProperties alone would let it through).
+        keys = self.generate_inner(schema["keys_schema"]) if "keys_schema" in schema else {}
+        out = {"type": "object", "additionalProperties": self.generate_inner(schema["values_schema"])}
+        if any(k != "type" for k in keys):
+            out["propertyNames"] = {k: v for k, v in keys.items() if k != "type"}
+        self.update_with_validations(out, schema, self.ValidationsMapping.object)
+        return out
+
+
+def validated(source: str, doc: Any, defaults: Any) -> Any:
+    """`doc` checked by the models (a TargetsFile), each entry as merged with `defaults`."""
+    checked = doc
+    if isinstance(doc, dict):
+        checked = dict(doc)
+        entries = doc.get("targets")
+        if isinstance(defaults, dict):
+            # The defaults are checked under each entry, as merged: alone, a
+            # mapping in them may lack what every entry adds to it.
+            checked["defaults"] = {}
+            if isinstance(entries, dict):
+                checked["targets"] = {name: merge(defaults, {} if e is None else e)
+                                      for name, e in entries.items()}
+    try:
+        return TargetsFile.model_validate(checked)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(source, _key_path(err, doc, defaults), _wording(err)) from None
+
+
+def _key_path(err: dict, doc: Any, defaults: Any) -> str:
+    keys = list(err["loc"])
+    if keys and keys[-1] == "[key]":  # the key itself is wrong
+        keys.pop()
+        if err["type"] == "string_type":
+            keys.pop()  # not a string: named by the mapping it is in
+    if err["type"] == "deployer":
+        keys += (err.get("ctx") or {}).get("below", ())
+    if keys[:1] == ["targets"] and len(keys) > 1 and _from_defaults(doc["targets"][keys[1]], defaults, keys[2:]):
+        keys = ["defaults", *keys[2:]]  # said where it is written
+    return "/".join(str(k) for k in keys)
+
+
+def _from_defaults(entry: Any, defaults: Any, keys: list) -> bool:
+    """Whether the value at `keys` of an entry merged with the defaults is the defaults' alone."""
+    entry = {} if entry is None else entry  # `alpha:` alone: the defaults, all of it
+    for key in keys:
+        if not isinstance(entry, dict) or not isinstance(defaults, dict):
+            return False  # replaced by the entry's, or made from it (`- web1` is {address: web1})
+        if key not in entry:
+            return key in defaults
+        entry, defaults = entry[key], defaults.get(key)
+    return False
+
+
+def _wording(err: dict) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "deployer":
+        return err["msg"]
+    if kind == "string_type" and err["loc"][-1:] == ("[key]",):
+        return f"keys must be strings, got {value!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {kind_of(value)}"
+    if kind == "missing":
+        return "missing; this key is required"
+    known = {"list_type": f"expected a list, got {kind_of(value)}", "string_type": _non_empty(value),
+             "int_type": "expected an integer", "float_type": "expected a number",
+             "bool_type": "expected true or false", "extra_forbidden": "unknown key"}
+    if kind in known:
+        return known[kind]
+    message = err["msg"]
+    return message[:1].lower() + message[1:]
+
+
+def json_schema() -> dict:
+    """targets.yaml's JSON Schema, from the models: what deployer/config/targets.schema.json holds.
+
+    Draft 7, the newest that yaml-language-server (VS Code, Neovim, ...) validates with."""
+    schema = TargetsFile.model_json_schema(ref_template="#/definitions/{model}",
+                                                  schema_generator=SchemaGenerator)
+    definitions = schema.pop("$defs")
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **_for_editors(schema),
+            "definitions": {name: _for_editors(d, title=False) for name, d in sorted(definitions.items())}}
+
+
+def _for_editors(node: Any, title: bool = True) -> Any:
+    if isinstance(node, list):
+        return [_for_editors(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _for_editors(v) for k, v in node.items() if title or k != "title"}
+    if isinstance(node.get("description"), str):
+        node["description"] = " ".join(node["description"].split())  # a docstring's lines, as one
+    if "$ref" in node and len(node) > 1:
+        # Draft 7 ignores whatever stands beside a $ref: the field's
+        # description and default would be lost to the hover.
+        node = {"allOf": [{"$ref": node.pop("$ref")}], **node}
+    return node
+
+
+def schema_text() -> str:
+    """json_schema() as the committed file holds it."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
