@@ -64,7 +64,7 @@ class Builder:
         return os.path.normpath(self.path(value)).rstrip("/") or "/"
 
     def target(self, entry: str, t: Any, path: str) -> Target:  # t: a TargetSpec
-        # In the order of the file's README table: a dry run lists what
+        # In the order of the keys in targets.yaml's reference: a dry run lists what
         # this machine lacks in this order.
         transport = t.transport
         hosts = self.hosts(t, path) if transport == "ssh" else (LOCAL_HOST,)

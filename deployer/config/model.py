@@ -10,7 +10,7 @@ CATCH_ALL = "*"
 # Hosts at once, by default. Each host costs the runner a thread, an SSH
 # connection and paramiko's own reader thread, and its CPU encrypts every
 # byte for every session: past a few dozen, more at once only adds
-# contention on a build agent's cores (README: "Hosts at once").
+# contention on a build agent's cores (docs/explanation/speed.md: "Hosts at once").
 MAX_PARALLEL = 32
 DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
 HOOK_PLACES = ("all", "first", "local")

@@ -125,7 +125,7 @@ def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
     assert not process_running(pid)
 
 
-# What the local Apache loads (README: Your first deploy), besides its MPM.
+# What the local Apache loads (docs/tutorial.md: Your first deploy), besides its MPM.
 LOCAL_MODULES = {"mod_authz_core", "mod_authz_host", "mod_alias", "mod_mime", "mod_dir", "mod_env",
                  "mod_headers", "mod_setenvif", "mod_wsgi"}
 

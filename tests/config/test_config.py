@@ -582,6 +582,20 @@ def test_the_committed_schema_is_the_one_the_models_make():
     assert committed == config.json_schema()
 
 
+def test_the_committed_reference_is_the_one_the_schema_makes():
+    from deployer.config.reference import markdown
+
+    committed = (REPO / "docs" / "reference" / "targets.md").read_text(encoding="utf-8")
+    # After a change to the models: python -m deployer.config reference > docs/reference/targets.md
+    assert committed == markdown(config.json_schema())
+    # Every key of every part of an entry is in it, with its words.
+    schema = config.json_schema()
+    for definition in [schema, *schema["definitions"].values()]:
+        for key, prop in definition["properties"].items():
+            words = " ".join(prop["description"].split())[:40].replace("<", "&lt;")
+            assert f"| `{key}` |" in committed and words in committed
+
+
 def test_every_key_has_text_for_the_editors_hover():
     schema = config.json_schema()
     for name, definition in [("targets.yaml", schema), *schema["definitions"].items()]:

@@ -273,7 +273,7 @@ def test_no_request_fails_while_a_deploy_switches_and_reloads(site):
     ok, failed = int(ok), int(failed)
     logs = "".join(h.path(f"/var/log/apache2/{name}-error.log").read_text(errors="replace")
                    for h in site.lab.hosts if h.path(f"/var/log/apache2/{name}-error.log").exists())
-    # The known gap of a graceful restart under mod_wsgi (README: Requests
+    # The known gap of a graceful restart under mod_wsgi (docs/explanation/a-run.md: Requests
     # during a deploy; issue 17 takes graceful out of a code-only deploy): a
     # request that reaches a worker while the restart re-creates the
     # daemon's socket gets 503 (mod_wsgi retries a refused connection, not
