@@ -54,21 +54,32 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"deployer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
-        completion.names(c.add_argument("config_name", metavar="CONFIG_NAME",
-                                        help="the instance, as given to deploy"))
-        c.add_argument("--targets", default="targets.yaml", metavar="PATH",
-                       help="the targets file (default: ./targets.yaml)")
-        return c
-
-    init_cmd = sub.add_parser("init", help="write a commented targets.yaml and a vhost template into a project",
-                          description="Write a commented targets.yaml and templates/default_template into"
-                          " DIRECTORY (default: here), a starting point to edit. Nothing is written if either"
-                          " is there already.", allow_abbrev=False)
-    init_cmd.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
+    _init_command(sub)
     check.add_parser(sub)
+    _tool_commands(sub)
+    _fleet_commands(sub)
+    _instance_commands(sub)
+    return p
+
+
+_OUTPUT = ("auto", "rich", "plain", "teamcity", "json")
+
+
+def _targets(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--targets", default="targets.yaml", metavar="PATH",
+                   help="the targets file (default: ./targets.yaml)")
+
+
+def _init_command(sub) -> None:
+    init_cmd = sub.add_parser("init", help="write a commented targets.yaml and a vhost template into a project",
+                              description="Write a commented targets.yaml and templates/default_template into"
+                              " DIRECTORY (default: here), a starting point to edit. Nothing is written if either"
+                              " is there already.", allow_abbrev=False)
+    init_cmd.add_argument("directory", metavar="DIRECTORY", nargs="?", default=".", type=Path)
+
+
+def _tool_commands(sub) -> None:
+    """schema and completion: for an editor and a shell, no host."""
     sub.add_parser("schema", help="print the JSON Schema of targets.yaml (for editors)",
                    description="Print the JSON Schema of targets.yaml, which editors read to complete and check"
                    " it: deployer schema > .deployer/targets.schema.json", allow_abbrev=False)
@@ -78,15 +89,18 @@ def parser() -> argparse.ArgumentParser:
                            ' eval "$(deployer completion bash)"; to ~/.zshrc: eval "$(deployer completion zsh)".',
                            allow_abbrev=False)
     shell.add_argument("shell", choices=("bash", "zsh"))
+
+
+def _fleet_commands(sub) -> None:
+    """list and destroy: the instances on a target's hosts."""
     listing = sub.add_parser("list", help="every instance on a target's hosts: who deployed what, when, where",
                              description="Every instance deployer made on the hosts of CONFIG_NAME's target"
                              " (default: the catch-all entry \"*\", where demo instances go): its hostname, live"
                              " release, when and by whom it was deployed, and where hosts disagree.",
                              allow_abbrev=False)
     completion.names(listing.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
-                         help="any instance of the target whose hosts to list (default: the catch-all entry)"))
-    listing.add_argument("--targets", default="targets.yaml", metavar="PATH",
-                         help="the targets file (default: ./targets.yaml)")
+                     help="any instance of the target whose hosts to list (default: the catch-all entry)"))
+    _targets(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     destroy = sub.add_parser(
         "destroy", help="remove an instance from every host (or every unprotected one older than --older-than)",
@@ -95,37 +109,43 @@ def parser() -> argparse.ArgumentParser:
         " terminal (--yes otherwise); refuses targets marked protected: true in targets.yaml.",
         allow_abbrev=False)
     completion.names(destroy.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
-                         help="the instance; with --older-than, any instance of the target whose hosts to look on"
-                         " (default: the catch-all entry)"))
+                     help="the instance; with --older-than, any instance of the target whose hosts to look on"
+                     " (default: the catch-all entry)"))
     destroy.add_argument("--older-than", type=_age, metavar="AGE",
                          help="every unprotected instance whose last deploy is older than AGE (14d, 12h, 2w)")
     destroy.add_argument("--keep-shared", action="store_true",
                          help="keep the instance's shared files (database, uploads) in <root>/<name>.shared")
-    destroy.add_argument("--targets", default="targets.yaml", metavar="PATH",
-                         help="the targets file (default: ./targets.yaml)")
+    _targets(destroy)
     destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    destroy.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"), default="auto")
-    for name, help in (("releases", "the releases each host keeps, the live one marked, and where hosts disagree"),
-                       ("history", "the instance's runs as each host recorded them, oldest first")):
-        c = command(name, help)
-        c.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        if name == "history":
-            c.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
-                           help="the last N runs (default 20)")
-    for name, help in (("rollback", "every host back to the previous release present on all of them (or --to"
-                                    " one), with the vhost it was deployed with; migrate is never run"),
-                       ("unlock", "remove the lock of a run that is gone (killed), undoing what it left")):
-        c = command(name, help)
-        c.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"), default="auto")
-        if name == "rollback":
-            c.add_argument("--to", metavar="RELEASE", help="the release to go back to (deployer releases)")
-            c.add_argument("-n", "--dry-run", action="store_true",
-                           help="read the hosts and print the plan; change nothing")
-            c.add_argument("--lock-wait", type=_count, default=0, metavar="SECONDS",
-                           help="wait up to SECONDS for another run of this instance to end")
-        else:
-            c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    return p
+    destroy.add_argument("--output", choices=_OUTPUT, default="auto")
+
+
+def _instance_commands(sub) -> None:
+    """releases, history, rollback, unlock: one instance, by its config name."""
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+        completion.names(c.add_argument("config_name", metavar="CONFIG_NAME",
+                                        help="the instance, as given to deploy"))
+        _targets(c)
+        return c
+
+    releases = command("releases", "the releases each host keeps, the live one marked, and where hosts disagree")
+    releases.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history = command("history", "the instance's runs as each host recorded them, oldest first")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
+                         help="the last N runs (default 20)")
+    rollback = command("rollback", "every host back to the previous release present on all of them (or --to"
+                       " one), with the vhost it was deployed with; migrate is never run")
+    rollback.add_argument("--output", choices=_OUTPUT, default="auto")
+    rollback.add_argument("--to", metavar="RELEASE", help="the release to go back to (deployer releases)")
+    rollback.add_argument("-n", "--dry-run", action="store_true",
+                          help="read the hosts and print the plan; change nothing")
+    rollback.add_argument("--lock-wait", type=_count, default=0, metavar="SECONDS",
+                          help="wait up to SECONDS for another run of this instance to end")
+    unlock = command("unlock", "remove the lock of a run that is gone (killed), undoing what it left")
+    unlock.add_argument("--output", choices=_OUTPUT, default="auto")
+    unlock.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def _age(text: str) -> float:
