@@ -254,3 +254,22 @@ def next_second() -> None:
     one takes well under that) sort by their hash instead, and a test that
     reads "newer" and "older" from the names would depend on the hash."""
     time.sleep(1 - time.time() % 1)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-django, as on a fresh machine
+
+
+def _has_django() -> bool:
+    return subprocess.run([SYSTEM_PYTHON, "-c", "import django"], capture_output=True).returncode == 0
+
+
+# A site served on this machine by the local target's own Apache.
+needs_local_site = pytest.mark.skipif(
+    not os.path.exists(SYSTEM_PYTHON) or not _has_django() or not shutil.which("apache2ctl", path="/usr/sbin"),
+    reason="needs Debian's python3-django and apache2 (run .ci/run)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,12 +18,11 @@ import yaml
 
 from deployer import config
 from deployer.cli.deploy import EPILOG, main
-from deployer.errors import EXIT_DRY_RUN_LACKS
+from deployer.errors import EXIT_DRY_RUN_LACKS, ConfigError
 from deployer.run import preview
 from tests.conftest import REPO, tree_digest
-from tests.lab.fixtures import lab, lab_session  # noqa: F401
-from tests.lab.test_lab_deploy import Site as LabSite
-from tests.lab.test_lab_deploy import assert_vpn_down
+from tests.lab.fixtures import Site as LabSite
+from tests.lab.fixtures import assert_vpn_down, lab, lab_session  # noqa: F401
 
 SECRET_ENV = "DEPLOYER_TEST_DRY_RUN_SECRET"
 SECRET = "Dry-Run-S3cret-Value"
@@ -189,7 +188,7 @@ def test_resolve_for_dry_run_reads_with_the_same_reader(laptop):
     assert [m.kind for m in missing] == ["connect", "connect", "value"]
     assert target.vars["DB_PASSWORD"] == config.Var(f"<{SECRET_ENV}: not set here>", secret=True,
                                                     source=SECRET_ENV)
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         targets.resolve("alpha")
     assert str(e.value) == f"{laptop.targets}: " + EXPECTED[0].format(root=laptop.root)
 

@@ -14,7 +14,7 @@ from deployer import config, context
 from deployer.cli import init, manage
 from deployer.errors import UsageError
 from deployer.plan import template
-from tests.cli.test_local_default import _free_port, needs_local_site
+from tests.conftest import free_port, needs_local_site
 
 REPO = Path(__file__).resolve().parents[2]
 SKELETON = REPO / "deployer" / "skeleton"
@@ -185,7 +185,7 @@ def test_init_in_a_new_django_project_then_deploy_local_serves_it(tmp_path):
     assert manage.main(["init", str(project)], stdout=io.StringIO()) == 0
     targets = project / "targets.yaml"
     text = targets.read_text()
-    port = _free_port()
+    port = free_port()
     # The machine's first python3 may have no Django (a pyenv build): the skeleton says to name one that has.
     assert "port: 8480}" in text and "migrate: python3 manage.py migrate --noinput" in text
     targets.write_text(text.replace("port: 8480}", f"port: {port}}}")

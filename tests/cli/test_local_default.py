@@ -17,27 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, process_running
+from tests.conftest import REPO, SYSTEM_PYTHON, free_port, needs_local_site, process_running
 
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-django, as on a fresh machine
 LOCAL_CTL = REPO / "deployer" / "remote" / "local-apache2ctl"
 README_PORT = 8480  # the local target's apache: port in targets.yaml
 WHEELHOUSE = REPO / ".ci" / "wheelhouse"  # made by .ci/run
-
-
-def _has_django() -> bool:
-    return subprocess.run([SYSTEM_PYTHON, "-c", "import django"], capture_output=True).returncode == 0
-
-
-needs_local_site = pytest.mark.skipif(
-    not os.path.exists(SYSTEM_PYTHON) or not _has_django() or not shutil.which("apache2ctl", path="/usr/sbin"),
-    reason="needs Debian's python3-django and apache2 (run .ci/run)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(port: int, path: str, host: str) -> tuple[int, str]:
@@ -85,7 +69,7 @@ def _copy_checkout(dest: Path, parts=("targets.yaml", "templates", "examples/dja
 @needs_local_site
 def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
     checkout = _copy_checkout(tmp_path / "checkout")
-    port = _free_port()  # not the README's: a local site of the developer's may hold that
+    port = free_port()  # not the README's: a local site of the developer's may hold that
     targets = checkout / "targets.yaml"
     text = targets.read_text()
     assert f"port: {README_PORT}}}" in text
@@ -133,7 +117,7 @@ LOCAL_MODULES = {"mod_authz_core", "mod_authz_host", "mod_alias", "mod_mime", "m
 @needs_local_site
 def test_the_local_apache_serves_only_what_the_site_grants(tmp_path):
     checkout = _copy_checkout(tmp_path / "checkout")
-    port = _free_port()
+    port = free_port()
     targets = checkout / "targets.yaml"
     targets.write_text(targets.read_text().replace(f"port: {README_PORT}}}", f"port: {port}}}"))
     # A folder the site aliases but grants nothing in.
@@ -300,7 +284,7 @@ def test_the_built_wheel_holds_every_package_file_and_deploys(tmp_path):
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], env=env, check=True,
                    capture_output=True, timeout=300)
     checkout = _copy_checkout(tmp_path / "checkout")
-    port = _free_port()
+    port = free_port()
     targets = checkout / "targets.yaml"
     targets.write_text(targets.read_text().replace(f"port: {README_PORT}}}", f"port: {port}}}"))
     try:

@@ -9,106 +9,27 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-from deployer.run import relay
-from tests.conftest import REPO, tree_digest, wait_until
+from tests.conftest import REPO, tree_digest
 from tests.lab import lab as tests_lab
-from tests.lab.fixtures import lab, lab_session  # noqa: F401
+from tests.lab.fixtures import (  # noqa: F401
+    DEPLOY,
+    Site,
+    assert_vpn_down,
+    error_of,
+    lab,
+    lab_session,
+    release_of,
+    site,
+)
 
 pytestmark = pytest.mark.lab
-
-DEPLOY = [sys.executable, "-m", "deployer"]
-
-
-class Site:
-    """A checkout of the example app and a targets.yaml for the lab."""
-
-    def __init__(self, lab, tmp: Path):
-        self.lab, self.tmp = lab, tmp
-        self.app = tmp / "app"
-        shutil.copytree(REPO / "examples" / "djangoapp", self.app,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        # Incompressible, so that the artifact is past relay.MIN_SIZE and the
-        # other hosts read it from the first one, as for any real-sized app.
-        (self.app / "static").mkdir(exist_ok=True)
-        (self.app / "static" / "ballast.bin").write_bytes(os.urandom(relay.MIN_SIZE + 200_000))
-        self.targets = tmp / "targets.yaml"
-        self.write()
-
-    def write(self, **changes) -> None:
-        # migrate is left to the real default, `python manage.py migrate --noinput`.
-        self.targets.write_text(yaml.safe_dump(self.lab.targets(self.app, **changes)))
-
-    def deploy(self, name: str, *extra: str) -> tuple[int, list[dict]]:
-        proc = subprocess.run(
-            [*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets),
-             "--output", "json", *extra],
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        events = [json.loads(line) for line in proc.stdout.splitlines()]
-        assert proc.stderr == "" or proc.returncode != 0, proc.stderr
-        return proc.returncode, events
-
-    def deploy_and(self, name: str, ready, act, timeout: float = 60) -> tuple[int, list[dict], str]:
-        """Start a deploy, wait until ready(), then act(proc): send a signal, cut a link."""
-        proc = subprocess.Popen(
-            [*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets), "--output", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        try:
-            wait_until(ready, proc)
-            act(proc)
-            out, err = proc.communicate(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        return proc.returncode, [json.loads(line) for line in out.splitlines()], err
-
-    def hosts_digest(self) -> list[dict]:
-        # /root/.ssh: the relay's one-time key must be gone, whatever happened.
-        return [{d: tree_digest(h.path(d)) for d in ("/var/www", "/etc/apache2", "/root/.ssh")}
-                for h in self.lab.hosts]
-
-    def health(self, i: int, name: str) -> dict:
-        with self.lab.vpn_client(log=self.tmp / f"check-{i}.log"):
-            status, _, body = self.lab.http_get(i, "/health", host=f"{name}.example.test")
-        assert status == 200, body
-        return json.loads(body)
-
-
-@pytest.fixture
-def site(lab, tmp_path):
-    return Site(lab, tmp_path)
-
-
-def error_of(events: list[dict]) -> str:
-    return events[-1]["error"] or ""
-
-
-def release_of(events: list[dict]) -> str:
-    return events[0]["release"]
-
-
-def assert_vpn_down(lab) -> None:
-    """No tunnel route left and no OpenVPN client of ours still running."""
-    with pytest.raises(OSError):
-        socket.create_connection((lab.addresses[0], 22), timeout=2).close()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        # deployer's own client (openvpn --cd DIR --config FILE); the lab's checking client adds --log.
-        ours = cmdline[:1] == [b"openvpn"] and str(lab.client_ovpn).encode() in cmdline
-        assert not ours or b"--log" in cmdline, pid
-
 
 def applied_migrations(lab, name: str) -> list[tuple[str, int]]:
     db = sqlite3.connect(lab.shared_dir / f"{name}.shared" / "data" / f"{name}.sqlite3")

@@ -17,8 +17,7 @@ import time
 import pytest
 
 from tests.lab import lab as tests_lab
-from tests.lab.fixtures import lab, lab_session  # noqa: F401
-from tests.lab.test_lab_deploy import DEPLOY, assert_vpn_down, error_of, release_of, site  # noqa: F401
+from tests.lab.fixtures import DEPLOY, assert_vpn_down, error_of, lab, lab_session, release_of, site  # noqa: F401
 
 pytestmark = pytest.mark.lab
 
