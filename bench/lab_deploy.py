@@ -50,7 +50,7 @@ from bench import app as benchapp
 from tests.lab.lab import REPO, Lab, up
 
 CONTENDERS = ("deployer", "loop", "ansible", "ansible-tuned")
-SHORT = {"deployer": "dep", "loop": "loop", "ansible": "ans", "ansible-tuned": "anst"}
+SHORT = {"deployer": "dep", "loop": "loop", "ansible": "ans", "ansible-tuned": "anst", "baseline": "base"}
 KINDS = ("cold", "warm")
 ANSIBLE_VENV = Path("/var/tmp/deployer-bench-ansible")
 TEMPLATE = REPO / "templates" / "default_template"
@@ -243,8 +243,12 @@ class Bench:
     def command(self, contender: str, name: str, n: int, release: str) -> tuple[list[str], dict]:
         hostname = f"{name}.example.test"
         env = self.env()
-        if contender == "deployer":
-            return [sys.executable, "-m", "deployer", name, hostname, "--targets", str(self.targets(n)),
+        if contender in ("deployer", "baseline"):
+            # The baseline: another checkout's deployer, from its own .venv (this code before a change).
+            python = sys.executable
+            if contender == "baseline":
+                python = str(Path(self.args.baseline) / ".venv" / "bin" / "python")
+            return [python, "-m", "deployer", name, hostname, "--targets", str(self.targets(n)),
                     "--skip", "vpn", "--output", "plain"], env  # fmt: skip
         if contender == "loop":
             env.update(KEY=str(self.lab.ssh_key), KNOWN=str(self.lab.known_hosts), WORK=str(self.work),
@@ -316,7 +320,7 @@ class Bench:
         text = out.read_text(errors="replace")
         run = Run(seconds=m.seconds, ok=m.code == 0, tun_tx=tx1 - tx0, tun_rx=rx1 - rx0, retrans=re1 - re0,
                   machine_cpu=cpu1 - cpu0, own_cpu=m.cpu, rss_kib=m.rss_kib)  # fmt: skip
-        if contender == "deployer":
+        if contender in ("deployer", "baseline"):
             run.steps = deployer_steps(text, name, self.app)
         if m.code != 0:
             said = [line.strip() for line in text.splitlines() if line.startswith(("error:", "fatal:"))]
@@ -446,7 +450,7 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
     print("Median wall seconds of a whole deploy (package, upload, render, migrate, restart; VPN already up),")
     print(f"over {args.rounds} round(s); ok/rounds where a run failed. Ratios: deployer's median / the other's.")
     head = f"{'shape':>8} {'hosts':>5} {'kind':>4} " + " ".join(f"{c:>13}" for c in contenders)
-    ratios = [c for c in ("loop", "ansible-tuned") if c in contenders and "deployer" in contenders]
+    ratios = [c for c in ("loop", "ansible-tuned", "baseline") if c in contenders and "deployer" in contenders]
     head += "".join(f" {'dep/' + SHORT[c]:>9}" for c in ratios)
     print(head)
     for (shape, n, kind), by in results.items():
@@ -524,11 +528,17 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds one deploy may take (default 900)")
     p.add_argument("--wait", type=float, default=900, help="seconds to wait for another run's lab to go")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, app)")
+    p.add_argument("--baseline", metavar="DIR", help="also time the deployer of the checkout DIR (its .venv),"
+                   " taking turns with this one: a change measured against main in one run")
     args = p.parse_args()
     counts = [int(n) for n in args.hosts.split(",")]
     args.contenders = [c for c in args.contenders.split(",") if c]
     kinds = [k for k in args.kinds.split(",") if k]
-    unknown = set(args.contenders) - set(CONTENDERS) | set(kinds) - set(KINDS)
+    if args.baseline:
+        if not (Path(args.baseline) / ".venv" / "bin" / "python").exists():
+            p.error(f"--baseline {args.baseline}: no .venv/bin/python there")
+        args.contenders.append("baseline")
+    unknown = set(args.contenders) - set(CONTENDERS) - {"baseline"} | set(kinds) - set(KINDS)
     if unknown or not counts or min(counts) < 1 or args.rounds < 1:
         p.error(f"unknown {sorted(unknown)}" if unknown else "bad --hosts or --rounds")
     shapes: list[str | None] = [None] + ([args.shape] if args.shape else [])
