@@ -3,9 +3,10 @@ remote step changes anything, and a host whose connection died connected
 to again, once, for what must still run there (the rollback, tidying)."""
 
 from deployer.config import LOCAL_HOST, Target
-from deployer.connectors import transport
+from deployer.connectors.base import Transport
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
-from deployer.connectors.transport import LocalTransport, SshTransport, Transport
+from deployer.connectors.ssh import ERRORS, SshTransport
 from deployer.errors import StepFailed
 from deployer.run.failures import describe_error
 from deployer.run.fanout import Fanout
@@ -59,12 +60,12 @@ class Connections:
         t = self.transports[host]
         try:
             return t.run(line, timeout=UNDO_TIMEOUT)
-        except (StepFailed, *transport.ERRORS) as e:
+        except (StepFailed, *ERRORS) as e:
             if not t.reconnect():
                 return Result(1, "", describe_error(e))
         try:
             return t.run(line, timeout=UNDO_TIMEOUT)
-        except (StepFailed, *transport.ERRORS) as e:
+        except (StepFailed, *ERRORS) as e:
             return Result(1, "", describe_error(e))
 
     def close(self) -> None:

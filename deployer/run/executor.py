@@ -24,8 +24,8 @@ import threading
 import time
 
 from deployer import context, steps
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
-from deployer.connectors.transport import LocalTransport
 from deployer.context import Context
 from deployer.errors import DeployError, StepFailed, UndoIncomplete
 from deployer.output import Reporter, StepResult

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 from deployer import steps
-from deployer.connectors import transport
+from deployer.connectors.base import Transport
 from deployer.connectors.result import Result
+from deployer.connectors.ssh import ERRORS
 from deployer.errors import StepFailed
 from deployer.output import StepResult
 from deployer.run import session
@@ -43,7 +44,7 @@ class HostSession:
             self.entries.append(m.entry)
             self.owners.append((j, k == len(made) - 1, m))
 
-    def run(self, on: transport.Transport, run_id: str, over: Callable[[], None]) -> list[Result | None]:
+    def run(self, on: Transport, run_id: str, over: Callable[[], None]) -> list[Result | None]:
         """The session, to its end: every step that did not end has the
         session's own result (a time limit, a lost connection, a stop).
         `over()` runs as soon as the host is done, before that is said."""
@@ -52,7 +53,7 @@ class HostSession:
         try:
             result = on.run(session.command(run_id, self.entries).line(), stdin=stdin, timeout=split,
                             out=split.out, err=split.err)
-        except (StepFailed, *transport.ERRORS) as e:
+        except (StepFailed, *ERRORS) as e:
             result = Result(1, "", describe_error(e))
         except BaseException:
             split.finish(Result(1, "", "stopped"))

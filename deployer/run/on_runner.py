@@ -5,8 +5,8 @@ import os
 
 from deployer import steps
 from deployer.artifact import packaging
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
-from deployer.connectors.transport import LocalTransport
 from deployer.vpn import OpenVpnTunnel
 
 

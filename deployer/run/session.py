@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deployer import steps
+from deployer.connectors.base import Reader
 from deployer.connectors.result import Result, Tail
-from deployer.connectors.transport import Reader
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 

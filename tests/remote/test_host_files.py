@@ -15,8 +15,8 @@ import pytest
 
 from deployer.artifact import delta, packaging
 from deployer.cli.deploy import main
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Tail
-from deployer.connectors.transport import LocalTransport
 from deployer.remote import hostscripts
 from tests.conftest import armed_local_target
 

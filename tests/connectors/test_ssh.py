@@ -3,7 +3,7 @@
 import pytest
 
 from deployer.config import Host
-from deployer.connectors.transport import PID_HEAD_LIMIT, SshTransport, _PidLine, _RejectUnknown
+from deployer.connectors.ssh import PID_HEAD_LIMIT, SshTransport, _PidLine, _RejectUnknown
 from deployer.errors import StepFailed
 from tests.conftest import start_sshd
 

@@ -1,230 +1,39 @@
-"""How commands reach a host, files included (on their stdin): one small
-interface, two implementations.
-
-`SshTransport` wraps a Fabric Connection but checks host keys against the
-configured known_hosts: Fabric 3 hard-codes paramiko's AutoAddPolicy and never
-loads known_hosts (fabric#1804, fabric#2071), which would trust any server.
-"""
+"""A host over SSH: a Fabric Connection that checks host keys against the
+configured known_hosts (Fabric 3 hard-codes paramiko's AutoAddPolicy and
+never loads known_hosts, fabric#1804, fabric#2071, which would trust any
+server), commands on bare paramiko channels so that an interrupt can stop
+them (each reports its process group's pid first), with a watchdog for a
+host that stops answering."""
 
 import base64
 import hashlib
-import os
 import re
-import selectors
-import signal
-import subprocess
 import threading
 import time
-from typing import Protocol
 
 import paramiko
 from fabric import Config, Connection
 
 from deployer.config import Host
+from deployer.connectors.base import (
+    ANSWER_TIMEOUT,
+    CHUNK,
+    GRACE,
+    TIMED_OUT,
+    Feed,
+    Limit,
+    Sink,
+    Stdin,
+    Stopped,
+    as_limit,
+    timed_out,
+)
 from deployer.connectors.result import Result, Tail
 from deployer.errors import StepFailed
 from deployer.quoting import PID_MARKER, reporting_pid
 from deployer.remote import hostscripts
-from deployer.run.interrupts import Interrupted
 
-
-class Reader(Protocol):
-    def read(self, n: int) -> bytes: ...
-
-
-Stdin = bytes | Reader  # what a command reads: bytes, or a file read in chunks
-
-
-class Sink(Protocol):
-    """Where a command's output goes: a Tail, or a session's splitter."""
-
-    def add(self, chunk: bytes) -> None: ...
-    def text(self) -> str: ...
-
-
-class Limit(Protocol):
-    """A time limit that can move: each step of a session has its own."""
-
-    def deadline(self) -> float | None: ...  # time.monotonic() past which the command is stopped
-    def seconds(self) -> float | None: ...   # the limit, as the message about it says
-
-
-class _Fixed:
-    def __init__(self, seconds: float | None):
-        self.limit = seconds
-        self.end: float | None = None
-
-    def deadline(self) -> float | None:
-        # From the first time it is asked: once the command runs.
-        if self.end is None and self.limit is not None:
-            self.end = time.monotonic() + self.limit
-        return self.end
-
-    def seconds(self) -> float | None:
-        return self.limit
-
-
-def _limit(timeout: "float | None | Limit") -> Limit:
-    return timeout if hasattr(timeout, "deadline") else _Fixed(timeout)
-
-
-class Transport(Protocol):
-    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
-            out: Sink | None = None, err: Sink | None = None) -> Result: ...
-    def reconnect(self) -> bool: ...
-    def close(self) -> None: ...
-
-
-# What a transport may raise mid-step: the step fails on that host, the
-# executor goes on to the next host and then rolls back.
 ERRORS = (OSError, EOFError, paramiko.SSHException)
-_CHUNK = 65536
-_POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
-GRACE = hostscripts.STOP_GRACE
-TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
-# How long opening a channel may take: a host that takes longer is not there
-# (a dead link answers nothing, and TCP can take many minutes to notice).
-ANSWER_TIMEOUT = 30.0
-
-
-def _timed_out(result_err: str, timeout: float) -> str:
-    return f"{result_err}[deployer: stopped after {timeout:g} s, the time limit of this step]\n"
-
-
-class Stopped(Interrupted):
-    """The deploy is being interrupted: a command running for it was stopped."""
-
-
-class LocalTransport:
-    """This machine, through /bin/sh: the embedded default and the runner's own steps.
-
-    `stop` is the deploy's stop flag: set, every running command is stopped
-    (TERM, then KILL after GRACE) and its run raises Stopped.
-    """
-
-    def __init__(self, stop: threading.Event | None = None, hidden: frozenset[str] = frozenset()):
-        self.stop = stop or threading.Event()
-        # The variables secrets are read from: not for hooks, migrate or any
-        # other command here (the values reach the vhost only).
-        self.hidden = hidden
-
-    def run(self, line: str, stdin: Stdin = b"", timeout: float | None | Limit = None,
-            out: Sink | None = None, err: Sink | None = None) -> Result:
-        # A session of its own, so an interrupted deploy stops the whole
-        # command (shell and children), not just the shell.
-        env = {k: v for k, v in os.environ.items() if k not in self.hidden}
-        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=subprocess.PIPE, env=env,
-                                stderr=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
-        limit = _limit(timeout)
-        out, err = out or Tail(), err or Tail()
-        try:
-            if not self._pump(proc, stdin, limit, out, err):
-                _stop_local_group(proc)
-                return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
-            code = proc.wait()
-        except BaseException:
-            _stop_local_group(proc)
-            raise
-        return Result(code, out.text(), err.text())
-
-    def _pump(self, proc: subprocess.Popen, stdin: Stdin, limit: Limit, out: Sink, err: Sink) -> bool:
-        """Feed stdin and pass stdout and stderr on, all at once, so neither
-        side waits on a full pipe; False if the time limit came first."""
-        tails = {proc.stdout: out, proc.stderr: err}
-        feed = _Feed(stdin)
-        with selectors.DefaultSelector() as sel:
-            for stream in tails:
-                sel.register(stream, selectors.EVENT_READ)
-            if stdin:
-                sel.register(proc.stdin, selectors.EVENT_WRITE)
-            else:
-                proc.stdin.close()
-            # Until the output is closed and the command has ended (a daemon
-            # it left may hold no pipe while the command still runs).
-            while sel.get_map() or proc.poll() is None:
-                if self.stop.is_set():
-                    raise Stopped("stopped")
-                deadline = limit.deadline()
-                if deadline is not None and time.monotonic() > deadline:
-                    return False
-                if not sel.get_map():
-                    time.sleep(_POLL)
-                    continue
-                for key, _ in sel.select(_POLL):
-                    if key.fileobj is proc.stdin:
-                        chunk = feed.pending()
-                        if not chunk and not feed.done:
-                            time.sleep(_POLL / 10)  # what comes next is not there yet
-                            continue
-                        try:
-                            feed.sent(os.write(proc.stdin.fileno(), chunk))
-                        except BrokenPipeError:
-                            feed.done = True
-                        if feed.done:
-                            sel.unregister(proc.stdin)
-                            proc.stdin.close()
-                        continue
-                    chunk = os.read(key.fd, _CHUNK)
-                    if chunk:
-                        tails[key.fileobj].add(chunk)
-                    else:
-                        sel.unregister(key.fileobj)
-                        key.fileobj.close()
-        return True
-
-    def reconnect(self) -> bool:
-        return False  # nothing to reconnect: a command that failed here failed
-
-    def close(self) -> None:
-        pass
-
-
-def _stop_local_group(proc: subprocess.Popen) -> None:
-    """TERM the command's process group, KILL it after GRACE, and return only
-    when no process of it is left: stopped means stopped."""
-    for sig, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, GRACE)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader, or the group never empties
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                proc.wait()
-                return
-            time.sleep(_POLL)
-    proc.wait()
-
-
-class _Feed:
-    """A command's stdin, handed out a chunk at a time: a file is never read
-    whole into memory, and the stop flag is looked at between chunks."""
-
-    def __init__(self, stdin: Stdin):
-        self.reader = stdin if not isinstance(stdin, bytes) else None
-        self.buffer = stdin if isinstance(stdin, bytes) else b""
-        self.done = not stdin
-
-    def pending(self) -> bytes:
-        """The next bytes to send; b"" with `done` still False when the
-        reader has none yet (it returned None: what comes next depends on
-        what the command answers first)."""
-        if not self.buffer and self.reader is not None:
-            chunk = self.reader.read(_CHUNK)
-            if chunk is None:
-                return b""
-            self.buffer = chunk
-            if not self.buffer:
-                self.done = True
-        return self.buffer[:_CHUNK]
-
-    def sent(self, n: int) -> None:
-        self.buffer = self.buffer[n:]
-        if not self.buffer and self.reader is None:
-            self.done = True
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -379,7 +188,7 @@ class SshTransport:
         # so Ctrl-C would take as long as the slowest migration.
         if self.lost:
             raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
-        limit = _limit(timeout)
+        limit = as_limit(timeout)
         watchdog = _Watchdog(limit, self.give_up)
         try:
             return self._run(line, stdin, limit, out or Tail(), err or Tail())
@@ -434,7 +243,7 @@ class SshTransport:
         chan = self.open_channel()
         pid_line = _PidLine(self.host.name)
         pid = None
-        feed = _Feed(stdin)
+        feed = Feed(stdin)
         try:
             chan.exec_command(reporting_pid(line))
             if feed.done:
@@ -458,10 +267,10 @@ class SshTransport:
                         # status and stderr, still to come, say why.
                         feed.done = True
                 if chan.recv_ready():
-                    out.add(chan.recv(_CHUNK))
+                    out.add(chan.recv(CHUNK))
                     busy = True
                 if chan.recv_stderr_ready():
-                    chunk = chan.recv_stderr(_CHUNK)
+                    chunk = chan.recv_stderr(CHUNK)
                     if pid is None:
                         chunk = pid_line.add(chunk)
                         pid = pid_line.pid
@@ -477,13 +286,13 @@ class SshTransport:
                         # A dead link ends here too: nothing answers, the time runs out.
                         if pid is not None:
                             self.stop_group(pid)
-                        return Result(TIMED_OUT, out.text(), _timed_out(err.text(), limit.seconds()))
+                        return Result(TIMED_OUT, out.text(), timed_out(err.text(), limit.seconds()))
                     time.sleep(0.005)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
-                out.add(chan.recv(_CHUNK))
+                out.add(chan.recv(CHUNK))
             while chan.recv_stderr_ready():
-                chunk = chan.recv_stderr(_CHUNK)
+                chunk = chan.recv_stderr(CHUNK)
                 err.add(chunk if pid is not None else pid_line.add(chunk))
                 pid = pid_line.pid
             code = chan.recv_exit_status()
