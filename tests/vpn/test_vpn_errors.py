@@ -14,6 +14,8 @@ import pytest
 from deployer import vpn
 from deployer.cli.deploy import main
 from deployer.errors import StepFailed
+from deployer.vpn import keeper as vpn_keeper
+from deployer.vpn import state as vpn_state
 from tests.conftest import REPO, armed_local_target, tree_digest, wait_until
 from tests.lab.lab import _cert, blackhole
 
@@ -116,15 +118,15 @@ def test_the_keeper_imports_nothing_from_the_config_folder(tmp_path, monkeypatch
     config = checkout / "client.ovpn"
     config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\nconnect-retry 1 2\n"
                       f"peer-fingerprint {server}\ncert client.crt\nkey client.key\nauth-user-pass pass.txt\n")
-    monkeypatch.setattr(vpn.sys, "executable", python)
+    monkeypatch.setattr(vpn_keeper.sys, "executable", python)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     tunnel = vpn.OpenVpnTunnel(str(config), timeout=3, registry=str(tmp_path / "registry"))
     state = None
     try:
         with pytest.raises(StepFailed) as failed:
             tunnel.open()
-        state = vpn._state(tunnel.base)
-        log = vpn._read(tunnel.log)
+        state = vpn_state.keeper_pids(tunnel.base)
+        log = vpn_state.read(tunnel.log)
     finally:
         tunnel.close()
     assert not marker.exists(), marker.read_text()
@@ -136,7 +138,7 @@ def test_the_keeper_imports_nothing_from_the_config_folder(tmp_path, monkeypatch
 
 
 def test_openvpn_reads_relative_names_from_the_config_folder():
-    assert vpn._openvpn_argv("/srv/ci/vpn/client.ovpn")[-4:] == [
+    assert vpn_keeper._openvpn_argv("/srv/ci/vpn/client.ovpn")[-4:] == [
         "--cd", "/srv/ci/vpn", "--config", "/srv/ci/vpn/client.ovpn"]
 
 
