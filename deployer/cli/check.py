@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from deployer import context, steps
 from deployer.cli import completion
-from deployer.cli.deploy import Run, _vars, guarded
+from deployer.cli.guard import Run, guarded, parse_vars
 from deployer.config import Target, load, names
 from deployer.connectors.result import Result
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
@@ -96,7 +96,7 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
     # A bad argument or targets.yaml raises UsageError: exit 2, as everywhere.
     name = names.config_name(args.config_name)
     hostname = names.hostname(args.hostname or f"{name}.check.invalid")
-    overrides = _vars(args.var)
+    overrides = parse_vars(args.var)
     target = load(args.targets).resolve(name)
     ctx = _context(name, hostname, target, overrides)
     # From here on every text may quote a secret: an internal error's traceback is masked too.

@@ -2,27 +2,19 @@
 
 import argparse
 import sys
-import traceback
 from collections.abc import Sequence
 
 from deployer import __version__, context
 from deployer.cli import completion
-from deployer.config import BUILTIN_TOKENS, DEFAULT_PIPELINE, Missing, load, names
+from deployer.cli.guard import Run, guarded, parse_vars, parsed
+from deployer.config import DEFAULT_PIPELINE, Missing, load, names
 from deployer.errors import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    DeployError,
     DryRunLacks,
     StepFailed,
-    UndoIncomplete,
     UsageError,
 )
-from deployer.output import Reporter, choose
+from deployer.output import Reporter
 from deployer.plan import pipeline
-from deployer.run import interrupts
-from deployer.run.interrupts import Interrupted
 from deployer.steps import Plan
 
 DESCRIPTION = """\
@@ -118,75 +110,11 @@ def _stage_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def _vars(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
-        names.token_name(key)
-        if key in BUILTIN_TOKENS:
-            raise UsageError(f"--var {key}: set by deployer from the command line and config")
-        # TeamCity build parameters arrive here: whoever may start a build
-        # with custom parameters must not be able to write Apache directives.
-        out[key] = names.token_value(key, value, "--var")
-    return out
-
-
 def main(argv: Sequence[str] | None = None, stdout=None) -> int:
-    stdout = stdout or sys.stdout
-    try:
-        p = parser()
-        completion.answer(p)
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
-    return guarded(args.output, stdout, lambda run: _deploy(args, run))
-
-
-class Run:
-    """What a command has set up so far, for its last line: the reporter,
-    once the secrets are known, and the executor, once it has started."""
-
-    def __init__(self, output: str, stdout):
-        self.output, self.stdout = output, stdout
-        self.reporter: Reporter | None = None
-        self.executor = None
-
-    def report_to(self, secrets: frozenset[str]) -> Reporter:
-        # From here on every message may quote a secret: all go through it.
-        self.reporter = choose(self.output, self.stdout, secrets)
-        return self.reporter
-
-
-def guarded(output: str, stdout, body) -> int:
-    """Run `body(run)`, which returns the summary of a run that succeeded;
-    every way it can end becomes an exit code and a last line."""
-    run = Run(output, stdout)
-
-    def on_repeat():
-        if run.reporter is not None:
-            run.reporter.note("already stopping: undoing changes and closing the VPN")
-
-    previous = interrupts.install(on_repeat)
-    try:
-        try:
-            summary = body(run)
-        except DeployError as e:
-            return _finish(run, e.exit_code, str(e), _serving(run.executor, e))
-        except (Interrupted, KeyboardInterrupt) as e:
-            return _finish(run, EXIT_INTERRUPTED, f"interrupted ({e or 'SIGINT'})", _serving(run.executor, e))
-        except Exception as e:  # noqa: BLE001 - reported, with its traceback, below
-            # A bug: still end the output properly (TeamCity's build problem, the
-            # JSON "finished" event), then show the traceback, redacted like the
-            # rest: an exception's text can quote a secret (a vhost, a value).
-            code = _finish(run, EXIT_FAILED, f"internal error: {type(e).__name__}: {e}")
-            trace = "".join(traceback.format_exception(e))
-            sys.stderr.write(run.reporter.redact(trace) if run.reporter else trace)
-            return code
-        return _finish(run, EXIT_OK, None, summary)
-    finally:
-        interrupts.restore(previous)
+    args = parsed(parser(), argv)
+    if isinstance(args, int):
+        return args
+    return guarded(args.output, stdout or sys.stdout, lambda run: _deploy(args, run))
 
 
 def _deploy(args, run: Run) -> str:
@@ -196,7 +124,7 @@ def _deploy(args, run: Run) -> str:
         raise UsageError("--diff shows what a run would change, reading the hosts: add --dry-run")
     name = names.config_name(args.config_name)
     hostname = names.hostname(args.hostname)
-    overrides = _vars(args.var)
+    overrides = parse_vars(args.var)
     targets = load(args.targets)
     # A dry run on a laptop lacks the CI's key, VPN file and secrets: it lists
     # them after the plan instead of stopping at the first. A real run still
@@ -280,19 +208,3 @@ def _report_missing(reporter: Reporter, missing: tuple[Missing, ...]) -> None:
     reporter.section(["a real run on this machine would lack:", *(f"  {m}" for m in missing)], "missing",
                      items=[{"key": m.key, "problem": m.problem} for m in missing])
     raise DryRunLacks("dry run: a real run on this machine could not start: it lacks what is listed above")
-
-
-def _serving(executor, e: BaseException) -> str:
-    """The last line of a failed run: what the hosts serve (the message of an
-    incomplete undo already names the hosts that need a person)."""
-    if executor is None or isinstance(e, UndoIncomplete):
-        return ""
-    return executor.serving(False)
-
-
-def _finish(run: Run, code: int, error: str | None, summary: str = "") -> int:
-    # Failed before the plan existed, so nothing ran and no secret is
-    # known yet: a usage error names keys and paths only.
-    reporter = run.reporter or choose(run.output, run.stdout, frozenset())
-    reporter.finished(code, error, summary)
-    return code

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deployer import __version__, context
 from deployer.cli import check, completion, init
-from deployer.cli.deploy import Run, guarded
+from deployer.cli.guard import Run, guarded, parsed
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load, names
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import printable_lines
@@ -163,12 +163,9 @@ def _count(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
     stdout = stdout or sys.stdout
-    try:
-        p = parser()
-        completion.answer(p)
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
+    args = parsed(parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.command == "init":
         return _init(args.directory, stdout)
     if args.command == "check":
