@@ -69,13 +69,17 @@ def parse(stdout: str) -> Live:
 
 
 def live_release(stdout: str) -> str:
-    """The name of the release the live path pointed to, as `live_state` said;
-    "" if it is not a name deployer gives a release (the host may be hostile)."""
+    """The name of the release the live path pointed to, as `live_state` said:
+    "" if there is none, NOT_A_RELEASE if it points at a name deployer does not
+    give a release (the host's own text is not shown: it may be hostile)."""
     for row in stdout.splitlines():
         kind, _, value = row.partition(" ")
         if kind == "live":
-            return value if names.RELEASE.fullmatch(value) else ""
+            return value if names.RELEASE.fullmatch(value) else NOT_A_RELEASE
     return ""
+
+
+NOT_A_RELEASE = "(a link to something that is not a release)"
 
 
 def _gunzip(packed: bytes, limit: int) -> bytes | None:

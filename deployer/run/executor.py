@@ -24,6 +24,7 @@ import threading
 import time
 
 from deployer import context, steps
+from deployer.artifact import delta
 from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
 from deployer.context import Context
@@ -158,9 +159,10 @@ class Executor:
         if before == {""}:
             return "every host is as it was before the run; no release of this instance is live"
         if len(before) == 1:
-            return f"every host is as it was before the run: release {before.pop()} is live"
+            return f"every host is as it was before the run: {_serves(before.pop())} is live"
         return "every host is as it was before the run: " + ", ".join(
-            f"{h} serves {self.previous.get(h) or 'no release'}" for h in self.ctx.host_names)
+            f"{h} serves {_serves(self.previous.get(h)) if self.previous.get(h) else 'no release'}"
+            for h in self.ctx.host_names)
 
     def run_group(self, group: session.Group) -> None:
         stage, step = group.steps[0]
@@ -208,7 +210,9 @@ class Executor:
         return one.run(self.hosts[host], self.ctx.run_id, over)
 
     def started(self, host: str, step: steps.Step) -> None:
-        self.changed |= step.changes
+        # Only True is written (from the host threads): no update can be lost.
+        if step.changes:
+            self.changed = True
 
     # How each kind of step runs on a host (the table `on_host`): its entries
     # in the host's session. The undo of a file's change is recorded before
@@ -326,6 +330,10 @@ def remove_stale_workdirs(parent: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (PermissionError, OverflowError):
             pass
+
+
+def _serves(release: str) -> str:
+    return release if release == delta.NOT_A_RELEASE else f"release {release}"
 
 
 def _where(ctx: Context) -> str:

@@ -63,9 +63,10 @@ class UndoLog:
         others. The log is empty after. Returns what could not be undone."""
         with self.lock:
             count = len(self.entries)
-            todo: dict[str, list[tuple[str, Command]]] = {}
+            # Hosts in the order of their first change, each one's changes newest first.
+            todo: dict[str, list[tuple[str, Command]]] = {u.host: [] for u in self.entries}
             for u in reversed(self.entries):
-                todo.setdefault(u.host, []).append((u.title, u.command))
+                todo[u.host].append((u.title, u.command))
             for host, undo in todo.items():
                 undo += [(f"then again: {c.line()}", c) for c in self.again.get(host, ())]
             self.entries.clear()

@@ -52,6 +52,9 @@ class Uploads:
         self.sendings: dict[delta.Live, Sending | threading.Event] = {}
         self.offer: relay.Offer | None = None  # the upload's relay, once it starts
         self.built = 0  # tarballs begun: each gets a name of its own
+        # One build at a time, as hosts with different live releases ask:
+        # each reads, hashes and compresses the whole tree.
+        self.building = threading.BoundedSemaphore(1)
 
     def begin(self, group: session.Group) -> None:
         """Before a group's sessions start: the relay's one-time key, if an upload in it has a relay."""
@@ -180,7 +183,8 @@ class Uploads:
                 break
             found.wait()  # set however its build ends
         try:
-            made = self._build(step, live, n)
+            with self.building:
+                made = self._build(step, live, n)
         except BaseException:
             with self.lock:
                 del self.sendings[live]  # the next host to ask tries again, and fails as this one did

@@ -100,7 +100,14 @@ def test_the_undo_log_replays_each_hosts_changes_newest_first_then_what_runs_aga
         ran.append((host, line))
         return Result(1 if line == "echo b" else 0, "", "no b")
 
-    problems = log.replay(run_quietly, lambda items, fn: [fn(i) for i in items], notes.append)
+    order = []
+
+    def on_each(hosts, fn):
+        order.extend(hosts)
+        return [fn(h) for h in hosts]
+
+    problems = log.replay(run_quietly, on_each, notes.append)
+    assert order == ["web1", "web2"]  # hosts in the order of their first change
     assert [line for host, line in ran if host == "web1"] == ["echo b", "echo a", "reload"]
     assert [line for host, line in ran if host == "web2"] == ["echo a2"]
     assert problems == ["web1: undo b: no b"] and notes == ["rolling back 3 change(s)"]
@@ -155,7 +162,7 @@ def test_a_host_is_sent_nothing_until_it_has_said_what_it_holds_and_then_the_who
     # What a host says its live release is reaches the run's last line only in a release's shape.
     uploads.learned("web1", _said("20260101T000000Z-abc"))
     uploads.learned("web3", _said("\x1b]52;c;AAAA\x07"))
-    assert uploads.previous == {"web2": "", "web1": "20260101T000000Z-abc", "web3": ""}
+    assert uploads.previous == {"web2": "", "web1": "20260101T000000Z-abc", "web3": delta.NOT_A_RELEASE}
 
 
 def test_hosts_with_the_first_hosts_live_release_wait_for_its_list_and_share_one_tarball(upload):

@@ -1,4 +1,7 @@
 #!/bin/sh
+# Destroy, before Apache reloads: the instance's vhost removed, only if
+# deployer wrote it (its first line is the mark), kept in `work` as a hard
+# link (the same inode) for restore.sh to put back.
 set -eu
 path=$1 mark=$2 work=$3
 if [ -L "$path" ] || { [ -e "$path" ] && { [ ! -f "$path" ] || [ "$(head -n 1 -- "$path")" != "$mark" ]; }; }; then
