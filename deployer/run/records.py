@@ -17,6 +17,7 @@ import time
 from deployer.config import names
 from deployer.errors import StepFailed
 from deployer.vpn import private_dir, registry_dir
+from deployer.vpn.registry import elsewhere as other_registries
 
 # The file of a killed run is what lets a later run know it is gone: kept a
 # while (the registry under /run goes with a reboot anyway), then swept.
@@ -66,22 +67,42 @@ def forget(run_id: str, registry: str | None = None) -> None:
     """What a gone run left has been dealt with on every host: its record
     goes, so that a lock a host later writes in its name is not taken over
     by itself (it then reads as a run this machine cannot speak for)."""
-    if alive(run_id, registry) == 0:
-        try:
-            os.unlink(_path(registry or registry_dir(), run_id))
-        except OSError:
-            pass
+    if not names.RUN_ID.fullmatch(run_id):
+        return
+    for folder in _folders(registry, None):
+        if _alive_in(_path(folder, run_id)) == 0:
+            try:
+                os.unlink(_path(folder, run_id))
+            except OSError:
+                pass
 
 
-def alive(run_id: str, registry: str | None = None) -> int | None:
+def alive(run_id: str, registry: str | None = None, elsewhere: list[str] | None = None) -> int | None:
     """Run `run_id` of this user on this machine: its pid while it lives, 0
-    once it is gone, None when this machine has no record of it."""
+    once it is gone, None when this machine has no record of it. Looked for
+    in this environment's registry, then in the user's others (`elsewhere`;
+    by default vpn's, unless `registry` is given alone): a run that a CI
+    agent running as a service recorded is found from the same user's login."""
     if not names.RUN_ID.fullmatch(run_id):
         return None
+    for folder in _folders(registry, elsewhere):
+        found = _alive_in(_path(folder, run_id))
+        if found is not None:
+            return found
+    return None
+
+
+def _folders(registry: str | None, elsewhere: list[str] | None) -> list[str]:
     try:
-        path = _path(registry or registry_dir(), run_id)
-    except StepFailed:  # no registry of ours here: no record of any run
-        return None
+        folders = [registry or registry_dir()]
+    except StepFailed:  # no registry of ours in this environment
+        folders = []
+    if registry is None or elsewhere is not None:
+        folders += [f for f in (other_registries() if elsewhere is None else elsewhere) if f not in folders]
+    return folders
+
+
+def _alive_in(path: str) -> int | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

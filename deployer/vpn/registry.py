@@ -25,6 +25,25 @@ def registry_dir(*, uid: int | None = None, environ: Mapping[str, str] | None = 
     return os.path.join(_state_home(uid, env), "deployer")
 
 
+def elsewhere(*, uid: int | None = None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The folders registry_dir gives this user in another environment, that
+    are there and are this user's alone: a CI agent run as a service (no
+    XDG_RUNTIME_DIR) keeps its state in ~/.local/state/deployer, the same
+    user's SSH login in /run/user/UID/deployer. Never made here."""
+    uid = os.getuid() if uid is None else uid
+    env = os.environ if environ is None else environ
+    home = env.get("HOME") or _passwd_home(uid)
+    state = env.get("XDG_STATE_HOME", "")
+    found = []
+    for folder in (f"/run/deployer-{uid}", os.path.join(env.get("XDG_RUNTIME_DIR", ""), "deployer"),
+                   f"/run/user/{uid}/deployer", os.path.join(state, "deployer"),
+                   os.path.join(home, ".local", "state", "deployer")):
+        if (os.path.isabs(folder) and os.path.isdir(folder) and not os.path.islink(folder)
+                and not _not_only_ours(folder, uid) and os.path.realpath(folder) not in found):
+            found.append(os.path.realpath(folder))
+    return found
+
+
 def _state_home(uid: int, env: Mapping[str, str]) -> str:
     """$XDG_STATE_HOME, else ~/.local/state (made if need be): refused unless
     nobody but this user (and root) can change it or a folder it is in."""

@@ -56,3 +56,36 @@ def test_a_gone_runs_record_is_forgotten_once_dealt_with_a_live_ones_never(tmp_p
     records.forget(RUN, registry)
     # A lock a host writes in its name later is no run this machine can speak for.
     assert records.alive(RUN, registry) is None
+
+
+def test_a_run_recorded_in_another_environments_registry_is_found(tmp_path):
+    # A CI agent run as a service (no XDG_RUNTIME_DIR) records its runs in
+    # ~/.local/state/deployer; the same user's SSH login has
+    # /run/user/UID/deployer. Looked for only in its own, a live run read as
+    # one this machine cannot speak for, and `unlock --yes` went on.
+    service, login = str(tmp_path / "state"), str(tmp_path / "runtime")
+    lock = records.RunLock(RUN, service)
+    lock.hold()
+    try:
+        assert records.alive(RUN, login) is None  # its own registry alone, as before
+        assert records.alive(RUN, login, elsewhere=[service]) > 0
+    finally:
+        lock.release(forget=False)
+    assert records.alive(RUN, login, elsewhere=[service]) == 0
+
+
+def test_the_other_registries_are_only_folders_of_this_users_own(tmp_path):
+    from deployer.vpn.registry import elsewhere
+
+    home = tmp_path / "home"
+    state = home / ".local" / "state" / "deployer"
+    state.mkdir(parents=True, mode=0o700)
+    for d in (home, home / ".local", home / ".local" / "state"):
+        d.chmod(0o755)
+    runtime = tmp_path / "run-user"
+    (runtime / "deployer").mkdir(parents=True, mode=0o700)
+    runtime.chmod(0o700)
+    found = elsewhere(environ={"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})
+    assert str(state) in found and str(runtime / "deployer") in found
+    state.chmod(0o777)  # another user could plant a record there: not one of ours
+    assert str(state) not in elsewhere(environ={"HOME": str(home)})
