@@ -4,7 +4,6 @@
 # that writes nothing. Every session of a run carries the run's id as its
 # first argument (see session.sh): each one's process group is stopped as
 # stop.sh does. Only this user's processes are visible to /proc here.
-# shellcheck source=lib/stop-group.sh
 . ./lib/stop-group.sh
 run=$1 grace=$2
 groups=

@@ -28,7 +28,6 @@
 # through `offer` (options for authorized_keys) until its expiry; `fetched`
 # from `relay/copy`, which the fetch made (nothing follows the first line
 # on stdin).
-# shellcheck source=lib/offer.sh
 . ./lib/offer.sh
 set -eu
 releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9
