@@ -161,8 +161,7 @@ class Executor:
         if len(before) == 1:
             return f"every host is as it was before the run: {_serves(before.pop())} is live"
         return "every host is as it was before the run: " + ", ".join(
-            f"{h} serves {_serves(self.previous.get(h)) if self.previous.get(h) else 'no release'}"
-            for h in self.ctx.host_names)
+            f"{h} serves {_serves(self.previous[h])}" for h in self.ctx.host_names)
 
     def run_group(self, group: session.Group) -> None:
         stage, step = group.steps[0]
@@ -209,7 +208,7 @@ class Executor:
             self.locking.ended(host, host == group.hosts[0])
         return one.run(self.hosts[host], self.ctx.run_id, over)
 
-    def started(self, host: str, step: steps.Step) -> None:
+    def started(self, step: steps.Step) -> None:
         # Only True is written (from the host threads): no update can be lost.
         if step.changes:
             self.changed = True
@@ -333,6 +332,8 @@ def remove_stale_workdirs(parent: str) -> None:
 
 
 def _serves(release: str) -> str:
+    if not release:
+        return "no release"
     return release if release == delta.NOT_A_RELEASE else f"release {release}"
 
 

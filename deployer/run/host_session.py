@@ -18,11 +18,11 @@ from deployer.run.progress import Gate, Progress
 
 
 class HostSession:
-    """`started(host, step)` is the executor's: told as each step starts on
-    the host (besides the reporter, and the step handler's own callbacks)."""
+    """`started(step)` is the executor's: told as each step starts on the
+    host (besides the reporter, and the step handler's own callbacks)."""
 
     def __init__(self, group: session.Group, host: str, gate: Gate, progress: Progress, tidying: list[str],
-                 started: Callable[[str, steps.Step], None]):
+                 started: Callable[[steps.Step], None]):
         self.group, self.host, self.gate, self.progress = group, host, gate, progress
         self.on_start = started
         self.entries: list[session.Entry] = []
@@ -71,7 +71,7 @@ class HostSession:
             return
         self.began[j] = time.monotonic()
         stage, step = self.group.steps[j]
-        self.on_start(self.host, step)
+        self.on_start(step)
         if made.started is not None:
             made.started()
         self.gate.started(j, stage, step, self.host)

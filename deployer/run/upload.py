@@ -49,12 +49,11 @@ class Uploads:
         self.previous: dict[str, str] = {}  # per host, its live release before the run
         # Per live release, the tarball of what differs and the lists before
         # it: made by the first host that needs it, while the others wait.
-        self.sendings: dict[delta.Live, Sending | threading.Event] = {}
+        self.sendings: dict[delta.Live, Sending] = {}
         self.offer: relay.Offer | None = None  # the upload's relay, once it starts
-        self.built = 0  # tarballs begun: each gets a name of its own
-        # One build at a time, as hosts with different live releases ask:
-        # each reads, hashes and compresses the whole tree.
-        self.building = threading.BoundedSemaphore(1)
+        # Held while a tarball is looked for or built, apart from `lock`: a
+        # build reads, hashes and compresses the whole tree, one at a time.
+        self.building = threading.Lock()
 
     def begin(self, group: session.Group) -> None:
         """Before a group's sessions start: the relay's one-time key, if an upload in it has a relay."""
@@ -168,32 +167,12 @@ class Uploads:
 
     def prepared(self, step: steps.Upload, live: delta.Live) -> Sending:
         """The tarball and the lists for a host whose live release is `live`:
-        made once per deploy for all the hosts that hold the same one, by the
-        first that asks, outside the lock (the others wait for it)."""
-        while True:
-            with self.lock:
-                found = self.sendings.get(live)
-                if found is None:
-                    self.sendings[live] = building = threading.Event()
-                    self.built += 1
-                    n = self.built
-            if isinstance(found, Sending):
-                return found
-            if found is None:
-                break
-            found.wait()  # set however its build ends
-        try:
-            with self.building:
-                made = self._build(step, live, n)
-        except BaseException:
-            with self.lock:
-                del self.sendings[live]  # the next host to ask tries again, and fails as this one did
-            building.set()
-            raise
-        with self.lock:
-            self.sendings[live] = made
-        building.set()
-        return made
+        made once per deploy for all the hosts that hold the same one (a
+        build that failed is tried again by the next host that asks)."""
+        with self.building:
+            if live not in self.sendings:
+                self.sendings[live] = self._build(step, live, len(self.sendings))
+            return self.sendings[live]
 
     def _build(self, step: steps.Upload, live: delta.Live, n: int) -> Sending:
         b = step.build
