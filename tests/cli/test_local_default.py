@@ -39,10 +39,12 @@ def _apache_pid(checkout: Path) -> int:
 
 
 def _stop(checkout: Path) -> None:
-    """Stop the checkout's own Apache, which this test started (by its pid file)."""
+    """Stop the checkout's own Apache, which this test started (by its pid
+    file), with the command docs/tutorial.md gives: its folder relative."""
     apache = checkout / ".deployer-local" / "apache2"
     if (apache / "run" / "apache2.pid").exists():
-        subprocess.run(["sh", str(LOCAL_CTL), str(apache), "stop"], timeout=30, capture_output=True)
+        subprocess.run(["sh", str(LOCAL_CTL), ".deployer-local/apache2", "stop"], cwd=checkout, timeout=30,
+                       capture_output=True)
 
 
 def _deploy(checkout: Path) -> str:
