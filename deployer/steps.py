@@ -61,9 +61,13 @@ class Run(Step):
     # whole answer matters (a vhost, a file list) keeps more than a log's tail.
     output_limit: int | None = None
     timeout: float | None = None  # seconds; None: the target's step_timeout
-    # If the run is undone after this step began on a host, it runs there
-    # again once the undo is done: a reload then reads back what was.
-    again_after_undo: bool = False
+    # If the run is undone after this step began on a host, what runs there
+    # once the undo is done: a reload then reads back what was.
+    after_undo: "Run | None" = None
+    # `undo` is safe whatever point `command` stopped at (it finds what the
+    # command made, if anything): recorded before the command starts, so a
+    # command that fails half way is undone too.
+    undo_safe: bool = False
 
 
 # On a host other than the first, a lock is taken only once the first

@@ -78,7 +78,7 @@ def wait_until(ready, proc: subprocess.Popen, seconds: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-TRACING_TEMPLATE = "ServerName <<HOSTNAME>>\nDocumentRoot <<DEPLOY_PATH>>\n"
+TRACING_TEMPLATE = "ServerName <<HOSTNAME>>\n# the code: <<DEPLOY_PATH>>\n"
 
 
 def armed_local_target(root: Path, template: str = TRACING_TEMPLATE) -> Path:
@@ -92,7 +92,7 @@ def armed_local_target(root: Path, template: str = TRACING_TEMPLATE) -> Path:
 defaults:
   transport: local
   deploy_root: www
-  apache: {{dir: apache2, ctl: "true"}}
+  apache: {{dir: apache2, ctl: builtin, port: {free_port()}}}
   migrate: touch {root}/MIGRATED
   package: {{source: app}}
   template: vhost.tmpl
@@ -184,6 +184,25 @@ def sshd(tmp_path_factory):
         server.stop()
 
 
+# The sshd's "web host" is this machine: its Apache is deployer's builtin
+# local one (remote/local-apache2ctl), on a free loopback port, run for real.
+LOCAL_APACHE_CTL = REPO / "deployer" / "remote" / "local-apache2ctl"
+
+
+@pytest.fixture(autouse=True)
+def _stop_local_apaches(request):
+    """After each test, every builtin local Apache a deploy of it started
+    (its config in a folder under the test's tmp_path) is stopped."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None:
+        return
+    for conf in tmp.glob("**/apache2.conf"):
+        if conf.read_text(errors="replace").startswith("# Written by deployer's local-apache2ctl"):
+            subprocess.run(["/bin/sh", str(LOCAL_APACHE_CTL), str(conf.parent), "stop"], capture_output=True,
+                           timeout=60)
+
+
 @pytest.fixture
 def site(tmp_path, sshd):
     """A source app, a targets.yaml pointing at the sshd, and the 'host' dirs."""
@@ -195,6 +214,7 @@ def site(tmp_path, sshd):
     (app / "junk.pyc").write_bytes(b"\0")
     host = tmp_path / "host"
     host.mkdir()
+    port = free_port()  # the vhost's: <<HTTP_PORT>>
     targets = {
         "targets": {
             "alpha": {
@@ -202,8 +222,8 @@ def site(tmp_path, sshd):
                 "identity_file": str(sshd.client_key),
                 "known_hosts": str(sshd.known_hosts),
                 "deploy_root": str(host / "www"),
-                "apache": {"dir": str(host / "apache2"),
-                           "ctl": f"{REPO}/tests/configtest-apache2ctl {host / 'apache2'}"},
+                "apache": {"dir": str(host / "apache2"), "port": port,
+                           "ctl": f"/bin/sh {LOCAL_APACHE_CTL} {host / 'apache2'}"},
                 # Appends the release it ran in, so the test can count runs.
                 "migrate": f'echo "$RELEASE $PWD" >> {host / "migrations.log"}',
                 "package": {"source": str(app), "exclude": ["*.pyc"]},
@@ -217,6 +237,7 @@ def site(tmp_path, sshd):
     class Site:
         root, targets_file = host, path
         source = app
+        http_port = port
 
         def deploy(self, *extra: str) -> tuple[int, str]:
             out = io.StringIO()

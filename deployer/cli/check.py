@@ -8,7 +8,7 @@ host, by one host script that prints a line per check and always exits 0,
 so that every result comes back: that it answers over SSH with a known host
 key, that deploy_root and Apache's sites-available and sites-enabled are
 writable (or can be made), that the tools a deploy runs are there, that
-nobody holds the instance's lock, and `<ctl> configtest`.
+nobody holds the instance's lock, that Apache runs, and `<ctl> configtest`.
 """
 
 import argparse
@@ -31,7 +31,7 @@ OK, FAILED, NOT_RUN = "ok", "failed", "not run"
 # The checks on each host, in the order the host script prints them (the
 # slow configtest last: a session stopped at its time limit has still said
 # the rest). "ssh" is not printed: the script ran, or it did not.
-HOST_CHECKS = ("ssh", "deploy_root", "sites-available", "sites-enabled", "tools", "lock", "configtest")
+HOST_CHECKS = ("ssh", "deploy_root", "sites-available", "sites-enabled", "tools", "lock", "apache", "configtest")
 
 
 @dataclass(frozen=True)

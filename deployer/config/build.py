@@ -167,6 +167,12 @@ class Builder:
             # A path, e.g. tools/local-apache2ctl beside targets.yaml; a bare
             # name (apache2ctl, sudo) is looked up on the host's PATH.
             ctl = (self.host_path(ctl[0], f"{path}/ctl", transport), *ctl[1:])
+        # It goes into Apache's config: each site's stub includes its vhost by path.
+        problem = names.value_problem(apache_dir) or (
+            "contains a quote, a backslash, a $ or white space, which Apache's config would read as more than"
+            " a path" if re.search(r'["\\$\s]', apache_dir) else None)
+        if problem:
+            raise self.fail(f"{path}/dir", f"{apache_dir!r} {problem}")
         return Apache(dir=apache_dir, ctl=ctl, port=a.port, vhost_mode=a.vhost_mode,
                       vhost_owner=a.vhost_owner or "", vhost_group=a.vhost_group or "")
 

@@ -6,6 +6,7 @@ from deployer import steps
 from deployer.context import Context
 from deployer.errors import UsageError
 from deployer.plan import stages as stage_lib
+from deployer.plan import vhost
 from deployer.remote import hostscripts
 from deployer.steps import Plan
 
@@ -83,7 +84,7 @@ def instances(ctx: Context) -> Plan:
     """Every instance under the target's deploy root, on every host; read-only."""
     step = steps.Run("read the instances", ctx.host_names,
                      command=hostscripts.instances(ctx.target.deploy_root, ctx.target.apache.dir,
-                                                   stage_lib.owner_mark("%s")),
+                                                   vhost.owner_mark("%s")),
                      output_limit=16 * 1024 * 1024)  # all of them: a few hundred bytes each
     return Plan((("vpn", stage_lib.vpn(ctx)), ("read", (step,))))
 

@@ -14,7 +14,8 @@ from deployer import context, steps
 from deployer.config import Hook, names
 from deployer.context import Context
 from deployer.errors import DeployError, UsageError
-from deployer.plan import template
+from deployer.plan import template, vhost
+from deployer.plan.vhost import owner_mark
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 
@@ -65,12 +66,6 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     )
 
 
-def owner_mark(name: str) -> str:
-    """The first line of every file deployer writes for instance `name`: a
-    file at that path without it is not ours to replace."""
-    return f"# Written by deployer for instance {name}; the next deploy replaces this file."
-
-
 _SERVER_NAME = re.compile(r"\s*server(?:name|alias)\s+(.*)", re.IGNORECASE)
 
 
@@ -98,12 +93,13 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
     mark = owner_mark(ctx.name)
     content = f"{mark}\n{template.render(text, ctx.vars, path)}"
     names = served_names(content, ctx.hostname)
-    enabled = posixpath.join(ctx.target.apache.dir, "sites-enabled")
+    site = vhost.site(ctx)
     record = posixpath.join(ctx.code_path, VHOST_RECORD)
     return (
         steps.Run(f"check that no other site serves {' or '.join(names)}", ctx.host_names,
-                  command=hostscripts.names_are_free(enabled, f"{ctx.name}.conf", names), waits=False),
-        *_vhost(ctx, content=content),
+                  command=hostscripts.names_are_free(site.dir, ctx.name, names), waits=False),
+        vhost.ours(ctx),
+        *vhost.write(ctx, content=content),
         # What a rollback to this release installs again; only the deploy user reads it (secrets).
         # Only in a release this run makes: without upload, DEPLOY_PATH may not be one yet.
         *([steps.Install(f"keep the vhost in the release, for a rollback to it: {VHOST_RECORD}", ctx.host_names,
@@ -112,31 +108,12 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
           if ctx.uploads else []),
         # Checked here as well as in restart: a broken vhost must fail the
         # deploy before migrate changes the database, which no undo reverts.
-        _configtest(ctx, waits=False),
+        vhost.test(ctx, waits=False),
     )
 
 
 # In every release: the vhost it was deployed with.
 VHOST_RECORD = ".deployer-vhost"
-
-
-def _vhost(ctx: Context, content: str = "", source: str = "") -> tuple[steps.Step, ...]:
-    """The instance's vhost written (`content`, or a copy of the host's file
-    `source`) and enabled."""
-    apache = ctx.target.apache
-    conf = f"{ctx.name}.conf"
-    available = posixpath.join(apache.dir, "sites-available")
-    enabled = posixpath.join(apache.dir, "sites-enabled")
-    return (
-        steps.Install(f"write vhost sites-available/{conf}", ctx.host_names,
-                      path=posixpath.join(available, conf), content=content, mark=owner_mark(ctx.name),
-                      mode=apache.vhost_mode, owner=apache.vhost_chown,
-                      work=posixpath.join(available, f".{conf}.deployer-{ctx.run_id}"), source=source),
-        # What a2ensite does, without needing a2ensite or Debian's layout helpers.
-        steps.Link(f"enable site {conf}", ctx.host_names,
-                   path=posixpath.join(enabled, conf), target=posixpath.join("..", "sites-available", conf),
-                   work=posixpath.join(enabled, f".{conf}.deployer-{ctx.run_id}")),
-    )
 
 
 def activate(ctx: Context, live: tuple[str, ...]) -> tuple[steps.Step, ...]:
@@ -146,8 +123,8 @@ def activate(ctx: Context, live: tuple[str, ...]) -> tuple[steps.Step, ...]:
         steps.Run(f"check that release {ctx.release} is whole and the live release unchanged", ctx.host_names,
                   command=hostscripts.can_activate(ctx.deploy_path, ctx.release_path, VHOST_RECORD, live),
                   waits=False),
-        *_vhost(ctx, source=posixpath.join(ctx.release_path, VHOST_RECORD)),
-        *restart(ctx),
+        *vhost.write(ctx, source=posixpath.join(ctx.release_path, VHOST_RECORD)),
+        *_go_live(ctx, promotes=True),
     )
 
 
@@ -162,20 +139,23 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
 
 
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
-    ctl, hosts = ctx.target.apache.ctl, ctx.host_names
+    # Without render in the run (`--only restart`), no next vhost was
+    # written: Apache reloads what it has.
+    return _go_live(ctx, promotes="render" in ctx.stages)
+
+
+def _go_live(ctx: Context, promotes: bool) -> tuple[steps.Step, ...]:
+    """After migrate has ended: every host switched to the release, then
+    each one's next vhost tested and made live and Apache reloaded; a host
+    whose test or reload fails puts every host back."""
     return (
-        # After migrate has ended; each host switches right after its own
-        # configtest, in the same session, and a host whose configtest fails
-        # puts every host back, those that switched a moment before included.
-        _configtest(ctx),
         # Only to a release this run uploaded, or rolls back to: `--only restart`
         # must not point the live path at a directory that does not exist.
-        *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", hosts,
+        *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", ctx.host_names, waits=True,
                       path=ctx.deploy_path, target=ctx.release_path,
                       work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
           if ctx.switches else []),
-        # Undone, the previous release and vhost are back: Apache reads them again.
-        steps.Run("apache graceful", hosts, command=Command.of((*ctl, "graceful")), again_after_undo=True),
+        vhost.promote(ctx) if promotes else vhost.reload(ctx),
         *_health(ctx),
     )
 
@@ -201,42 +181,43 @@ def undo_run(ctx: Context, run_id: str, keep: bool = False) -> tuple[steps.Step,
     switch = steps.Link("", path=ctx.deploy_path, work=f"{ctx.deploy_path}.deployer-{run_id}")
     record = steps.Install("", path=posixpath.join(ctx.deploy_path, VHOST_RECORD),
                            work=posixpath.join(ctx.deploy_path, f"{VHOST_RECORD}.deployer-{run_id}"))
-    vhost, enable = _vhost(gone)
+    site = vhost.site(ctx)
+    # What the run changed, newest first: (path, its undo, what keeping it tidies).
+    changes = ((site.live, vhost.apache(ctx, "restore", run_id), hostscripts.forget(site.work(site.live, run_id))),
+               *((s.path, s.undo(), s.keep()) for s in (switch, record, *reversed(vhost.write(gone)))))
     relay = posixpath.join(ctx.releases_dir, f".deployer-relay-{run_id}")
     hosts = ctx.host_names
     return (
         steps.Run(f"stop what run {run_id} still runs on the host", hosts, waits=False,
                   command=hostscripts.stop_run(run_id, hostscripts.STOP_GRACE)),
-        *(steps.Run(f"keep {s.path} as run {run_id} left it", hosts, command=s.keep(), waits=False) if keep
-          else steps.Run(f"put back {s.path} as it was before run {run_id}", hosts, command=s.undo(), waits=False)
-          for s in (switch, record, enable, vhost)),
+        *(steps.Run(f"keep {path} as run {run_id} left it", hosts, command=kept, waits=False) if keep
+          else steps.Run(f"put back {path} as it was before run {run_id}", hosts, command=undo, waits=False)
+          for path, undo, kept in changes),
         steps.Run(f"remove what run {run_id} left half-made beside the releases", hosts, waits=False,
                   command=hostscripts.discard_run(ctx.releases_dir, ctx.deploy_path, run_id, keep)),
         steps.Run(f"withdraw the relay key of run {run_id}", hosts, waits=False,
                   command=hostscripts.close(relay, f"deployer-relay-{run_id}")),
-        _configtest(ctx, waits=False),
-        steps.Run("apache graceful", hosts, command=Command.of((*ctx.target.apache.ctl, "graceful")), waits=False),
+        vhost.reload(ctx, waits=False),
     )
 
 
 def retire(ctx: Context) -> tuple[steps.Step, ...]:
-    """Destroy, while it can still be undone: the site disabled and its vhost
-    removed on every host, then Apache checked and reloaded. A failure puts
-    both back, and the reload runs again: every other site keeps serving."""
-    apache, conf, hosts = ctx.target.apache, f"{ctx.name}.conf", ctx.host_names
-    enabled = posixpath.join(apache.dir, "sites-enabled")
-    available = posixpath.join(apache.dir, "sites-available")
-    work = f".{conf}.deployer-{ctx.run_id}"
-    link, link_work = posixpath.join(enabled, conf), posixpath.join(enabled, work)
-    vhost, vhost_work = posixpath.join(available, conf), posixpath.join(available, work)
+    """Destroy, while it can still be undone: the site disabled and its
+    vhosts removed on every host, then Apache checked and reloaded. A
+    failure puts them back, and the reload runs again: every other site
+    keeps serving."""
+    site, hosts, mark = vhost.site(ctx), ctx.host_names, owner_mark(ctx.name)
+    work = site.work(site.enabled, ctx.run_id)
     return (
-        steps.Run(f"disable site {conf}", hosts, waits=False, command=hostscripts.unlink(link, link_work),
-                  undo=hostscripts.restore_link(link, link_work), keep=hostscripts.forget(link_work)),
-        steps.Run(f"remove vhost sites-available/{conf}", hosts, waits=False,
-                  command=hostscripts.remove_file(vhost, owner_mark(ctx.name), vhost_work),
-                  undo=hostscripts.restore(vhost, vhost_work), keep=hostscripts.forget(vhost_work)),
-        _configtest(ctx, waits=False),
-        steps.Run("apache graceful", hosts, command=Command.of((*apache.ctl, "graceful")), again_after_undo=True),
+        steps.Run(f"disable site {ctx.name}.conf", hosts, waits=False,
+                  command=hostscripts.unlink(site.enabled, work),
+                  undo=hostscripts.restore_link(site.enabled, work), keep=hostscripts.forget(work)),
+        *(steps.Run(f"remove sites-available/{posixpath.basename(path)}", hosts, waits=False,
+                    command=hostscripts.remove_file(path, mark, site.work(path, ctx.run_id)),
+                    undo=hostscripts.restore(path, site.work(path, ctx.run_id)),
+                    keep=hostscripts.forget(site.work(path, ctx.run_id)))
+          for path in (site.live, site.stub, site.next)),
+        vhost.reload(ctx, waits=False),
     )
 
 
@@ -265,11 +246,6 @@ def _health(ctx: Context) -> tuple[steps.Step, ...]:
     return (steps.HealthCheck(f"health check: GET {h.path} answers {h.status}", ctx.host_names,
                               addresses=addresses, port=h.port, path=h.path, host_header=ctx.hostname,
                               status=h.status, timeout=h.timeout),)
-
-
-def _configtest(ctx: Context, waits: bool = True) -> steps.Run:
-    return steps.Run("apache configtest", ctx.host_names, waits=waits,
-                     command=Command.of((*ctx.target.apache.ctl, "configtest")))
 
 
 BUILTIN: dict[str, StageFn] = {

@@ -108,9 +108,17 @@ def restore_link(path: str, work: str) -> Command:
     return program("restore-link", path, work)
 
 
-def names_are_free(sites_enabled: str, own: str, names: tuple[str, ...]) -> Command:
-    """Fails if another enabled site serves one of `names` (lowercase host names or patterns)."""
-    return program("check-names", sites_enabled, own, *names)
+def apache(mode: str, apache_dir: str, wait: int, define: str, next_: str, live: str, work: str, mark: str,
+           ctl: tuple[str, ...]) -> Command:
+    """Apache's side of a run, `mode` one of test, promote, restore, reload,
+    status: see sh/apache.sh."""
+    return program("apache", mode, apache_dir, str(wait), define, next_, live, work, mark, *ctl)
+
+
+def names_are_free(apache_dir: str, own: str, names: tuple[str, ...]) -> Command:
+    """Fails if a site enabled under `apache_dir`, other than instance `own`,
+    serves one of `names` (lowercase host names or patterns)."""
+    return program("check-names", apache_dir, own, *names)
 
 
 def session(run_id: str, entries: tuple[tuple[str, bool], ...]) -> Command:

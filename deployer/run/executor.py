@@ -222,12 +222,18 @@ class Executor:
         entry = session.Entry(step.command.line(), timeout=timeout, **(
             {"keep": step.output_limit} if step.output_limit else {}))
 
+        undo = None if step.undo is None else Undo(host, f"undo {step.title}", step.undo, keep=step.keep)
+        if undo is not None and step.undo_safe:
+            self.undo.record(undo)
+            undo = None
+
         def ran(result: Result) -> None:
             # Only what the step did: a failed `mkdir` of an existing release
             # must not lead to removing that release.
-            if result.ok and step.undo is not None:
-                self.undo.record(Undo(host, f"undo {step.title}", step.undo, keep=step.keep))
-        again = (lambda: self.undo.again_after(host, step.command)) if step.again_after_undo else None
+            if result.ok and undo is not None:
+                self.undo.record(undo)
+        after = step.after_undo
+        again = (lambda: self.undo.again_after(host, after.title, after.command)) if after else None
         return [session.Made(entry, then=ran, started=again)]
 
     def _install(self, step: steps.Install, host: str, timeout: float) -> list[session.Made]:

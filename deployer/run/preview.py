@@ -17,7 +17,6 @@ import base64
 import binascii
 import difflib
 import os
-import posixpath
 import re
 from dataclasses import dataclass
 
@@ -26,8 +25,9 @@ from deployer.artifact import delta
 from deployer.config import Missing
 from deployer.context import Context
 from deployer.output import MASK, Reporter, human_size
-from deployer.plan.stages import owner_mark
 from deployer.plan.stages import vpn as vpn_stage
+from deployer.plan.vhost import owner_mark
+from deployer.plan.vhost import site as vhost_site
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 from deployer.run.executor import Executor
@@ -42,7 +42,7 @@ def read_vhost(live: str, conf: str) -> Command:
 
 
 def vhost_path(ctx: Context) -> str:
-    return posixpath.join(ctx.target.apache.dir, "sites-available", f"{ctx.name}.conf")
+    return vhost_site(ctx).live
 
 
 def read_plan(ctx: Context) -> steps.Plan:
@@ -101,7 +101,8 @@ def show(ctx: Context, plan: steps.Plan, reporter: Reporter, missing: tuple[Miss
     views = {h: parse(r.stdout) for step in reading.stages[-1][1] for h, r in executor.outputs(step).items()}
     first = ctx.host_names[0]
     masks = _Masks.of(ctx, missing, reporter)
-    rendered = next((s for _, s in plan.steps() if isinstance(s, steps.Install) and s.path == vhost_path(ctx)
+    # The run writes the next vhost, which becomes the live one.
+    rendered = next((s for _, s in plan.steps() if isinstance(s, steps.Install) and s.path == vhost_site(ctx).next
                      and not s.source), None)
     unrendered = ("the template is not on this machine" if any(m.kind == "template" for m in missing)
                   else "this run does not write it (no render stage)")

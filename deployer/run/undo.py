@@ -24,8 +24,8 @@ class UndoLog:
     def __init__(self):
         self.lock = threading.Lock()
         self.entries: list[Undo] = []
-        # Per host, what to run again once its changes are undone (a reload).
-        self.again: dict[str, list[Command]] = {}
+        # Per host, what to run once its changes are undone (a reload): (title, command).
+        self.again: dict[str, list[tuple[str, Command]]] = {}
         # Per host, the commands that remove what the undo of kept changes needed.
         self.pending: dict[str, list[str]] = {}
 
@@ -33,10 +33,10 @@ class UndoLog:
         with self.lock:
             self.entries.append(undo)
 
-    def again_after(self, host: str, command: Command) -> None:
-        """`command` ran on `host`: run it there again once the host's changes are undone."""
+    def again_after(self, host: str, title: str, command: Command) -> None:
+        """A step began on `host`: run `command` there once the host's changes are undone."""
         with self.lock:
-            self.again.setdefault(host, []).append(command)
+            self.again.setdefault(host, []).append((title, command))
 
     def tidy(self, host: str, line: str) -> None:
         """`line` runs on `host` once its changes stand (in its next session, or at the end)."""
@@ -68,7 +68,7 @@ class UndoLog:
             for u in reversed(self.entries):
                 todo[u.host].append((u.title, u.command))
             for host, undo in todo.items():
-                undo += [(f"then again: {c.line()}", c) for c in self.again.get(host, ())]
+                undo += [(f"then: {title}", c) for title, c in self.again.get(host, ())]
             self.entries.clear()
         if not todo:
             return []

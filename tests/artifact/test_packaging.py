@@ -18,6 +18,7 @@ from deployer.artifact import packaging
 from deployer.artifact.packaging import Rules
 from deployer.cli.deploy import main
 from deployer.errors import StepFailed, UsageError
+from tests.conftest import free_port
 
 # Split, so that this file is no private key to `scan` itself.
 BEGIN = "-" * 5 + "BEGIN "
@@ -755,7 +756,8 @@ def test_default_package_of_a_checkout_ships_no_credentials(tmp_path):
         (tmp_path / rel).write_text(text)
     (tmp_path / "targets.yaml").write_text(
         "targets:\n  demo:\n    transport: local\n    deploy_root: www\n"
-        "    apache: {dir: apache2, ctl: 'true'}\n    migrate: null\n    template: vhost\n"
+        f"    apache: {{dir: apache2, ctl: builtin, port: {free_port()}}}\n"
+        "    migrate: null\n    template: vhost\n"
         "    vpn: {kind: none}\n"
         "  alpha: {hosts: [web1.internal], known_hosts: keys/known,"
         " vpn: {kind: openvpn, config: vpn/demo.ovpn}}\n")

@@ -266,7 +266,8 @@ def test_diff_shows_the_vhost_change_the_live_release_and_the_upload_and_changes
     # template line that held it might have changed with it.
     assert shown[-3:] == ["    -SetEnv ********", "    +SetEnv TIER green", "     SetEnv DB_PASSWORD ********"]
     # The whole plan is there as well, every command in order.
-    assert "  - upload and unpack release " in out and "  - apache graceful [127.0.0.1:" in out
+    assert "  - upload and unpack release " in out
+    assert "  - apache: test the next vhost, make it live, reload and wait until loaded [" in out
 
 
 @pytest.mark.sshd

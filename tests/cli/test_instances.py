@@ -81,7 +81,7 @@ def test_destroy_removes_the_instance_everywhere_and_leaves_the_others_alone(dem
     assert len(parts(demos, "demo-a")) == 6
     code, out = deployer(demos, "destroy", "demo-a", "--yes", "--output", "plain")
     assert code == 0, out
-    assert "apache configtest" in out and "apache graceful" in out
+    assert "apache: configtest, reload and wait until loaded" in out
     assert parts(demos, "demo-a") == []
     assert not [p for p in os.listdir(demos.root / "apache2" / "sites-available") if "demo-a" in p]
     assert {n: digest_of(demos, n) for n in ("alpha", "demo-b")} == others
@@ -121,16 +121,21 @@ if [ "$2" = configtest ] && [ ! -e {demos.root}/apache2/sites-available/demo-a.c
     echo "Could not open configuration file demo-a.conf" >&2
     exit 1
 fi
-exec {real_ctl.split()[0]} "$@"
+exec {real_ctl.rsplit(" ", 1)[0]} "$@"
 """)
     ctl.chmod(0o755)
-    doc["targets"]["*"]["apache"]["ctl"] = f"{ctl} {real_ctl.split()[1]}"
+    doc["targets"]["*"]["apache"]["ctl"] = f"{ctl} {real_ctl.split()[-1]}"
     demos.targets_file.write_text(yaml.safe_dump(doc))
-    before = tree_digest(demos.root, history=False)
+
+    def files():  # but Apache's log, which says it reloaded
+        return {k: v for k, v in tree_digest(demos.root, history=False).items()
+                if not k.startswith("apache2/log/")}
+
+    before = files()
     code, out = deployer(demos, "destroy", "demo-a", "--yes", "--output", "plain")
     assert code == 1, out
     assert "Could not open configuration file demo-a.conf" in out
-    assert tree_digest(demos.root, history=False) == before
+    assert files() == before
     assert len(parts(demos, "demo-a")) == 6
     assert not (demos.root / "www" / "demo-a.deployer" / "lock").exists()
 

@@ -52,8 +52,8 @@ def test_releases_lists_every_release_and_marks_the_live_one(site):
 
 def test_rollback_goes_back_one_release_with_its_vhost_and_never_migrates(site, tmp_path):
     template = tmp_path / "template"
-    template.write_text("<VirtualHost *:80>\nServerName <<HOSTNAME>>\n# <<DEPLOY_PATH>>\n# v=<<EXTRA>>\n"
-                        "</VirtualHost>\n")
+    template.write_text("<VirtualHost *:<<HTTP_PORT>>>\nServerName <<HOSTNAME>>\n# <<DEPLOY_PATH>>\n"
+                        "# v=<<EXTRA>>\n</VirtualHost>\n")
     site.edit(template=str(template), vars={"EXTRA": "0"})
     made = _deploy_versions(site, 3)
     migrations = (site.root / "migrations.log").read_text()
@@ -206,7 +206,7 @@ def test_unlock_after_a_kill_past_the_switch_puts_the_previous_release_back(site
     assert code == 0, out
     assert os.readlink(site.live()).endswith(made[0])
     assert sorted(p.name for p in (site.root / "www" / "alpha.releases").iterdir()) == made
-    assert "apache graceful" in out
+    assert "apache: configtest, reload and wait until loaded" in out
 
 
 def test_unlock_refuses_while_the_holder_still_runs_here(site, tmp_path):

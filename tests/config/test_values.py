@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from deployer import steps
 from deployer.cli.deploy import main
 from deployer.output import choose
-from tests.conftest import armed_local_target, tree_digest
+from tests.conftest import armed_local_target, free_port, tree_digest
 
 # The review's reproduction: this --var turned the vhost into one that served /etc.
 INJECTION = "APP_ENV=prod\nAlias /etcfiles /etc\n<Directory /etc>\nRequire all granted\n</Directory>\n#"
-TEMPLATE = "ServerName <<HOSTNAME>>\nSetEnv APP_ENV <<APP_ENV>>\n"
+TEMPLATE = "ServerName <<HOSTNAME>>\n# APP_ENV <<APP_ENV>>\n"
 SECRET_ENV = "DEPLOYER_TEST_SECRET"
 FORMATS = ("plain", "json", "teamcity", "rich")
 
@@ -68,7 +68,7 @@ def test_var_option_one_line_of_any_script_deploys(armed):
     code, out = deploy(targets, "--var", f"APP_ENV={value.replace(chr(9), ' ')}")
     assert code == 0, out
     vhost = (root / "apache2" / "sites-available" / "demo-x.conf").read_text()
-    assert vhost.splitlines()[-1] == f"SetEnv APP_ENV {value.replace(chr(9), ' ')}"
+    assert vhost.splitlines()[-1] == f"# APP_ENV {value.replace(chr(9), ' ')}"
 
 
 @pytest.mark.parametrize(("yaml_value", "problem"), [
@@ -138,10 +138,11 @@ def target_with_secret(tmp_path):
     root = tmp_path
     (root / "app").mkdir()
     (root / "app" / "manage.py").write_text("x\n")
-    (root / "vhost").write_text("ServerName <<HOSTNAME>>\nSetEnv APP_ENV <<APP_ENV>> end\n"
+    (root / "vhost").write_text("ServerName <<HOSTNAME>>\n# APP_ENV <<APP_ENV>> end\n"
                                 "SetEnv DB_PASSWORD <<DB_PASSWORD>>\n")
     (root / "targets.yaml").write_text(yaml.safe_dump({"targets": {"*": {
-        "transport": "local", "deploy_root": "www", "apache": {"dir": "apache2", "ctl": "true"},
+        "transport": "local", "deploy_root": "www",
+        "apache": {"dir": "apache2", "ctl": "builtin", "port": free_port()},
         "migrate": None, "package": {"source": "app"}, "template": "vhost",
         "vars": {"DB_PASSWORD": {"env": SECRET_ENV, "secret": True}},
     }}}))
@@ -168,7 +169,7 @@ def test_no_var_value_adds_a_line_to_the_vhost(target_with_secret, value):
     assert code == 0, out
     lines = rendered(out)
     assert len(lines) == 4  # deployer's mark, then the template's three
-    assert lines[2] == f"SetEnv APP_ENV {value} end"
+    assert lines[2] == f"# APP_ENV {value} end"
 
 
 @PROPERTY

@@ -12,7 +12,7 @@ from deployer import steps
 from deployer.artifact import packaging
 from deployer.cli.deploy import main
 from deployer.output import details
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 # A quote, a backslash and a non-ASCII letter: JSON and TeamCity escape each.
 SECRET = 's3cr3t-Pä55"w\\ord|[x]'
@@ -34,7 +34,7 @@ def local(tmp_path, monkeypatch):
     def run(*extra, migrate=MIGRATE, env=None):
         doc = {"targets": {"local": {
             "transport": "local", "deploy_root": "www",
-            "apache": {"dir": "apache2", "ctl": "true"},
+            "apache": {"dir": "apache2", "ctl": "builtin", "port": free_port()},
             "migrate": migrate, "package": {"source": "src"}, "template": "vhost",
             "vars": {"DB_PASSWORD": {"env": "DEPLOYER_TEST_DB_PASSWORD", "secret": True}},
         }}}
@@ -119,8 +119,9 @@ def test_json_dry_run_lists_planned_steps(local):
     events = [json.loads(line) for line in lines]
     planned = [e for e in events if e["event"] == "planned"]
     assert [e["stage"] for e in planned] == [
-        "package", "upload", "upload", "render", "render", "render", "render", "render", "migrate",
-        "restart", "restart", "restart", "after a successful run"]
+        "package", "upload", "upload", "render", "render", "render", "render", "render", "render", "render",
+        "migrate",
+        "restart", "restart", "after a successful run"]
     assert not (local.tmp / "www").exists()
 
 

@@ -10,7 +10,7 @@ from deployer import context
 from deployer.artifact import packaging
 from deployer.config import load
 from deployer.errors import DeployError, UsageError
-from deployer.plan import pipeline
+from deployer.plan import pipeline, vhost
 from deployer.plan import stages as stage_lib
 from deployer.quoting import Command
 from deployer.remote import hostscripts
@@ -111,20 +111,36 @@ def test_render_steps(make):
     available, enabled = "/srv/apache2/sites-available", "/srv/apache2/sites-enabled"
     assert stages["render"] == (
         Run("check that no other site serves alpha.example.com", H,
-            command=hostscripts.names_are_free(enabled, "alpha.conf", ("alpha.example.com",)), waits=False),
-        Install("write vhost sites-available/alpha.conf", H,
-                path=f"{available}/alpha.conf", mark=mark,
+            command=hostscripts.names_are_free("/srv/apache2", "alpha", ("alpha.example.com",)), waits=False),
+        Run("check that sites-available/alpha.conf is deployer's to replace", H, waits=False,
+            command=vhost.apache(ctx, "ours")),
+        # Where no reload reads it until it has passed its test, under the host's Apache lock.
+        Install("write the next vhost sites-available/alpha.next", H,
+                path=f"{available}/alpha.next", mark=mark,
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
-                mode=0o600, owner=":www-data", work=f"{available}/.alpha.conf.deployer-{ctx.run_id}"),
+                mode=0o600, owner=":www-data", work=f"{available}/.alpha.next.deployer-{ctx.run_id}"),
+        Install("write the site's stub sites-available/alpha.stub", H,
+                path=f"{available}/alpha.stub", mark=mark, content=vhost.site(ctx).stub_content(),
+                mode=0o600, owner=":www-data", work=f"{available}/.alpha.stub.deployer-{ctx.run_id}"),
         Link("enable site alpha.conf", H, path=f"{enabled}/alpha.conf",
-             target="../sites-available/alpha.conf", work=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
+             target="../sites-available/alpha.stub", work=f"{enabled}/.alpha.conf.deployer-{ctx.run_id}"),
         # What a rollback to this release installs again, readable by the deploy user only.
         Install("keep the vhost in the release, for a rollback to it: .deployer-vhost", H,
                 path=f"{ctx.release_path}/.deployer-vhost", mark=mark,
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
                 mode=0o600, work=f"{ctx.release_path}/.deployer-vhost.deployer-{ctx.run_id}"),
-        Run("apache configtest", H, command=Command.of(("apache2ctl", "configtest")), waits=False),
+        Run("apache configtest with the next vhost", H, waits=False, command=hostscripts.apache(
+            "test", "/srv/apache2", 120, "deployer-next-alpha", f"{available}/alpha.next",
+            f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}", mark, ("apache2ctl",))),
     )
+
+
+def test_the_stub_reads_the_live_vhost_and_the_next_one_only_in_a_test(make):
+    ctx, _ = make({"apache": {"dir": "/srv/apache2"}})
+    assert vhost.site(ctx).stub_content().splitlines()[3:] == [
+        "<IfDefine deployer-next-alpha>", '    Include "/srv/apache2/sites-available/alpha.next"', "</IfDefine>",
+        "<IfDefine !deployer-next-alpha>", '    IncludeOptional "/srv/apache2/sites-available/alpha.conf"',
+        "</IfDefine>"]
 
 
 @pytest.mark.parametrize(("vhost", "names"), [
@@ -153,15 +169,32 @@ def test_migrate_runs_once_on_first_host_in_the_new_release(make):
     )
 
 
-def test_restart_checks_then_switches_then_reloads(make):
-    ctx, stages = make({"apache": {"ctl": "sudo apache2ctl"}})
+def test_restart_switches_then_makes_the_next_vhost_live_and_reloads(make):
+    ctx, stages = make({"apache": {"ctl": "sudo apache2ctl"}, "step_timeout": 90})
+    available = "/etc/apache2/sites-available"
+
+    def apache(mode):
+        return hostscripts.apache(mode, "/etc/apache2", 30, "deployer-next-alpha", f"{available}/alpha.next",
+                                  f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}",
+                                  vhost.owner_mark("alpha"), ("sudo", "apache2ctl"))
     assert stages["restart"] == (
-        Run("apache configtest", H, command=Command.of(("sudo", "apache2ctl", "configtest"))),
-        Link(f"switch /var/www/alpha to release {ctx.release}", H, path="/var/www/alpha",
+        # Once migrate and every hook before it have ended on every host.
+        Link(f"switch /var/www/alpha to release {ctx.release}", H, waits=True, path="/var/www/alpha",
              target=f"/var/www/alpha.releases/{ctx.release}", work=f"/var/www/alpha.deployer-{ctx.run_id}",
              commit=True),
-        Run("apache graceful", H, command=Command.of(("sudo", "apache2ctl", "graceful")), again_after_undo=True),
+        # Its undo is recorded before it starts: a promote that fails half way is put back too.
+        Run("apache: test the next vhost, make it live, reload and wait until loaded", H,
+            command=apache("promote"), undo=apache("restore"),
+            keep=hostscripts.forget(f"{available}/.alpha.conf.deployer-{ctx.run_id}"), undo_safe=True,
+            after_undo=vhost.reload(ctx, again=False)),
     )
+
+
+def test_a_restart_without_render_reloads_what_apache_has(make):
+    ctx, _ = make()
+    only = context.Context(**{**ctx.__dict__, "stages": ("restart",)})
+    (step,) = stage_lib.restart(only)
+    assert step.command == vhost.apache(only, "reload") and step.after_undo.command == step.command
 
 
 def _sessions(ctx):
@@ -171,29 +204,29 @@ def _sessions(ctx):
 def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make):
     ctx, _ = make()
     sessions = _sessions(ctx)
-    assert [len(g) for g in sessions] == [1, 1, 7, 1, 2, 1]
+    assert [len(g) for g in sessions] == [1, 1, 9, 1, 1, 1]
     package, vpn, prepare, migrate, switch, reload = sessions
     # The lock, the release and the vhost, checked, in one session; migrate
-    # only once every host has passed; each host switches right after its
-    # own configtest, and graceful only once the switch has happened everywhere.
+    # only once every host has passed; the switch once migrate has ended, and
+    # the vhost made live and Apache reloaded once the switch has happened everywhere.
     assert prepare[0] == "upload: lock instance alpha on every host"
-    assert prepare[1].startswith("upload: ") and prepare[-1] == "render: apache configtest"
+    assert prepare[1].startswith("upload: ") and prepare[-1] == "render: apache configtest with the next vhost"
     assert migrate[0].startswith("migrate: ")
-    assert switch[0] == "restart: apache configtest" and switch[1].startswith("restart: switch ")
-    assert reload == ["restart: apache graceful"]
+    assert len(switch) == 1 and switch[0].startswith("restart: switch ")
+    assert reload == ["restart: apache: test the next vhost, make it live, reload and wait until loaded"]
 
 
 def test_a_hook_waits_for_every_host_and_the_changes_after_it_join_its_session(make):
     ctx, _ = make({"hooks": {"before": {"render": ["echo hi"]}}, "migrate": None})
     hosts_sessions = [g for g in _sessions(ctx) if not g[0].startswith(("package", "vpn"))]
-    assert [len(g) for g in hosts_sessions] == [2, 6, 2, 1]
+    assert [len(g) for g in hosts_sessions] == [2, 8, 1, 1]
     assert hosts_sessions[1][0] == "render: before render: echo hi"
 
 
 def test_restart_without_upload_does_not_switch(make):
     _, stages = make(only=("render", "restart"))
     assert list(stages) == ["render", "restart"]
-    assert [type(s) for s in stages["restart"]] == [Run, Run]
+    assert [type(s) for s in stages["restart"]] == [Run]
 
 
 def test_migrate_without_upload_runs_in_the_live_release(make):
@@ -220,7 +253,7 @@ def test_hooks_and_shell_stages_in_order(make):
 def test_catch_all_target_for_unknown_names(make):
     ctx, stages = make(name="demo-acme")
     assert ctx.target.entry == "*"
-    assert stages["render"][1].path == "/etc/apache2/sites-available/demo-acme.conf"
+    assert stages["render"][2].path == "/etc/apache2/sites-available/demo-acme.next"
     assert ctx.deploy_path == "/var/www/demo-acme"
 
 
@@ -344,14 +377,15 @@ def test_a_rollback_checks_then_installs_the_releases_own_vhost_and_switches(mak
     back = context.for_instance("alpha", ctx.target, "rollback", release="20260101T000000Z-abc")
     p = pipeline.rollback(back, ("20260102T030405Z-def",))
     steps = [s for _, s in p.steps()]
-    assert [type(s) for s in steps] == [OpenVpn, Lock, Run, Install, Link, Run, Link, Run]
+    assert [type(s) for s in steps] == [OpenVpn, Lock, Run, Install, Install, Link, Link, Run]
     record = "/var/www/alpha.releases/20260101T000000Z-abc/.deployer-vhost"
     assert steps[2].command == hostscripts.can_activate(
         "/var/www/alpha", "/var/www/alpha.releases/20260101T000000Z-abc", ".deployer-vhost",
         ("20260102T030405Z-def",))
-    assert steps[3].source == record and steps[3].path == "/etc/apache2/sites-available/alpha.conf"
+    assert steps[3].source == record and steps[3].path == "/etc/apache2/sites-available/alpha.next"
     assert steps[6].commit and steps[6].target == "/var/www/alpha.releases/20260101T000000Z-abc"
-    assert steps[7].again_after_undo
+    assert steps[7].command == vhost.apache(back, "promote")
+    assert steps[7].after_undo == vhost.reload(back, again=False)
     assert p.lock is steps[1] and p.after == ()
     # Nothing migrates.
     assert not any("migrate" in s.title for s in steps)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import REPO, deploy_process, ignores_term, process_running, tree_digest, wait_until
+from tests.conftest import REPO, deploy_process, free_port, ignores_term, process_running, tree_digest, wait_until
 
 
 def _local_target(tmp_path, migrate: str, **extra) -> str:
@@ -15,7 +15,8 @@ def _local_target(tmp_path, migrate: str, **extra) -> str:
     src.mkdir()
     (src / "manage.py").write_text("x\n")
     doc = {"targets": {"local": {
-        "transport": "local", "deploy_root": "host/www", "apache": {"dir": "host/apache2", "ctl": "true"},
+        "transport": "local", "deploy_root": "host/www",
+        "apache": {"dir": "host/apache2", "ctl": "builtin", "port": free_port()},
         "migrate": migrate, "package": {"source": "src"},
         "template": str(REPO / "templates" / "default_template"), **extra,
     }}}

@@ -93,7 +93,7 @@ def test_the_undo_log_replays_each_hosts_changes_newest_first_then_what_runs_aga
     log.record(Undo("web1", "undo a", Command.of(("echo", "a"))))
     log.record(Undo("web2", "undo a", Command.of(("echo", "a2"))))
     log.record(Undo("web1", "undo b", Command.of(("echo", "b")), keep=Command.of(("rm", "b.work"))))
-    log.again_after("web1", Command.of(("reload",)))
+    log.again_after("web1", "reload", Command.of(("reload",)))
     ran, notes = [], []
 
     def run_quietly(host, line):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, deploy_process, next_second, tree_digest, wait_until
+from tests.conftest import LOCAL_APACHE_CTL, deploy_process, next_second, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -29,9 +29,8 @@ def _plant_lock(site, who="deploy of release X by someone@elsewhere (pid 1) (run
 
 
 def _failing_graceful(site, tmp_path, fails: str) -> Path:
-    """An apache2ctl whose configtest is real and whose graceful logs the
-    live release, then fails while the file `fails` exists (once, if it
-    says so)."""
+    """deployer's local Apache, whose graceful logs the live release, then
+    fails while the file `fails` exists (once, if it says so)."""
     log = tmp_path / "graceful.log"
     ctl = tmp_path / "ctl"
     ctl.write_text(f"""#!/bin/sh
@@ -45,12 +44,12 @@ if [ "$2" = graceful ]; then
         echo "graceful: could not bind to port 80" >&2
         exit 1
     fi
-    exit 0
 fi
-exec {REPO}/tests/configtest-apache2ctl "$@"
+exec /bin/sh {LOCAL_APACHE_CTL} "$@"
 """)
     ctl.chmod(0o755)
-    site.edit(apache={"dir": str(site.root / "apache2"), "ctl": f"{ctl} {site.root / 'apache2'}"})
+    site.edit(apache={"dir": str(site.root / "apache2"), "ctl": f"{ctl} {site.root / 'apache2'}",
+                      "port": site.http_port})
     return log
 
 
@@ -158,7 +157,7 @@ def test_sigterm_during_graceful_after_the_switch_undoes_and_says_so(site, tmp_p
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out
-    assert "apache graceful [127.0.0.1" in out  # the step it stopped, shown
+    assert "apache: test the next vhost, make it live, reload and wait until loaded [127.0.0.1" in out  # shown
     assert os.readlink(site.live()) == old
     assert log.read_text().split()[-1] == old  # Apache read the old config again
     assert out.rstrip().endswith(f"release {Path(old).name} is live")
@@ -175,7 +174,7 @@ def test_an_undo_that_cannot_complete_exits_3_and_names_the_host(site, tmp_path)
     code, out = site.deploy()
     assert code == 3, out
     assert "THE UNDO DID NOT COMPLETE; these hosts need a person:" in out
-    assert f"127.0.0.1:{site_port(site)}: then again:" in out
+    assert f"127.0.0.1:{site_port(site)}: then: apache: configtest, reload and wait until loaded:" in out
     assert _history(site)[-1][2] == "undo incomplete"
     assert not _lock(site).exists()
 

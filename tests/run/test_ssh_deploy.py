@@ -32,7 +32,7 @@ def test_full_deploy_lands_release_vhost_and_one_migration(site):
     assert f"    WSGIScriptAlias / {live}/django.wsgi\n" in vhost
     assert "<<" not in vhost
     enabled = site.root / "apache2" / "sites-enabled" / "alpha.conf"
-    assert os.readlink(enabled) == "../sites-available/alpha.conf"
+    assert os.readlink(enabled) == "../sites-available/alpha.stub"
     # Migrate ran once, inside the new release, before the switch.
     assert (site.root / "migrations.log").read_text() == f"{release.name} {release}\n"
     assert "Syntax OK" in out  # the real Apache configtest of the rendered vhost
@@ -192,7 +192,8 @@ def test_rollback_puts_back_the_previous_vhost_with_its_mode_and_owner(site, tmp
         (before.st_ino, before.st_mode, 0, www_data)
     assert vhost(site).read_bytes() == content
     # Nothing deployer kept for the undo is left beside it.
-    assert sorted(p.name for p in vhost(site).parent.iterdir()) == ["alpha.conf"]
+    assert sorted(p.name for p in vhost(site).parent.iterdir()) == [
+        ".deployer-apache.lock", "alpha.conf", "alpha.stub"]
 
 
 def test_a_link_planted_at_the_old_temp_name_is_never_written_through(site, tmp_path):
@@ -272,7 +273,7 @@ def test_a_hostname_another_site_serves_is_refused(site, served_as):
 def test_other_sites_that_do_not_serve_the_name_are_no_obstacle(site, served_as):
     enabled = site.root / "apache2" / "sites-enabled"
     enabled.mkdir(parents=True)
-    (enabled / "other.conf").write_text(f"<VirtualHost *:80>\n    {served_as}\n</VirtualHost>\n")
+    (enabled / "other.conf").write_text(f"<VirtualHost *:{site.http_port}>\n    {served_as}\n</VirtualHost>\n")
     code, out = site.deploy()
     assert code == 0, out
 
@@ -281,12 +282,13 @@ def test_an_alias_given_as_a_var_cannot_take_another_site(site, tmp_path):
     # TeamCity parameters reach --var: `ServerAlias <<ALIAS>>` with another
     # instance's name would have made this site answer for it.
     template = tmp_path / "aliased"
-    template.write_text("<VirtualHost *:80>\n    ServerName <<HOSTNAME>>\n    ServerAlias <<ALIAS>>\n"
+    template.write_text("<VirtualHost *:<<HTTP_PORT>>>\n    ServerName <<HOSTNAME>>\n    ServerAlias <<ALIAS>>\n"
                         "</VirtualHost>\n")
     site.edit(template=str(template))
     enabled = site.root / "apache2" / "sites-enabled"
     enabled.mkdir(parents=True)
-    (enabled / "beta.conf").write_text("<VirtualHost *:80>\n    ServerName beta.example.test\n</VirtualHost>\n")
+    (enabled / "beta.conf").write_text(f"<VirtualHost *:{site.http_port}>\n    ServerName beta.example.test\n"
+                                       "</VirtualHost>\n")
     code, out = site.deploy("--var", "ALIAS=www.alpha.example.test beta.example.test")
     assert code == 1
     assert f"already served by beta.conf (beta.example.test) in {enabled}" in out

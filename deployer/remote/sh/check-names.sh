@@ -4,14 +4,18 @@
 # second site with the same name takes another's traffic, or loses its own.
 # Names go to awk through the environment: `awk -v` would expand backslashes.
 # A name that is not a plain host name pattern can match no host we serve;
-# an awk that fails counts as a conflict, never as "free".
-dir=$1 own=$2
+# an awk that fails counts as a conflict, never as "free". A site deployer
+# enabled is a stub (NAME.stub) that includes its vhost, NAME.conf, beside it.
+apache=$1 own=$2
 shift 2
+dir=$apache/sites-enabled
 [ -d "$dir" ] || exit 0
 taken=
 for f in "$dir"/*.conf; do
     [ -f "$f" ] || continue
-    [ "${f##*/}" = "$own" ] && continue
+    [ "${f##*/}" = "$own.conf" ] && continue
+    stub=$(readlink -f -- "$f")
+    case "$stub" in *.stub) [ ! -f "${stub%.stub}.conf" ] || f=${stub%.stub}.conf ;; esac
     hit=$(DEPLOYER_NAMES="$*" awk '
         function pattern(name,    out, i, c) {
             out = ""

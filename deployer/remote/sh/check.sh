@@ -6,10 +6,13 @@
 # mount. Apache's run and lock dirs are the only thing configtest itself
 # may make (Debian's apache2ctl makes them when missing), as in a deploy.
 # The tools: what a deploy runs (sh/*.sh) that a minimal image may
-# lack, coreutils' own taken as given; flock and ssh serve only the relay,
-# which falls back to the runner sending the artifact: a note, not a failure.
+# lack, coreutils' own taken as given; ssh serves only the relay, which
+# falls back to the runner sending the artifact: a note, not a failure.
+# Apache: that it runs (a deploy reloads it, or starts it if it is gone;
+# none running with no site enabled is the builtin local Apache's rest).
 root=$1 available=$2 enabled=$3 state=$4 relay=$5
 shift 5
+. ./lib/apache-run.sh
 writable() {
     key=$1 path=$2 at=$2
     while [ ! -e "$at" ] && [ ! -L "$at" ]; do at=$(dirname -- "$at"); done
@@ -33,9 +36,9 @@ absent() {
 writable deploy_root "$root"
 writable sites-available "$available"
 writable sites-enabled "$enabled"
-missing=$(absent tar gzip awk sed grep xargs sha256sum base64 mkfifo)
+missing=$(absent tar gzip awk sed grep xargs sha256sum base64 mkfifo flock)
 spare=
-[ "$relay" = 0 ] || spare=$(absent flock ssh)
+[ "$relay" = 0 ] || spare=$(absent ssh)
 if [ -n "$missing" ]; then
     echo "check tools failed not found:$missing"
 elif [ -n "$spare" ]; then
@@ -55,6 +58,15 @@ elif [ -d "$lock" ]; then
     echo "check lock held"
 else
     echo "check lock ok nobody holds it"
+fi
+if ! runtime "$@" 2> /dev/null; then
+    echo "check apache failed cannot tell where Apache writes its pid file: '$* -t -D DUMP_RUN_CFG' names none"
+elif running=$(server) && [ -n "$running" ]; then
+    echo "check apache ok Apache runs (pid ${running%% *})"
+elif ! ls "$enabled"/*.conf > /dev/null 2>&1; then
+    echo "check apache ok Apache is not running, and no site is enabled: a deploy starts it"
+else
+    echo "check apache failed Apache is not running (its pid file: $pidfile): every site here is down"
 fi
 if out=$("$@" configtest 2>&1); then
     echo "check configtest ok $(printf '%s\n' "$out" | tail -n 1)"

@@ -7,6 +7,7 @@
 # is read into memory: a link to /dev/zero or a FIFO is refused before
 # anything reads it.
 set -eu
+. ./lib/ours.sh
 path=$1 mark=$2 mode=$3 owner=$4 work=$5 size=$6 from=${7-}
 dir=${path%/*}
 if [ -n "$from" ] && { [ -L "$from" ] || [ ! -f "$from" ] || [ "$(head -n 1 -- "$from")" != "$mark" ]; }; then
@@ -15,23 +16,8 @@ if [ -n "$from" ] && { [ -L "$from" ] || [ ! -f "$from" ] || [ "$(head -n 1 -- "
 fi
 mkdir -p -- "$dir"
 umask 077
-if [ -L "$path" ]; then
-    echo "$path is a symbolic link; deployer will not write through it (remove it)" >&2
-    exit 1
-elif [ -e "$path" ]; then
-    if [ ! -f "$path" ]; then
-        echo "$path exists and is not a regular file; deployer will not replace it" >&2
-        exit 1
-    fi
-    if [ "$(wc -c < "$path")" -gt 1048576 ]; then
-        echo "$path is larger than 1 MiB; deployer will not replace it (move it aside)" >&2
-        exit 1
-    fi
-    if [ "$(head -n 1 -- "$path")" != "$mark" ]; then
-        echo "$path was not written by deployer (its first line is not '$mark');" \
-             "deployer will not replace it: move it aside, or deploy under another config name" >&2
-        exit 1
-    fi
+ours "$path" "$mark" || exit 1
+if [ -e "$path" ]; then
     mkdir -- "$work"
     ln -T -- "$path" "$work/previous"
 else

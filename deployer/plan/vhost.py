@@ -1,0 +1,140 @@
+"""Where an instance's vhost lives on a host, and the steps that change it.
+
+Apache reads only vhosts that passed configtest. The instance's entry in
+sites-enabled is a link to a stub of deployer's, NAME.stub, which includes
+the live vhost, NAME.conf; a run writes the next one beside it, NAME.next,
+which Apache reads only when told to by a define on its command line (a
+test: `apache2ctl -t -D deployer-next-NAME`), and makes it NAME.conf only
+once that test has passed, holding the host's Apache lock through the
+reload (see remote/sh/apache.sh). A reload by anyone else (another
+instance's deploy, logrotate, an admin) reads the live vhosts, never one
+being tried.
+"""
+
+import posixpath
+from dataclasses import dataclass
+
+from deployer import steps
+from deployer.context import Context
+from deployer.quoting import Command
+from deployer.remote import hostscripts
+
+
+def owner_mark(name: str) -> str:
+    """The first line of every file deployer writes for instance `name`: a
+    file at that path without it is not ours to replace."""
+    return f"# Written by deployer for instance {name}; the next deploy replaces this file."
+
+
+# How long a host waits for another run's turn at Apache, and then for
+# Apache to load its configuration: within a step's own time limit.
+def apache_wait(ctx: Context) -> int:
+    return int(max(10, min(120, ctx.target.step_timeout / 3)))
+
+
+@dataclass(frozen=True)
+class Site:
+    """The paths of instance `name`'s vhost under Apache's folder `dir`."""
+
+    dir: str
+    name: str
+
+    @property
+    def available(self) -> str:
+        return posixpath.join(self.dir, "sites-available")
+
+    @property
+    def enabled(self) -> str:
+        return posixpath.join(self.dir, "sites-enabled", f"{self.name}.conf")
+
+    @property
+    def live(self) -> str:
+        return posixpath.join(self.available, f"{self.name}.conf")
+
+    @property
+    def next(self) -> str:
+        return posixpath.join(self.available, f"{self.name}.next")
+
+    @property
+    def stub(self) -> str:
+        return posixpath.join(self.available, f"{self.name}.stub")
+
+    @property
+    def define(self) -> str:
+        return f"deployer-next-{self.name}"
+
+    def work(self, path: str, run_id: str) -> str:
+        """Beside `path`, what run `run_id` keeps for the undo of its change to it."""
+        head, tail = posixpath.split(path)
+        return posixpath.join(head, f".{tail}.deployer-{run_id}")
+
+    def stub_content(self) -> str:
+        # The paths are absolute and checked (config/build.py): no quote, $ or space.
+        return (f"{owner_mark(self.name)}\n"
+                f"# Apache reads {self.name}.conf, the vhost that passed configtest. deployer tests\n"
+                f"# the next one, {self.name}.next, with -D {self.define}, before it makes it {self.name}.conf.\n"
+                f"<IfDefine {self.define}>\n    Include \"{self.next}\"\n</IfDefine>\n"
+                f"<IfDefine !{self.define}>\n    IncludeOptional \"{self.live}\"\n</IfDefine>\n")
+
+
+def site(ctx: Context) -> Site:
+    return Site(ctx.target.apache.dir, ctx.name)
+
+
+def apache(ctx: Context, mode: str, run_id: str = "") -> Command:
+    """remote/sh/apache.sh in `mode` for the instance, with the target's ctl."""
+    s = site(ctx)
+    return hostscripts.apache(mode, s.dir, apache_wait(ctx), s.define, s.next, s.live,
+                              s.work(s.live, run_id or ctx.run_id), owner_mark(ctx.name),
+                              ctx.target.apache.ctl)
+
+
+def write(ctx: Context, content: str = "", source: str = "") -> tuple[steps.Step, ...]:
+    """The instance's next vhost written (`content`, or a copy of the host's
+    file `source`), and the site enabled through its stub. Neither changes
+    what a reload reads: the stub includes the live vhost, as the link it
+    replaces did."""
+    apache, s = ctx.target.apache, site(ctx)
+    mark = owner_mark(ctx.name)
+    return (
+        steps.Install(f"write the next vhost sites-available/{ctx.name}.next", ctx.host_names,
+                      path=s.next, content=content, mark=mark, mode=apache.vhost_mode, owner=apache.vhost_chown,
+                      work=s.work(s.next, ctx.run_id), source=source),
+        steps.Install(f"write the site's stub sites-available/{ctx.name}.stub", ctx.host_names,
+                      path=s.stub, content=s.stub_content(), mark=mark, mode=apache.vhost_mode,
+                      owner=apache.vhost_chown, work=s.work(s.stub, ctx.run_id)),
+        # What a2ensite does, without needing a2ensite or Debian's layout helpers.
+        steps.Link(f"enable site {ctx.name}.conf", ctx.host_names,
+                   path=s.enabled, target=posixpath.join("..", "sites-available", f"{ctx.name}.stub"),
+                   work=s.work(s.enabled, ctx.run_id)),
+    )
+
+
+def ours(ctx: Context) -> steps.Run:
+    """Before anything is written: the live vhost is deployer's to replace."""
+    return steps.Run(f"check that sites-available/{ctx.name}.conf is deployer's to replace", ctx.host_names,
+                     waits=False, command=apache(ctx, "ours"))
+
+
+def test(ctx: Context, waits: bool = True) -> steps.Run:
+    return steps.Run("apache configtest with the next vhost", ctx.host_names, waits=waits,
+                     command=apache(ctx, "test"))
+
+
+def promote(ctx: Context) -> steps.Run:
+    """Locked on each host: the next vhost tested, made live, and Apache
+    reloaded and seen to have loaded it. Undone, the live vhost is put back
+    and Apache reloaded again once the host's other changes are undone."""
+    s = site(ctx)
+    return steps.Run("apache: test the next vhost, make it live, reload and wait until loaded", ctx.host_names,
+                     command=apache(ctx, "promote"), undo=apache(ctx, "restore"),
+                     keep=hostscripts.forget(s.work(s.live, ctx.run_id)), undo_safe=True,
+                     after_undo=reload(ctx, again=False))
+
+
+def reload(ctx: Context, waits: bool = True, again: bool = True) -> steps.Run:
+    """Locked on each host: configtest, graceful (or start), and wait until
+    loaded; with `again`, once more after an undo."""
+    title, command = "apache: configtest, reload and wait until loaded", apache(ctx, "reload")
+    return steps.Run(title, ctx.host_names, waits=waits, command=command,
+                     after_undo=reload(ctx, again=False) if again else None)

@@ -1,0 +1,162 @@
+#!/bin/sh
+# Apache's side of a run. Apache reads only vhosts that passed configtest:
+# an instance's entry in sites-enabled is a stub (NAME.stub, see
+# plan/stages.py) that includes its live vhost, NAME.conf, or, only when
+# Apache runs with -D `define` (a test), the next one, NAME.next instead.
+# A run tests NAME.next so, and makes it NAME.conf only once that test has
+# passed, holding the host's Apache lock (an flock on a file in
+# sites-available, shared by every instance and every runner) from that
+# test to the end of the reload it starts: no two runs test, promote or
+# reload at once, so the configuration one tested is what Apache loads.
+#
+#   ours     NAME.conf is deployer's to replace (its first line is `mark`)
+#   test     the config with NAME.next in place of NAME.conf
+#   promote  locked: test; NAME.next becomes NAME.conf, the previous one
+#            kept in `work` (as install.sh keeps it, for restore.sh); reload
+#   restore  locked: NAME.conf put back as it was before promote
+#   reload   locked: configtest, then graceful (or start, if Apache is not
+#            running), and wait until Apache has loaded the configuration
+#   status   whether Apache runs
+#
+# A reload is done when Apache says so: `apache2ctl graceful` only sends a
+# signal, and Apache reads its configuration once its old mod_wsgi daemons
+# have stopped (seconds, with requests in flight). Each time it has read it,
+# Apache writes its pid file anew (a new file renamed into place) naming its
+# parent process, which a graceful restart keeps: the reload has finished
+# when the pid file is a new one and names the same parent, running since
+# the same moment. A parent that is gone has died (a config that passed the
+# test but failed to load: a port taken, a log it cannot open).
+#
+# The arguments after the first eight are the ctl command (apache2ctl, sudo
+# apache2ctl, ...): it is given apache2ctl's own arguments. The lock's
+# descriptor (9) is closed for it, or an Apache it starts would hold the lock
+# for as long as it runs.
+set -u
+. ./lib/restore.sh
+. ./lib/apache-run.sh
+. ./lib/ours.sh
+mode=$1 dir=$2 wait=$3 define=$4 next=$5 live=$6 work=$7 mark=$8
+shift 8
+
+fail() {
+    printf '%s\n' "$*" >&2
+    exit 1
+}
+
+take_lock() {
+    lockfile=$dir/sites-available/.deployer-apache.lock
+    # Made with O_EXCL (set -C): never through a link planted at the name;
+    # readable by every user who deploys here (an flock needs only that).
+    (set -C; umask 022; : > "$lockfile") 2> /dev/null
+    if [ -L "$lockfile" ] || [ ! -f "$lockfile" ]; then
+        fail "$lockfile is not a regular file; deployer will not use it as Apache's lock (remove it)"
+    fi
+    exec 9< "$lockfile"
+    if ! flock -w "$wait" 9; then
+        fail "another run has held this host's Apache lock ($lockfile) for $wait s"
+    fi
+}
+
+# The pid file's identity: a new file each time Apache has read its config.
+generation() {
+    stat -c '%i %y' -- "$pidfile" 2> /dev/null || echo none
+}
+
+error_log_tail() {
+    if [ -n "$errorlog" ] && [ -r "$errorlog" ]; then
+        echo "the end of Apache's error log ($errorlog):"
+        tail -n 5 -- "$errorlog" | cut -c 1-400
+    else
+        echo "see Apache's error log${errorlog:+ ($errorlog)}"
+    fi
+}
+
+# Wait until Apache has loaded its config anew after a graceful (the parent
+# `before` ran) or a start (none did).
+await() {
+    before=$1 gen=$2 i=0
+    while [ "$i" -lt "$((wait * 10))" ]; do
+        now=$(server)
+        if [ -n "$now" ] && [ "$(generation)" != "$gen" ]; then
+            if [ -z "$before" ]; then
+                echo "Apache started (pid ${now%% *})"
+            elif [ "$now" = "$before" ]; then
+                echo "Apache reloaded its configuration (pid ${now%% *})"
+            else
+                echo "Apache was restarted meanwhile (pid ${before%% *}, now ${now%% *}); it runs the new configuration"
+            fi
+            return 0
+        fi
+        # What the builtin ctl does once the last site is gone.
+        if [ -z "$now" ] && [ ! -e "$pidfile" ] && ! ls "$dir"/sites-enabled/*.conf > /dev/null 2>&1; then
+            echo "Apache is not running: no site is enabled"
+            return 0
+        fi
+        if [ -n "$before" ] && [ "$(started "${before%% *}")" != "$before" ]; then
+            fail "Apache (pid ${before%% *}) stopped while it reloaded: it is not running;" \
+                 "$(error_log_tail)"
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    fail "Apache did not finish reloading within $wait s (its pid file $pidfile was not written anew);" \
+         "$(error_log_tail)"
+}
+
+reload() {
+    runtime "$@" || exit 1
+    before=$(server)
+    gen=$(generation)
+    if [ -n "$before" ]; then
+        out=$("$@" graceful 2>&1 9<&-) || fail "$* graceful failed: $out"
+    else
+        out=$("$@" start 2>&1 9<&-) || fail "Apache was not running, and '$* start' failed: $out"
+    fi
+    [ -z "$out" ] || printf '%s
+' "$out"
+    await "$before" "$gen"
+}
+
+test_next() {
+    out=$("$@" -t -D "$define" 2>&1 9<&-) || fail "Apache's config with the new vhost fails its test: $out"
+    printf '%s\n' "$out"
+}
+
+case "$mode" in
+ours)
+    ours "$live" "$mark" || exit 1
+    ;;
+test)
+    test_next "$@"
+    ;;
+promote)
+    take_lock
+    if [ -L "$next" ] || [ ! -f "$next" ] || [ "$(head -n 1 -- "$next")" != "$mark" ]; then
+        fail "$next is not the vhost this run wrote; deployer will not make it live"
+    fi
+    ours "$live" "$mark" || exit 1
+    test_next "$@"
+    mkdir -- "$work" || exit 1
+    if [ -e "$live" ]; then ln -T -- "$live" "$work/previous"; else : > "$work/none"; fi
+    mv -fT -- "$next" "$live"
+    reload "$@"
+    ;;
+restore)
+    take_lock
+    restore_file "$live" "$work" || fail "cannot put $live back as it was"
+    ;;
+reload)
+    take_lock
+    out=$("$@" configtest 2>&1 9<&-) || fail "Apache's config fails its test; not reloading (Apache keeps what it runs): $out"
+    reload "$@"
+    ;;
+status)
+    runtime "$@" || exit 1
+    now=$(server)
+    [ -n "$now" ] || fail "Apache is not running (its pid file: $pidfile)"
+    echo "Apache runs (pid ${now%% *})"
+    ;;
+*)
+    fail "unknown mode: $mode"
+    ;;
+esac

@@ -1,0 +1,174 @@
+"""remote/sh/apache.sh against a real Apache (deployer's builtin local one,
+on a loopback port): a vhost Apache never reads before it passed its test,
+one run at a time at Apache, and a reload that is over when the step is."""
+
+import fcntl
+import http.client
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from deployer.connectors.local import LocalTransport
+from deployer.connectors.result import Result
+from deployer.plan.vhost import Site, owner_mark
+from deployer.remote import hostscripts
+from tests.conftest import LOCAL_APACHE_CTL, free_port, needs_local_site
+
+pytestmark = needs_local_site
+
+
+class Apache:
+    """An Apache folder with instances' sites, as render leaves them: each
+    one's next vhost, its stub, and its sites-enabled link."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "apache2"
+        for sub in ("sites-available", "sites-enabled"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.docs = root / "docs"
+        self.ctl = ("/bin/sh", str(LOCAL_APACHE_CTL), str(self.dir))
+
+    def site(self, name: str) -> Site:
+        return Site(str(self.dir), name)
+
+    def write_next(self, name: str, port: int, body: str, extra: str = "") -> None:
+        """NAME.next serving `body` at / for name.test on `port`; enabled through its stub."""
+        site, docs = self.site(name), self.docs / name / body
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "index.html").write_text(body)
+        Path(site.next).write_text(
+            f"{owner_mark(name)}\n<VirtualHost *:{port}>\n    ServerName {name}.test\n    DocumentRoot {docs}\n"
+            f"    <Directory {docs}>\n        Require all granted\n    </Directory>\n{extra}</VirtualHost>\n")
+        Path(site.stub).write_text(site.stub_content())
+        enabled = Path(site.enabled)
+        if not enabled.is_symlink():
+            enabled.symlink_to(f"../sites-available/{name}.stub")
+
+    def run(self, mode: str, name: str, run_id: str = "r1", wait: int = 30) -> Result:
+        site = self.site(name)
+        return LocalTransport().run(hostscripts.apache(
+            mode, str(self.dir), wait, site.define, site.next, site.live, site.work(site.live, run_id),
+            owner_mark(name), self.ctl).line(), timeout=120)
+
+    def pid(self) -> int:
+        return int((self.dir / "run" / "apache2.pid").read_text())
+
+    def stop(self) -> None:
+        LocalTransport().run(" ".join((*self.ctl, "stop")), timeout=60)
+
+
+def get(port: int, name: str) -> tuple[int, str]:
+    """GET / for name.test on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": f"{name}.test"})
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def apache(tmp_path):
+    a = Apache(tmp_path)
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def live(apache):
+    """Instance `a` live on a port, v1; Apache running."""
+    port = free_port()
+    apache.write_next("a", port, "v1")
+    result = apache.run("promote", "a", "r0")
+    assert result.ok, result.stderr
+    assert get(port, "a") == (200, "v1")
+    return port
+
+
+def test_promote_returns_once_apache_serves_the_new_vhost_from_the_same_parent(apache, live):
+    pid = apache.pid()
+    apache.write_next("a", live, "v2")
+    result = apache.run("promote", "a")
+    assert result.ok, result.stderr
+    assert f"Apache reloaded its configuration (pid {pid})" in result.stdout
+    # No wait here: the step is over only once Apache has loaded it.
+    assert get(live, "a") == (200, "v2")
+    assert apache.pid() == pid and not Path(apache.site("a").next).exists()
+    # What the undo needs: the previous vhost, which restore puts back (and a reload loads).
+    assert apache.run("restore", "a").ok
+    assert "v1" in Path(apache.site("a").live).read_text()
+    assert apache.run("reload", "a").ok
+    assert get(live, "a") == (200, "v1")
+
+
+def test_a_next_vhost_that_fails_its_test_is_never_read_by_anyones_reload(apache, live):
+    pid = apache.pid()
+    apache.write_next("a", live, "v2", extra="    BadDirective on\n")
+    result = apache.run("test", "a")
+    assert not result.ok and "Invalid command 'BadDirective'" in result.stderr
+    # Another instance's deploy, logrotate or an admin reloads meanwhile:
+    # Apache reads the live vhost, and stays up.
+    graceful = LocalTransport().run(" ".join((*apache.ctl, "graceful")), timeout=60)
+    assert graceful.ok, graceful.stderr
+    assert apache.run("reload", "a").ok
+    assert get(live, "a") == (200, "v1") and apache.pid() == pid
+    # Nor is it made live.
+    result = apache.run("promote", "a")
+    assert not result.ok and "fails its test" in result.stderr
+    assert "v1" in Path(apache.site("a").live).read_text() and get(live, "a") == (200, "v1")
+
+
+def test_two_instances_promoted_at_once_one_broken_the_other_goes_live_and_apache_stays_up(apache, live):
+    pid, other = apache.pid(), free_port()
+    apache.write_next("a", live, "v2", extra="    BadDirective on\n")
+    apache.write_next("b", other, "b1")
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, apache.run("promote", n)))
+               for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not results["a"].ok and results["b"].ok, (results["a"].stderr, results["b"].stderr)
+    assert apache.pid() == pid
+    assert get(live, "a") == (200, "v1") and get(other, "b") == (200, "b1")
+
+
+def test_a_run_waits_its_turn_at_apache_and_gives_up_after_its_wait(apache, live):
+    apache.write_next("a", live, "v2")
+    lock = apache.dir / "sites-available" / ".deployer-apache.lock"
+    with open(lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = apache.run("promote", "a", wait=1)
+    assert not result.ok and "held this host's Apache lock" in result.stderr
+    assert get(live, "a") == (200, "v1") and Path(apache.site("a").next).exists()
+
+
+def test_a_reload_starts_an_apache_that_is_not_running(apache, live):
+    apache.stop()
+    status = apache.run("status", "a")
+    assert not status.ok and "Apache is not running" in status.stderr
+    result = apache.run("reload", "a")
+    assert result.ok, result.stderr
+    assert "Apache started" in result.stdout and get(live, "a") == (200, "v1")
+    assert apache.run("status", "a").ok
+
+
+def test_an_apache_that_dies_loading_a_tested_config_fails_the_step_and_says_why(apache, live):
+    # configtest cannot see that a port is taken: Apache finds out as it loads.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        apache.write_next("b", taken.getsockname()[1], "b1")
+        assert apache.run("test", "b").ok
+        result = apache.run("promote", "b")
+    assert not result.ok
+    assert "stopped while it reloaded: it is not running" in result.stderr
+    assert "Address already in use" in result.stderr
+    # The undo: the previous config back, and Apache up again.
+    assert apache.run("restore", "b").ok
+    assert apache.run("reload", "b").ok
+    assert get(live, "a") == (200, "v1")
