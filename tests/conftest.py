@@ -189,18 +189,28 @@ def sshd(tmp_path_factory):
 LOCAL_APACHE_CTL = REPO / "deployer" / "remote" / "local-apache2ctl"
 
 
-@pytest.fixture(autouse=True)
-def _stop_local_apaches(request):
-    """After each test, every builtin local Apache a deploy of it started
-    (its config in a folder under the test's tmp_path) is stopped."""
-    yield
-    tmp = request.node.funcargs.get("tmp_path")
-    if tmp is None:
-        return
-    for conf in tmp.glob("**/apache2.conf"):
+def stop_local_apaches(under: Path) -> None:
+    """Stop every builtin local Apache whose folder is under `under`."""
+    for conf in under.glob("**/apache2.conf"):
         if conf.read_text(errors="replace").startswith("# Written by deployer's local-apache2ctl"):
             subprocess.run(["/bin/sh", str(LOCAL_APACHE_CTL), str(conf.parent), "stop"], capture_output=True,
                            timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _stop_local_apaches(request):
+    """After each test, every builtin local Apache a deploy of it started in
+    its tmp_path is stopped; those of fixtures that outlive a test, at the end."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is not None:
+        stop_local_apaches(tmp)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_every_local_apache(tmp_path_factory):
+    yield
+    stop_local_apaches(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

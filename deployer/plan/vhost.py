@@ -85,7 +85,7 @@ def apache(ctx: Context, mode: str, run_id: str = "") -> Command:
     """remote/sh/apache.sh in `mode` for the instance, with the target's ctl."""
     s = site(ctx)
     return hostscripts.apache(mode, s.dir, apache_wait(ctx), s.define, s.next, s.live,
-                              s.work(s.live, run_id or ctx.run_id), owner_mark(ctx.name),
+                              s.work(s.live, run_id or ctx.run_id), owner_mark(ctx.name), ctx.deploy_path,
                               ctx.target.apache.ctl)
 
 

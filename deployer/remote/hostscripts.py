@@ -109,10 +109,10 @@ def restore_link(path: str, work: str) -> Command:
 
 
 def apache(mode: str, apache_dir: str, wait: int, define: str, next_: str, live: str, work: str, mark: str,
-           ctl: tuple[str, ...]) -> Command:
-    """Apache's side of a run, `mode` one of test, promote, restore, reload,
-    status: see sh/apache.sh."""
-    return program("apache", mode, apache_dir, str(wait), define, next_, live, work, mark, *ctl)
+           code: str, ctl: tuple[str, ...]) -> Command:
+    """Apache's side of a run, `mode` one of ours, test, promote, restore,
+    reload, status: see sh/apache.sh."""
+    return program("apache", mode, apache_dir, str(wait), define, next_, live, work, mark, code, *ctl)
 
 
 def names_are_free(apache_dir: str, own: str, names: tuple[str, ...]) -> Command:

@@ -99,10 +99,12 @@ def test_deploy_local_runs_every_stage_and_serves_the_site(tmp_path):
         assert first["release_dir"] == os.readlink(live).rsplit("/", 1)[-1]
         pid = _apache_pid(checkout)
 
-        # A second deploy reloads that Apache gracefully; the site serves the new release.
+        # A second deploy, of code only, restarts the site's mod_wsgi daemons
+        # one at a time, not Apache; the site serves the new release.
         (checkout / "examples" / "djangoapp" / "hello" / "new.txt").write_text("new\n")
         out = _deploy(checkout)
-        assert f"local Apache reloaded gracefully (pid {pid})" in out
+        assert "mod_wsgi daemons of local restarted one at a time (2)" in out
+        assert "reloaded gracefully" not in out and _apache_pid(checkout) == pid
         second = json.loads(_get(port, "/health", "local.test")[1])
         assert second["release_dir"] != first["release_dir"]
         assert second["release_dir"] == os.readlink(live).rsplit("/", 1)[-1]

@@ -131,7 +131,8 @@ def test_render_steps(make):
                 mode=0o600, work=f"{ctx.release_path}/.deployer-vhost.deployer-{ctx.run_id}"),
         Run("apache configtest with the next vhost", H, waits=False, command=hostscripts.apache(
             "test", "/srv/apache2", 120, "deployer-next-alpha", f"{available}/alpha.next",
-            f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}", mark, ("apache2ctl",))),
+            f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}", mark, "/var/www/alpha",
+            ("apache2ctl",))),
     )
 
 
@@ -176,7 +177,7 @@ def test_restart_switches_then_makes_the_next_vhost_live_and_reloads(make):
     def apache(mode):
         return hostscripts.apache(mode, "/etc/apache2", 30, "deployer-next-alpha", f"{available}/alpha.next",
                                   f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}",
-                                  vhost.owner_mark("alpha"), ("sudo", "apache2ctl"))
+                                  vhost.owner_mark("alpha"), "/var/www/alpha", ("sudo", "apache2ctl"))
     assert stages["restart"] == (
         # Once migrate and every hook before it have ended on every host.
         Link(f"switch /var/www/alpha to release {ctx.release}", H, waits=True, path="/var/www/alpha",

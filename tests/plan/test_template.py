@@ -111,7 +111,8 @@ def test_the_default_template_renders_completely():
     lines = [line.strip() for line in out.splitlines()]
     assert "<VirtualHost *:80>" in lines
     assert "ServerName demo-acme.example.com" in lines
-    assert "WSGIScriptAlias / /var/www/demo-acme/django.wsgi" in lines
+    assert ("WSGIScriptAlias / /var/www/demo-acme/django.wsgi process-group=demo-acme"
+            " application-group=%{GLOBAL}") in lines
     assert "<Directory /var/www/demo-acme>" in lines
     assert "ErrorLog ${APACHE_LOG_DIR}/demo-acme-error.log" in lines
 

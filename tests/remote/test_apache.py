@@ -6,6 +6,7 @@ import fcntl
 import http.client
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ class Apache:
         site = self.site(name)
         return LocalTransport().run(hostscripts.apache(
             mode, str(self.dir), wait, site.define, site.next, site.live, site.work(site.live, run_id),
-            owner_mark(name), self.ctl).line(), timeout=120)
+            owner_mark(name), str(self.docs / name / "live"), self.ctl).line(), timeout=120)
 
     def pid(self) -> int:
         return int((self.dir / "run" / "apache2.pid").read_text())
@@ -172,3 +173,97 @@ def test_an_apache_that_dies_loading_a_tested_config_fails_the_step_and_says_why
     assert apache.run("restore", "b").ok
     assert apache.run("reload", "b").ok
     assert get(live, "a") == (200, "v1")
+
+
+def _wsgi_release(root: Path, name: str) -> Path:
+    release = root / name
+    release.mkdir(parents=True)
+    (release / "version.py").write_text(f"NAME = {name!r}\n")
+    (release / "app.wsgi").write_text(
+        "from version import NAME\n\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [NAME.encode()]\n")
+    return release
+
+
+class Load:
+    """Threads asking for / until stopped (bounded: 60 s): fresh connections
+    and keep-alive ones; every answer that is not a 200 is kept."""
+
+    def __init__(self, port: int, name: str, threads: int = 4):
+        self.port, self.host, self.stop_ = port, f"{name}.test", threading.Event()
+        self.ok, self.failed = 0, []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,)) for i in range(threads)]
+
+    def _run(self, keep_alive: bool) -> None:
+        conn = None
+        for _ in range(6000):  # 60 s at most, at 10 ms a request
+            if self.stop_.is_set():
+                break
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn.request("GET", "/", headers={"Host": self.host})
+                r = conn.getresponse()
+                body = r.read()
+                with self.lock:
+                    if r.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failed.append(f"{r.status} {body[:200]!r}")
+            except (OSError, http.client.HTTPException) as e:
+                with self.lock:
+                    self.failed.append(repr(e))
+                conn = None
+            if not keep_alive and conn:
+                conn.close()
+                conn = None
+            self.stop_.wait(0.01)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def test_a_code_only_promote_restarts_the_daemons_one_at_a_time_and_drops_no_request(apache):
+    port, root = free_port(), apache.docs / "w"
+    r1, r2 = _wsgi_release(root, "r1"), _wsgi_release(root, "r2")
+    live = root / "live"
+    live.symlink_to(r1)
+    site = apache.site("w")
+    vhost = (f"{owner_mark('w')}\nWSGISocketRotation Off\nWSGIScriptReloading Off\n"
+             f"<VirtualHost *:{port}>\n    ServerName w.test\n"
+             f"    WSGIDaemonProcess w processes=2 threads=4 display-name=%{{GROUP}} home={live}"
+             f" python-path={live} graceful-timeout=15\n"
+             "    WSGIProcessGroup w\n    WSGIApplicationGroup %{GLOBAL}\n"
+             f"    WSGIScriptAlias / {live}/app.wsgi process-group=w application-group=%{{GLOBAL}}\n"
+             f"    <Directory {live}>\n        Require all granted\n    </Directory>\n</VirtualHost>\n")
+    Path(site.next).write_text(vhost)
+    Path(site.stub).write_text(site.stub_content())
+    Path(site.enabled).symlink_to("../sites-available/w.stub")
+    first = apache.run("promote", "w", "r0")
+    assert first.ok, first.stderr
+    assert get(port, "w") == (200, "r1")
+    pidfile = apache.dir / "run" / "apache2.pid"
+    generation = (pidfile.stat().st_ino, pidfile.stat().st_mtime_ns)
+    with Load(port, "w") as load:
+        time.sleep(1)
+        live.unlink()
+        live.symlink_to(r2)
+        Path(site.next).write_text(vhost)
+        result = apache.run("promote", "w")
+        time.sleep(0.5)
+    assert result.ok, result.stderr
+    assert "mod_wsgi daemons of w restarted one at a time (2)" in result.stdout
+    # Apache itself was not reloaded: its pid file is the one it wrote last.
+    assert (pidfile.stat().st_ino, pidfile.stat().st_mtime_ns) == generation
+    assert load.failed == [] and load.ok > 50
+    assert {get(port, "w") for _ in range(10)} == {(200, "r2")}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_APACHE_CTL, deploy_process, next_second, tree_digest, wait_until
+from tests.conftest import LOCAL_APACHE_CTL, REPO, deploy_process, next_second, tree_digest, wait_until
 
 pytestmark = pytest.mark.sshd
 
@@ -30,7 +30,8 @@ def _plant_lock(site, who="deploy of release X by someone@elsewhere (pid 1) (run
 
 def _failing_graceful(site, tmp_path, fails: str) -> Path:
     """deployer's local Apache, whose graceful logs the live release, then
-    fails while the file `fails` exists (once, if it says so)."""
+    fails while the file `fails` exists (once, if it says so); and a vhost
+    the next deploy changes."""
     log = tmp_path / "graceful.log"
     ctl = tmp_path / "ctl"
     ctl.write_text(f"""#!/bin/sh
@@ -48,8 +49,12 @@ fi
 exec /bin/sh {LOCAL_APACHE_CTL} "$@"
 """)
     ctl.chmod(0o755)
+    # A vhost that differs from the one deployed: Apache reloads (a deploy
+    # of code only would restart the site's mod_wsgi daemons instead).
+    template = tmp_path / "changed_template"
+    template.write_text((REPO / "templates" / "default_template").read_text() + "# changed\n")
     site.edit(apache={"dir": str(site.root / "apache2"), "ctl": f"{ctl} {site.root / 'apache2'}",
-                      "port": site.http_port})
+                      "port": site.http_port}, template=str(template))
     return log
 
 

@@ -12,7 +12,10 @@
 #   ours     NAME.conf is deployer's to replace (its first line is `mark`)
 #   test     the config with NAME.next in place of NAME.conf
 #   promote  locked: test; NAME.next becomes NAME.conf, the previous one
-#            kept in `work` (as install.sh keeps it, for restore.sh); reload
+#            kept in `work` (as install.sh keeps it, for restore.sh); reload,
+#            or, if the vhost is the same, restart its mod_wsgi daemons one
+#            at a time (lib/wsgi-reload.sh): a code-only deploy drops no
+#            request, and the release `code` (the live link) is loaded
 #   restore  locked: NAME.conf put back as it was before promote
 #   reload   locked: configtest, then graceful (or start, if Apache is not
 #            running), and wait until Apache has loaded the configuration
@@ -27,7 +30,7 @@
 # the same moment. A parent that is gone has died (a config that passed the
 # test but failed to load: a port taken, a log it cannot open).
 #
-# The arguments after the first eight are the ctl command (apache2ctl, sudo
+# The arguments after the first nine are the ctl command (apache2ctl, sudo
 # apache2ctl, ...): it is given apache2ctl's own arguments. The lock's
 # descriptor (9) is closed for it, or an Apache it starts would hold the lock
 # for as long as it runs.
@@ -35,8 +38,9 @@ set -u
 . ./lib/restore.sh
 . ./lib/apache-run.sh
 . ./lib/ours.sh
-mode=$1 dir=$2 wait=$3 define=$4 next=$5 live=$6 work=$7 mark=$8
-shift 8
+. ./lib/wsgi-reload.sh
+mode=$1 dir=$2 wait=$3 define=$4 next=$5 live=$6 work=$7 mark=$8 code=$9
+shift 9
 
 fail() {
     printf '%s\n' "$*" >&2
@@ -117,6 +121,27 @@ reload() {
     await "$before" "$gen"
 }
 
+# The vhost did not change: each mod_wsgi daemon group it names restarts
+# its daemons; Apache reloads only if one cannot (a group not in daemon
+# mode, a name mod_wsgi cuts, daemons the deploy user may not signal).
+code_reload() {
+    runtime "$@" || exit 1
+    groups=$(awk 'tolower($1) == "wsgidaemonprocess" { print $2 }' "$live" | head -n 20)
+    for group in $groups; do
+        case "$group" in *[!A-Za-z0-9_.-]*) groups= ;; esac
+    done
+    [ -n "$groups" ] || echo "no mod_wsgi daemon group in $live that deployer can restart by itself"
+    for group in $groups; do
+        wsgi_reload "$group" "$wait" "$code"
+        case $? in
+        0) ;;
+        3) echo "so Apache reloads gracefully instead"; reload "$@"; return ;;
+        *) exit 1 ;;
+        esac
+    done
+    [ -n "$groups" ] || reload "$@"
+}
+
 test_next() {
     out=$("$@" -t -D "$define" 2>&1 9<&-) || fail "Apache's config with the new vhost fails its test: $out"
     printf '%s\n' "$out"
@@ -136,10 +161,12 @@ promote)
     fi
     ours "$live" "$mark" || exit 1
     test_next "$@"
+    same=false
+    if [ -f "$live" ] && cmp -s -- "$next" "$live"; then same=true; fi
     mkdir -- "$work" || exit 1
     if [ -e "$live" ]; then ln -T -- "$live" "$work/previous"; else : > "$work/none"; fi
     mv -fT -- "$next" "$live"
-    reload "$@"
+    if $same; then code_reload "$@"; else reload "$@"; fi
     ;;
 restore)
     take_lock
