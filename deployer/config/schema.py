@@ -297,8 +297,9 @@ class ApacheSpec(_Spec):
         " sites-enabled/): an absolute path, unless transport is local.")
     ctl: Text = Field(
         "apache2ctl", description="The apache2ctl command, or a command prefix such as `sudo apache2ctl`;"
-        " `builtin` (transport local only) is deployer's own Apache on this machine, on 127.0.0.1, run as"
-        " you.")
+        " it is given apache2ctl's own arguments (`configtest`, `graceful`, `start`, `-t -D NAME`, `-t -D"
+        " DUMP_RUN_CFG`). `builtin` (transport local only) is deployer's own Apache on this machine, on"
+        " 127.0.0.1, run as you.")
     port: Port = Field(
         80, description="The vhost's port: <<HTTP_PORT>> in the template, and the health check's.")
     vhost_mode: Mode = Field(
