@@ -23,7 +23,7 @@ from deployer.config import Target, load, names
 from deployer.connectors.result import Result
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
 from deployer.output import Reporter, printable_lines
-from deployer.plan import stages
+from deployer.plan import stages, vhost
 from deployer.remote import hostscripts, instance
 
 OK, FAILED, NOT_RUN = "ok", "failed", "not run"
@@ -105,8 +105,10 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
         stdout.write(_heading(ctx) + "\n")
         stdout.flush()
     resolved = Outcome(OK, f"{args.targets}: {name} is entry {target.entry!r}, {_hosts(len(target.hosts))}")
-    runner = {"targets.yaml": resolved, "template": _template(ctx)}
+    template, rendered = _template(ctx)
+    runner = {"targets.yaml": resolved, "template": template}
     vpn, hosts, notes = _on_hosts(ctx)
+    notes = [*vhost.reload_notes(rendered), *notes] if rendered else notes
     if vpn is not None:
         runner["vpn"] = vpn
     report = _redacted(Report(name, hostname, runner, hosts, tuple(notes)), redactor)
@@ -135,15 +137,15 @@ def _heading(ctx: context.Context) -> str:
     return f"checking {ctx.name} on {_hosts(len(t.hosts))}{via}; nothing is changed"
 
 
-def _template(ctx: context.Context) -> Outcome:
-    """The vhost rendered exactly as the render stage does it."""
+def _template(ctx: context.Context) -> tuple[Outcome, str]:
+    """The vhost rendered exactly as the render stage does it, and its text ("" if it is not)."""
     try:
         made = stages.render(ctx)
     except UsageError as e:
-        return Outcome(FAILED, str(e))
-    vhost = next(s for s in made if isinstance(s, steps.Install))
-    return Outcome(OK, f"{ctx.target.template} renders ({len(vhost.content.splitlines())} lines)"
-                       f" for {ctx.hostname}")
+        return Outcome(FAILED, str(e)), ""
+    content = next(s for s in made if isinstance(s, steps.Install)).content
+    lines = len(content.splitlines())
+    return Outcome(OK, f"{ctx.target.template} renders ({lines} lines) for {ctx.hostname}"), content
 
 
 def _plan(ctx: context.Context) -> tuple[steps.Plan, steps.Run]:

@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deployer import __version__, context
+from deployer import __version__, context, steps
 from deployer.cli import completion
 from deployer.cli.guard import Run, guarded, parse_vars, parsed
 from deployer.config import DEFAULT_PIPELINE, Missing, load, names
@@ -14,7 +14,7 @@ from deployer.errors import (
     UsageError,
 )
 from deployer.output import Reporter
-from deployer.plan import pipeline
+from deployer.plan import pipeline, vhost
 from deployer.steps import Plan
 
 DESCRIPTION = """\
@@ -141,6 +141,10 @@ def _deploy(args, run: Run) -> str:
     reporter.start(name, hostname, ctx.release, args.dry_run)
     if args.dry_run:
         _print_plan(reporter, the_plan, selected, stages)
+        rendered = [s.content for _, s in the_plan.steps()
+                    if isinstance(s, steps.Install) and s.path == vhost.site(ctx).next and not s.source]
+        for note in vhost.reload_notes(rendered[0]) if rendered else ():
+            reporter.note(note)
         if args.diff and "connect" in lacks:
             reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
         elif args.diff:

@@ -138,3 +138,36 @@ def reload(ctx: Context, waits: bool = True, again: bool = True) -> steps.Run:
     title, command = "apache: configtest, reload and wait until loaded", apache(ctx, "reload")
     return steps.Run(title, ctx.host_names, waits=waits, command=command,
                      after_undo=reload(ctx, again=False) if again else None)
+
+
+# mod_wsgi shows a daemon group's name in its processes' argv[0], cut to the
+# length of Apache's own (/usr/sbin/apache2: "(wsgi:" + 10 + ")").
+SHOWN_NAME = 10
+
+
+def reload_notes(content: str) -> tuple[str, ...]:
+    """How a deploy reloads the app this vhost serves (see
+    remote/sh/lib/wsgi-reload.sh), then what in the vhost makes it drop requests."""
+    groups: dict[str, list[str]] = {}
+    rotation_off = False
+    for line in content.splitlines():
+        words = line.split()
+        key = words[0].lower() if words else ""
+        if key == "wsgidaemonprocess" and len(words) > 1:
+            groups[words[1]] = words[2:]
+        elif key == "wsgisocketrotation" and words[1:2] and words[1].lower() == "off":
+            rotation_off = True
+    why_not = [] if groups else ["no WSGIDaemonProcess (not mod_wsgi daemon mode)"]
+    for name, options in groups.items():
+        if "display-name=%{GROUP}" not in options:
+            why_not.append(f"group {name} has no display-name=%{{GROUP}}, by which deployer finds its processes")
+        if len(name) > SHOWN_NAME:
+            why_not.append(f"mod_wsgi shows {SHOWN_NAME} characters of a group's name, and {name} has {len(name)}")
+    notes = [f"reload: a deploy that leaves the vhost as it was reloads Apache gracefully, which may fail a"
+             f" request: {'; '.join(why_not)}" if why_not else
+             f"reload: a deploy that leaves the vhost as it was restarts the mod_wsgi processes of"
+             f" {', '.join(groups)} one at a time, and no request fails; one that changes it reloads Apache"]
+    if groups and not rotation_off:
+        notes.append("reload: WSGISocketRotation is not Off: when Apache reloads, requests its old workers"
+                     " still hold fail with 503")
+    return tuple(notes)

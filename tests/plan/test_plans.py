@@ -468,3 +468,27 @@ def test_a_gone_run_done_on_one_host_is_kept_only_if_every_other_host_bears_it_o
         past_commit({"web1": parse(_answer(new, done=(run, new))), "web2": parse(_answer(new))}, run)
     # The lock's line for people names the release only in deployer's shape.
     assert parse(_answer(old, lock=(run, "../../x"))).lock_release == ""
+
+
+@pytest.mark.parametrize(("vhost_text", "says"), [
+    ("WSGISocketRotation Off\nWSGIDaemonProcess alpha processes=2 display-name=%{GROUP}\n",
+     ["restarts the mod_wsgi processes of alpha one at a time, and no request fails"]),
+    ("ServerName x\n", ["reloads Apache gracefully, which may fail a request: no WSGIDaemonProcess"]),
+    ("WSGISocketRotation Off\nWSGIDaemonProcess alpha processes=2\n",
+     ["group alpha has no display-name=%{GROUP}"]),
+    ("WSGISocketRotation Off\nwsgidaemonprocess demo-acme-corp display-name=%{GROUP}\n",
+     ["mod_wsgi shows 10 characters of a group's name, and demo-acme-corp has 14"]),
+    ("WSGIDaemonProcess alpha display-name=%{GROUP}\n",
+     ["one at a time", "WSGISocketRotation is not Off"]),
+])
+def test_dry_run_and_check_say_how_a_deploy_reloads_the_app_and_what_drops_requests(vhost_text, says):
+    notes = vhost.reload_notes(vhost_text)
+    assert len(notes) == len(says) and all(s in n for s, n in zip(says, notes, strict=True)), notes
+
+
+def test_the_default_template_lets_a_deploy_of_code_restart_the_daemons(make):
+    ctx, stages = make({"template": str(REPO / "templates" / "default_template")})
+    rendered = next(s for s in stages["render"] if isinstance(s, Install)).content
+    assert vhost.reload_notes(rendered) == (
+        "reload: a deploy that leaves the vhost as it was restarts the mod_wsgi processes of alpha one at a time,"
+        " and no request fails; one that changes it reloads Apache",)
