@@ -111,7 +111,7 @@ def restore_link(path: str, work: str) -> Command:
 def apache(mode: str, apache_dir: str, wait: int, define: str, next_: str, live: str, work: str, mark: str,
            code: str, ctl: tuple[str, ...]) -> Command:
     """Apache's side of a run, `mode` one of ours, test, promote, restore,
-    reload, status: see sh/apache.sh."""
+    reload: see sh/apache.sh."""
     return program("apache", mode, apache_dir, str(wait), define, next_, live, work, mark, code, *ctl)
 
 

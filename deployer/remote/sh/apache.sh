@@ -19,7 +19,6 @@
 #   restore  locked: NAME.conf put back as it was before promote
 #   reload   locked: configtest, then graceful (or start, if Apache is not
 #            running), and wait until Apache has loaded the configuration
-#   status   whether Apache runs
 #
 # A reload is done when Apache says so: `apache2ctl graceful` only sends a
 # signal, and Apache reads its configuration once its old mod_wsgi daemons
@@ -116,8 +115,7 @@ reload() {
     else
         out=$("$@" start 2>&1 9<&-) || fail "Apache was not running, and '$* start' failed: $out"
     fi
-    [ -z "$out" ] || printf '%s
-' "$out"
+    [ -z "$out" ] || printf '%s\n' "$out"
     await "$before" "$gen"
 }
 
@@ -176,12 +174,6 @@ reload)
     take_lock
     out=$("$@" configtest 2>&1 9<&-) || fail "Apache's config fails its test; not reloading (Apache keeps what it runs): $out"
     reload "$@"
-    ;;
-status)
-    runtime "$@" || exit 1
-    now=$(server)
-    [ -n "$now" ] || fail "Apache is not running (its pid file: $pidfile)"
-    echo "Apache runs (pid ${now%% *})"
     ;;
 *)
     fail "unknown mode: $mode"

@@ -1,0 +1,109 @@
+"""Apache's turn, in the lab (Debian's Apache and apache2ctl on every host):
+two instances deployed at once on the same hosts, one of them broken; and a
+reload held up by a request in flight while another run installs its vhost.
+Apache stays up on every host, the broken run is undone, the other goes live
+and answers at once, and every other site keeps answering."""
+
+# Fixtures are imported, so test parameters "redefine" them.
+# ruff: noqa: F811
+
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.lab import lab as tests_lab
+from tests.lab.fixtures import error_of, lab, lab_session, release_of, site  # noqa: F401
+from tests.lab.test_lab_faults import assert_whole, finish, first_deploy, release_path, start
+
+pytestmark = pytest.mark.lab
+
+BROKEN = "BadDirective on\n"
+
+# Asks every host for /slow (the app sleeps SECONDS first) from inside the
+# private network, all at once; prints each status.
+SLOW = r"""
+import http.client, sys, threading
+hosts, name, seconds = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+def ask(h):
+    try:
+        c = http.client.HTTPConnection(h, 80, timeout=30)
+        c.request("GET", "/slow?" + seconds, headers={"Host": name})
+        print(h, c.getresponse().status, flush=True)
+    except Exception as e:
+        print(h, type(e).__name__, flush=True)
+threads = [threading.Thread(target=ask, args=(h,)) for h in hosts]
+for t in threads: t.start()
+for t in threads: t.join(40)
+"""
+
+
+def with_template(site, name: str, extra: str) -> None:
+    """Instance `name` deploys the default template with `extra` at its end."""
+    template = site.tmp / f"{name}.template"
+    template.write_text((REPO / "templates" / "default_template").read_text() + extra)
+    doc = yaml.safe_load(site.targets.read_text())
+    doc["targets"][name] = {"template": str(template)}
+    site.targets.write_text(yaml.safe_dump(doc))
+
+
+def answers(site, name: str) -> list[int]:
+    """GET /health for `name` on every host, on a fresh connection each."""
+    with site.lab.vpn_client(log=site.tmp / f"answers-{name}.log"):
+        return [site.lab.http_get(i, "/health", host=f"{name}.example.test")[0]
+                for i in range(len(site.lab.hosts))]
+
+
+def apache_up(site) -> None:
+    for i in range(len(site.lab.hosts)):
+        site.lab.run(i, "kill -0 $(cat /run/apache2/apache2.pid)")
+
+
+def test_two_instances_at_once_one_broken_the_other_goes_live_and_every_site_keeps_answering(site):
+    other = first_deploy(site, "ap-other")
+    with_template(site, "ap-bad", BROKEN)
+    good, bad = start(site, "ap-good"), start(site, "ap-bad")
+    (good_code, good_events), (bad_code, bad_events) = finish(good), finish(bad)
+    assert good_code == 0, error_of(good_events)
+    # Live means a request reaches the new vhost, not the default site's 404.
+    assert answers(site, "ap-good") == [200] * len(site.lab.hosts)
+    assert bad_code == 1 and "Invalid command 'BadDirective'" in error_of(bad_events), error_of(bad_events)
+    apache_up(site)
+    assert answers(site, "ap-other") == [200] * len(site.lab.hosts)
+    assert_whole(site, "ap-good", {release_path("ap-good", good_events)})
+    assert_whole(site, "ap-other", {other})
+    for h in site.lab.hosts:
+        left = sorted(p.name for p in h.path("/etc/apache2/sites-available").iterdir() if "ap-bad" in p.name)
+        assert left == [] and not h.path("/etc/apache2/sites-enabled/ap-bad.conf").is_symlink()
+
+
+def test_a_reload_held_up_by_a_request_in_flight_while_another_run_installs_a_broken_vhost(site):
+    # The app answers /slow after sleeping: an old daemon busy with it holds
+    # Apache's reload back (Apache reads its config once they have stopped).
+    wsgi = site.app / "django.wsgi"
+    wsgi.write_text(wsgi.read_text() + (
+        "\n_app = application\n\n\ndef application(environ, start_response):\n"
+        "    if environ.get('PATH_INFO') == '/slow':\n"
+        "        import time\n        time.sleep(float(environ.get('QUERY_STRING') or 5))\n"
+        "    return _app(environ, start_response)\n"))
+    first_deploy(site, "ap-slow")
+    with_template(site, "ap-slow", "# the vhost changes: Apache reloads\n")
+    with_template(site, "ap-late", BROKEN)
+    slow = subprocess.Popen(["ip", "netns", "exec", tests_lab.VPN_NETNS, "/usr/bin/python3", "-c", SLOW,
+                             ",".join(site.lab.addresses), "ap-slow.example.test", "6"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        (site.app / "RELEASE.txt").write_text("reloaded while busy\n")
+        first = start(site, "ap-slow")
+        late = start(site, "ap-late")
+        (first_code, first_events), (late_code, late_events) = finish(first), finish(late)
+    finally:
+        out, _ = slow.communicate(timeout=60)
+    assert first_code == 0, error_of(first_events)
+    assert late_code == 1 and "Invalid command 'BadDirective'" in error_of(late_events), error_of(late_events)
+    apache_up(site)
+    assert answers(site, "ap-slow") == [200] * len(site.lab.hosts)
+    for i in range(len(site.lab.hosts)):
+        assert site.health(i, "ap-slow")["release_dir"] == release_of(first_events)
+    print(f"\nthe slow requests during the reload: {out.split()}")
