@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from deployer import context, steps
 from deployer.config import Hook, names
 from deployer.context import Context
-from deployer.errors import DeployError, UsageError
+from deployer.errors import DeployError, TemplateError, UsageError
 from deployer.plan import template, vhost
 from deployer.plan.vhost import owner_mark
 from deployer.quoting import Command
@@ -66,6 +66,7 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     )
 
 
+_DEFINES_OURS = re.compile(r"^\s*(?:un)?define\s+[\"']?deployer-next-", re.IGNORECASE | re.MULTILINE)
 _SERVER_NAME = re.compile(r"\s*server(?:name|alias)\s+(.*)", re.IGNORECASE)
 
 
@@ -92,6 +93,11 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
         raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
     mark = owner_mark(ctx.name)
     content = f"{mark}\n{template.render(text, ctx.vars, path)}"
+    # Apache's Define sets what <IfDefine> asks: such a line would make every
+    # reload read an instance's untested next vhost.
+    if _DEFINES_OURS.search(content):
+        raise TemplateError(f"{path}: it defines a deployer-next-* name, which deployer keeps for testing a"
+                            " next vhost (apache2ctl -t -D deployer-next-NAME); remove that Define")
     names = served_names(content, ctx.hostname)
     site = vhost.site(ctx)
     record = posixpath.join(ctx.code_path, VHOST_RECORD)

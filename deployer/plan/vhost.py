@@ -26,10 +26,11 @@ def owner_mark(name: str) -> str:
     return f"# Written by deployer for instance {name}; the next deploy replaces this file."
 
 
-# How long a host waits for another run's turn at Apache, and then for
-# Apache to load its configuration: within a step's own time limit.
+# How long apache.sh may take on a host, waits included (another run's turn
+# at Apache, Apache loading its config, each daemon replaced): a little less
+# than the step's own limit, so that it says itself what it waited for.
 def apache_wait(ctx: Context) -> int:
-    return int(max(10, min(120, ctx.target.step_timeout / 3)))
+    return max(1, int(ctx.target.step_timeout * 0.9))
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def reload_notes(content: str) -> tuple[str, ...]:
         if "display-name=%{GROUP}" not in options:
             why_not.append(f"group {name} has no display-name=%{{GROUP}}, by which deployer finds its processes")
         if len(name) > SHOWN_NAME:
-            why_not.append(f"mod_wsgi shows {SHOWN_NAME} characters of a group's name, and {name} has {len(name)}")
+            why_not.append(f"mod_wsgi shows {SHOWN_NAME} characters of a group's name (under Debian's apache2;"
+                           f" 8 under httpd), and {name} has {len(name)}")
     notes = [f"reload: a deploy that leaves the vhost as it was reloads Apache gracefully, which may fail a"
              f" request: {'; '.join(why_not)}" if why_not else
              f"reload: a deploy that leaves the vhost as it was restarts the mod_wsgi processes of"

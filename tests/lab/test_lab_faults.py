@@ -279,7 +279,7 @@ def test_no_request_fails_while_a_deploy_switches_and_reloads(site):
     print(f"\n{ok} requests answered 200, {failed} failed, during two deploys of {len(site.lab.hosts)} hosts")
     assert failed == 0, errors
     assert ok > 20
-    for event in (e for e in events if e.get("step", "").startswith("apache: ")):
+    for event in (e for e in events if e["event"] == "step_finished" and e["step"].startswith("apache: ")):
         assert "mod_wsgi daemons of fault-load restarted one at a time" in event.get("stdout", ""), event
 
 

@@ -130,7 +130,7 @@ def test_render_steps(make):
                 content=f"{mark}\nServerName alpha.example.com\nRoot /var/www/alpha over\n",
                 mode=0o600, work=f"{ctx.release_path}/.deployer-vhost.deployer-{ctx.run_id}"),
         Run("apache configtest with the next vhost", H, waits=False, command=hostscripts.apache(
-            "test", "/srv/apache2", 120, "deployer-next-alpha", f"{available}/alpha.next",
+            "test", "/srv/apache2", 540, "deployer-next-alpha", f"{available}/alpha.next",
             f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}", mark, "/var/www/alpha",
             ("apache2ctl",))),
     )
@@ -175,7 +175,7 @@ def test_restart_switches_then_makes_the_next_vhost_live_and_reloads(make):
     available = "/etc/apache2/sites-available"
 
     def apache(mode):
-        return hostscripts.apache(mode, "/etc/apache2", 30, "deployer-next-alpha", f"{available}/alpha.next",
+        return hostscripts.apache(mode, "/etc/apache2", 81, "deployer-next-alpha", f"{available}/alpha.next",
                                   f"{available}/alpha.conf", f"{available}/.alpha.conf.deployer-{ctx.run_id}",
                                   vhost.owner_mark("alpha"), "/var/www/alpha", ("sudo", "apache2ctl"))
     assert stages["restart"] == (
@@ -477,7 +477,8 @@ def test_a_gone_run_done_on_one_host_is_kept_only_if_every_other_host_bears_it_o
     ("WSGISocketRotation Off\nWSGIDaemonProcess alpha processes=2\n",
      ["group alpha has no display-name=%{GROUP}"]),
     ("WSGISocketRotation Off\nwsgidaemonprocess demo-acme-corp display-name=%{GROUP}\n",
-     ["mod_wsgi shows 10 characters of a group's name, and demo-acme-corp has 14"]),
+     ["mod_wsgi shows 10 characters of a group's name (under Debian's apache2; 8 under httpd), and"
+      " demo-acme-corp has 14"]),
     ("WSGIDaemonProcess alpha display-name=%{GROUP}\n",
      ["one at a time", "WSGISocketRotation is not Off"]),
 ])
@@ -492,3 +493,11 @@ def test_the_default_template_lets_a_deploy_of_code_restart_the_daemons(make):
     assert vhost.reload_notes(rendered) == (
         "reload: a deploy that leaves the vhost as it was restarts the mod_wsgi processes of alpha one at a time,"
         " and no request fails; one that changes it reloads Apache",)
+
+
+@pytest.mark.parametrize("line", ["Define deployer-next-beta", "  undefine \"deployer-next-alpha\""])
+def test_a_vhost_that_defines_a_name_deployer_tests_with_is_refused(make, tmp_path, line):
+    template = tmp_path / "defines"
+    template.write_text(f"ServerName <<HOSTNAME>>\n{line}\n")
+    with pytest.raises(UsageError, match="defines a deployer-next-\\* name"):
+        make({"template": str(template)})

@@ -4,6 +4,7 @@ one run at a time at Apache, and a reload that is over when the step is."""
 
 import fcntl
 import http.client
+import os
 import socket
 import threading
 import time
@@ -254,8 +255,8 @@ def test_a_code_only_promote_restarts_the_daemons_one_at_a_time_and_drops_no_req
     generation = (pidfile.stat().st_ino, pidfile.stat().st_mtime_ns)
     with Load(port, "w") as load:
         time.sleep(1)
-        live.unlink()
-        live.symlink_to(r2)
+        (root / "switching").symlink_to(r2)  # as deployer switches: one rename(2)
+        os.replace(root / "switching", live)
         Path(site.next).write_text(vhost)
         result = apache.run("promote", "w")
         time.sleep(0.5)
@@ -265,3 +266,27 @@ def test_a_code_only_promote_restarts_the_daemons_one_at_a_time_and_drops_no_req
     assert (pidfile.stat().st_ino, pidfile.stat().st_mtime_ns) == generation
     assert load.failed == [] and load.ok > 50
     assert {get(port, "w") for _ in range(10)} == {(200, "r2")}
+
+
+def test_a_port_only_an_untested_next_vhost_names_is_never_listened_on(apache, live):
+    # Another run has written its next vhost, on a port something else holds:
+    # the builtin Apache's reload for `a` must not bind it, and stays up.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        apache.write_next("b", taken.getsockname()[1], "b1")
+        apache.write_next("a", live, "v2")
+        result = apache.run("promote", "a")
+    assert result.ok, result.stderr
+    assert get(live, "a") == (200, "v2")
+
+
+def test_a_fifo_planted_as_the_lock_fails_the_step_at_once(apache, live):
+    lock = apache.dir / "sites-available" / ".deployer-apache.lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    apache.write_next("a", live, "v2")
+    started = time.monotonic()
+    result = apache.run("promote", "a")
+    assert not result.ok and "is not a regular file" in result.stderr
+    assert time.monotonic() - started < 10 and get(live, "a") == (200, "v1")

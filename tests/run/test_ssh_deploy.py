@@ -29,7 +29,7 @@ def test_full_deploy_lands_release_vhost_and_one_migration(site):
     assert not (live / "junk.pyc").exists()
     vhost = (site.root / "apache2" / "sites-available" / "alpha.conf").read_text()
     assert "    ServerName alpha.example.test\n" in vhost
-    assert f"    WSGIScriptAlias / {live}/django.wsgi\n" in vhost
+    assert f"    WSGIScriptAlias / {live}/django.wsgi process-group=alpha application-group=%{{GLOBAL}}\n" in vhost
     assert "<<" not in vhost
     enabled = site.root / "apache2" / "sites-enabled" / "alpha.conf"
     assert os.readlink(enabled) == "../sites-available/alpha.stub"

@@ -32,14 +32,16 @@
 # The arguments after the first nine are the ctl command (apache2ctl, sudo
 # apache2ctl, ...): it is given apache2ctl's own arguments. The lock's
 # descriptor (9) is closed for it, or an Apache it starts would hold the lock
-# for as long as it runs.
-set -u
+# for as long as it runs. Every wait ends by `wait` seconds from the start
+# (within the step's own time limit), the lock's within 120 s.
+set -uf
 . ./lib/restore.sh
 . ./lib/apache-run.sh
 . ./lib/ours.sh
 . ./lib/wsgi-reload.sh
 mode=$1 dir=$2 wait=$3 define=$4 next=$5 live=$6 work=$7 mark=$8 code=$9
 shift 9
+deadline=$(($(date +%s) + wait))
 
 fail() {
     printf '%s\n' "$*" >&2
@@ -48,15 +50,24 @@ fail() {
 
 take_lock() {
     lockfile=$dir/sites-available/.deployer-apache.lock
-    # Made with O_EXCL (set -C): never through a link planted at the name;
-    # readable by every user who deploys here (an flock needs only that).
-    (set -C; umask 022; : > "$lockfile") 2> /dev/null
+    # Made under a name of its own and linked into place (link(2) never
+    # follows a name), for every user who deploys here (group-writable, as
+    # sites-available is); a FIFO or a link at the name is refused before it
+    # is opened, and opened read-write, which a FIFO planted meanwhile cannot
+    # hold up.
+    if [ ! -e "$lockfile" ] && [ ! -L "$lockfile" ]; then
+        made=$(umask 002 && mktemp "$lockfile.XXXXXX") && chmod 664 "$made" && ln "$made" "$lockfile" 2> /dev/null
+        rm -f -- "${made:-}"
+    fi
     if [ -L "$lockfile" ] || [ ! -f "$lockfile" ]; then
         fail "$lockfile is not a regular file; deployer will not use it as Apache's lock (remove it)"
     fi
-    exec 9< "$lockfile"
-    if ! flock -w "$wait" 9; then
-        fail "another run has held this host's Apache lock ($lockfile) for $wait s"
+    command exec 9<> "$lockfile" || fail "cannot open $lockfile, this host's Apache lock, to write"
+    [ -f /dev/fd/9 ] || fail "$lockfile is not a regular file; deployer will not use it as Apache's lock"
+    left=$((deadline - $(date +%s)))
+    [ "$left" -le 120 ] || left=120
+    if ! flock -w "$left" 9; then
+        fail "another run has held this host's Apache lock ($lockfile) for $left s"
     fi
 }
 
@@ -74,11 +85,16 @@ error_log_tail() {
     fi
 }
 
+any_site() (
+    set +f
+    ls "$dir"/sites-enabled/*.conf > /dev/null 2>&1
+)
+
 # Wait until Apache has loaded its config anew after a graceful (the parent
 # `before` ran) or a start (none did).
 await() {
-    before=$1 gen=$2 i=0
-    while [ "$i" -lt "$((wait * 10))" ]; do
+    before=$1 gen=$2
+    while [ "$(date +%s)" -lt "$deadline" ]; do
         now=$(server)
         if [ -n "$now" ] && [ "$(generation)" != "$gen" ]; then
             if [ -z "$before" ]; then
@@ -91,7 +107,7 @@ await() {
             return 0
         fi
         # What the builtin ctl does once the last site is gone.
-        if [ -z "$now" ] && [ ! -e "$pidfile" ] && ! ls "$dir"/sites-enabled/*.conf > /dev/null 2>&1; then
+        if [ -z "$now" ] && [ ! -e "$pidfile" ] && ! any_site; then
             echo "Apache is not running: no site is enabled"
             return 0
         fi
@@ -100,9 +116,8 @@ await() {
                  "$(error_log_tail)"
         fi
         sleep 0.1
-        i=$((i + 1))
     done
-    fail "Apache did not finish reloading within $wait s (its pid file $pidfile was not written anew);" \
+    fail "Apache did not finish reloading in time (its pid file $pidfile was not written anew);" \
          "$(error_log_tail)"
 }
 
@@ -124,13 +139,16 @@ reload() {
 # mode, a name mod_wsgi cuts, daemons the deploy user may not signal).
 code_reload() {
     runtime "$@" || exit 1
-    groups=$(awk 'tolower($1) == "wsgidaemonprocess" { print $2 }' "$live" | head -n 20)
+    # Names of letters, digits, . _ - only (set -f: no word is a pattern),
+    # and 20 at most: else Apache reloads.
+    groups=$(awk 'tolower($1) == "wsgidaemonprocess" { print $2 }' "$live" | head -n 21)
     for group in $groups; do
         case "$group" in *[!A-Za-z0-9_.-]*) groups= ;; esac
     done
+    [ "$(printf '%s\n' "$groups" | grep -c .)" -le 20 ] || groups=
     [ -n "$groups" ] || echo "no mod_wsgi daemon group in $live that deployer can restart by itself"
     for group in $groups; do
-        wsgi_reload "$group" "$wait" "$code"
+        wsgi_reload "$group" "$deadline" "$code"
         case $? in
         0) ;;
         3) echo "so Apache reloads gracefully instead"; reload "$@"; return ;;

@@ -23,15 +23,17 @@
 # length of the parent's argv[0] (a group of 10 characters with
 # /usr/sbin/apache2), and a cut name cannot be told from another group's.
 #
-#   wsgi_reload GROUP WAIT LIVE   (with `pidfile` set: see apache-run.sh)
+#   wsgi_reload GROUP DEADLINE LIVE   (with `pidfile` set: see apache-run.sh;
+#                                     DEADLINE in seconds since the epoch)
 #
 # Exit status: 0 done; 3 nothing was signalled (no such daemons, a cut
 # name, a signal not permitted): reload Apache gracefully instead; 1 daemons
-# were signalled but not all were seen replaced within WAIT s each.
+# were signalled but not all were seen replaced by the deadline.
 
 # "PID START PPID" of every process (START: clock ticks since boot), with
 # only builtins per process: /proc may hold thousands.
 _wsgi_procs() (
+    set +f
     for f in /proc/[0-9]*/stat; do
         set -f
         line=
@@ -73,7 +75,7 @@ _wsgi_ready() (
 )
 
 wsgi_reload() (
-    group=$1 wait=$2 want=$(cd -P -- "$3" 2> /dev/null && pwd -P)
+    group=$1 deadline=$2 want=$(cd -P -- "$3" 2> /dev/null && pwd -P)
     parent=$(server)
     [ -n "$parent" ] || { echo "Apache is not running" >&2; exit 3; }
     ppid=${parent%% *}
@@ -94,12 +96,15 @@ wsgi_reload() (
     done_n=0
     # From a here-document, not a pipe: the loop runs in this shell, so its exit ends the function.
     while read -r pid start _ <&3; do
-        if ! err=$(kill -USR1 "$pid" 2>&1) && _wsgi_procs | grep -q "^$pid $start "; then
+        # Still that daemon (the same pid, start, parent and name), or its
+        # pid may be another process's by now: it is gone, and its
+        # replacement is awaited as any other's.
+        if _wsgi_daemons "$ppid" "$label" | grep -q "^$pid $start " \
+                && ! err=$(kill -USR1 "$pid" 2>&1) && _wsgi_procs | grep -q "^$pid $start "; then
             echo "cannot signal daemon $pid of $group: ${err##*kill: }" >&2
             [ "$done_n" -eq 0 ] && exit 3
             exit 1
         fi
-        i=0
         while :; do
             [ "$(server)" = "$parent" ] || { echo "Apache (pid $ppid) stopped or was replaced meanwhile" >&2; exit 1; }
             now=$(_wsgi_daemons "$ppid" "$label")
@@ -107,13 +112,12 @@ wsgi_reload() (
                     && [ "$(_wsgi_ready "$now" "$old" | grep -c .)" -gt "$done_n" ]; then
                 break
             fi
-            if [ "$i" -ge "$((wait * 10))" ]; then
-                echo "daemon $pid of $group was not replaced within $wait s of SIGUSR1 (a request longer" \
+            if [ "$(date +%s)" -ge "$deadline" ]; then
+                echo "daemon $pid of $group was not replaced in time after SIGUSR1 (a request longer" \
                      "than its graceful-timeout, or a new one that fails to start: see Apache's error log)" >&2
                 exit 1
             fi
             sleep 0.1
-            i=$((i + 1))
         done
         done_n=$((done_n + 1))
     done 3<<EOF
