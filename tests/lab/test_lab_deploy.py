@@ -46,7 +46,7 @@ def check_deployed(site: Site, name: str, events: list[dict]) -> None:
         conf = h.path(f"/etc/apache2/sites-available/{name}.conf")
         assert f"ServerName {name}.example.test" in conf.read_text()
         assert os.readlink(h.path(f"/etc/apache2/sites-enabled/{name}.conf")) == \
-            f"../sites-available/{name}.conf"
+            f"../sites-available/{name}.stub"
         assert os.readlink(h.path(f"/var/www/{name}")) == f"/var/www/{name}.releases/{release}"
         info = site.health(i, name)
         assert info["instance"] == name and info["release_dir"] == release
