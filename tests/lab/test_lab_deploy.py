@@ -215,7 +215,8 @@ def test_configtest_failing_on_one_host_undoes_every_host(site):
         broken.unlink()
     assert code == 1
     assert f"{site.lab.addresses[-1]}:" in error_of(events) and "ThisIsNotADirective" in error_of(events)
-    configtests = [e for e in events if e["event"] == "step_finished" and e["step"] == "apache configtest with the next vhost"]
+    configtests = [e for e in events
+                   if e["event"] == "step_finished" and e["step"] == "apache configtest with the next vhost"]
     # Hosts run at once: events come in the order hosts finish.
     broken_host = site.lab.addresses[-1]
     assert {e["host"]: e["ok"] for e in configtests} == {a: a != broken_host for a in site.lab.addresses}
