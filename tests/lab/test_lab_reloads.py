@@ -2,7 +2,8 @@
 two instances deployed at once on the same hosts, one of them broken; and a
 reload held up by a request in flight while another run installs its vhost.
 Apache stays up on every host, the broken run is undone, the other goes live
-and answers at once, and every other site keeps answering."""
+and answers at once, and every other site keeps answering. (The instances
+are left on the hosts: this file runs after test_lab_deploy, which lists them.)"""
 
 # Fixtures are imported, so test parameters "redefine" them.
 # ruff: noqa: F811
