@@ -85,11 +85,6 @@ error_log_tail() {
     fi
 }
 
-any_site() (
-    set +f
-    ls "$dir"/sites-enabled/*.conf > /dev/null 2>&1
-)
-
 # Wait until Apache has loaded its config anew after a graceful (the parent
 # `before` ran) or a start (none did).
 await() {
@@ -107,7 +102,7 @@ await() {
             return 0
         fi
         # What the builtin ctl does once the last site is gone.
-        if [ -z "$now" ] && [ ! -e "$pidfile" ] && ! any_site; then
+        if [ -z "$now" ] && [ ! -e "$pidfile" ] && ! any_site "$dir/sites-enabled"; then
             echo "Apache is not running: no site is enabled"
             return 0
         fi

@@ -63,7 +63,7 @@ if ! runtime "$@" 2> /dev/null; then
     echo "check apache failed cannot tell where Apache writes its pid file: '$* -t -D DUMP_RUN_CFG' names none"
 elif running=$(server) && [ -n "$running" ]; then
     echo "check apache ok Apache runs (pid ${running%% *})"
-elif ! ls "$enabled"/*.conf > /dev/null 2>&1; then
+elif ! any_site "$enabled"; then
     echo "check apache ok Apache is not running, and no site is enabled: a deploy starts it"
 else
     echo "check apache failed Apache is not running (its pid file: $pidfile): every site here is down"

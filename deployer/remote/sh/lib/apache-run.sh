@@ -15,6 +15,13 @@ runtime() {
     fi
 }
 
+# Whether a site is enabled in the sites-enabled folder $1 (with none, the
+# builtin local Apache is stopped, and not running is its rest).
+any_site() (
+    set +f
+    ls "$1"/*.conf > /dev/null 2>&1
+)
+
 # "PID START" of a running process (START: when it started, in clock ticks
 # since boot: a pid can be used again), or nothing.
 started() {
