@@ -27,9 +27,12 @@ so that such a server lets go of us at once.
 
 The keeper looks every half second: once nobody holds the users lock (the
 last deploy ended, or was killed: the kernel releases a dead process's
-locks), it stops OpenVPN and exits. The deploy that finds itself last stops
-the keeper at once and waits for OpenVPN to be gone, so its routes are down
-when the deploy returns.
+locks), it keeps the tunnel up `linger` seconds more (as the newest deploy
+said: targets.yaml's vpn/linger), for a next deploy to join, and then stops
+OpenVPN and exits, whether or not any deploy lived to see it. With linger
+0 the deploy that finds itself last stops the keeper at once and waits for
+OpenVPN to be gone, so its routes are down when the deploy returns. A
+tunnel that is not up, or that restarts while it lingers, is not kept.
 
 A failed start quotes the end of OpenVPN's log, made printable; the log is
 appended to (a start's lines stay for whoever looks after the next run),
@@ -44,8 +47,8 @@ $XDG_RUNTIME_DIR/deployer, else $XDG_STATE_HOME/deployer or
 another user could take first; mode 0700, which must be ours and not a
 link) holds per tunnel: `.users`, `.setup` (a lock while a deploy starts
 or joins the keeper), `.state` (the keeper's and OpenVPN's pids, the
-current start's place in the log) and `.log` (OpenVPN's output and the
-keeper's, `.log.1` the one before).
+current start's place in the log), `.linger` (the newest deploy's linger)
+and `.log` (OpenVPN's output and the keeper's, `.log.1` the one before).
 """
 
 from deployer.vpn.identity import tunnel_key

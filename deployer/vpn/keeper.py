@@ -1,6 +1,6 @@
 """The keeper: the small process that runs OpenVPN for every deploy that
-uses the tunnel, starts it again when a start fails, and stops it once
-none uses it. Started isolated (python
+uses the tunnel, starts it again when a start fails, keeps it up a while
+after the last run (the linger), and stops it. Started isolated (python
 -I, from /), so that nothing in the config's folder is imported."""
 
 import fcntl
@@ -17,10 +17,12 @@ from deployer.vpn.state import (
     DIES_WITH_US,
     KEEPER_POLL,
     LOG_LIMIT,
+    RESTARTING,
     STOP_TIMEOUT,
     KeeperState,
     open_file,
     read,
+    read_linger,
     recorded,
     up,
     write,
@@ -50,8 +52,8 @@ def _package_parent() -> str:
 
 
 def keep(config: str, base: str, attempt: float) -> int:
-    """The keeper: OpenVPN up for as long as a deploy holds the users lock.
-    A start that has not come up
+    """The keeper: OpenVPN up for as long as a deploy holds the users lock,
+    and `linger` seconds more (see Keeper). A start that has not come up
     within `attempt` seconds is stopped and started again."""
     if os.fork() > 0:
         os._exit(0)  # the deploy that started us waits only for this
@@ -81,14 +83,21 @@ class Keeper:
         self.proc: subprocess.Popen | None = None
         self.starts, self.started, self.offset, self.came_up = 0, 0.0, 0, False
         self.quick_exits = 0  # starts in a row that exited within QUICK_EXIT
+        self.idle_since: float | None = None
+        self.idle_offset = 0
 
     def run(self) -> None:
         self.start()
         while not self.stopping:
-            if not self.in_use():
+            text = read(f"{self.base}.log", self.offset)
+            if self.in_use():
+                self.idle_since = None
+                if not self.tend(text):
+                    return
+            elif self.closing(text):
                 return  # holding the users lock until we are gone, so that no deploy joins
-            if not self.tend(read(f"{self.base}.log", self.offset)):
-                return
+            else:
+                fcntl.flock(self.users, fcntl.LOCK_UN)  # lingering: a next run may join
             time.sleep(KEEPER_POLL)
 
     def start(self) -> None:
@@ -112,6 +121,22 @@ class Keeper:
             return False
         except BlockingIOError:
             return True
+
+    def closing(self, text: str) -> bool:
+        """Nobody uses the tunnel: whether to close it now. At once if it is
+        not up (nobody waits for it) or the newest run said linger 0; else
+        once it has lingered that long, or if OpenVPN restarted meanwhile (a
+        lingering tunnel is not brought back: on a point-to-point server it
+        would take the place of another machine's client)."""
+        linger = read_linger(self.base)
+        if self.proc is None or self.proc.poll() is not None or not up(text) or linger <= 0:
+            return True
+        if self.idle_since is None:
+            self.idle_since, self.idle_offset = time.monotonic(), os.lseek(self.log, 0, os.SEEK_END)
+            self.say(f"no run uses the tunnel: it stays up {linger:g}s for a next one")
+            return False
+        return (time.monotonic() - self.idle_since >= linger
+                or RESTARTING in read(f"{self.base}.log", self.idle_offset))
 
     def tend(self, text: str) -> bool:
         """Somebody needs the tunnel: start OpenVPN again if it exited, or if

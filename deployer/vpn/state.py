@@ -1,6 +1,6 @@
 """A tunnel's files in the registry, as the deploys and the keeper share
-them: locks with a deadline, the keeper's state, OpenVPN's log, whether
-the keeper lives."""
+them: locks with a deadline, the keeper's state, OpenVPN's log, the linger,
+whether the keeper lives."""
 
 import contextlib
 import fcntl
@@ -33,6 +33,7 @@ LOCK_TIMEOUT = 30.0  # for the setup lock, and for a keeper that is shutting dow
 LOG_LIMIT = 1024 * 1024
 # What is read of a start's lines to see whether it is up, at most (its end).
 LOG_READ = 256 * 1024
+LINGER_MAX = 3600.0  # targets.yaml's bound too (config.model.VPN_LINGER_MAX): the keeper imports no config
 
 
 def open_file(path: str) -> int:
@@ -154,6 +155,20 @@ def any_keeper(registry: str) -> bool:
     except OSError:
         return False
     return any(keeper_state(os.path.join(registry, n[:-len(".state")])) for n in names if n.endswith(".state"))
+
+
+def read_linger(base: str) -> float:
+    """Seconds the tunnel stays up once nobody uses it, as the newest run
+    said; 0 (close at once) when it cannot be read."""
+    try:
+        seconds = float(read(f"{base}.linger", limit=64))
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), LINGER_MAX) if seconds == seconds else 0.0
+
+
+def write_linger(base: str, seconds: float) -> None:
+    write(f"{base}.linger", f"{seconds:g}\n")
 
 
 def tunnel_up(address: str) -> bool:

@@ -1,5 +1,6 @@
 """A deploy's side of the tunnel: join it, or start its keeper; wait until
-it is up; leave it, and stop it if this deploy was its last user."""
+it is up; leave it, and stop it if this deploy was its last user and wants
+no linger."""
 
 import fcntl
 import os
@@ -28,6 +29,7 @@ from deployer.vpn.state import (
     stop_orphan,
     tunnel_up,
     up,
+    write_linger,
 )
 
 # A start of OpenVPN that has not come up within a third of the timeout (at
@@ -39,16 +41,19 @@ TAIL_LINES, TAIL_WIDTH, TAIL_READ = 15, 300, 64 * 1024
 
 
 class OpenVpnTunnel:
-    def __init__(self, config: str, timeout: float, probe: str = "", registry: str | None = None):
+    def __init__(self, config: str, timeout: float, probe: str = "", registry: str | None = None,
+                 linger: float = 0.0):
         self.config = os.path.realpath(config)
         self.timeout = timeout
         self.probe = probe  # a host's address: is a tunnel to it already up?
+        self.linger = linger  # seconds the tunnel stays up after its last run, if this run is it
         self.dir = os.path.abspath(registry or registry_dir())  # the keeper runs in /
         self.base = os.path.join(self.dir, f"tunnel-{tunnel_key(self.config)}")
         self.log = f"{self.base}.log"
         self.users: int | None = None  # our fd holding the shared lock, while we use the tunnel
         self.shared = False  # whether we joined a keeper another run started
         self.foreign = False  # a tunnel that is not ours was up: used, never stopped
+        self.came_up = False
 
     def open(self) -> None:
         if not shutil.which("openvpn"):
@@ -65,6 +70,7 @@ class OpenVpnTunnel:
             if not running and tunnel_up(self.probe) and not any_keeper(self.dir):
                 self.foreign = True
                 return
+            write_linger(self.base, self.linger)  # the newest run's word counts, also if it is killed
             if running:
                 self.shared = True
             else:
@@ -100,10 +106,21 @@ class OpenVpnTunnel:
                 raise StepFailed(f"openvpn exited{self._exit_code()} before the tunnel came up{self._tail()}")
             starts = state.starts
             if up(read(self.log, state.offset)):
+                self.came_up = True
                 return
             time.sleep(POLL)
         tries = f"openvpn started {starts} times, none came up" if starts > 1 else f"no {READY!r} in its log"
         raise StepFailed(f"VPN not up after {self.timeout:g}s ({tries}){self._tail()}")
+
+    def said(self) -> str:
+        """What the run's output says of the tunnel, once open."""
+        if self.foreign:
+            return f"a tunnel to {self.probe} is already up, not deployer's: used, and left up"
+        how = "tunnel up (already: another run on this machine started it)" if self.shared else "tunnel up"
+        if self.linger <= 0:
+            return f"{how}; closed when the last run that uses it ends"
+        return (f"{how}; it stays up {self.linger:g}s after the last run that uses it ends, for a next run"
+                " (vpn/linger)")
 
     @property
     def openvpn_pid(self) -> int | None:
@@ -111,13 +128,21 @@ class OpenVpnTunnel:
         return state[1] if state and state[1] else None
 
     def close(self) -> None:
-        """Stop using the tunnel; the last deploy that used it stops it, and
-        waits, so its routes are gone when this returns."""
+        """Stop using the tunnel. With a linger (and a tunnel that came up)
+        the keeper closes it once no run has used it that long; else the
+        last run that used it stops it, and waits, so its routes are gone
+        when this returns."""
         users, self.users = self.users, None
         if users is None:
             return
-        os.close(users)  # our shared lock goes with it
-        if self.foreign:
+        try:
+            if not self.foreign:
+                write_linger(self.base, self.linger if self.came_up else 0.0)
+        except OSError:
+            pass  # the keeper goes by the word of the run before
+        finally:
+            os.close(users)  # our shared lock goes with it
+        if self.foreign or (self.linger > 0 and self.came_up):
             return
         last = open_file(f"{self.base}.users")
         try:
@@ -131,9 +156,9 @@ class OpenVpnTunnel:
     def _last(self, fd: int) -> bool:
         """Whether this run was the tunnel's last user: True once `fd` holds
         the users lock exclusively. While the keeper holds it (it looks
-        whether anyone still uses the tunnel, or it is closing it), wait,
-        bounded: so that the routes are gone when close() returns, whoever
-        stops OpenVPN."""
+        whether anyone still uses the tunnel, or it is closing it: it read
+        the linger of 0 we wrote), wait, bounded: so that the routes are
+        gone when close() returns whoever stops OpenVPN."""
         deadline = time.monotonic() + STOP_TIMEOUT + LOCK_TIMEOUT
         while time.monotonic() < deadline:
             try:
