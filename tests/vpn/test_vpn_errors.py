@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -234,3 +235,66 @@ def test_openvpn_says_goodbye_to_a_udp_server_and_never_gets_the_option_with_tcp
     assert ("--explicit-exit-notify" in argv) is notify
     if notify:  # before --config: a setting of the config's own wins
         assert argv.index("--explicit-exit-notify") < argv.index("--config")
+
+
+def test_the_openvpn_of_a_killed_keeper_is_stopped_before_another_starts(tmp_path):
+    # Killed with SIGKILL, the keeper cannot wait for its OpenVPN, which
+    # pdeathsig only asks to stop (and it takes a second to say goodbye;
+    # here it is stopped, and hears nothing): the next run stops it, by
+    # its pid, before it starts a keeper, so the config never has two.
+    config = unreachable_client(tmp_path)
+    registry = str(tmp_path / "registry")
+    runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import threading, time
+        from deployer.vpn import OpenVpnTunnel
+        t = OpenVpnTunnel({str(config)!r}, timeout=60, registry={registry!r})
+        threading.Thread(target=t.open, daemon=True).start()
+        while t.openvpn_pid is None:
+            time.sleep(0.01)
+        print(t.openvpn_pid, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    old = None
+    try:
+        old = int(runner.stdout.readline())
+        keeper, _ = vpn_state.keeper_pids(vpn.OpenVpnTunnel(str(config), timeout=1, registry=registry).base)
+        os.kill(old, signal.SIGSTOP)
+        for pid in (keeper, runner.pid):
+            os.kill(pid, signal.SIGKILL)
+        runner.wait(10)
+        assert _alive(old)
+        tunnel = vpn.OpenVpnTunnel(str(config), timeout=3, registry=registry)
+        seen, done = [], threading.Event()
+        watching = threading.Thread(target=lambda: seen.extend(_clients(config, done)), daemon=True)
+        watching.start()
+        with pytest.raises(StepFailed, match="VPN not up after 3s"):
+            try:
+                tunnel.open()
+            finally:
+                tunnel.close()
+                done.set()
+        watching.join(10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if old and _alive(old):
+            os.kill(old, signal.SIGKILL)
+    assert max(seen) == 1 and not _alive(old)
+    assert "deployer: starting openvpn (start 1 of this keeper)" in vpn_state.read(tunnel.log)
+
+
+def _clients(config, done: threading.Event) -> list[int]:
+    """How many OpenVPN clients of `config` run, every few ms, until `done`."""
+    counts = []
+    while not done.is_set():
+        counts.append(sum(1 for pid in filter(str.isdigit, os.listdir("/proc")) if _is_client(pid, config)))
+        time.sleep(0.005)
+    return counts
+
+
+def _is_client(pid: str, config) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[0].endswith(b"openvpn") and str(config).encode() in argv and _alive(int(pid))
