@@ -210,6 +210,10 @@ def test_a_lingering_tunnel_closes_by_itself_when_every_run_that_used_it_was_kil
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    # Its keeper removes its state once OpenVPN is gone, and exits.
+    deadline = time.monotonic() + 10
+    while list((tmp_path / "registry").glob("tunnel-*.state")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not list((tmp_path / "registry").glob("tunnel-*.state"))
     assert_vpn_down(lab)
 
