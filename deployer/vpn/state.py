@@ -111,8 +111,10 @@ def up(text: str) -> bool:
 class KeeperState:
     keeper: int
     openvpn: int  # 0 between two starts
-    starts: int  # how many times this keeper has started OpenVPN
-    offset: int  # where the current start's lines begin in the log
+    # The two below have defaults: a keeper of the deployer before them
+    # wrote two pids only, and is still known (not joined by a second one).
+    starts: int = 1  # how many times this keeper has started OpenVPN
+    offset: int = 0  # where the current start's lines begin in the log
 
     def line(self) -> str:
         return f"{self.keeper} {self.openvpn} {self.starts} {self.offset}\n"

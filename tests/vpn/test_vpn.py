@@ -224,3 +224,17 @@ def test_the_linger_is_a_vpn_option_with_a_default(tmp_path, vpn_line, linger):
 def test_a_linger_out_of_bounds_is_refused_naming_its_key(tmp_path, value):
     with pytest.raises(ConfigError, match=r"targets/alpha/vpn/linger: expected seconds from 0 to 3600"):
         config.load(targets_with_vpn(tmp_path, f"{{kind: openvpn, config: client.ovpn, linger: {value}}}"))
+
+
+def test_a_keeper_of_the_deployer_before_is_known_by_its_state(tmp_path):
+    # It wrote "KEEPER OPENVPN" only: read as no keeper, a run would start
+    # a second client of the config beside it.
+    from deployer.vpn import state
+    base = str(tmp_path / "tunnel-0123456789abcdef")
+    state.write(f"{base}.state", "12 34\n")
+    assert state.recorded(base) == state.KeeperState(12, 34, 1, 0)
+    state.write(f"{base}.state", "12 34 2 4096\n")
+    assert state.recorded(base) == state.KeeperState(12, 34, 2, 4096)
+    for junk in ("", "12", "12 x", "1 2 3 4 5"):
+        state.write(f"{base}.state", junk)
+        assert state.recorded(base) is None
