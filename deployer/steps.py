@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from deployer.artifact import packaging
+from deployer.config.model import VPN_LINGER
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 
@@ -42,12 +43,14 @@ class Build(Step):
 @dataclass(frozen=True)
 class OpenVpn(Step):
     """The tunnel of `config` up (see deployer/vpn: shared with every deploy on this
-    machine that uses it) until the deploy ends, however it ends. A tunnel
-    to `probe` (the first host) already up, and not ours, is used as it is."""
+    machine that uses it) until the deploy ends, however it ends, and `linger`
+    seconds more if no other run uses it by then. A tunnel to `probe` (the
+    first host) already up, and not ours, is used as it is."""
 
     config: str = ""
     timeout: float = 30.0
     probe: str = ""
+    linger: float = VPN_LINGER
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,8 @@ class Builder:
     def vpn(self, v: Any, path: str) -> Vpn:
         if v.kind == "none":
             return Vpn()
-        return Vpn(kind=v.kind, config=self.file(v.config, f"{path}/config", "connect"), timeout=float(v.timeout))
+        return Vpn(kind=v.kind, config=self.file(v.config, f"{path}/config", "connect"), timeout=float(v.timeout),
+                   linger=float(v.linger))
 
     def apache(self, a: Any, path: str, transport: str) -> Apache:
         try:

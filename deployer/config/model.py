@@ -38,11 +38,23 @@ class Host:
 LOCAL_HOST = Host("local")
 
 
+# Seconds a tunnel stays up after the last run that used it, for a next run
+# on this machine (as ssh's ControlPersist): enough for the next deploy of a
+# script, a build chain or a queue that starts at once, and for two deploys
+# started together, to find it up (no new start, no new session on the
+# server); short enough that the VPN is closed within seconds of the last
+# run whatever happens, and that a point-to-point server's one peer slot
+# is free again soon for another machine.
+VPN_LINGER = 10.0
+VPN_LINGER_MAX = 3600.0
+
+
 @dataclass(frozen=True)
 class Vpn:
     kind: str = "none"
     config: str | None = None
     timeout: float = 30.0
+    linger: float = VPN_LINGER
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from deployer.config.model import (
     DEFAULT_PIPELINE,
     HOOK_PLACES,
     MAX_PARALLEL,
+    VPN_LINGER,
+    VPN_LINGER_MAX,
     YamlFloat,
     YamlInt,
     kind_of,
@@ -220,6 +222,8 @@ Text = Annotated[str, Field(pattern=r"\S"), says(_non_empty)]
 Texts = Annotated[list[Text], says(lambda v: f"expected a list of strings, got {kind_of(v)}")]
 Flag = Annotated[bool, says(lambda v: "expected true or false")]
 Seconds = Annotated[float, Field(gt=0.0), says(lambda v: "expected a positive number of seconds")]
+LingerSeconds = Annotated[float, Field(ge=0.0, le=VPN_LINGER_MAX),
+                          says(lambda v: f"expected seconds from 0 to {VPN_LINGER_MAX:g}")]
 Port = between(1, 65535)
 # deployer.config.names' own regexes: the schema says what its checks check.
 TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names._LABEL.pattern}")})
@@ -280,7 +284,13 @@ class VpnSpec(_Spec):
     config: Text = Field(
         None, description="The OpenVPN config file (.ovpn) on this machine, for kind openvpn; never packaged,"
         " nor the key files it names.")
-    timeout: Seconds = Field(30, description="Seconds to wait for the tunnel to come up.")
+    timeout: Seconds = Field(
+        30, description="Seconds to wait for the tunnel to come up; a start of OpenVPN that exits, or has not"
+        " come up within a third of this (10 s at least), is stopped and started again meanwhile.")
+    linger: LingerSeconds = Field(
+        VPN_LINGER, description="Seconds the tunnel stays up after the last run on this machine that uses it"
+        " ends, for a next run to find it up (as ssh's ControlPersist); 0 closes it at once. The keeper"
+        " closes it by itself, even if every run was killed.")
 
     @model_validator(mode="after")
     def _config_for_openvpn(self) -> "VpnSpec":
@@ -435,7 +445,7 @@ class TargetSpec(_Spec):
         " without white space (relative to targets.yaml only for transport local).")
     vpn: VpnSpec = Field(
         {"kind": "none"}, validate_default=True,
-        description="The VPN: {kind: none}, or {kind: openvpn, config: FILE, timeout: 30}.")
+        description="The VPN: {kind: none}, or {kind: openvpn, config: FILE, timeout: 30, linger: 10}.")
     apache: ApacheSpec = Field({}, validate_default=True, description="Apache on the hosts.")
     migrate: Text | None = Field(
         "python manage.py migrate --noinput", description="A shell command run in the new release; null for"

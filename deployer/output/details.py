@@ -33,10 +33,11 @@ def _build(step: steps.Build, redact) -> list[str]:
 
 
 def _vpn(step: steps.OpenVpn, redact) -> list[str]:
+    stopped = (f"stopped {step.linger:g}s after the last one ends (vpn/linger), unless another run uses it"
+               " by then" if step.linger > 0 else "stopped by the last one")
     return [f"openvpn --config {step.config} in the background, up within {step.timeout:g}s"
-            " or fail; shared with the other deploys on this machine that use this config, and stopped"
-            f" by the last one; a tunnel to {step.probe} that is already up and not deployer's is used"
-            " as it is"]
+            f" or fail; shared with the other deploys on this machine that use this config, and {stopped};"
+            f" a tunnel to {step.probe} that is already up and not deployer's is used as it is"]
 
 
 def _run(step: steps.Run, redact) -> list[str]:

@@ -32,7 +32,7 @@ def vpn(ctx: Context) -> tuple[steps.Step, ...]:
     if v.kind == "none":
         return ()
     return (steps.OpenVpn(f"open VPN ({v.config})", config=v.config, timeout=v.timeout,
-                          probe=ctx.target.hosts[0].address),)
+                          probe=ctx.target.hosts[0].address, linger=v.linger),)
 
 
 def upload(ctx: Context) -> tuple[steps.Step, ...]:

@@ -30,14 +30,11 @@ class OnRunner:
                       f" compressed: {step.dest}", "")
 
     def vpn(self, step: steps.OpenVpn) -> Result:
-        tunnel = OpenVpnTunnel(step.config, step.timeout, probe=step.probe)
+        tunnel = OpenVpnTunnel(step.config, step.timeout, probe=step.probe, linger=step.linger)
         # Registered before open(): a half-started OpenVPN is stopped too.
         self.teardown.append(("close VPN", tunnel.close))
         tunnel.open()
-        if tunnel.foreign:
-            return Result(0, f"a tunnel to {step.probe} is already up, not deployer's: used, and left up", "")
-        return Result(0, "tunnel up, shared with another deploy on this machine" if tunnel.shared
-                      else "tunnel up", "")
+        return Result(0, tunnel.said(), "")
 
     def command(self, step: steps.Run) -> Result:
         return self.local.run(step.command.line(), timeout=self.timeout(step))

@@ -35,6 +35,17 @@ def tunnel_key(config: str) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def udp_only(config: str) -> bool:
+    """Whether every server the config may connect to is a UDP one (False
+    for a config that cannot be read: OpenVPN will say why)."""
+    try:
+        options = list(_options(_read_bounded(config, "the VPN config").decode("utf-8", "surrogateescape")))
+    except (OSError, StepFailed):
+        return False
+    remotes = _remotes(options)
+    return bool(remotes) and all(proto == "udp" for _, _, proto in remotes)
+
+
 def _read_bounded(path: str, what: str) -> bytes:
     """A user's file, at most _FILE_LIMIT bytes: a bigger one, or one that is
     not a regular file (a FIFO would block), fails, naming it."""

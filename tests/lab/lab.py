@@ -366,6 +366,19 @@ def _cert(d: Path, name: str) -> tuple[str, str, str]:
     return crt.read_text(), key.read_text(), fp.strip().split("=", 1)[1]
 
 
+# How the VPN host serves: many clients at once (OpenVPN's server mode), or
+# point to point, one peer at a time, as a small NAT/VPN host may run it.
+# The point-to-point server (OpenVPN 2.6) knows one session: a client that
+# comes within seconds of one that left without a word (no
+# explicit-exit-notify) gets its TLS session but no answer to its
+# PUSH_REQUEST, and waits in vain (about every second such start).
+_SERVER_MODES = {
+    False: "topology subnet\nserver 198.18.2.0 255.255.255.0\npush \"route 198.18.1.0 255.255.255.0\"",
+    True: "tls-server\ntopology p2p\nifconfig 198.18.2.1 198.18.2.2\npush \"ifconfig 198.18.2.2 198.18.2.1\"\n"
+          "push \"route 198.18.1.0 255.255.255.0\"",
+}
+
+
 def _make_vpn_config(workdir: Path) -> tuple[Path, Path]:
     d = workdir / "vpn"
     d.mkdir(parents=True, exist_ok=True)
@@ -378,9 +391,7 @@ dev tun
 proto udp
 local {VPN_SERVER_ADDRESS}
 port {VPN_PORT}
-topology subnet
-server 198.18.2.0 255.255.255.0
-push "route 198.18.1.0 255.255.255.0"
+{_SERVER_MODES[False]}
 keepalive 2 10
 dh none
 persist-key
@@ -397,6 +408,8 @@ verb 3
 """,
         0o600,
     )
+    # The same server, point to point (Lab.start_vpn_server(point_to_point=True)).
+    _write(d / "server-p2p.conf", server.read_text().replace(_SERVER_MODES[False], _SERVER_MODES[True]), 0o600)
     client = _write(
         workdir / "client.ovpn",
         f"""# OpenVPN client for the deployer lab: reaches {PRIVATE_SUBNET}
@@ -526,6 +539,8 @@ class Lab:
         self.ssh_key = workdir / "id_ed25519"
         self.client_ovpn = workdir / "client.ovpn"
         self.vpn_server_config = workdir / "vpn" / "server.conf"
+        self.vpn_server_p2p_config = workdir / "vpn" / "server-p2p.conf"
+        self.vpn_point_to_point = False  # which of the two the running server is
         self.vpn_server_log = workdir / "vpn" / "server.log"
         self.shared_dir = workdir / "shared"  # on the runner
         self.shared_dir_on_hosts = SHARED_DIR_ON_HOSTS
@@ -572,7 +587,10 @@ class Lab:
                 "user": "root",
                 "identity_file": str(self.ssh_key),
                 "known_hosts": str(self.known_hosts),
-                "vpn": {"kind": "openvpn", "config": str(self.client_ovpn), "timeout": 30},
+                # linger 0: the tunnel is down when a deploy returns, as the
+                # tests that look with a client of their own (the same
+                # certificate) need; tests of the linger set theirs.
+                "vpn": {"kind": "openvpn", "config": str(self.client_ovpn), "timeout": 30, "linger": 0},
                 "package": {"source": str(app), "exclude": ["__pycache__", "*.pyc"]},
                 "template": str(REPO / "templates" / "default_template"),
                 # The example app's database and uploads, on the storage every host shares.
@@ -680,31 +698,52 @@ class Lab:
 
     @contextlib.contextmanager
     def vpn_server_stopped(self):
-        """Stop the VPN server for the duration (a dead VPN), then restart it."""
+        """Stop the VPN server for the duration (a dead VPN), then restart it as it was."""
+        point_to_point = self.vpn_point_to_point
         self.stop_vpn_server()
         try:
             yield
         finally:
+            self.start_vpn_server(point_to_point)
+
+    @contextlib.contextmanager
+    def point_to_point_vpn(self):
+        """The VPN host serves point to point (one peer at a time) for the
+        duration, then as it did before."""
+        self.stop_vpn_server()
+        try:
+            self.start_vpn_server(point_to_point=True)
+            yield
+        finally:
+            self.stop_vpn_server()
             self.start_vpn_server()
 
-    def start_vpn_server(self) -> int:
+    def start_vpn_server(self, point_to_point: bool = False) -> int:
+        """The VPN server, if it is not running: many clients at once, or
+        one peer at a time (point_to_point; see _SERVER_MODES)."""
         if self.vpn_server_pid and _alive(self.vpn_server_pid):
             return self.vpn_server_pid
         log = self.vpn_server_log
         log.unlink(missing_ok=True)
+        config = self.vpn_server_p2p_config if point_to_point else self.vpn_server_config
+        self.vpn_point_to_point = point_to_point
         with open(log, "w") as out:
             p = subprocess.Popen(
-                ["ip", "netns", "exec", VPN_NETNS, "openvpn", "--config", str(self.vpn_server_config)],
+                ["ip", "netns", "exec", VPN_NETNS, "openvpn", "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, env=CLEAN_ENV,
             )  # fmt: skip
         self._vpn_popen, self.vpn_server_pid = p, p.pid
         self._save()
 
+        # A point-to-point server completes its start only with a peer: it
+        # is ready once it listens.
+        words = "UDPv4 link local (bound)" if point_to_point else "Initialization Sequence Completed"
+
         def ready() -> bool:
             if p.poll() is not None:
                 raise LabError(f"OpenVPN server exited ({p.returncode}):\n{_tail(log)}")
-            return "Initialization Sequence Completed" in log.read_text(errors="replace")
+            return words in log.read_text(errors="replace")
 
         _wait(ready, START_TIMEOUT, "the OpenVPN server")
         return p.pid

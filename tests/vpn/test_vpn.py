@@ -6,11 +6,13 @@ import os
 import tempfile
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from deployer import vpn
-from deployer.errors import StepFailed
+from deployer import config, vpn
+from deployer.errors import ConfigError, StepFailed
+from deployer.plan import stages
 
 
 def pem(label: str, data: bytes) -> str:
@@ -191,3 +193,48 @@ def test_xdg_state_home_and_runtime_dir_are_used_only_when_only_ours(tmp_path):
     assert vpn.registry_dir(environ={**env, "XDG_STATE_HOME": "relative"}, run_writable=False) == str(
         home / ".local" / "state" / "deployer")
     assert vpn.registry_dir(environ=env, run_writable=True) == f"/run/deployer-{os.getuid()}"
+
+
+# -- vpn/linger in targets.yaml -------------------------------------------------------
+
+def targets_with_vpn(tmp_path, vpn_line: str):
+    (tmp_path / "client.ovpn").write_text(client())
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "app").mkdir(exist_ok=True)
+    (tmp_path / "vhost").write_text("ServerName <<HOSTNAME>>\n")
+    path = tmp_path / "targets.yaml"
+    path.write_text(f"defaults:\n  known_hosts: known_hosts\n  package: {{source: app}}\n  template: vhost\n"
+                    f"targets:\n  alpha:\n    hosts: [198.18.1.10]\n    vpn: {vpn_line}\n")
+    return path
+
+
+@pytest.mark.parametrize("vpn_line, linger", [
+    ("{kind: openvpn, config: client.ovpn}", 10.0),  # the default: a next run within 10 s finds it up
+    ("{kind: openvpn, config: client.ovpn, linger: 0}", 0.0),  # closed at once
+    ("{kind: openvpn, config: client.ovpn, linger: 90.5}", 90.5),
+])
+def test_the_linger_is_a_vpn_option_with_a_default(tmp_path, vpn_line, linger):
+    t = config.load(targets_with_vpn(tmp_path, vpn_line)).resolve("alpha")
+    assert t.vpn.linger == linger
+    step = stages.vpn(SimpleNamespace(target=t))[0]
+    assert step.linger == linger
+
+
+@pytest.mark.parametrize("value", ["-1", "3601", "soon"])
+def test_a_linger_out_of_bounds_is_refused_naming_its_key(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"targets/alpha/vpn/linger: expected seconds from 0 to 3600"):
+        config.load(targets_with_vpn(tmp_path, f"{{kind: openvpn, config: client.ovpn, linger: {value}}}"))
+
+
+def test_a_keeper_of_the_deployer_before_is_known_by_its_state(tmp_path):
+    # It wrote "KEEPER OPENVPN" only: read as no keeper, a run would start
+    # a second client of the config beside it.
+    from deployer.vpn import state
+    base = str(tmp_path / "tunnel-0123456789abcdef")
+    state.write(f"{base}.state", "12 34\n")
+    assert state.recorded(base) == state.KeeperState(12, 34, 1, 0)
+    state.write(f"{base}.state", "12 34 2 4096\n")
+    assert state.recorded(base) == state.KeeperState(12, 34, 2, 4096)
+    for junk in ("", "12", "12 x", "1 2 3 4 5"):
+        state.write(f"{base}.state", junk)
+        assert state.recorded(base) is None

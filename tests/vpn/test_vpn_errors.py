@@ -2,12 +2,15 @@
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from deployer.cli.deploy import main
 from deployer.errors import StepFailed
 from deployer.vpn import keeper as vpn_keeper
 from deployer.vpn import state as vpn_state
+from deployer.vpn import tunnel as vpn_tunnel
 from tests.conftest import REPO, armed_local_target, tree_digest, wait_until
 from tests.lab.lab import _cert, blackhole
 
@@ -78,11 +82,12 @@ def test_openvpn_dies_with_a_deploy_killed_without_warning(tmp_path):
         wait_until(lambda: "TCP/UDP" in log.read_text(), runner)  # it is trying
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait(10)
-        # Its keeper sees nobody uses the tunnel any more, and stops it.
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" and time.monotonic() < deadline:
+        # Its keeper sees nobody uses the tunnel any more, stops it, and
+        # then removes its state and exits.
+        deadline = time.monotonic() + 15
+        while (_alive(pid) or list(registry.glob("tunnel-*.state"))) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "openvpn outlived the killed deploy"
+        assert not _alive(pid), "openvpn outlived the killed deploy"
         assert not list(registry.glob("tunnel-*.state"))
     finally:
         if runner.poll() is None:
@@ -152,3 +157,144 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "Z"
+
+
+# -- starts that fail, and what is kept of them ---------------------------------------
+
+def unreachable_client(tmp_path, extra: str = "") -> Path:
+    """A client of a server in the lab's blackholed range: OpenVPN gets as far
+    as the network, and no further."""
+    blackhole()
+    _, _, server = _cert(tmp_path, "server")
+    crt, key, _ = _cert(tmp_path, "client")
+    config = tmp_path / "client.ovpn"
+    config.write_text(f"client\ndev tun\nproto udp\nremote 198.18.0.99 1194\nnobind\n{extra}"
+                      f"peer-fingerprint {server}\n<cert>\n{crt}</cert>\n<key>\n{key}</key>\n")
+    return config
+
+
+def test_a_start_that_exits_is_started_again_until_the_timeout_and_its_log_is_kept(tmp_path):
+    # OpenVPN gives up by itself after one try (connect-retry-max 1) and
+    # exits: the keeper starts it again, until the deploy's timeout.
+    config = unreachable_client(tmp_path, "connect-retry 1 1\nconnect-retry-max 1\nserver-poll-timeout 1\n")
+    registry = tmp_path / "registry"
+    errors = []
+    for _ in range(2):
+        tunnel = vpn.OpenVpnTunnel(str(config), timeout=9, registry=str(registry))
+        with pytest.raises(StepFailed) as failed:
+            try:
+                tunnel.open()
+            finally:
+                tunnel.close()
+        errors.append(str(failed.value))
+    assert re.search(r"VPN not up after 9s \(openvpn started [2-9] times, none came up\)", errors[0]), errors[0]
+    assert f"all of it in {tunnel.log}" in errors[0]
+    log = vpn_state.read(tunnel.log, limit=1 << 20)
+    # Both runs' starts are there: the second run did not overwrite the first's.
+    assert len(re.findall(r" deployer: starting openvpn \(start 1 ", log)) == 2, log
+    assert re.search(r" deployer: starting openvpn \(start 2 ", log), log
+    assert "deployer: openvpn exited (code 1)" in log and "connect-retry-max" in log
+    assert not list(registry.glob("tunnel-*.state"))
+
+
+def test_openvpn_refusing_its_config_is_not_started_again_and_its_words_reach_the_error_printable(tmp_path):
+    # What OpenVPN prints of a config line is the config's (or a server's)
+    # text: control characters never reach the terminal, lines are cut.
+    hostile = "\x1b]0;pwned\x07\x1b[2J" + "x" * 200
+    (tmp_path / "bad.ovpn").write_text(f"client\n{hostile} yes\n")
+    tunnel = vpn.OpenVpnTunnel(str(tmp_path / "bad.ovpn"), timeout=20, registry=str(tmp_path / "registry"))
+    with pytest.raises(StepFailed) as failed:
+        try:
+            tunnel.open()
+        finally:
+            tunnel.close()
+    error = str(failed.value)
+    assert "openvpn exited (code 1) before the tunnel came up" in error
+    assert "Unrecognized option" in error and "?]0;pwned??[2Jxxx" in error
+    assert not any(c in error for c in "\x1b\x07\r"), repr(error)
+    assert all(len(line) <= 4 + vpn_tunnel.TAIL_WIDTH + 3 for line in error.splitlines()), error
+    # Refused twice at once: the third start would fail the same way.
+    log = vpn_state.read(tunnel.log)
+    assert log.count("deployer: starting openvpn") == 2
+    assert "exited twice within 1s of its start: not started again" in log
+
+
+@pytest.mark.parametrize("config, notify", [
+    ("client\nremote vpn.example.com 1194\n", True),
+    ("client\nproto udp4\nremote vpn.example.com 1194\nremote vpn2.example.com 1194 udp6\n", True),
+    ("client\nproto tcp-client\nremote vpn.example.com 443\n", False),
+    ("client\nremote vpn.example.com 1194\nremote vpn.example.com 443 tcp\n", False),
+    ("client\n<connection>\nremote vpn.example.com 443 tcp-client\n</connection>\n"
+     "<connection>\nremote vpn.example.com 1194 udp\n</connection>\n", False),
+])
+def test_openvpn_says_goodbye_to_a_udp_server_and_never_gets_the_option_with_tcp(tmp_path, config, notify):
+    # OpenVPN before 2.5 refuses --explicit-exit-notify with TCP (2.6 ignores it).
+    path = tmp_path / "client.ovpn"
+    path.write_text(config)
+    argv = vpn_keeper._openvpn_argv(str(path))
+    assert ("--explicit-exit-notify" in argv) is notify
+    if notify:  # before --config: a setting of the config's own wins
+        assert argv.index("--explicit-exit-notify") < argv.index("--config")
+
+
+def test_the_openvpn_of_a_killed_keeper_is_stopped_before_another_starts(tmp_path):
+    # Killed with SIGKILL, the keeper cannot wait for its OpenVPN, which
+    # pdeathsig only asks to stop (and it takes a second to say goodbye;
+    # here it is stopped, and hears nothing): the next run stops it, by
+    # its pid, before it starts a keeper, so the config never has two.
+    config = unreachable_client(tmp_path)
+    registry = str(tmp_path / "registry")
+    runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import threading, time
+        from deployer.vpn import OpenVpnTunnel
+        t = OpenVpnTunnel({str(config)!r}, timeout=60, registry={registry!r})
+        threading.Thread(target=t.open, daemon=True).start()
+        while t.openvpn_pid is None:
+            time.sleep(0.01)
+        print(t.openvpn_pid, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    old = None
+    try:
+        old = int(runner.stdout.readline())
+        keeper, _ = vpn_state.keeper_pids(vpn.OpenVpnTunnel(str(config), timeout=1, registry=registry).base)
+        os.kill(old, signal.SIGSTOP)
+        for pid in (keeper, runner.pid):
+            os.kill(pid, signal.SIGKILL)
+        runner.wait(10)
+        assert _alive(old)
+        tunnel = vpn.OpenVpnTunnel(str(config), timeout=3, registry=registry)
+        seen, done = [], threading.Event()
+        watching = threading.Thread(target=lambda: seen.extend(_clients(config, done)), daemon=True)
+        watching.start()
+        with pytest.raises(StepFailed, match="VPN not up after 3s"):
+            try:
+                tunnel.open()
+            finally:
+                tunnel.close()
+                done.set()
+        watching.join(10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if old and _alive(old):
+            os.kill(old, signal.SIGKILL)
+    assert max(seen) == 1 and not _alive(old)
+    assert "deployer: starting openvpn (start 1 of this keeper)" in vpn_state.read(tunnel.log)
+
+
+def _clients(config, done: threading.Event) -> list[int]:
+    """How many OpenVPN clients of `config` run, every few ms, until `done`."""
+    counts = []
+    while not done.is_set():
+        counts.append(sum(1 for pid in filter(str.isdigit, os.listdir("/proc")) if _is_client(pid, config)))
+        time.sleep(0.005)
+    return counts
+
+
+def _is_client(pid: str, config) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[0].endswith(b"openvpn") and str(config).encode() in argv and _alive(int(pid))
