@@ -1,6 +1,6 @@
 """Faults in the lab, during real deploys through the VPN: a dying sshd or
 VPN server, a full disk, a failed reload or health check, SIGTERM in every
-stage, runs at once, and HTTP under load. Each case checks that every host
+stage, and runs at once. Each case checks that every host
 serves one release (the old or the new, never a mix), that no lock is left,
 that the VPN is down, and that a plain re-run of the deploy succeeds."""
 
@@ -227,60 +227,6 @@ def test_a_failed_graceful_on_one_host_after_the_switch_puts_every_host_back(sit
     for i in range(len(site.lab.hosts)):
         assert site.health(i, name)["release_dir"] == os.path.basename(old)
     rerun_succeeds(site, name)
-
-
-LOAD = r"""
-import http.client, os, sys, time
-hosts, name, stop, deadline = sys.argv[1].split(","), sys.argv[2], sys.argv[3], time.monotonic() + 240
-ok = failed = 0
-errors = []
-while not os.path.exists(stop) and time.monotonic() < deadline:
-    for h in hosts:
-        try:
-            c = http.client.HTTPConnection(h, 80, timeout=10)
-            c.request("GET", "/health", headers={"Host": name})
-            r = c.getresponse()
-            body = r.read(300)
-            if r.status == 200:
-                ok += 1
-            else:
-                failed += 1
-                errors.append(f"{h}: {r.status} {body!r}")
-            c.close()
-        except Exception as e:
-            failed += 1
-            errors.append(f"{h}: {type(e).__name__}: {e}")
-print(ok, failed, "; ".join(errors[:5]))
-"""
-
-
-def test_no_request_fails_while_a_deploy_switches_and_reloads(site):
-    name = "fault-load"
-    first_deploy(site, name)
-    stop = site.tmp / "stop-load"
-    # From inside the private network (the VPN server's namespace): the
-    # runner's own VPN client is the deploy's.
-    client = subprocess.Popen(["ip", "netns", "exec", tests_lab.VPN_NETNS, "/usr/bin/python3", "-c", LOAD,
-                               ",".join(site.lab.addresses), f"{name}.example.test", str(stop)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1)
-        for version in ("under load 1", "under load 2"):
-            (site.app / "RELEASE.txt").write_text(f"{version}\n")
-            code, events = site.deploy(name)
-            assert code == 0, error_of(events)
-    finally:
-        stop.touch()
-        out, _ = client.communicate(timeout=60)
-    ok, failed, errors = out.rstrip("\n").split(" ", 2)
-    ok, failed = int(ok), int(failed)
-    # Deploys of code only: each host restarts the instance's mod_wsgi
-    # daemons one at a time, and Apache is not reloaded: not one request fails.
-    print(f"\n{ok} requests answered 200, {failed} failed, during two deploys of {len(site.lab.hosts)} hosts")
-    assert failed == 0, errors
-    assert ok > 20
-    for event in (e for e in events if e["event"] == "step_finished" and e["step"].startswith("apache: ")):
-        assert "mod_wsgi daemons of fault-load restarted one at a time" in event.get("stdout", ""), event
 
 
 def test_unlock_after_a_kill_between_the_hosts_finishing_keeps_the_new_release_on_every_host(site):
