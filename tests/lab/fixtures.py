@@ -127,6 +127,12 @@ class Site:
         assert proc.stderr == "" or proc.returncode != 0, proc.stderr
         return proc.returncode, events
 
+    def rollback(self, name: str) -> tuple[int, list[dict]]:
+        proc = subprocess.run(
+            [DEPLOY[0], "-m", "deployer.cli.manage", "rollback", name, "--targets", str(self.targets),
+             "--output", "json"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
+
     def deploy_and(self, name: str, ready, act, timeout: float = 60) -> tuple[int, list[dict], str]:
         """Start a deploy, wait until ready(), then act(proc): send a signal, cut a link."""
         proc = subprocess.Popen(

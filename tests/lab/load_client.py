@@ -3,18 +3,23 @@ the system's Python inside the VPN server's namespace (so stdlib only).
 
 Asks every host for the instance's /health until the stop file appears (or
 MAX_SECONDS pass, or MAX_REQUESTS are made): per host, FRESH threads on a new
-connection each time and one thread on a keep-alive connection. Prints one
-JSON object: the count of answers, every failure (capped), how many times a
-kept-alive connection was closed by the server between requests, and, per
-host, the releases that answered in the order they did: [release, first,
-last], the times (CLOCK_MONOTONIC, which the test shares) the first and last
-request of each stretch of answers from that release started.
+connection each time and one thread on a keep-alive connection, each
+pausing PAUSE seconds between requests. Prints one
+JSON object, with times as CLOCK_MONOTONIC (which the test shares) at the
+start of a request:
+  ok          the count of answers
+  failed      [time, host] of every failure
+  failures    [time, host, what] of the first MAX_FAILURES
+  reconnects  [time, host] of each kept-alive connection the server closed
+              between requests
+  releases    per host, the releases that answered, in the order they did:
+              [release, first, last] of each stretch of answers from one.
 
-A request on a kept-alive connection that the server closed before sending
-a byte of an answer is sent again once on a new connection, as browsers and
-load balancers do (RFC 9112, 9.3.1): Apache closes idle kept-alive
-connections when it reloads. Anything else is a failure: an error, a status
-other than 200, or a second close."""
+A request on a reused kept-alive connection that the server closed before
+the status line of an answer is sent again once on a new connection, as
+browsers and load balancers do (RFC 9112, 9.3.1): Apache closes idle
+kept-alive connections when it reloads. Anything else is a failure: an
+error, a status other than 200, or a second close."""
 
 import http.client
 import json
@@ -24,8 +29,9 @@ import threading
 import time
 
 FRESH = 2
-MAX_SECONDS = 300
-MAX_REQUESTS = 500_000
+PAUSE = 0.05  # seconds between a thread's requests: a busy site, and CPU left for the deploys
+MAX_SECONDS = 1800  # the stop file ends it long before
+MAX_REQUESTS = 2_000_000
 MAX_FAILURES = 200
 CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -33,8 +39,10 @@ CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 class Tally:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.ok = self.requests = self.reconnects = 0
+        self.ok = self.requests = 0
+        self.failed: list[list] = []
         self.failures: list[list] = []
+        self.reconnects: list[list] = []
         self.releases: dict[str, list[list]] = {}
 
     def count(self) -> bool:
@@ -53,15 +61,26 @@ class Tally:
 
     def fail(self, host: str, started: float, what: str) -> None:
         with self.lock:
+            self.failed.append([started, host])
             if len(self.failures) < MAX_FAILURES:
                 self.failures.append([started, host, what[:300]])
-            else:
-                self.failures[-1][2] = "and more"
+
+    def reconnect(self, host: str, started: float) -> None:
+        with self.lock:
+            self.reconnects.append([started, host])
+
+    def report(self) -> str:
+        with self.lock:
+            return json.dumps({"ok": self.ok, "failed": self.failed, "failures": self.failures,
+                               "reconnects": self.reconnects, "releases": self.releases})
 
 
-def ask(conn: http.client.HTTPConnection, name: str) -> tuple[int, bytes]:
+def send(conn: http.client.HTTPConnection, name: str) -> http.client.HTTPResponse:
     conn.request("GET", "/health", headers={"Host": name})
-    answer = conn.getresponse()
+    return conn.getresponse()
+
+
+def read(answer: http.client.HTTPResponse) -> tuple[int, bytes]:
     return answer.status, answer.read(4096)
 
 
@@ -80,34 +99,35 @@ def fresh(tally: Tally, host: str, name: str, done) -> None:
         started = time.monotonic()
         conn = http.client.HTTPConnection(host, 80, timeout=20)
         try:
-            record(tally, host, started, *ask(conn, name))
+            record(tally, host, started, *read(send(conn, name)))
         except (OSError, http.client.HTTPException) as e:
             tally.fail(host, started, f"{type(e).__name__}: {e}")
         finally:
             conn.close()
+        time.sleep(PAUSE)
 
 
 def kept(tally: Tally, host: str, name: str, done) -> None:
     conn = http.client.HTTPConnection(host, 80, timeout=20)
-    reused = False
     while not done() and tally.count():
         started = time.monotonic()
+        # http.client opens a new connection by itself after an answer that
+        # closed the last one (Connection: close): that one is not reused.
+        reused = conn.sock is not None
         try:
             try:
-                answer = ask(conn, name)
+                answer = send(conn, name)
             except CLOSED:
                 if not reused:
                     raise
-                with tally.lock:
-                    tally.reconnects += 1
+                tally.reconnect(host, started)
                 conn.close()
-                answer = ask(conn, name)
-            record(tally, host, started, *answer)
-            reused = True
+                answer = send(conn, name)
+            record(tally, host, started, *read(answer))
         except (OSError, http.client.HTTPException) as e:
             tally.fail(host, started, f"{type(e).__name__}: {e}")
             conn.close()
-            reused = False
+        time.sleep(PAUSE)
     conn.close()
 
 
@@ -124,8 +144,7 @@ def main(hosts: list[str], name: str, stop: str) -> None:
         t.start()
     for t in threads:
         t.join(MAX_SECONDS + 30)
-    print(json.dumps({"ok": tally.ok, "reconnects": tally.reconnects,
-                      "failures": tally.failures, "releases": tally.releases}))
+    print(tally.report())
 
 
 if __name__ == "__main__":
