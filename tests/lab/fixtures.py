@@ -48,9 +48,14 @@ class LabSession:
         self._n = 0
 
     def get(self, hosts: int | None = None) -> Lab:
-        hosts = hosts or int(os.environ.get("DEPLOYER_LAB_HOSTS", "2"))
-        if self.lab is not None and len(self.lab.hosts) < hosts:
+        """A lab of at least `hosts` hosts; by default, of DEPLOYER_LAB_HOSTS
+        exactly: a bigger lab left by a test that asked for one makes every
+        deploy of the tests after it slower (CI's time)."""
+        default = int(os.environ.get("DEPLOYER_LAB_HOSTS", "2"))
+        if self.lab is not None and (len(self.lab.hosts) < (hosts or default)
+                                     or hosts is None and len(self.lab.hosts) > default):
             self.release()
+        hosts = hosts or default
         if self.lab is None:
             self._n += 1
             self.lab = up(self.base / f"lab{self._n}", hosts, wait=LAB_WAIT)
