@@ -48,17 +48,16 @@ class LabSession:
         self._n = 0
 
     def get(self, hosts: int | None = None) -> Lab:
-        """A lab of at least `hosts` hosts; by default, of DEPLOYER_LAB_HOSTS
-        exactly: a bigger lab left by a test that asked for one makes every
-        deploy of the tests after it slower (CI's time)."""
+        """A lab of DEPLOYER_LAB_HOSTS hosts, or of `hosts` if that is more.
+        Without `hosts`, a bigger lab that a test asked for goes: every deploy
+        of the tests after it would be slower for it (CI's time)."""
         default = int(os.environ.get("DEPLOYER_LAB_HOSTS", "2"))
-        if self.lab is not None and (len(self.lab.hosts) < (hosts or default)
-                                     or hosts is None and len(self.lab.hosts) > default):
+        want = max(hosts or 0, default)
+        if self.lab is not None and (len(self.lab.hosts) < want or hosts is None and len(self.lab.hosts) > want):
             self.release()
-        hosts = hosts or default
         if self.lab is None:
             self._n += 1
-            self.lab = up(self.base / f"lab{self._n}", hosts, wait=LAB_WAIT)
+            self.lab = up(self.base / f"lab{self._n}", want, wait=LAB_WAIT)
         return self.lab
 
     def release(self) -> None:
