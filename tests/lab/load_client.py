@@ -3,10 +3,9 @@ the system's Python inside the VPN server's namespace (so stdlib only).
 
 Asks every host for the instance's /health until the stop file appears (or
 MAX_SECONDS pass, or MAX_REQUESTS are made): per host, FRESH threads on a new
-connection each time and one thread on a keep-alive connection, each
-pausing PAUSE seconds between requests. Prints one
-JSON object, with times as CLOCK_MONOTONIC (which the test shares) at the
-start of a request:
+connection each time and one thread on a keep-alive connection, each pausing
+PAUSE seconds between requests. Prints one JSON object, with times as
+CLOCK_MONOTONIC (which the test shares) at the start of a request:
   ok          the count of answers
   failed      [time, host] of every failure
   failures    [time, host, what] of the first MAX_FAILURES
