@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
+def default_template_with(path: Path, tail: str) -> Path:
+    """Write templates/default_template with `tail` at its end to `path`:
+    a vhost that differs from the default's (Apache reloads), or adds lines."""
+    path.write_text((REPO / "templates" / "default_template").read_text() + tail)
+    return path
+
+
 def deploy_process(name: str, hostname: str, targets: str | Path) -> subprocess.Popen:
     """`deploy` in a process of its own, to be signalled; plain output on its stdout."""
     return subprocess.Popen([sys.executable, "-m", "deployer", name, hostname, "--targets", str(targets),

@@ -20,7 +20,7 @@ from deployer import config
 from deployer.cli.deploy import EPILOG, main
 from deployer.errors import EXIT_DRY_RUN_LACKS, ConfigError
 from deployer.run import preview
-from tests.conftest import REPO, tree_digest
+from tests.conftest import REPO, default_template_with, tree_digest
 from tests.lab.fixtures import Site as LabSite
 from tests.lab.fixtures import assert_vpn_down, lab, lab_session  # noqa: F401
 
@@ -220,8 +220,7 @@ TEMPLATE_TAIL = "SetEnv TIER <<TIER>>\nSetEnv DB_PASSWORD <<DB_PASSWORD>>\n"
 @pytest.fixture
 def deployed(site, tmp_path, monkeypatch):
     """The sshd site, with a template that takes a TIER and a secret, deployed once."""
-    template = tmp_path / "vhost.tmpl"
-    template.write_text((REPO / "templates" / "default_template").read_text() + TEMPLATE_TAIL)
+    template = default_template_with(tmp_path / "vhost.tmpl", TEMPLATE_TAIL)
     monkeypatch.setenv(SECRET_ENV, SECRET)
     site.edit(template=str(template), vars={"TIER": "blue", "DB_PASSWORD": {"env": SECRET_ENV, "secret": True}})
     code, out = site.deploy()

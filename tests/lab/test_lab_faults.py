@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import default_template_with
 from tests.lab import lab as tests_lab
 from tests.lab.fixtures import DEPLOY, assert_vpn_down, error_of, lab, lab_session, release_of, site  # noqa: F401
 
@@ -218,8 +218,7 @@ def test_a_failed_graceful_on_one_host_after_the_switch_puts_every_host_back(sit
     site.lab.run(1, "touch /etc/apache2/fail-graceful")
     (site.app / "RELEASE.txt").write_text("reload fails\n")
     # A vhost that changes: Apache reloads (code alone restarts the daemons).
-    changed = site.tmp / "changed_template"
-    changed.write_text((REPO / "templates" / "default_template").read_text() + "# changed\n")
+    changed = default_template_with(site.tmp / "changed_template", "# changed\n")
     site.write(apache={"ctl": "/etc/apache2/lab-ctl"}, template=str(changed))
     code, events = site.deploy(name)
     assert code == 1 and "failed on purpose" in error_of(events), error_of(events)

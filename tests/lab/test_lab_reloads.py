@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, default_template_with
 from tests.lab import lab as tests_lab
 from tests.lab.fixtures import Site, error_of, lab, lab_session, release_of, site  # noqa: F401
 from tests.lab.test_lab_faults import assert_whole, finish, first_deploy, release_path, start
@@ -46,8 +46,7 @@ for t in threads: t.join(40)
 
 def with_template(site, name: str, extra: str) -> None:
     """Instance `name` deploys the default template with `extra` at its end."""
-    template = site.tmp / f"{name}.template"
-    template.write_text((REPO / "templates" / "default_template").read_text() + extra)
+    template = default_template_with(site.tmp / f"{name}.template", extra)
     doc = yaml.safe_load(site.targets.read_text())
     doc["targets"][name] = {"template": str(template)}
     site.targets.write_text(yaml.safe_dump(doc))

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_APACHE_CTL, REPO, deploy_process, next_second, tree_digest, wait_until
+from tests.conftest import (
+    LOCAL_APACHE_CTL,
+    default_template_with,
+    deploy_process,
+    next_second,
+    tree_digest,
+    wait_until,
+)
 
 pytestmark = pytest.mark.sshd
 
@@ -51,8 +58,7 @@ exec /bin/sh {LOCAL_APACHE_CTL} "$@"
     ctl.chmod(0o755)
     # A vhost that differs from the one deployed: Apache reloads (a deploy
     # of code only would restart the site's mod_wsgi daemons instead).
-    template = tmp_path / "changed_template"
-    template.write_text((REPO / "templates" / "default_template").read_text() + "# changed\n")
+    template = default_template_with(tmp_path / "changed_template", "# changed\n")
     site.edit(apache={"dir": str(site.root / "apache2"), "ctl": f"{ctl} {site.root / 'apache2'}",
                       "port": site.http_port}, template=str(template))
     return log
