@@ -13,6 +13,7 @@ import pytest
 from deployer import config, vpn
 from deployer.errors import ConfigError, StepFailed
 from deployer.plan import stages
+from deployer.vpn import state as vpn_state
 
 
 def pem(label: str, data: bytes) -> str:
@@ -229,12 +230,11 @@ def test_a_linger_out_of_bounds_is_refused_naming_its_key(tmp_path, value):
 def test_a_keeper_of_the_deployer_before_is_known_by_its_state(tmp_path):
     # It wrote "KEEPER OPENVPN" only: read as no keeper, a run would start
     # a second client of the config beside it.
-    from deployer.vpn import state
     base = str(tmp_path / "tunnel-0123456789abcdef")
-    state.write(f"{base}.state", "12 34\n")
-    assert state.recorded(base) == state.KeeperState(12, 34, 1, 0)
-    state.write(f"{base}.state", "12 34 2 4096\n")
-    assert state.recorded(base) == state.KeeperState(12, 34, 2, 4096)
+    vpn_state.write(f"{base}.state", "12 34\n")
+    assert vpn_state.recorded(base) == vpn_state.KeeperState(12, 34, 1, 0)
+    vpn_state.write(f"{base}.state", "12 34 2 4096\n")
+    assert vpn_state.recorded(base) == vpn_state.KeeperState(12, 34, 2, 4096)
     for junk in ("", "12", "12 x", "1 2 3 4 5"):
-        state.write(f"{base}.state", junk)
-        assert state.recorded(base) is None
+        vpn_state.write(f"{base}.state", junk)
+        assert vpn_state.recorded(base) is None
