@@ -15,7 +15,6 @@ from deployer.config import Hook, names
 from deployer.context import Context
 from deployer.errors import DeployError, TemplateError, UsageError
 from deployer.plan import template, vhost
-from deployer.plan.vhost import owner_mark
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 
@@ -91,7 +90,7 @@ def render(ctx: Context) -> tuple[steps.Step, ...]:
             text = f.read()
     except OSError as e:
         raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
-    mark = owner_mark(ctx.name)
+    mark = vhost.owner_mark(ctx.name)
     content = f"{mark}\n{template.render(text, ctx.vars, path)}"
     # Apache's Define sets what <IfDefine> asks: such a line would make every
     # reload read an instance's untested next vhost.
@@ -212,7 +211,7 @@ def retire(ctx: Context) -> tuple[steps.Step, ...]:
     vhosts removed on every host, then Apache checked and reloaded. A
     failure puts them back, and the reload runs again: every other site
     keeps serving."""
-    site, hosts, mark = vhost.site(ctx), ctx.host_names, owner_mark(ctx.name)
+    site, hosts, mark = vhost.site(ctx), ctx.host_names, vhost.owner_mark(ctx.name)
     work = site.work(site.enabled, ctx.run_id)
     return (
         steps.Run(f"disable site {ctx.name}.conf", hosts, waits=False,
