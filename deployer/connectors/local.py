@@ -60,6 +60,7 @@ class LocalTransport:
         side waits on a full pipe; False if the time limit came first."""
         tails = {proc.stdout: out, proc.stderr: err}
         feed = Feed(stdin)
+        feeding = proc.stdin.fileno()
         with selectors.DefaultSelector() as sel:
             for stream in tails:
                 sel.register(stream, selectors.EVENT_READ)
@@ -77,6 +78,12 @@ class LocalTransport:
                     return False
                 if not sel.get_map():
                     time.sleep(POLL)
+                    continue
+                if list(sel.get_map()) == [feeding] and proc.poll() is not None:
+                    # Ended, its output closed: what stdin would still be fed (the
+                    # rest of a session, waiting for an answer) has no reader.
+                    sel.unregister(proc.stdin)
+                    proc.stdin.close()
                     continue
                 for key, _ in sel.select(POLL):
                     if key.fileobj is proc.stdin:

@@ -306,3 +306,22 @@ def test_the_built_wheel_holds_every_package_file_and_deploys(tmp_path):
         assert schema.stdout == (REPO / "deployer" / "config" / "targets.schema.json").read_bytes()
     finally:
         _stop(checkout)
+
+
+@needs_local_site
+def test_a_missing_shared_file_fails_the_local_run_at_once(tmp_path):
+    """The check fails before the upload in the same session: the rest of the
+    session's input (the upload, waiting for the check's answer) has no
+    reader, and the run must not wait for it until step_timeout."""
+    checkout = _copy_checkout(tmp_path / "checkout")
+    targets = checkout / "targets.yaml"
+    text = targets.read_text().replace(f"port: {README_PORT}}}", f"port: {free_port()}}}")
+    targets.write_text(text.replace("shared: {dirs: [data, media]}",
+                                    "shared: {dirs: [data, media], files: [local_settings.py]}"))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "deployer", "local", "local.test", "--output", "plain"],
+                          cwd=checkout, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "missing shared file(s):" in proc.stdout and "local_settings.py" in proc.stdout
+    # Not a timing assertion of speed: step_timeout is 600 s, and the run waited it out before.
+    assert time.monotonic() - started < 100

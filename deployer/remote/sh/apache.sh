@@ -180,10 +180,16 @@ promote)
     if $same; then code_reload "$@"; else reload "$@"; fi
     ;;
 restore)
+    # Never promoted (the run stopped before): nothing to put back, and no
+    # lock to take (sites-available may not even exist yet).
+    { [ -d "$work" ] && [ ! -L "$work" ]; } || exit 0
     take_lock
     restore_file "$live" "$work" || fail "cannot put $live back as it was"
     ;;
 reload)
+    # No sites-available: no site of deployer's was ever written here (an
+    # undo of a run that stopped before), so there is nothing to reload.
+    [ -d "$dir/sites-available" ] || exit 0
     take_lock
     out=$("$@" configtest 2>&1 9<&-) || fail "Apache's config fails its test; not reloading (Apache keeps what it runs): $out"
     reload "$@"
