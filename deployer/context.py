@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from deployer.artifact import packaging
+from deployer.artifact import packaging, wheels
 from deployer.config import Target
 
 
@@ -37,16 +37,27 @@ class Context:
     who: str = ""
     ci: str = ""
     revision: str = ""
+    # With `python:`: the hosts' virtualenv for this release (wheels.venv_name),
+    # and the set of wheels on this machine that the release carries.
+    venv: str = ""
+    wheels: str = ""
 
     @property
     def package_rules(self) -> packaging.Rules:
-        return _rules(self.target)
+        return _rules(self.target, self.wheels)
 
     @property
     def vars(self) -> dict[str, str]:
-        """Every template token: the user's values and the three deployer sets."""
+        """Every template token: the user's values and those deployer sets."""
+        python = {"VENV": f"{self.deploy_path}/{VENV_LINK}",
+                  "PYTHON": f"{self.deploy_path}/{VENV_LINK}/bin/python"} if self.target.python else {}
         return {**self.values, "CONFIG_NAME": self.name, "HOSTNAME": self.hostname,
-                "DEPLOY_PATH": self.deploy_path, "HTTP_PORT": str(self.target.apache.port)}
+                "DEPLOY_PATH": self.deploy_path, "HTTP_PORT": str(self.target.apache.port), **python}
+
+    @property
+    def venvs_dir(self) -> str:
+        """The hosts' virtualenvs, shared by every instance under the deploy root."""
+        return posixpath.join(self.target.deploy_root, ".deployer-venvs")
 
     @property
     def uploads(self) -> bool:
@@ -104,7 +115,12 @@ class Context:
             "RELEASE": self.release,
             "RELEASE_PATH": self.code_path,
             "SHARED_PATH": self.shared_dir,
+            **({"VIRTUAL_ENV": posixpath.join(self.code_path, VENV_LINK)} if self.target.python else {}),
         }
+
+
+# In every release of a target with `python:`: the link to its virtualenv.
+VENV_LINK = ".venv"
 
 
 def history_line(ctx: Context, outcome: str, now: datetime | None = None) -> str:
@@ -177,14 +193,20 @@ def git_revision(source: str) -> str:
     return r.stdout.strip() if r.returncode == 0 else ""
 
 
-def _rules(target: Target) -> packaging.Rules:
+def _rules(target: Target, wheel_set: str) -> packaging.Rules:
     p = target.package
     # A shared path of the release is a link to the shared directory: what
     # the source holds there is never packaged (it would hide nothing, and
     # linking it from the live release would reach into the shared one).
     shared = tuple("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", path)
                    for path in (*target.shared.dirs, *target.shared.files))
-    return packaging.Rules(exclude=p.exclude + shared, include=p.include, protected=p.protected)
+    if target.python is None:
+        return packaging.Rules(exclude=p.exclude + shared, include=p.include, protected=p.protected)
+    # The release's own: its link to the virtualenv, and the wheels (from
+    # this machine's set, not from the source: a local .venv is never packaged).
+    ours = (f"/{VENV_LINK}", f"/{wheels.SET_DIR}")
+    return packaging.Rules(exclude=p.exclude + shared + ours, include=p.include, protected=p.protected,
+                           extra=((wheels.SET_DIR, wheel_set),) if wheel_set else ())
 
 
 # The end of the release id of a dry run on a machine without the package
@@ -199,12 +221,10 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
     Without `scan` (a dry run on a machine that lacks the source) there is no
     manifest, and the id ends in NO_SOURCE_DIGEST."""
     now = now or datetime.now(UTC)
-    manifest = packaging.scan(target.package.source, _rules(target)) if scan else None
+    wheel_set, venv = _python(target)
+    manifest = packaging.scan(target.package.source, _rules(target, wheel_set)) if scan else None
     release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12] if manifest else NO_SOURCE_DIGEST}"
-    values = {k: v.value for k, v in target.vars.items()}
-    values.update(overrides)
-    # Secret by name: a value given with --var for a secret var is masked too.
-    masked = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
+    values = _values(target, overrides)
     return Context(
         name=name,
         hostname=hostname,
@@ -215,7 +235,7 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         workdir=workdir or os.path.join(
             tempfile.gettempdir(), f"deployer-{name}-{release}-{os.getpid()}"),
         values=values,
-        secrets=masked,
+        secrets=secret_values(target, overrides),
         stages=stages,
         run_id=secrets.token_hex(8),
         manifest=manifest,
@@ -223,7 +243,37 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
         who=who(),
         ci=ci_build(os.environ),
         revision=git_revision(target.package.source),
+        venv=venv,
+        wheels=wheel_set,
     )
+
+
+def _values(target: Target, overrides: dict[str, str]) -> dict[str, str]:
+    return {**{k: v.value for k, v in target.vars.items()}, **overrides}
+
+
+def secret_values(target: Target, overrides: dict[str, str]) -> frozenset[str]:
+    """What every output masks. Secret by name: a value given with --var
+    for a secret var is masked too."""
+    values = _values(target, overrides)
+    return frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
+
+
+def _python(target: Target) -> tuple[str, str]:
+    """The set of wheels the release carries (made by the build: see
+    artifact/wheels.py), and the name of the hosts' virtualenv for it; for
+    a dry run before the set is made, no set and a name of question marks."""
+    python = target.python
+    if python is None:
+        return "", ""
+    try:
+        made = wheels.set_path(python)
+        if wheels.is_whole(made):
+            with open(os.path.join(made, "requirements.txt"), "rb") as f:
+                return made, wheels.venv_name(python, f.read())
+    except OSError:
+        pass
+    return "", f"{python.version}-{'?' * 16}"
 
 
 def for_instance(name: str, target: Target, action: str, release: str = "", hostname: str = "",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from deployer.artifact import packaging
-from deployer.config.model import VPN_LINGER
+from deployer.config.model import VPN_LINGER, Python
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 
@@ -38,6 +38,28 @@ class Build(Step):
     # What the plan saw (the release id is its digest); the build fails if
     # the tree differs by then.
     manifest: packaging.Manifest | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class CopySource(Step):
+    """Copy `source` into the new folder `dest` (on the runner) for the
+    build to run in: everything but what the safe defaults of `rules`
+    withhold, which must never reach a build's output either."""
+
+    source: str = ""
+    dest: str = ""
+    rules: packaging.Rules = field(default_factory=packaging.Rules)
+
+
+@dataclass(frozen=True)
+class Wheels(Step):
+    """Resolve the app's requirements for the hosts' interpreter and download
+    a wheel of each, on the runner, into the set `dest` (see
+    artifact/wheels.py); a whole set already there is kept as it is."""
+
+    python: Python | None = None
+    dest: str = ""
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import stat
 import zlib
 from collections import deque
@@ -74,6 +75,9 @@ class Rules:
     # (absolute path, reason): the targets file and the files it names (VPN config, SSH identity files,
     # known_hosts), e.g. ("/srv/app/vpn/demo.ovpn", "named in targets.yaml"); withheld unless included.
     protected: tuple[tuple[str, str], ...] = ()
+    # (path in the release, folder on this machine): trees deployer made (the wheels), packaged whole under
+    # that path, without the safe defaults' checks; their files whose names begin with a dot stay out.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,12 +126,12 @@ def _pack(source: str, rules: Rules, archive: "_Archive | None", only: frozenset
     protected = _identities(rules.protected)
     entries, withheld, included = _walk(source, rules, include, protected)
     base = os.path.join(source, "")
+    every = sorted([(rel, is_link, base + rel, False) for rel, is_link in entries] + _extra(rules.extra))
     digest = hashlib.sha256()
     files: list[str] = []
     sums: list[tuple[str, str, int]] = []
     size = 0
-    for rel, is_link in entries:
-        path = base + rel
+    for rel, is_link, path, ours in every:
         if is_link:
             with _reading(path):
                 target = os.readlink(path)
@@ -152,14 +156,14 @@ def _pack(source: str, rules: Rules, archive: "_Archive | None", only: frozenset
             if not stat.S_ISREG(st.st_mode):
                 raise UsageError(f"{path}: changed while being packaged")
             # The walk left protection to this check of the file actually opened, by its inode.
-            reason = protected.get((st.st_dev, st.st_ino))
+            reason = None if ours else protected.get((st.st_dev, st.st_ino))
             if reason:
                 if rel not in include:
                     withheld[rel] = reason
                     continue
                 included.setdefault(rel, reason)
             head = _read(fd, min(st.st_size, _KEY_SCAN), path)
-            if (_KEY_HINTS[0] in head or _KEY_HINTS[1] in head) and _PRIVATE_KEY.search(head):
+            if not ours and (_KEY_HINTS[0] in head or _KEY_HINTS[1] in head) and _PRIVATE_KEY.search(head):
                 if rel not in include:
                     withheld[rel] = "contains a private key"
                     continue
@@ -192,6 +196,64 @@ def _pack(source: str, rules: Rules, archive: "_Archive | None", only: frozenset
         size += st.st_size
     return Manifest(digest.hexdigest(), tuple(files), size, tuple(sorted(withheld.items())),
                     tuple(sorted(included.items())), tuple(sums))
+
+
+def _extra(trees: tuple[tuple[str, str], ...]) -> list[tuple[str, bool, str, bool]]:
+    """The regular files of the trees deployer made, as entries of the walk: (path in the release, False,
+    path here, True)."""
+    out = []
+    for prefix, top in trees:
+        for folder, dirs, names in os.walk(top, onerror=_raise):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel_dir = os.path.relpath(folder, top)
+            for name in names:
+                if not name.startswith("."):
+                    rel = posixpath.normpath(posixpath.join(prefix, rel_dir, name))
+                    out.append((rel, False, os.path.join(folder, name), True))
+    return out
+
+
+def _raise(error: OSError) -> None:
+    raise UsageError(f"cannot package {error.filename}: {error.strerror}")
+
+
+def copy(source: str, dest: str, rules: Rules) -> int:
+    """The tree of `source` in the new folder `dest` (mode 0700), for a build to run in; how many files and
+    links it copied. Version control folders stay out, and so do the files the rules protect (the targets
+    file, the keys and VPN config it names) unless included: in the copy, no inode would tell them any
+    more. Whatever else the safe defaults withhold (by name, or a key by its content) is copied, and
+    withheld again when the copy is packaged. Files keep their modes and times (folders are made anew, for
+    the build to write in); links are copied as links; FIFOs and sockets stay out."""
+    include = _include_paths(rules.include)
+    protected = _identities(rules.protected)
+    os.mkdir(dest, 0o700)
+    count = 0
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        with _reading(os.path.join(source, rel_dir)), os.scandir(os.path.join(source, rel_dir)) as it:
+            children = [(child.name, _kind(child), child) for child in it]
+        for name, kind, child in children:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel not in include:
+                if kind == _DIR and _WITHHELD_NAMES.get(name.lower()) == "version control directory":
+                    continue
+                with _reading(child.path):
+                    st = child.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) in protected:
+                    continue
+            target = os.path.join(dest, rel)
+            with _reading(child.path):
+                if kind == _DIR:
+                    os.mkdir(target)
+                    pending.append(rel)
+                elif kind == _LINK:
+                    os.symlink(os.readlink(child.path), target)
+                    count += 1
+                elif kind == _FILE:
+                    shutil.copy2(child.path, target, follow_symlinks=False)
+                    count += 1
+    return count
 
 
 def _read(fd: int, n: int, path: str) -> bytes:

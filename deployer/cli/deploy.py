@@ -1,8 +1,13 @@
 """`deploy CONFIG_NAME HOSTNAME`: arguments in, exit code out."""
 
 import argparse
+import os
+import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 
 from deployer import __version__, context, steps
 from deployer.cli import completion
@@ -134,33 +139,80 @@ def _deploy(args, run: Run) -> str:
     lacks = {m.kind for m in missing}
     # No template, no vhost: the render stage cannot be planned, every other one can.
     stages = tuple(s for s in selected if s != "render") if "template" in lacks else selected
-    ctx = context.make(name, hostname, target, overrides, stages, lock_wait=args.lock_wait,
-                       scan="source" not in lacks)
-    reporter = run.report_to(ctx.secrets)
-    the_plan = pipeline.build(ctx)
-    reporter.start(name, hostname, ctx.release, args.dry_run)
-    if args.dry_run:
-        _print_plan(reporter, the_plan, selected, stages)
-        rendered = [s.content for _, s in the_plan.steps()
-                    if isinstance(s, steps.Install) and s.path == vhost.site(ctx).next and not s.source]
-        for note in vhost.reload_notes(rendered[0]) if rendered else ():
-            reporter.note(note)
-        if args.diff and "connect" in lacks:
-            reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
-        elif args.diff:
-            # Here, not at the top: it brings the SSH library, which a plain dry run does without.
-            from deployer.run import preview
+    reporter = run.report_to(context.secret_values(target, overrides))
+    builds = "package" in stages and bool(target.build or target.python)
+    copy_to = ""
+    if builds and target.build and target.build.copy_source:
+        # Named as a work dir (ending in the pid): a later run removes it if this one is killed.
+        copy_to = os.path.join(tempfile.gettempdir(),
+                               f"deployer-{name}-build-{secrets.token_hex(4)}-{os.getpid()}")
+    try:
+        if builds:
+            # Before the plan is made: the release is named by the tree the build leaves.
+            reporter.start(name, hostname, "", args.dry_run)
+            made = context.for_instance(name, target, "build", hostname=hostname)
+            _build(args, run, made, pipeline.prepare(made, copy_to))
+        source = target.package.source
+        if copy_to and not args.dry_run:
+            target = replace(target, package=replace(target.package, source=copy_to))
+        ctx = context.make(name, hostname, target, overrides, stages, lock_wait=args.lock_wait,
+                           scan="source" not in lacks)
+        if copy_to:
+            ctx = replace(ctx, revision=context.git_revision(source))
+        the_plan = pipeline.build(ctx)
+        if not builds:
+            reporter.start(name, hostname, ctx.release, args.dry_run)
+        elif args.dry_run:
+            reporter.note(f"release {ctx.release} below is named by the source as it is now; the build would"
+                          " change what is packaged, and so the name")
+        if args.dry_run:
+            _dry_run(args, reporter, ctx, the_plan, selected, stages, missing)
+            return ""
+        return _run(args, run, ctx, the_plan)
+    finally:
+        if copy_to:
+            shutil.rmtree(copy_to, ignore_errors=True)
 
-            preview.show(ctx, the_plan, reporter, missing, min(args.parallel or target.parallel,
-                                                               len(target.hosts)))
-        _report_missing(reporter, missing)
-        return ""
+
+def _build(args, run: Run, ctx: context.Context, the_plan: Plan) -> None:
+    """The build on this machine: printed by a dry run, else run (a failure
+    ends the run before anything is opened)."""
+    if args.dry_run:
+        for stage, step in the_plan.steps():
+            run.reporter.planned(stage, step)
+        return
+    from deployer.run.executor import Executor
+
+    run.executor = Executor(ctx, run.reporter)
+    run.executor.run(the_plan)
+
+
+def _dry_run(args, reporter: Reporter, ctx: context.Context, the_plan: Plan, selected: tuple[str, ...],
+             stages: tuple[str, ...], missing: tuple[Missing, ...]) -> None:
+    _print_plan(reporter, the_plan, selected, stages)
+    rendered = [s.content for _, s in the_plan.steps()
+                if isinstance(s, steps.Install) and s.path == vhost.site(ctx).next and not s.source]
+    for note in vhost.reload_notes(rendered[0]) if rendered else ():
+        reporter.note(note)
+    if args.diff and any(m.kind == "connect" for m in missing):
+        reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
+    elif args.diff:
+        # Here, not at the top: it brings the SSH library, which a plain dry run does without.
+        from deployer.run import preview
+
+        preview.show(ctx, the_plan, reporter, missing, min(args.parallel or ctx.target.parallel,
+                                                           len(ctx.target.hosts)))
+    _report_missing(reporter, missing)
+
+
+def _run(args, run: Run, ctx: context.Context, the_plan: Plan) -> str:
     # Here, not at the top: a dry run needs no SSH library (paramiko's import alone is a tenth
     # of a second).
     from deployer.run.executor import Executor
 
-    parallel = min(args.parallel or target.parallel, len(target.hosts))
-    run.executor = Executor(ctx, run.reporter, parallel)
+    reporter = run.reporter
+    parallel = min(args.parallel or ctx.target.parallel, len(ctx.target.hosts))
+    run.executor = Executor(ctx, reporter, parallel)
     try:
         run.executor.run(the_plan)
     except StepFailed:
@@ -173,14 +225,14 @@ def _deploy(args, run: Run) -> str:
         # A run killed on this machine (TeamCity's SIGKILL) left its lock and
         # what it changed: undone first, as `deployer unlock` does, then the
         # deploy; kept, if it was done on a host (past its commit point).
-        undo = context.for_instance(name, target, "unlock", release=f"run {gone}")
+        undo = context.for_instance(ctx.name, ctx.target, "unlock", release=f"run {gone}")
         keep = bool(instance.past_commit(reading.states(undo, history=reading.WHOLE_HISTORY), gone))
         reporter.note(f"the lock is held by run {gone}, which ran on this machine and is gone (killed):"
                       f" taking it over and {'keeping' if keep else 'undoing'} what it left, then deploying")
         run.executor = Executor(undo, reporter, parallel)
         run.executor.run(pipeline.unlock(undo, gone, keep))
         records.forget(gone)
-        run.executor = Executor(ctx, run.reporter, parallel)
+        run.executor = Executor(ctx, reporter, parallel)
         run.executor.run(the_plan)
     return run.executor.serving(True)
 

@@ -13,11 +13,13 @@ from deployer.config.model import (
     LOCAL_APACHE_CTL,
     LOCAL_HOST,
     Apache,
+    Build,
     Health,
     Hook,
     Host,
     Missing,
     Package,
+    Python,
     Shared,
     Target,
     Var,
@@ -95,6 +97,9 @@ class Builder:
                 root=self.deploy_root(t.shared.root or t.deploy_root, f"{path}/shared/root", transport),
                 dirs=tuple(t.shared.dirs), files=tuple(t.shared.files), group=t.shared.group or ""),
             template=self.file(t.template, f"{path}/template", "template"),
+            build=None if t.build is None else Build(tuple(t.build.run), t.build.copy_source,
+                                                     float(t.build.timeout)),
+            python=None if t.python is None else self.python(t.python, f"{path}/python", transport),
             vars={key: self.var(v, f"{path}/vars/{key}", key) for key, v in t.vars.items()},
             pipeline=tuple(t.pipeline),
             stages={name: Hook(h.run, h.on) for name, h in t.stages.items()},
@@ -182,6 +187,18 @@ class Builder:
         if self.check_environment and not os.path.isdir(source):
             self.lacks(f"{path}/source", f"directory not found: {source}", "source")
         return Package(source=source, exclude=tuple(p.exclude), include=tuple(p.include))
+
+    def python(self, p: Any, path: str, transport: str) -> Python:
+        interpreter = p.interpreter
+        if transport == "ssh" and not interpreter.startswith("/"):
+            raise self.fail(f"{path}/interpreter", f"expected an absolute path on the hosts, got {interpreter!r}")
+        links = tuple(link if re.match(r"[a-z][a-z0-9+.-]*://", link) else self.absolute(link)
+                      for link in p.find_links)
+        if p.no_index and not links:
+            raise self.fail(f"{path}/no_index", "with no index, find_links must name where the wheels are")
+        return Python(requirements=self.file(p.requirements, f"{path}/requirements", "source"),
+                      version=p.version, interpreter=interpreter, platform=p.platform,
+                      index_url=p.index_url or "", find_links=links, no_index=p.no_index)
 
     def var(self, v: Any, path: str, name: str) -> Var:
         if v.env is None:

@@ -14,7 +14,9 @@ CATCH_ALL = "*"
 MAX_PARALLEL = 32
 DEFAULT_PIPELINE = ("package", "vpn", "upload", "render", "migrate", "restart")
 HOOK_PLACES = ("all", "first", "local")
-BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME", "HTTP_PORT")
+# VENV and PYTHON (the release's virtualenv and its python) only when the
+# target has `python:`.
+BUILTIN_TOKENS = ("HOSTNAME", "DEPLOY_PATH", "CONFIG_NAME", "HTTP_PORT", "VENV", "PYTHON")
 # `apache: {ctl: builtin}`: an Apache of the local target's own, on loopback
 # (the script says how); run with sh, so a wheel's file mode does not matter.
 LOCAL_APACHE_CTL = Path(__file__).parent.parent / "remote" / "local-apache2ctl"
@@ -110,6 +112,40 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Build:
+    """Commands run on this machine before the source is hashed and
+    packaged: what they make goes into the release. With `copy_source`, they run in
+    a copy of the source (without what the safe defaults withhold), which
+    is packaged instead, and the source is left as it was."""
+
+    run: tuple[str, ...]
+    copy_source: bool = False
+    timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Python:
+    """The app's Python packages: resolved and downloaded as wheels on this
+    machine for the hosts' interpreter (`version` on `platform`), shipped
+    with the release, and installed on each host into a virtualenv of
+    `interpreter` with no index, kept by what it was built from."""
+
+    requirements: str  # on this machine: a requirements file, or uv.lock
+    version: str  # the hosts' interpreter's, exactly: 3.11.2
+    interpreter: str = "/usr/bin/python3"  # on the hosts
+    platform: str = "manylinux_2_28_x86_64"  # the newest wheel platform the hosts run
+    index_url: str = ""  # "": the resolver's default (PyPI)
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+
+    @property
+    def abi(self) -> str:
+        """cp311 for 3.11.2: CPython's tag for wheels built for that version."""
+        major, minor = self.version.split(".")[:2]
+        return f"cp{major}{minor}"
+
+
+@dataclass(frozen=True)
 class Var:
     value: str
     secret: bool = False
@@ -145,6 +181,8 @@ class Target:
     shared: Shared
     health: Health | None
     template: str
+    build: Build | None
+    python: Python | None
     vars: dict[str, Var] = field(hash=False)
     pipeline: tuple[str, ...]
     stages: dict[str, Hook] = field(hash=False)

@@ -11,10 +11,11 @@ from typing import Any
 
 # The order a reader meets them in: the file, an entry, then what an entry holds.
 _ORDER = ("TargetSpec", "HostSpec", "VpnSpec", "ApacheSpec", "PackageSpec", "SharedSpec", "HealthSpec",
-          "VarSpec", "HookSpec", "HooksSpec")
+          "BuildSpec", "PythonSpec", "VarSpec", "HookSpec", "HooksSpec")
 _NAMES = {"TargetSpec": "A target", "HostSpec": "hosts: an item", "VpnSpec": "vpn", "ApacheSpec": "apache",
           "PackageSpec": "package", "SharedSpec": "shared", "HealthSpec": "health", "VarSpec": "vars: a value",
-          "HookSpec": "A hook, or a shell stage", "HooksSpec": "hooks"}
+          "HookSpec": "A hook, or a shell stage", "HooksSpec": "hooks", "BuildSpec": "build",
+          "PythonSpec": "python"}
 
 
 def markdown(schema: dict) -> str:

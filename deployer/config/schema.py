@@ -371,6 +371,55 @@ class HealthSpec(_Spec):
     port: Port = Field(None, description="The port to ask on; default: apache's `port`.")
 
 
+def _commands_shorthand(value: Any) -> Any:
+    return {"run": value} if isinstance(value, (str, list)) else value
+
+
+class BuildSpec(_Spec):
+    """Commands run on this machine, in order, before the source is hashed and packaged (collectstatic,
+    an asset build): what they make goes into the release; one that fails stops the run before anything
+    is opened."""
+
+    run: Annotated[list[Text], Field(min_length=1), BeforeValidator(_one_or_more, json_schema_input_type=Text
+                                                                     | list[Text]),
+                   says(lambda v: "expected a command or a non-empty list of commands")] = Field(
+        description="A shell command, or a list of them, run by /bin/sh in the source (or its copy).")
+    copy_source: Flag = Field(
+        False, description="Run them in a copy of the source (without what the safe defaults withhold), which"
+        " is packaged instead; the source is left as it was.")
+    timeout: Seconds = Field(1800, description="Seconds each command may run before it is stopped.")
+
+
+_VERSION = r"[0-9]+\.[0-9]+\.[0-9]+"
+_PLATFORM = r"manylinux_2_[0-9]+_(?:x86_64|aarch64|i686|ppc64le|s390x|armv7l)"
+
+
+class PythonSpec(_Spec):
+    """The app's Python packages. This machine resolves `requirements` for the hosts' interpreter and
+    downloads wheels for it (with uv and pip); they travel with the release, and each host installs them
+    into a virtualenv with no index access, kept by what it was built from and shared by every release
+    and instance that needs the same. Migrate and hooks run with it first on PATH; <<VENV>> and <<PYTHON>>
+    name it in the template."""
+
+    requirements: Text = Field(
+        description="On this machine: a requirements file (pinned or not; resolved for the hosts, and kept"
+        " until the file changes), or a uv.lock.")
+    version: Annotated[str, Field(pattern=_anchored(_VERSION)),
+                       says(lambda v: f"expected the hosts' Python version, exactly, such as \"3.11.2\", got"
+                            f" {_as_written_text(v)!r}")] = Field(
+        description="The version of `interpreter` on the hosts, exactly (quoted): wheels and markers are chosen"
+        " for it, and a host whose interpreter differs fails the run before anything changes.")
+    interpreter: Text = Field("/usr/bin/python3", description="The Python on the hosts: an absolute path.")
+    platform: Annotated[matching(_PLATFORM), says(lambda v: f"expected a manylinux wheel platform such as"
+                                                   f" manylinux_2_36_x86_64, got {v!r}")] = Field(
+        "manylinux_2_28_x86_64", description="The wheel platform the hosts run: manylinux_2_<glibc minor>_<arch>"
+        " (Debian 12: manylinux_2_36_x86_64); wheels for it or older are chosen, and a host whose glibc is older"
+        " or whose architecture differs fails the run before anything changes.")
+    index_url: Text = Field(None, description="The package index; default: PyPI.")
+    find_links: Texts = Field([], description="Folders (on this machine) or URLs of wheels to use as well.")
+    no_index: Flag = Field(False, description="Use only `find_links`, no index.")
+
+
 class VarSpec(_Spec):
     """A template token's value: written here (`value`) or read from the environment (`env`)."""
 
@@ -455,8 +504,16 @@ class TargetSpec(_Spec):
         None, description="A request every host must answer after the reload; default: none.")
     package: PackageSpec = Field({}, validate_default=True, description="What goes into the release.")
     template: Text = Field("templates/default_template", description="The vhost template, on this machine.")
+    build: Annotated[BuildSpec, BeforeValidator(_commands_shorthand, json_schema_input_type=Text | list[Text]
+                                                | BuildSpec)] | None = Field(
+        None, description="Commands run on this machine before packaging: a command, a list, or {run, copy_source,"
+        " timeout}; default: none.")
+    python: PythonSpec | None = Field(
+        None, description="The app's Python packages, installed into a virtualenv on each host; default: none"
+        " (the hosts' own Python and packages).")
     vars: dict[VarName, Var] = Field(
-        {}, description="Template tokens, besides HOSTNAME, DEPLOY_PATH, CONFIG_NAME and HTTP_PORT:"
+        {}, description="Template tokens, besides HOSTNAME, DEPLOY_PATH, CONFIG_NAME, HTTP_PORT"
+        " (and VENV and PYTHON with `python:`):"
         " `KEY: value`, or `KEY: {env: VAR, secret: true}` to read it from the environment and mask it in all"
         " output.")
     pipeline: Annotated[list[Text], says(lambda v: f"expected a list of strings, got {kind_of(v)}"),

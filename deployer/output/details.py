@@ -2,6 +2,7 @@
 found in a table; dry-run and logs show them."""
 
 from deployer import steps
+from deployer.artifact import wheels
 from deployer.connectors.result import Result
 from deployer.output.text import human_size, nonblank_lines, shown
 
@@ -30,6 +31,18 @@ def _build(step: steps.Build, redact) -> list[str]:
         lines.extend(f"packaged because package/include names it: {shown(path)} ({why})"
                      for path, why in m.included)
     return lines
+
+
+def _copy(step: steps.CopySource, redact) -> list[str]:
+    return [f"copy {step.source} to {step.dest} (a new folder), without version control folders and the files"
+            " targets.yaml names; the build runs there, and that copy is packaged"]
+
+
+def _wheels(step: steps.Wheels, redact) -> list[str]:
+    p = step.python
+    return [f"unless {step.dest} holds a whole set (one is kept per requirements, version, platform and index),"
+            " in a new folder NEW beside it, renamed to it once whole:",
+            *(line for command in wheels.commands(p, "NEW") for line in _commands(command))]
 
 
 def _vpn(step: steps.OpenVpn, redact) -> list[str]:
@@ -83,8 +96,9 @@ def _link(step: steps.Link, redact) -> list[str]:
 
 
 # One describer a kind of step: a new kind adds its own here.
-_DESCRIBE = {steps.Build: _build, steps.OpenVpn: _vpn, steps.Run: _run, steps.Upload: _upload,
-             steps.Install: _install, steps.HealthCheck: _health, steps.Link: _link}
+_DESCRIBE = {steps.Build: _build, steps.CopySource: _copy, steps.Wheels: _wheels, steps.OpenVpn: _vpn,
+             steps.Run: _run, steps.Upload: _upload, steps.Install: _install, steps.HealthCheck: _health,
+             steps.Link: _link}
 
 
 def _relay_details(r: steps.Relay | None) -> list[str]:

@@ -17,6 +17,7 @@ class PlainReporter(Reporter):
                 "rollback": ("rolling back", "dry run: would roll back"),
                 "unlock": ("unlocking", "dry run: would unlock")}[action][dry_run]
         to = {"deploy": "release", "rollback": "to release", "unlock": "undoing what was left by"}[action]
+        release = release or "named after the build"  # by the tree the build leaves, once it has run
         self.write(f"{what} {name} ({hostname or 'hostname as deployed'}), {to} {release}")
 
     def stage_started(self, stage):

@@ -38,7 +38,8 @@ def build(ctx: Context) -> Plan:
         raise UsageError("stage upload needs the tarball of stage package; do not skip package")
     lock = stage_lib.lock(ctx)
     built = _before_first_on_hosts(built, lock)
-    after = (stage_lib.prune(ctx),) if ctx.uploads else ()
+    after = ((stage_lib.prune(ctx), *([stage_lib.prune_venvs(ctx)] if t.python else ())) if ctx.uploads
+             else ())
     return Plan(tuple(built), lock=lock, after=after)
 
 
@@ -77,7 +78,14 @@ def destroy(ctx: Context, keep_shared: bool) -> Plan:
     lock = replace(stage_lib.lock(ctx), forgets=(ctx.deploy_path, ctx.releases_dir,
                                                  *(() if keep_shared else (ctx.shared_dir,))))
     return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", (lock, *stage_lib.retire(ctx)))), lock=lock,
-                after=(stage_lib.purge(ctx, keep_shared),))
+                after=(stage_lib.purge(ctx, keep_shared),
+                       *([stage_lib.prune_venvs(ctx)] if ctx.target.python else ())))
+
+
+def prepare(ctx: Context, copy_to: str) -> Plan:
+    """What runs on this machine before the deploy's plan can be made (see stages.prepare)."""
+    made = stage_lib.prepare(ctx, copy_to)
+    return Plan((("build", made),) if made else ())
 
 
 def instances(ctx: Context) -> Plan:

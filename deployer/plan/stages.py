@@ -11,6 +11,7 @@ from dataclasses import replace
 from importlib.metadata import entry_points
 
 from deployer import context, steps
+from deployer.artifact import wheels
 from deployer.config import Hook, names
 from deployer.context import Context
 from deployer.errors import DeployError, TemplateError, UsageError
@@ -47,9 +48,14 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
         relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
                             fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
     shared = t.shared
+    python = t.python
     return (
         *([steps.Run(f"check that the shared files are in {ctx.shared_dir}", ctx.host_names, waits=False,
                      command=hostscripts.shared_files(ctx.shared_dir, shared.files))] if shared.files else []),
+        *([steps.Run(f"check that {python.interpreter} is Python {python.version} for {python.platform}",
+                     ctx.host_names, waits=False,
+                     command=hostscripts.python_check(python.interpreter, python.version, python.platform))]
+          if python else []),
         steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
                      state_first=hostscripts.live_state(ctx.deploy_path, True),
                      state=hostscripts.live_state(ctx.deploy_path, False),
@@ -57,6 +63,15 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
                                                 ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
                      undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay),
+        # Before migrate and hooks, which run with it; its undo removes it if no other release uses it.
+        *([steps.Run(f"virtualenv {ctx.venv} for the release: reuse it, or build it from the release's wheels",
+                     ctx.host_names, waits=False,
+                     command=hostscripts.venv(ctx.release_path, ctx.venvs_dir, ctx.venv, python.interpreter,
+                                              int(t.step_timeout)),
+                     undo=hostscripts.prune_venvs(ctx.venvs_dir, t.deploy_root,
+                                                  posixpath.join(ctx.release_path, context.VENV_LINK)),
+                     undo_safe=True)]
+          if python else []),
         # In the release before migrate and hooks run in it; undone with the release.
         *([steps.Run(f"link {', '.join(shared.dirs + shared.files)} to {ctx.shared_dir}", ctx.host_names,
                      waits=False, command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared.group,
@@ -139,8 +154,19 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
     # Once per deploy, on the first host, in the new release: the
     # database is shared and the old code keeps serving until the switch.
     return (steps.Run(f"migrate: {ctx.target.migrate}", ctx.host_names[:1],
-                      command=Command.script(ctx.target.migrate, cwd=ctx.code_path, env=ctx.environment()),
+                      command=_script(ctx, ctx.target.migrate, ctx.code_path),
                       timeout=ctx.target.migrate_timeout),)
+
+
+# With `python:`, what runs in a release finds the virtualenv's programs
+# first, as its bin/activate would have it (VIRTUAL_ENV is in the environment).
+_ACTIVATE = 'PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH\n'
+
+
+def _script(ctx: Context, text: str, cwd: str | None) -> Command:
+    """A command from targets.yaml, run in `cwd` on the hosts (None: here, where deploy runs)."""
+    activate = _ACTIVATE if ctx.target.python and cwd is not None else ""
+    return Command.script(activate + text, cwd=cwd, env=ctx.environment())
 
 
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
@@ -242,6 +268,30 @@ def prune(ctx: Context) -> steps.Run:
                                                posixpath.join(ctx.state_dir, "history")))
 
 
+def prune_venvs(ctx: Context) -> steps.Run:
+    return steps.Run("remove the virtualenvs that no release uses any more", ctx.host_names,
+                     command=hostscripts.prune_venvs(ctx.venvs_dir, ctx.target.deploy_root))
+
+
+def prepare(ctx: Context, copy_to: str) -> tuple[steps.Step, ...]:
+    """What runs on this machine before the source is hashed: the copy of
+    the source that the build runs in (if `copy_to`), the wheels of
+    `python:`, and the commands of `build:`."""
+    t = ctx.target
+    source = copy_to or t.package.source
+    env = {"CONFIG_NAME": ctx.name, "HOSTNAME": ctx.hostname, "DEPLOY_PATH": ctx.deploy_path}
+    timeout = t.build.timeout if t.build else None
+    return (
+        *([steps.CopySource(f"copy {t.package.source} to {copy_to}, to build in", source=t.package.source,
+                            dest=copy_to, rules=ctx.package_rules)] if copy_to else []),
+        *([steps.Wheels(f"wheels of {t.python.requirements} for Python {t.python.version} on"
+                        f" {t.python.platform}", python=t.python, dest=wheels.set_path(t.python),
+                        timeout=max(t.step_timeout, timeout or 0))] if t.python else []),
+        *(steps.Run(f"build: {command}", command=Command.script(command, cwd=source, env=env), timeout=timeout)
+          for command in (t.build.run if t.build else ())),
+    )
+
+
 def _health(ctx: Context) -> tuple[steps.Step, ...]:
     h = ctx.target.health
     if h is None or not ctx.hostname:
@@ -262,8 +312,7 @@ BUILTIN: dict[str, StageFn] = {
 def hook_step(ctx: Context, hook: Hook, title: str) -> steps.Run:
     hosts = {"all": ctx.host_names, "first": ctx.host_names[:1], "local": ()}[hook.on]
     # Remote hooks start in the new release; local ones where deploy was started.
-    cwd = ctx.code_path if hosts else None
-    return steps.Run(title, hosts, command=Command.script(hook.run, cwd=cwd, env=ctx.environment()))
+    return steps.Run(title, hosts, command=_script(ctx, hook.run, ctx.code_path if hosts else None))
 
 
 def shell_stage(hook: Hook) -> StageFn:

@@ -200,3 +200,28 @@ def link_shared(release: str, shared: str, group: str, dirs: tuple[str, ...], fi
     """Make each shared path of `release` a link into `shared` (see sh/link-shared.sh)."""
     return program("link-shared", release, shared, group,
                    *(f"d:{d}" for d in dirs), *(f"f:{f}" for f in files))
+
+
+def python_check(interpreter: str, version: str, platform: str) -> Command:
+    """Fail unless the host's `interpreter` is Python `version` exactly, on the
+    machine and glibc (or newer) that the wheel tag `platform` names."""
+    glibc, machine = _manylinux(platform)
+    return program("python-check", interpreter, version, machine, glibc)
+
+
+def _manylinux(platform: str) -> tuple[str, str]:
+    """manylinux_2_28_x86_64: ("2.28", "x86_64")."""
+    _, major, minor, machine = platform.split("_", 3)
+    return f"{major}.{minor}", machine
+
+
+def venv(release: str, venvs: str, name: str, interpreter: str, wait: int) -> Command:
+    """Link `release`/.venv to the virtualenv `venvs`/`name`, built from the
+    release's wheels unless it is there whole (see sh/venv.sh)."""
+    return program("venv", release, venvs, name, interpreter, str(wait))
+
+
+def prune_venvs(venvs: str, root: str, drop: str = "") -> Command:
+    """Remove the virtualenvs no release under `root` links to, after
+    removing the link `drop` if given (see sh/prune-venvs.sh)."""
+    return program("prune-venvs", venvs, root, *([drop] if drop else []))

@@ -2,9 +2,10 @@
 tarball, the VPN, and a command (a local hook, the local target's steps)."""
 
 import os
+import shutil
 
 from deployer import steps
-from deployer.artifact import packaging
+from deployer.artifact import packaging, wheels
 from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
 from deployer.vpn import OpenVpnTunnel
@@ -15,7 +16,8 @@ class OnRunner:
 
     def __init__(self, local: LocalTransport, teardown: list, timeout):
         self.local, self.teardown, self.timeout = local, teardown, timeout
-        self.handlers = {steps.Build: self.build, steps.OpenVpn: self.vpn, steps.Run: self.command}
+        self.handlers = {steps.Build: self.build, steps.OpenVpn: self.vpn, steps.Run: self.command,
+                         steps.CopySource: self.copy, steps.Wheels: self.wheels}
 
     def run(self, step: steps.Step) -> Result:
         handler = steps.of_kind(self.handlers, step)
@@ -28,6 +30,23 @@ class OnRunner:
         m = packaging.build(step.source, step.rules, step.dest, expect=expect)
         return Result(0, f"{len(m.files)} files, {m.size} bytes, {os.path.getsize(step.dest)} bytes"
                       f" compressed: {step.dest}", "")
+
+    def copy(self, step: steps.CopySource) -> Result:
+        files = packaging.copy(step.source, step.dest, step.rules)
+        return Result(0, f"{files} files and links copied to {step.dest}", "")
+
+    def wheels(self, step: steps.Wheels) -> Result:
+        if wheels.is_whole(step.dest):
+            return Result(0, f"made by an earlier run, from the same requirements: {step.dest}", "")
+        work = wheels.begin(step.python)
+        try:
+            for command in wheels.commands(step.python, work):
+                r = self.local.run(command.line(), timeout=self.timeout(step))
+                if not r.ok:
+                    return r
+            return Result(0, wheels.finish(work, step.dest), "")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def vpn(self, step: steps.OpenVpn) -> Result:
         tunnel = OpenVpnTunnel(step.config, step.timeout, probe=step.probe, linger=step.linger)

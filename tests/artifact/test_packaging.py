@@ -798,3 +798,47 @@ def test_a_dry_run_loads_no_executor(tmp_path):
             f" print(main({args!r}), 'deployer.run.executor' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.splitlines()[-1] == "0 False", run.stdout + run.stderr
+
+
+def test_a_tree_deployer_made_is_packaged_whole_under_its_path(tmp_path):
+    """The wheels go in as `extra`: under their own path, every file, none withheld for looking
+    like a key (a wheel may well hold a test key), their dot files (the set's marker) left out."""
+    src, made = tmp_path / "src", tmp_path / "made"
+    (src / "app").mkdir(parents=True)
+    (src / "app" / "views.py").write_text("x = 1\n")
+    (made / "wheels").mkdir(parents=True)
+    (made / "requirements.txt").write_text("six==1.16.0\n")
+    (made / "wheels" / "six-1.16.0-py2.py3-none-any.whl").write_text(BEGIN + "RSA PRIVATE KEY-----\n")
+    (made / ".whole").write_text("")
+    rules = Rules(extra=((".deployer-python", str(made)),))
+    m = packaging.build(str(src), rules, str(tmp_path / "a.tgz"))
+    assert m.files == (".deployer-python/requirements.txt",
+                       ".deployer-python/wheels/six-1.16.0-py2.py3-none-any.whl", "app/views.py")
+    assert not m.withheld
+    with tarfile.open(tmp_path / "a.tgz") as t:
+        assert t.extractfile(".deployer-python/requirements.txt").read() == b"six==1.16.0\n"
+    # The digest covers it: another wheel is another release.
+    (made / "wheels" / "six-1.16.0-py2.py3-none-any.whl").write_text("other")
+    assert packaging.scan(str(src), rules).digest != m.digest
+
+
+def test_the_copy_a_build_runs_in_holds_no_version_control_and_no_file_targets_yaml_names(tmp_path):
+    src = tmp_path / "src"
+    for rel, text in {"manage.py": "", "static/app.js": "js", ".git/HEAD": "ref", "vpn/demo.conf": "remote x",
+                      ".env": "SECRET=1", "targets.yaml": "targets: {}"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    os.chmod(src / "manage.py", 0o755)
+    (src / "empty").mkdir()
+    os.symlink("static/app.js", src / "app.js")
+    rules = Rules(protected=((str(src / "vpn" / "demo.conf"), "named in targets.yaml"),
+                             (str(src / "targets.yaml"), "the targets file")))
+    count = packaging.copy(str(src), str(tmp_path / "copy"), rules)
+    copied = {str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*")}
+    assert copied == {"manage.py", "static", "static/app.js", ".env", "empty", "app.js", "vpn"}
+    assert count == 4
+    assert os.stat(tmp_path / "copy" / "manage.py").st_mode & 0o777 == 0o755
+    assert os.readlink(tmp_path / "copy" / "app.js") == "static/app.js"
+    assert os.stat(tmp_path / "copy").st_mode & 0o777 == 0o700
+    # What the safe defaults withhold by name is withheld again when the copy is packaged.
+    assert ".env" not in packaging.scan(str(tmp_path / "copy"), Rules()).files

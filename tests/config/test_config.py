@@ -315,9 +315,9 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 # -- malformed files ---------------------------------------------------------------
 
 HOST = "hosts: [web1.alpha.internal]"
-UNKNOWN = ("unknown key; expected one of: apache, connect_timeout, deploy_root, health, hooks, hosts,"
+UNKNOWN = ("unknown key; expected one of: apache, build, connect_timeout, deploy_root, health, hooks, hosts,"
            " identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel, pipeline,"
-           " port, protected, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
+           " port, protected, python, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
@@ -326,6 +326,19 @@ MALFORMED = [
     ("targets:\n  alpha: {hosts: [web1.alpha.internal], port: 70000}\n",
      "targets/alpha/port: expected an integer from 1 to 65535, got 70000"),
     ("targets:\n  alpha: {hots: [web1.alpha.internal]}\n", "targets/alpha/hots: " + UNKNOWN),
+    ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: 3.11}}\n",
+     "targets/alpha/python/version: expected the hosts' Python version, exactly, such as \"3.11.2\", got '3.11'"),
+    ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: '3.11.2', platform: linux}}\n",
+     "targets/alpha/python/platform: expected a manylinux wheel platform such as manylinux_2_36_x86_64, got"
+     " 'linux'"),
+    ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: '3.11.2', no_index: true}}\n",
+     "targets/alpha/python/no_index: with no index, find_links must name where the wheels are"),
+    ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: '3.11.2', interpreter: python3}}\n",
+     "targets/alpha/python/interpreter: expected an absolute path on the hosts, got 'python3'"),
+    ("targets:\n  alpha: {" + HOST + ", build: []}\n",
+     "targets/alpha/build/run: expected a command or a non-empty list of commands"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {VENV: x}}\n",
+     "targets/alpha/vars/VENV: VENV is set by deployer and cannot be overridden"),
     ("defaults: {portt: 22}\ntargets:\n  alpha: {" + HOST + "}\n",
      "defaults/portt: " + UNKNOWN),
     ("target:\n  alpha: {" + HOST + "}\n", "target: unknown key; expected one of: defaults, targets"),
