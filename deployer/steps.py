@@ -229,15 +229,21 @@ class Link(Step):
 @dataclass(frozen=True)
 class HealthCheck(Step):
     """From the runner, through the VPN: GET `path` on each host (at the
-    address in `addresses`, same order as `hosts`) with Host: `host_header`,
-    until it answers `status`, for at most `timeout` seconds per host."""
+    address in `addresses`, same order as `hosts`) with Host: `host_header`
+    and `headers`, until it answers one of `statuses`, for at most `timeout`
+    seconds per host; another 3xx or 4xx, twice in a row, fails at once."""
 
     addresses: tuple[str, ...] = ()
     port: int = 80
     path: str = "/"
     host_header: str = ""
-    status: int = 200
+    statuses: tuple[int, ...] = (200,)
     timeout: float = 30.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def expects(self) -> str:
+        return " or ".join(map(str, self.statuses))
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ class Builder:
             migrate=t.migrate,
             package=self.package(t.package, f"{path}/package"),
             health=None if t.health is None else Health(
-                path=t.health.path, status=t.health.status, timeout=float(t.health.timeout),
-                port=apache.port if t.health.port is None else t.health.port),
+                path=t.health.path, statuses=tuple(t.health.status), timeout=float(t.health.timeout),
+                port=apache.port if t.health.port is None else t.health.port,
+                headers=tuple(sorted(t.health.headers.items()))),
             shared=Shared(
                 root=self.deploy_root(t.shared.root or t.deploy_root, f"{path}/shared/root", transport),
                 dirs=tuple(t.shared.dirs), files=tuple(t.shared.files), group=t.shared.group or ""),

@@ -103,12 +103,14 @@ class Shared:
 @dataclass(frozen=True)
 class Health:
     """Asked of every host after the reload: GET `path` with the instance's
-    Host header must answer `status` within `timeout` seconds."""
+    Host header (and `headers`) must answer one of `statuses` within
+    `timeout` seconds."""
 
     path: str
-    status: int = 200
+    statuses: tuple[int, ...] = (200,)
     timeout: float = 30.0
     port: int = 80
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -361,14 +361,45 @@ class SharedSpec(_Spec):
         return self
 
 
+Status = between(100, 599)
+
+
+def _statuses(value: Any) -> list[int]:
+    """One HTTP status or a non-empty list of them; the error names `status` itself."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+            raise _problem(f"expected an HTTP status from 100 to 599, or a list of them, got {item!r}")
+    if not items:
+        raise _problem("expected an HTTP status from 100 to 599, or a list of them, got an empty list")
+    return [int(i) for i in items]
+
+
+_HEADER_NAME = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+HeaderValue = Annotated[str, Field(pattern=_anchored(r"[\x20-\x7e]*")),
+                        says(lambda v: "expected one line of printable ASCII")]
+
+
 class HealthSpec(_Spec):
     """Asked of every host after the reload: GET `path` with the instance's Host header must
     answer `status` within `timeout` seconds, or every host is put back."""
 
     path: UrlPath = Field(description="The URL path to ask for, e.g. /health.")
-    status: between(100, 599) = Field(200, description="The HTTP status it must answer.")
+    status: Annotated[list[int], BeforeValidator(_statuses, json_schema_input_type=Status | list[Status])] = Field(
+        [200], description="The HTTP status it must answer, or a list of them. Any other 3xx or 4xx fails"
+        " the check at once (asked once more, in case a reload was in flight): waiting does not change it.")
+    headers: dict[Annotated[str, Field(pattern=_anchored(_HEADER_NAME))], HeaderValue] = Field(
+        {}, description="Headers sent besides Host, e.g. {X-Forwarded-Proto: https} for an app that"
+        " redirects plain HTTP.")
     timeout: Seconds = Field(30, description="Seconds to wait for that answer.")
     port: Port = Field(None, description="The port to ask on; default: apache's `port`.")
+
+    @model_validator(mode="after")
+    def _host_is_the_hostname(self) -> "HealthSpec":
+        for name in self.headers:
+            if name.lower() in ("host", "connection"):
+                raise _problem(f"{name} is set by deployer (the Host is HOSTNAME)", "headers", name)
+        return self
 
 
 def _commands_shorthand(value: Any) -> Any:

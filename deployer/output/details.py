@@ -85,9 +85,10 @@ def _install(step: steps.Install, redact) -> list[str]:
 
 
 def _health(step: steps.HealthCheck, redact) -> list[str]:
-    return [f"from this machine: GET http://{a}:{step.port}{step.path} with Host: {step.host_header}, until it"
-            f" answers {step.status}, for at most {step.timeout:g} s; on failure, every host is put back"
-            for a in step.addresses]
+    headers = "".join(f", {name}: {value}" for name, value in step.headers)
+    return [f"from this machine: GET http://{a}:{step.port}{step.path} with Host: {step.host_header}{headers},"
+            f" until it answers {step.expects}, for at most {step.timeout:g} s (another 3xx or 4xx twice in a row"
+            " fails at once); on failure, every host is put back" for a in step.addresses]
 
 
 def _link(step: steps.Link, redact) -> list[str]:

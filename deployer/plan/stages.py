@@ -298,9 +298,9 @@ def _health(ctx: Context) -> tuple[steps.Step, ...]:
         return ()
     local = ctx.target.transport == "local"
     addresses = tuple("127.0.0.1" if local else host.address for host in ctx.target.hosts)
-    return (steps.HealthCheck(f"health check: GET {h.path} answers {h.status}", ctx.host_names,
-                              addresses=addresses, port=h.port, path=h.path, host_header=ctx.hostname,
-                              status=h.status, timeout=h.timeout),)
+    check = steps.HealthCheck("", ctx.host_names, addresses=addresses, port=h.port, path=h.path,
+                              host_header=ctx.hostname, statuses=h.statuses, timeout=h.timeout, headers=h.headers)
+    return (replace(check, title=f"health check: GET {h.path} answers {check.expects}"),)
 
 
 BUILTIN: dict[str, StageFn] = {

@@ -25,8 +25,7 @@ def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Pro
         host = step.hosts[i]
         progress.say(lambda r: r.step_started(stage, step, host))
         started = time.monotonic()
-        result = check(step.addresses[i], step.port, step.path, step.host_header, step.status, step.timeout,
-                       fanout.stop)
+        result = check(step, step.addresses[i], fanout.stop)
         progress.step_finished(stage, step, host, StepResult(result, time.monotonic() - started))
         return result
 
@@ -35,37 +34,56 @@ def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Pro
     return [failure_message(step, failed, progress.reporter.redact)] if failed else []
 
 
-def check(address: str, port: int, path: str, host_header: str, status: int, timeout: float,
-          stop: threading.Event) -> Result:
-    """GET `path` until it answers `status` (Result ok, with what it answered)
-    or `timeout` seconds have passed (not ok, with the last answer or error)."""
-    deadline = time.monotonic() + timeout
-    attempts, last = 0, "no answer"
+# Of the statuses a health check may get and not expect, those that waiting
+# can change: a timeout, too early, too many requests. Any other 3xx or 4xx
+# is how the app is configured (an HTTPS redirect, a missing route, ALLOWED_HOSTS).
+_MAY_CHANGE = {408, 425, 429}
+
+
+def check(step: steps.HealthCheck, address: str, stop: threading.Event) -> Result:
+    """GET the step's path at `address` until it answers one of its statuses
+    (Result ok, with what it answered) or its time is up (not ok, with the
+    last answer or error). A 3xx or 4xx it does not expect, twice in a row
+    (once could be a reload in flight), fails at once."""
+    deadline = time.monotonic() + step.timeout
+    attempts, last, final = 0, "no answer", None
+    url = f"http://{address}:{step.port}{step.path}"
     while True:
         attempts += 1
         seconds = max(0.1, min(ATTEMPT_TIMEOUT, deadline - time.monotonic()))
-        conn = http.client.HTTPConnection(address, port, timeout=seconds)
+        conn = http.client.HTTPConnection(address, step.port, timeout=seconds)
         # The socket timeout bounds each read, not the answer: a host that
         # sends a byte a second would hold it. This bounds the whole attempt.
         cut_off = threading.Event()
         cut = threading.Timer(seconds, _cut, (conn, cut_off))
         cut.start()
+        answered = None
         try:
-            conn.request("GET", path, headers={"Host": host_header, "User-Agent": "deployer health check",
-                                               "Connection": "close"})
+            conn.request("GET", step.path, headers={**dict(step.headers), "Host": step.host_header,
+                                                    "User-Agent": "deployer health check", "Connection": "close"})
             response = conn.getresponse()
-            if response.status == status:
+            answered = response.status
+            if answered in step.statuses:
                 return Result(0, f"{response.status} {response.reason} after {attempts} attempt(s)", "")
+            # The Location of a redirect says what the app wants instead (https://, another host).
+            location = response.getheader("Location", "")[:200]
             body = response.read(300).decode("utf-8", "replace")
-            last = f"{response.status} {response.reason}: {body.strip()[:200]}"
+            last = (f"{response.status} {response.reason}" + (f" (Location: {location})" if location else "")
+                    + f": {body.strip()[:200]}")
         except (OSError, http.client.HTTPException) as e:  # a timeout is an OSError
             last = f"no whole answer within {seconds:g} s" if cut_off.is_set() else f"{type(e).__name__}: {e}"
         finally:
             cut.cancel()
             conn.close()
+        lasting = answered is not None and 300 <= answered < 500 and answered not in _MAY_CHANGE
+        if lasting and final == answered:
+            return Result(1, "", f"GET {url} (Host: {step.host_header}) answered {last}, not {step.expects}; a"
+                                 f" {answered} does not change by waiting: the app's settings, or the health"
+                                 " check's status or headers, need a change")
+        final = answered if lasting else None
         if time.monotonic() + PAUSE >= deadline or stop.wait(PAUSE):
-            return Result(1, "", f"GET http://{address}:{port}{path} (Host: {host_header}) did not answer"
-                                 f" {status} within {timeout:g} s ({attempts} attempts); last: {last}")
+            return Result(1, "", f"GET {url} (Host: {step.host_header}) did not answer {step.expects} within"
+                                 f" {step.timeout:g} s ({attempts} attempts); last: {last}")
 
 
 def _cut(conn: http.client.HTTPConnection, cut_off: threading.Event) -> None:

@@ -414,7 +414,7 @@ MALFORMED = [
     ("targets:\n  alpha: {" + HOST + ", health: {path: \"/a b\"}}\n",
      "targets/alpha/health/path: expected a URL path such as /health, got '/a b'"),
     ("targets:\n  alpha: {" + HOST + ", health: {path: /h, status: 99}}\n",
-     "targets/alpha/health/status: expected an integer from 100 to 599, got 99"),
+     "targets/alpha/health/status: expected an HTTP status from 100 to 599, or a list of them, got 99"),
     ("targets:\n  alpha: {" + HOST + ", shared: {dir: [media]}}\n",
      "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root"),
 ]

@@ -397,7 +397,7 @@ def test_the_health_check_follows_the_reload_and_asks_each_host_from_the_runner(
     check = stages["restart"][-1]
     assert check == HealthCheck("health check: GET /health answers 204", H,
                                 addresses=("web1.internal", "web2.internal"), port=8080, path="/health",
-                                host_header="alpha.example.com", status=204, timeout=9.0)
+                                host_header="alpha.example.com", statuses=(204,), timeout=9.0)
     # In no session of its own: after the reload's session, on the runner.
     assert [g.steps[0][1] for g in session.groups(make.plan)][-1] is check
 

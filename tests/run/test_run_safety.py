@@ -221,12 +221,18 @@ def http_app():
 
     class App:
         status = 200
+        redirect = False  # plain HTTP gets a 301 to https://
         hosts: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             App.hosts.append(self.headers.get("Host", ""))
-            self.send_response(App.status if self.path == "/health" else 404)
+            if App.redirect and self.headers.get("X-Forwarded-Proto") != "https":
+                # As Django's SECURE_SSL_REDIRECT behind a proxy that ends TLS.
+                self.send_response(301)
+                self.send_header("Location", f"https://{self.headers.get('Host')}{self.path}")
+            else:
+                self.send_response(App.status if self.path == "/health" else 404)
             self.end_headers()
             self.wfile.write(b"body\n")
 
@@ -267,6 +273,29 @@ def test_a_failed_health_check_puts_every_host_back(site, http_app, tmp_path):
     assert _history(site)[-1][2] == "failed, undone"
 
 
+def test_a_redirect_fails_the_health_check_at_once_and_says_where_it_points(site, http_app):
+    assert site.deploy()[0] == 0
+    http_app.redirect = True
+    site.edit(health={"path": "/health", "port": http_app.port, "timeout": 60})
+    (site.source / "manage.py").write_text("print('new')\n")
+    started = time.monotonic()
+    code, out = site.deploy()
+    assert code == 1, out
+    assert "answered 301 Moved Permanently (Location: https://alpha.example.test/health)" in out
+    assert "not 200; a 301 does not change by waiting" in out
+    assert time.monotonic() - started < 30  # asked twice, not for the 60 s its time allows
+    assert len(http_app.hosts) == 2
+
+
+@pytest.mark.parametrize("health", [{"headers": {"X-Forwarded-Proto": "https"}}, {"status": [200, 301]}])
+def test_a_health_check_sends_the_headers_and_accepts_the_statuses_it_is_given(site, http_app, health):
+    http_app.redirect = True
+    site.edit(health={"path": "/health", "port": http_app.port, "timeout": 10, **health})
+    code, out = site.deploy()
+    assert code == 0, out
+    assert ("answers 200 or 301" if "status" in health else "answers 200") in out
+
+
 def test_a_health_check_with_nothing_listening_fails_within_its_time(site, http_app):
     assert site.deploy()[0] == 0
     site.edit(health={"path": "/health", "port": 1, "timeout": 1})
@@ -280,6 +309,7 @@ def test_a_host_that_answers_a_byte_at_a_time_cannot_hold_the_health_check(tmp_p
     import socket
 
     from deployer.run import health
+    from deployer.steps import HealthCheck
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -306,7 +336,8 @@ def test_a_host_that_answers_a_byte_at_a_time_cannot_hold_the_health_check(tmp_p
     t.start()
     started = time.monotonic()
     try:
-        r = health.check("127.0.0.1", server.getsockname()[1], "/health", "x.test", 200, 3, threading.Event())
+        step = HealthCheck("", port=server.getsockname()[1], path="/health", host_header="x.test", timeout=3)
+        r = health.check(step, "127.0.0.1", threading.Event())
     finally:
         stop.set()
         t.join(5)
