@@ -19,6 +19,7 @@ from deployer.errors import (
     UsageError,
 )
 from deployer.output import Reporter, choose
+from deployer.output.stream import Unbroken
 from deployer.run import interrupts
 from deployer.run.interrupts import Interrupted
 
@@ -54,7 +55,7 @@ class Run:
     once the secrets are known, and the executor, once it has started."""
 
     def __init__(self, output: str, stdout):
-        self.output, self.stdout = output, stdout
+        self.output, self.stdout = output, Unbroken(stdout)
         self.reporter: Reporter | None = None
         self.executor = None
 

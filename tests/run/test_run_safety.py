@@ -3,6 +3,8 @@ whole deploys over a real sshd on 127.0.0.1, checked on disk."""
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -359,3 +361,17 @@ def test_lock_wait_takes_the_lock_anew_after_the_instance_was_destroyed_meanwhil
     t.join()
     assert code == 0, out
     assert site.live().is_symlink() and not _lock(site).exists()
+
+
+def test_a_closed_output_pipe_never_stops_a_deploy(site):
+    """`deploy ... | head`: the reader goes after its lines (here, before the
+    first); the deploy goes on to its end, and says nothing of the pipe."""
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "alpha", "alpha.example.test", "--targets",
+                             str(site.targets_file), "--output", "plain"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err == b""
+    assert site.live().is_symlink() and (site.live() / "manage.py").is_file()
+    assert _history(site)[-1][2] == "done"
