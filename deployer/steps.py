@@ -93,6 +93,9 @@ class Run(Step):
     # command made, if anything): recorded before the command starts, so a
     # command that fails half way is undone too.
     undo_safe: bool = False
+    # A command of the user's (migrate, a hook) whose effects no undo
+    # reverts: a run undone after it began says so in its last line.
+    lasting: bool = False
 
 
 # On a host other than the first, a lock is taken only once the first

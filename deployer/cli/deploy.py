@@ -54,7 +54,7 @@ exit codes (the last line says which release each host serves):
        this machine could start)
   1    failed, and undone: every host serves what it served before, and
        Apache was reloaded where it had read the new config (a migration
-       that ran is never undone)
+       or hook that ran is never undone: the last line says so)
   2    bad usage, config or input; nothing was run
   3    failed, and the undo did not complete: the hosts named need a person
   4    dry run: the plan is valid, but a real run on this machine could not

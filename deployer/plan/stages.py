@@ -155,7 +155,7 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
     # database is shared and the old code keeps serving until the switch.
     return (steps.Run(f"migrate: {ctx.target.migrate}", ctx.host_names[:1],
                       command=_script(ctx, ctx.target.migrate, ctx.code_path),
-                      timeout=ctx.target.migrate_timeout),)
+                      timeout=ctx.target.migrate_timeout, lasting=True),)
 
 
 # With `python:`, what runs in a release finds the virtualenv's programs
@@ -312,7 +312,7 @@ BUILTIN: dict[str, StageFn] = {
 def hook_step(ctx: Context, hook: Hook, title: str) -> steps.Run:
     hosts = {"all": ctx.host_names, "first": ctx.host_names[:1], "local": ()}[hook.on]
     # Remote hooks start in the new release; local ones where deploy was started.
-    return steps.Run(title, hosts, command=_script(ctx, hook.run, ctx.code_path if hosts else None))
+    return steps.Run(title, hosts, command=_script(ctx, hook.run, ctx.code_path if hosts else None), lasting=True)
 
 
 def shell_stage(hook: Hook) -> StageFn:

@@ -62,6 +62,7 @@ class Executor:
         self.uploads = Uploads(ctx.workdir, self.progress, self.undo, self.hosts.transports)
         self.teardown: list[tuple[str, object]] = []
         self.changed = False  # whether a step past the lock has begun on a host
+        self.lasting: list[steps.Run] = []  # the steps begun whose effects no undo reverts (migrate, hooks)
         self.results: dict[int, dict[str, Result]] = {}  # per step (by id), per host
         self.on_host = {steps.Lock: self.locking.entries, steps.Run: self._command,
                         steps.Upload: self.uploads.entries, steps.Install: self._install, steps.Link: self._link}
@@ -153,15 +154,33 @@ class Executor:
             return "nothing was changed on any host"
         if self.ctx.action == "unlock":
             return ""  # it has no undo of its own: its message says what failed, and it can run again
+        stays = self._not_undone()
+        # Not "every host is as it was" once a migrate or a hook has run: only what deployer changed is.
+        undone = "every host's files are as they were" if stays else "every host is as it was"
+        return undone + self._before() + "".join(f"; NOT undone: {what}" for what in stays)
+
+    def _before(self) -> str:
         before = {self.previous.get(h) for h in self.ctx.host_names}
         if None in before:
-            return "every host is as it was before the run"
+            return " before the run"
         if before == {""}:
-            return "every host is as it was before the run; no release of this instance is live"
+            return " before the run; no release of this instance is live"
         if len(before) == 1:
-            return f"every host is as it was before the run: {_serves(before.pop())} is live"
-        return "every host is as it was before the run: " + ", ".join(
-            f"{h} serves {_serves(self.previous[h])}" for h in self.ctx.host_names)
+            return f" before the run: {_serves(before.pop())} is live"
+        hosts = self.ctx.host_names
+        return " before the run: " + ", ".join(f"{h} serves {_serves(self.previous[h])}" for h in hosts)
+
+    def _not_undone(self) -> list[str]:
+        """What the run's own commands did that no undo reverts: the database
+        a migrate changed (the migrations Django said it applied), a hook."""
+        out = []
+        for step in self.lasting:
+            where = ", ".join(step.hosts) if step.hosts else "this machine"
+            ran = self.outputs(step)
+            said = migrations(" ".join(r.stdout for r in ran.values())) if step.title.startswith("migrate") else ""
+            out.append(f"{step.title} ran on {where}{said}; what it changed stays" if not said
+                       else f"{step.title} ran on {where}, and the database is not rolled back:{said}")
+        return out
 
     def run_group(self, group: session.Group) -> None:
         stage, step = group.steps[0]
@@ -212,6 +231,8 @@ class Executor:
         # Only True is written (from the host threads): no update can be lost.
         if step.changes:
             self.changed = True
+        if getattr(step, "lasting", False) and step not in self.lasting:
+            self.lasting.append(step)  # list.append is atomic: at worst a step is listed twice
 
     # How each kind of step runs on a host (the table `on_host`): its entries
     # in the host's session. The undo of a file's change is recorded before
@@ -335,6 +356,24 @@ def remove_stale_workdirs(parent: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (PermissionError, OverflowError):
             pass
+
+
+# Django's migrate, one line a migration: "  Applying hello.0001_initial... OK".
+_APPLYING = re.compile(r"^\s*Applying ([A-Za-z0-9_]+\.[A-Za-z0-9_]+)\.\.\.(.*)$", re.MULTILINE)
+
+
+def migrations(output: str) -> str:
+    """The migrations Django's output says were applied (and the one it was
+    applying when it failed), in words; "" if it names none. The names are
+    checked against their shape: a host's text is never shown as it is."""
+    applied, failed = [], ""
+    for m in _APPLYING.finditer(output):
+        if m.group(2).strip().startswith("OK"):
+            applied.append(m.group(1))
+        else:
+            failed = m.group(1)
+    said = f" applied {', '.join(applied)}" if applied else ""
+    return said + (f"{';' if said else ''} failed while applying {failed}" if failed else "")
 
 
 def _serves(release: str) -> str:

@@ -150,8 +150,30 @@ def test_a_failed_graceful_after_the_switch_puts_every_host_back_and_reloads(sit
     # graceful ran in the new release, then again once the old one was back.
     runs = log.read_text().split()
     assert len(runs) == 2 and runs[0] != old and runs[1] == old
-    assert out.rstrip().endswith(f"every host is as it was before the run: release {Path(old).name} is live")
+    assert (f"every host's files are as they were before the run: release {Path(old).name} is live; NOT undone:"
+            " migrate: echo") in out.splitlines()[-1]
     assert _history(site)[-1][2] == "failed, undone"
+
+
+def test_the_last_line_of_a_run_undone_after_migrate_says_the_database_was_not_rolled_back(site):
+    assert site.deploy()[0] == 0
+    old = Path(os.readlink(site.live())).name
+    django = ("echo 'Running migrations:'; echo '  Applying hello.0001_initial... OK';"
+              " echo '  Applying x.0002_b... OK'")
+    site.edit(migrate=django, hooks={"after": {"migrate": "exit 4"}})
+    (site.source / "manage.py").write_text("print('new')\n")
+    code, out = site.deploy()
+    assert code == 1, out
+    last = out.splitlines()[-1]
+    assert last.startswith(f"every host's files are as they were before the run: release {old} is live;"
+                           " NOT undone:")
+    assert "and the database is not rolled back: applied hello.0001_initial, x.0002_b" in last
+    assert "after migrate: exit 4 ran on" in last and "what it changed stays" in last
+    # A hook before the upload is a command of the user's too.
+    site.edit(migrate=None, hooks={"before": {"upload": "true"}}, health={"path": "/", "port": 1, "timeout": 1})
+    (site.source / "manage.py").write_text("print('newer')\n")
+    code, out = site.deploy()
+    assert code == 1 and "NOT undone: before upload: true ran on" in out.splitlines()[-1]
 
 
 def test_sigterm_during_graceful_after_the_switch_undoes_and_says_so(site, tmp_path):
@@ -173,7 +195,7 @@ def test_sigterm_during_graceful_after_the_switch_undoes_and_says_so(site, tmp_p
     assert "apache: test the next vhost, make it live, reload and wait until loaded [127.0.0.1" in out  # shown
     assert os.readlink(site.live()) == old
     assert log.read_text().split()[-1] == old  # Apache read the old config again
-    assert out.rstrip().endswith(f"release {Path(old).name} is live")
+    assert f"before the run: release {Path(old).name} is live; NOT undone: migrate" in out.splitlines()[-1]
     assert _history(site)[-1][2] == "interrupted, undone"
     assert not _lock(site).exists()
 
