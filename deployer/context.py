@@ -55,6 +55,11 @@ class Context:
                 "DEPLOY_PATH": self.deploy_path, "HTTP_PORT": str(self.target.apache.port), **python}
 
     @property
+    def exported(self) -> dict[str, str]:
+        """The vars exported to migrate and hooks, with their values."""
+        return {k: self.values[k] for k, v in self.target.vars.items() if v.export and k in self.values}
+
+    @property
     def venvs_dir(self) -> str:
         """The hosts' virtualenvs, shared by every instance under the deploy root."""
         return posixpath.join(self.target.deploy_root, ".deployer-venvs")
@@ -121,6 +126,8 @@ class Context:
 
 # In every release of a target with `python:`: the link to its virtualenv.
 VENV_LINK = ".venv"
+# In every release, if a var is exported: what migrate and hooks read first.
+ENV_FILE = ".deployer-env"
 
 
 def history_line(ctx: Context, outcome: str, now: datetime | None = None) -> str:
@@ -198,8 +205,11 @@ def _rules(target: Target, wheel_set: str) -> packaging.Rules:
     # A shared path of the release is a link to the shared directory: what
     # the source holds there is never packaged (it would hide nothing, and
     # linking it from the live release would reach into the shared one).
+    # And the files deployer renders into it: a copy of the source's would only be replaced.
     shared = tuple("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", path)
-                   for path in (*target.shared.dirs, *target.shared.files))
+                   for path in (*target.shared.dirs, *target.shared.files, *(f.path for f in target.files)))
+    if any(v.export for v in target.vars.values()):
+        shared += (f"/{ENV_FILE}",)
     if target.python is None:
         return packaging.Rules(exclude=p.exclude + shared, include=p.include, protected=p.protected)
     # The release's own: its link to the virtualenv, and the wheels (from

@@ -43,6 +43,11 @@ class Command:
         return self.line()
 
 
+def assignment(name: str, value: str) -> str:
+    """NAME='value', as a shell reads it back (`set -a; . FILE`); `name` is a token name (checked)."""
+    return f"{name}={shlex.quote(value)}"
+
+
 def words(text: str) -> tuple[str, ...]:
     """Split a configured command prefix (e.g. `sudo apache2ctl`) into argv."""
     return tuple(shlex.split(text))

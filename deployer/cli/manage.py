@@ -516,12 +516,15 @@ def _destroy_one(name: str, target, keep_shared: bool, run: Run) -> str:
     run.executor.run(pipeline.destroy(ctx, keep_shared))
     # Its files go after the run has succeeded (see pipeline.destroy), where a
     # failure is only a note: read the hosts again before saying it is gone.
+    # The shared files placed by hand stay (shared/files: deployer never wrote them), and so their folder.
+    kept = target.shared.files if not keep_shared else ()
     left = [h for h, s in reading.states(context.for_instance(name, target, "destroy")).items()
-            if s.live or s.releases or s.lock or s.history or (s.shared and not keep_shared)]
+            if s.live or s.releases or s.lock or s.history or (s.shared and not keep_shared and not kept)]
     if left:
         raise DeployError(f"{name}: its site is gone, but files of it are left on {', '.join(left)} (see the"
                           f" notes above); `deployer destroy {name}` again removes them")
-    return f"{name} is gone from every host"
+    return f"{name} is gone from every host" + (f"; the shared files placed by hand stay: {', '.join(kept)}"
+                                               if kept else "")
 
 
 def confirm(question: str, yes: bool, stdin, stdout) -> None:

@@ -20,6 +20,7 @@ from deployer.config.model import (
     Missing,
     Package,
     Python,
+    RenderedFile,
     Shared,
     Target,
     Var,
@@ -101,6 +102,8 @@ class Builder:
             build=None if t.build is None else Build(tuple(t.build.run), t.build.copy_source,
                                                      float(t.build.timeout)),
             python=None if t.python is None else self.python(t.python, f"{path}/python", transport),
+            files=tuple(RenderedFile(self.file(f.template, f"{path}/files/{i}/template", "template"), f.path,
+                                     f.mode, f.owner or "", f.group or "") for i, f in enumerate(t.files)),
             vars={key: self.var(v, f"{path}/vars/{key}", key) for key, v in t.vars.items()},
             pipeline=tuple(t.pipeline),
             stages={name: Hook(h.run, h.on) for name, h in t.stages.items()},
@@ -203,7 +206,7 @@ class Builder:
 
     def var(self, v: Any, path: str, name: str) -> Var:
         if v.env is None:
-            return Var(v.value, v.secret)
+            return Var(v.value, v.secret, export=v.export)
         value = os.environ.get(v.env)
         if value is None and self.check_environment:
             self.lacks(f"{path}/env", f"environment variable {v.env} is not set", "value", name)
@@ -212,4 +215,4 @@ class Builder:
         problem = names.value_problem(value or "")
         if problem:
             raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
-        return Var(value or "", v.secret, v.env)
+        return Var(value or "", v.secret, v.env, v.export)

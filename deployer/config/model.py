@@ -148,10 +148,28 @@ class Python:
 
 
 @dataclass(frozen=True)
+class RenderedFile:
+    """A file of settings or secrets (.env, local_settings.py) rendered from
+    `template` (on this machine) with the vars, into every new release at
+    `path`; written with `mode` and, if set, `owner` and `group`."""
+
+    template: str
+    path: str
+    mode: int = 0o640
+    owner: str = ""
+    group: str = ""
+
+    @property
+    def chown(self) -> str:
+        return f"{self.owner}:{self.group}" if self.group else self.owner
+
+
+@dataclass(frozen=True)
 class Var:
     value: str
     secret: bool = False
     source: str = ""  # the environment variable it was read from
+    export: bool = False  # in the environment of migrate and hooks
 
 
 @dataclass(frozen=True)
@@ -185,6 +203,7 @@ class Target:
     template: str
     build: Build | None
     python: Python | None
+    files: tuple[RenderedFile, ...]
     vars: dict[str, Var] = field(hash=False)
     pipeline: tuple[str, ...]
     stages: dict[str, Hook] = field(hash=False)

@@ -11,11 +11,11 @@ from typing import Any
 
 # The order a reader meets them in: the file, an entry, then what an entry holds.
 _ORDER = ("TargetSpec", "HostSpec", "VpnSpec", "ApacheSpec", "PackageSpec", "SharedSpec", "HealthSpec",
-          "BuildSpec", "PythonSpec", "VarSpec", "HookSpec", "HooksSpec")
+          "BuildSpec", "PythonSpec", "FileSpec", "VarSpec", "HookSpec", "HooksSpec")
 _NAMES = {"TargetSpec": "A target", "HostSpec": "hosts: an item", "VpnSpec": "vpn", "ApacheSpec": "apache",
           "PackageSpec": "package", "SharedSpec": "shared", "HealthSpec": "health", "VarSpec": "vars: a value",
           "HookSpec": "A hook, or a shell stage", "HooksSpec": "hooks", "BuildSpec": "build",
-          "PythonSpec": "python"}
+          "PythonSpec": "python", "FileSpec": "files: an item"}
 
 
 def markdown(schema: dict) -> str:

@@ -398,7 +398,7 @@ class HealthSpec(_Spec):
     def _host_is_the_hostname(self) -> "HealthSpec":
         for name in self.headers:
             if name.lower() in ("host", "connection"):
-                raise _problem(f"{name} is set by deployer (the Host is HOSTNAME)", "headers", name)
+                raise _problem(f"deployer sets {name} itself (Host: HOSTNAME); remove it", "headers", name)
         return self
 
 
@@ -458,12 +458,31 @@ class VarSpec(_Spec):
         None, description="The value: one line of text, kept as written (0755 stays 0755).")
     env: Text = Field(None, description="The environment variable to read the value from, when deploying.")
     secret: Flag = Field(False, description="Mask the value in all output.")
+    export: Flag = Field(
+        False, description="Also in the environment of migrate, hooks and shell stages on the hosts (read from"
+        " a file only the deploy user may read, in the release: never on a command line).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "VarSpec":
         if (self.value is None) == (self.env is None):
             raise _problem("expected exactly one of value or env")
         return self
+
+
+class FileSpec(_Spec):
+    """A file of settings or secrets for the app, rendered from a template with the vars (as the vhost is)
+    into every new release; it begins with a comment line of deployer's (#), so the format must allow
+    one (.env, Python, INI, YAML, TOML)."""
+
+    template: Text = Field(description="The template, on this machine.")
+    path: Annotated[Text, AfterValidator(_release_path)] = Field(
+        description="Where it goes, relative to the release (.env, mysite/local_settings.py).")
+    mode: Mode = Field(
+        "0640", validate_default=True, description="Its mode, as in chmod: never readable by others (0600,"
+        " 0640).")
+    owner: Account | None = Field(None, description="Its owner (chown needs root); default: the SSH user.")
+    group: Account | None = Field(
+        None, description="Its group, e.g. the web server's (www-data) for mode 0640; default: the SSH user's.")
 
 
 class HookSpec(_Spec):
@@ -539,6 +558,9 @@ class TargetSpec(_Spec):
                                                 | BuildSpec)] | None = Field(
         None, description="Commands run on this machine before packaging: a command, a list, or {run, copy_source,"
         " timeout}; default: none.")
+    files: list[FileSpec] = Field(
+        [], description="Files of settings or secrets rendered into every release: [{template, path, mode,"
+        " owner, group}].")
     python: PythonSpec | None = Field(
         None, description="The app's Python packages, installed into a virtualenv on each host; default: none"
         " (the hosts' own Python and packages).")
@@ -555,6 +577,18 @@ class TargetSpec(_Spec):
         {}, description="Shell stages to name in `pipeline`: `name: command` or {run: command, on:"
         " all|first|local}.")
     hooks: HooksSpec = Field({}, validate_default=True, description="Commands before or after a stage.")
+
+    @model_validator(mode="after")
+    def _files_apart(self) -> "TargetSpec":
+        shared = self.shared.dirs + self.shared.files
+        seen: list[str] = []
+        for i, f in enumerate(self.files):
+            for other in (*shared, *seen):
+                if f.path == other or f.path.startswith(other + "/") or other.startswith(f.path + "/"):
+                    raise _problem(f"{f.path!r} and {other!r}: a rendered file cannot be, or be inside, a"
+                                   " shared path or another file", "files", i, "path")
+            seen.append(f.path)
+        return self
 
     @model_validator(mode="after")
     def _hooks_on_stages_that_run(self) -> "TargetSpec":

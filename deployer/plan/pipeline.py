@@ -75,8 +75,9 @@ def unlock(ctx: Context, run_id: str, keep: bool = False) -> Plan:
 def destroy(ctx: Context, keep_shared: bool) -> Plan:
     """Instance `ctx.name` gone from every host: its site first, then (the
     run having succeeded) its files and, with the lock, its state."""
-    lock = replace(stage_lib.lock(ctx), forgets=(ctx.deploy_path, ctx.releases_dir,
-                                                 *(() if keep_shared else (ctx.shared_dir,))))
+    # Its state goes with what deployer wrote: shared files placed by hand are not (see stages.purge).
+    gone_with = () if keep_shared or ctx.target.shared.files else (ctx.shared_dir,)
+    lock = replace(stage_lib.lock(ctx), forgets=(ctx.deploy_path, ctx.releases_dir, *gone_with))
     return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", (lock, *stage_lib.retire(ctx)))), lock=lock,
                 after=(stage_lib.purge(ctx, keep_shared),
                        *([stage_lib.prune_venvs(ctx)] if ctx.target.python else ())))

@@ -16,7 +16,7 @@ from deployer.config import Hook, names
 from deployer.context import Context
 from deployer.errors import DeployError, TemplateError, UsageError
 from deployer.plan import template, vhost
-from deployer.quoting import Command
+from deployer.quoting import Command, assignment
 from deployer.remote import hostscripts
 
 StageFn = Callable[[Context], Sequence[steps.Step]]
@@ -77,7 +77,34 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      waits=False, command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared.group,
                                                                   shared.dirs, shared.files))]
           if shared.dirs or shared.files else []),
+        *_release_files(ctx),
     )
+
+
+def _release_files(ctx: Context) -> tuple[steps.Install, ...]:
+    """The files: of targets.yaml rendered into the new release, and the
+    exported vars in context.ENV_FILE (mode 0600: for the deploy user's commands)."""
+    mark = vhost.owner_mark(ctx.name)
+    made = [(f"write {f.path} in the release, from {f.template}", f.path,
+             template.render(_read_template(f.template), ctx.vars, f.template), f.mode, f.chown)
+            for f in ctx.target.files]
+    exported = ctx.exported
+    if exported:
+        made.append((f"write {context.ENV_FILE} in the release: {', '.join(exported)} for migrate and hooks",
+                     context.ENV_FILE, "".join(f"{assignment(k, v)}\n" for k, v in exported.items()), 0o600, ""))
+    return tuple(steps.Install(title, ctx.host_names, path=posixpath.join(ctx.release_path, rel),
+                               content=f"{mark}\n{content}", mark=mark, mode=mode, owner=owner,
+                               work=posixpath.join(ctx.release_path, posixpath.dirname(rel),
+                                                   f".{posixpath.basename(rel)}.deployer-{ctx.run_id}"))
+                 for title, rel, content, mode, owner in made)
+
+
+def _read_template(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
 
 
 _DEFINES_OURS = re.compile(r"^\s*(?:un)?define\s+[\"']?deployer-next-", re.IGNORECASE | re.MULTILINE)
@@ -100,13 +127,8 @@ def served_names(vhost: str, hostname: str) -> tuple[str, ...]:
 
 def render(ctx: Context) -> tuple[steps.Step, ...]:
     path = ctx.target.template
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read template: {e.strerror}") from None
     mark = vhost.owner_mark(ctx.name)
-    content = f"{mark}\n{template.render(text, ctx.vars, path)}"
+    content = f"{mark}\n{template.render(_read_template(path), ctx.vars, path)}"
     # Apache's Define sets what <IfDefine> asks: such a line would make every
     # reload read an instance's untested next vhost.
     if _DEFINES_OURS.search(content):
@@ -161,12 +183,17 @@ def migrate(ctx: Context) -> tuple[steps.Step, ...]:
 # With `python:`, what runs in a release finds the virtualenv's programs
 # first, as its bin/activate would have it (VIRTUAL_ENV is in the environment).
 _ACTIVATE = 'PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH\n'
+# The exported vars, from the release's ENV_FILE: a secret on a command line
+# would be in every user's `ps`.
+_ENV = f'"$RELEASE_PATH/{context.ENV_FILE}"'
+_EXPORTS = f"[ ! -f {_ENV} ] || {{ set -a; . {_ENV}; set +a; }}\n"
 
 
 def _script(ctx: Context, text: str, cwd: str | None) -> Command:
     """A command from targets.yaml, run in `cwd` on the hosts (None: here, where deploy runs)."""
-    activate = _ACTIVATE if ctx.target.python and cwd is not None else ""
-    return Command.script(activate + text, cwd=cwd, env=ctx.environment())
+    on_host = cwd is not None
+    prefix = (_ACTIVATE if ctx.target.python and on_host else "") + (_EXPORTS if ctx.exported and on_host else "")
+    return Command.script(prefix + text, cwd=cwd, env=ctx.environment())
 
 
 def restart(ctx: Context) -> tuple[steps.Step, ...]:
@@ -255,10 +282,12 @@ def retire(ctx: Context) -> tuple[steps.Step, ...]:
 def purge(ctx: Context, keep_shared: bool) -> steps.Run:
     """Destroy, once every host has stopped serving the instance: its code,
     and its shared files unless they are kept."""
-    what = "releases and live path" + ("" if keep_shared else f", and its shared files in {ctx.shared_dir}")
+    kept = ctx.target.shared.files
+    what = "releases and live path" + ("" if keep_shared else f", and its shared files in {ctx.shared_dir}"
+                                       + (f" but {', '.join(kept)} (placed by hand)" if kept else ""))
     return steps.Run(f"remove {ctx.name}'s {what}", ctx.host_names,
                      command=hostscripts.purge(ctx.deploy_path, ctx.releases_dir,
-                                               "" if keep_shared else ctx.shared_dir))
+                                               "" if keep_shared else ctx.shared_dir, kept))
 
 
 def prune(ctx: Context) -> steps.Run:

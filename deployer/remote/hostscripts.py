@@ -181,9 +181,10 @@ def remove_file(path: str, mark: str, work: str) -> Command:
     return program("remove-file", path, mark, work)
 
 
-def purge(live: str, releases: str, shared: str) -> Command:
-    """Remove an instance's code, and `shared` unless it is ""."""
-    return program("purge", live, releases, shared)
+def purge(live: str, releases: str, shared: str, keep: tuple[str, ...] = ()) -> Command:
+    """Remove an instance's code, and `shared` unless it is "", but for the
+    paths `keep` in it (the files a person placed there)."""
+    return program("purge", live, releases, shared, *keep)
 
 
 def can_activate(live: str, release: str, record: str, seen: tuple[str, ...]) -> Command:

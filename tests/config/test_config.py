@@ -315,9 +315,10 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 # -- malformed files ---------------------------------------------------------------
 
 HOST = "hosts: [web1.alpha.internal]"
-UNKNOWN = ("unknown key; expected one of: apache, build, connect_timeout, deploy_root, health, hooks, hosts,"
-           " identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel, pipeline,"
-           " port, protected, python, relay, shared, stages, step_timeout, template, transport, user, vars, vpn")
+UNKNOWN = ("unknown key; expected one of: apache, build, connect_timeout, deploy_root, files, health, hooks,"
+           " hosts, identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel,"
+           " pipeline, port, protected, python, relay, shared, stages, step_timeout, template, transport, user,"
+           " vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
@@ -335,6 +336,14 @@ MALFORMED = [
      "targets/alpha/python/no_index: with no index, find_links must name where the wheels are"),
     ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: '3.11.2', interpreter: python3}}\n",
      "targets/alpha/python/interpreter: expected an absolute path on the hosts, got 'python3'"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {dirs: [conf]}, files: [{template: t, path: conf/.env}]}\n",
+     "targets/alpha/files/0/path: 'conf/.env' and 'conf': a rendered file cannot be, or be inside, a shared path"
+     " or another file"),
+    ("targets:\n  alpha: {" + HOST + ", files: [{template: t, path: .env, mode: '0644'}]}\n",
+     "targets/alpha/files/0/mode: 0644: the owner must read it, and nobody else but the group may (no execute"
+     " bits): e.g. 0600 or 0640"),
+    ("targets:\n  alpha: {" + HOST + ", health: {path: /, headers: {Host: x}}}\n",
+     "targets/alpha/health/headers/Host: deployer sets Host itself (Host: HOSTNAME); remove it"),
     ("targets:\n  alpha: {" + HOST + ", build: []}\n",
      "targets/alpha/build/run: expected a command or a non-empty list of commands"),
     ("targets:\n  alpha: {" + HOST + ", vars: {VENV: x}}\n",

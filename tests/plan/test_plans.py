@@ -166,7 +166,8 @@ def test_migrate_runs_once_on_first_host_in_the_new_release(make):
            "RELEASE": ctx.release, "RELEASE_PATH": rel, "SHARED_PATH": "/var/www/alpha.shared"}
     assert stages["migrate"] == (
         Run("migrate: python manage.py migrate --noinput", H[:1],
-            command=Command.script("python manage.py migrate --noinput", cwd=rel, env=env), timeout=3600.0),
+            command=Command.script("python manage.py migrate --noinput", cwd=rel, env=env), timeout=3600.0,
+            lasting=True),
     )
 
 

@@ -1,0 +1,94 @@
+"""files: rendered into every release (settings, secrets) and vars exported
+to migrate and hooks, on a real host over SSH: written with their mode,
+never on a command line, masked in every output."""
+
+import os
+import stat
+
+import pytest
+
+from deployer.plan import vhost
+from tests.conftest import tree_digest
+
+SECRET = "s3cr3t-Value-9f2"
+
+
+@pytest.fixture
+def with_files(site, monkeypatch, tmp_path):
+    monkeypatch.setenv("DJ_SECRET", SECRET)
+    template = tmp_path / "env.template"
+    template.write_text("SECRET_KEY=<<SECRET_KEY>>\nDEBUG=<<DEBUG>>\n")
+    settings = tmp_path / "local_settings.template"
+    settings.write_text("ALLOWED_HOSTS = ['<<HOSTNAME>>']\n")
+    seen = site.root / "seen"
+    site.edit(files=[{"template": str(template), "path": ".env"},
+                     {"template": str(settings), "path": "conf/local_settings.py", "mode": "0600"}],
+              vars={"SECRET_KEY": {"env": "DJ_SECRET", "secret": True, "export": True}, "DEBUG": "0"},
+              migrate=f'echo "$SECRET_KEY $DEBUG" > {seen}')
+    site.seen = seen
+    return site
+
+
+def test_files_are_rendered_into_the_release_and_secrets_reach_migrate_only_through_a_private_file(with_files):
+    site = with_files
+    code, out = site.deploy()
+    assert code == 0, out
+    live = site.live()
+    mark = vhost.owner_mark("alpha")
+    assert (live / ".env").read_text() == f"{mark}\nSECRET_KEY={SECRET}\nDEBUG=0\n"
+    assert stat.S_IMODE(os.stat(live / ".env").st_mode) == 0o640
+    assert (live / "conf" / "local_settings.py").read_text() == f"{mark}\nALLOWED_HOSTS = ['alpha.example.test']\n"
+    assert stat.S_IMODE(os.stat(live / "conf" / "local_settings.py").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(live / ".deployer-env").st_mode) == 0o600
+    # Exported: migrate has it; a var not exported (DEBUG) it has not.
+    assert site.seen.read_text() == f"{SECRET} \n"
+    assert SECRET not in out
+    # A dry run shows the files, the secret masked.
+    code, out = site.deploy("--dry-run")
+    assert code == 0, out
+    assert "| SECRET_KEY=****" in out and SECRET not in out
+    assert "write .deployer-env in the release: SECRET_KEY for migrate and hooks" in out
+
+
+def test_the_secret_is_on_no_command_line(with_files):
+    from deployer import context, steps
+    from deployer.config import load
+    from deployer.plan import pipeline
+
+    target = load(str(with_files.targets_file)).resolve("alpha")
+    ctx = context.make("alpha", "alpha.example.test", target, {}, target.pipeline)
+    plan = pipeline.build(ctx)
+    lines = [s.command.line() for _, s in plan.steps() if isinstance(s, steps.Run)]
+    lines += [s.command().line() for _, s in plan.steps() if isinstance(s, (steps.Install, steps.Link))]
+    assert any("migrate" in line or "$SECRET_KEY" in line for line in lines)
+    assert not [line for line in lines if SECRET in line]
+
+
+def test_a_token_without_a_value_in_a_file_changes_nothing(with_files, tmp_path):
+    site = with_files
+    (tmp_path / "env.template").write_text("SECRET_KEY=<<SECRET_KEY>>\nNAME=<<DB_NAME>>\n")
+    before = tree_digest(site.root)
+    code, out = site.deploy()
+    assert code == 2, out
+    assert "DB_NAME" in out
+    assert tree_digest(site.root) == before
+
+
+def test_destroy_removes_what_deployer_wrote_and_leaves_the_shared_files_placed_by_hand(site):
+    import io
+
+    from deployer.cli.manage import main as manage
+
+    shared = site.root / "www" / "alpha.shared"
+    (shared / "conf").mkdir(parents=True)
+    (shared / "conf" / "local_settings.py").write_text("DB_PASSWORD = 'by hand'\n")
+    site.edit(shared={"dirs": ["media"], "files": ["conf/local_settings.py"]})
+    assert site.deploy()[0] == 0
+    (shared / "media" / "upload.png").write_text("png")
+    out = io.StringIO()
+    code = manage(["destroy", "alpha", "--targets", str(site.targets_file), "--yes", "--output", "plain"],
+                  stdout=out)
+    assert code == 0, out.getvalue()
+    assert not site.live().exists() and not (site.root / "www" / "alpha.releases").exists()
+    assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*")) == ["conf", "conf/local_settings.py"]
+    assert out.getvalue().rstrip().endswith("the shared files placed by hand stay: conf/local_settings.py")
