@@ -207,7 +207,7 @@ def _rules(target: Target, wheel_set: str) -> packaging.Rules:
     # linking it from the live release would reach into the shared one).
     # And the files deployer renders into it: a copy of the source's would only be replaced.
     shared = tuple("/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", path)
-                   for path in (*target.shared.dirs, *target.shared.files, *(f.path for f in target.files)))
+                   for path in (*target.shared.paths, *(f.path for f in target.files)))
     if any(v.export for v in target.vars.values()):
         shared += (f"/{ENV_FILE}",)
     if target.python is None:

@@ -98,6 +98,12 @@ class Shared:
     dirs: tuple[str, ...] = ()  # made if missing
     files: tuple[str, ...] = ()  # must exist: deployer never writes them
     group: str = ""  # the group of the directories it makes (group-writable, setgid)
+    writable: tuple[str, ...] = ()  # directories kept writable for `group`, all of them
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path of a release that is a link into the shared directory."""
+        return self.dirs + self.writable + self.files
 
 
 @dataclass(frozen=True)

@@ -345,13 +345,19 @@ class SharedSpec(_Spec):
     files: ReleasePaths = Field(
         [], description="Files, relative to the release (local_settings.py): must be there already; deployer"
         " never writes them.")
+    writable: ReleasePaths = Field(
+        [], description="Folders the web server writes (media): as dirs, and kept writable for `group`, all of"
+        " them: setgid folders of that group, and what the deploy user made in them (migrate, hooks, earlier"
+        " deploys) made group-writable on every deploy; migrate and hooks run with umask 002.")
     group: Account | None = Field(
         None, description="The group of the folders it makes, group-writable (setgid), if the app writes there"
-        " (www-data).")
+        " (www-data); needed by `writable`.")
 
     @model_validator(mode="after")
     def _each_path_once(self) -> "SharedSpec":
-        every = self.dirs + self.files
+        if self.writable and not self.group:
+            raise _problem("writable needs group: the web server's (www-data)", "writable")
+        every = self.dirs + self.files + self.writable
         if len(set(every)) != len(every):
             raise _problem("a path is named twice")
         for a in every:
@@ -580,7 +586,7 @@ class TargetSpec(_Spec):
 
     @model_validator(mode="after")
     def _files_apart(self) -> "TargetSpec":
-        shared = self.shared.dirs + self.shared.files
+        shared = self.shared.dirs + self.shared.files + self.shared.writable
         seen: list[str] = []
         for i, f in enumerate(self.files):
             for other in (*shared, *seen):

@@ -73,10 +73,11 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      undo_safe=True)]
           if python else []),
         # In the release before migrate and hooks run in it; undone with the release.
-        *([steps.Run(f"link {', '.join(shared.dirs + shared.files)} to {ctx.shared_dir}", ctx.host_names,
-                     waits=False, command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared.group,
-                                                                  shared.dirs, shared.files))]
-          if shared.dirs or shared.files else []),
+        *([steps.Run(f"link {', '.join(shared.paths)} to {ctx.shared_dir}"
+                     + (f" ({', '.join(shared.writable)} writable for group {shared.group})" if shared.writable
+                        else ""), ctx.host_names, waits=False,
+                     command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared))]
+          if shared.paths else []),
         *_release_files(ctx),
     )
 
@@ -189,10 +190,15 @@ _ENV = f'"$RELEASE_PATH/{context.ENV_FILE}"'
 _EXPORTS = f"[ ! -f {_ENV} ] || {{ set -a; . {_ENV}; set +a; }}\n"
 
 
+# With writable shared folders, what migrate and hooks make there stays
+# writable for the web server's group (the folders are setgid: theirs).
+_GROUP_WRITES = "umask 002\n"
+
+
 def _script(ctx: Context, text: str, cwd: str | None) -> Command:
     """A command from targets.yaml, run in `cwd` on the hosts (None: here, where deploy runs)."""
-    on_host = cwd is not None
-    prefix = (_ACTIVATE if ctx.target.python and on_host else "") + (_EXPORTS if ctx.exported and on_host else "")
+    parts = ((_ACTIVATE, ctx.target.python), (_EXPORTS, ctx.exported), (_GROUP_WRITES, ctx.target.shared.writable))
+    prefix = "".join(part for part, applies in parts if applies and cwd is not None)
     return Command.script(prefix + text, cwd=cwd, env=ctx.environment())
 
 

@@ -15,6 +15,7 @@ import re
 from functools import cache
 from importlib import resources
 
+from deployer.config.model import Shared
 from deployer.quoting import Command, forced_command
 
 # How a host program takes in a library of functions (sh/lib/): a line of
@@ -197,10 +198,11 @@ def shared_files(shared: str, files: tuple[str, ...]) -> Command:
     return program("shared-files", shared, *files)
 
 
-def link_shared(release: str, shared: str, group: str, dirs: tuple[str, ...], files: tuple[str, ...]) -> Command:
-    """Make each shared path of `release` a link into `shared` (see sh/link-shared.sh)."""
-    return program("link-shared", release, shared, group,
-                   *(f"d:{d}" for d in dirs), *(f"f:{f}" for f in files))
+def link_shared(release: str, shared: str, paths: Shared) -> Command:
+    """Make each shared path of `release` a link into `shared`, the writable
+    folders kept writable for the group (see sh/link-shared.sh)."""
+    return program("link-shared", release, shared, paths.group, *(f"d:{d}" for d in paths.dirs),
+                   *(f"w:{w}" for w in paths.writable), *(f"f:{f}" for f in paths.files))
 
 
 def python_check(interpreter: str, version: str, platform: str) -> Command:

@@ -344,6 +344,8 @@ MALFORMED = [
      " bits): e.g. 0600 or 0640"),
     ("targets:\n  alpha: {" + HOST + ", health: {path: /, headers: {Host: x}}}\n",
      "targets/alpha/health/headers/Host: deployer sets Host itself (Host: HOSTNAME); remove it"),
+    ("targets:\n  alpha: {" + HOST + ", shared: {writable: [media]}}\n",
+     "targets/alpha/shared/writable: writable needs group: the web server's (www-data)"),
     ("targets:\n  alpha: {" + HOST + ", build: []}\n",
      "targets/alpha/build/run: expected a command or a non-empty list of commands"),
     ("targets:\n  alpha: {" + HOST + ", vars: {VENV: x}}\n",
@@ -425,7 +427,7 @@ MALFORMED = [
     ("targets:\n  alpha: {" + HOST + ", health: {path: /h, status: 99}}\n",
      "targets/alpha/health/status: expected an HTTP status from 100 to 599, or a list of them, got 99"),
     ("targets:\n  alpha: {" + HOST + ", shared: {dir: [media]}}\n",
-     "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root"),
+     "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root, writable"),
 ]
 
 

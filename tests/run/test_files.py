@@ -92,3 +92,31 @@ def test_destroy_removes_what_deployer_wrote_and_leaves_the_shared_files_placed_
     assert not site.live().exists() and not (site.root / "www" / "alpha.releases").exists()
     assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*")) == ["conf", "conf/local_settings.py"]
     assert out.getvalue().rstrip().endswith("the shared files placed by hand stay: conf/local_settings.py")
+
+
+def test_writable_folders_stay_writable_for_the_web_servers_group(site):
+    import grp
+
+    gid = grp.getgrnam("www-data").gr_gid
+    shared = site.root / "www" / "alpha.shared"
+    (shared / "media" / "old").mkdir(parents=True)
+    (shared / "media" / "old" / "before.txt").write_text("made by an earlier deploy, mode 644")
+    os.chmod(shared / "media" / "old", 0o2755)
+    site.edit(shared={"writable": ["media"], "group": "www-data"},
+              migrate="mkdir -p media/thumbs && echo x > media/thumbs/made.txt")
+    code, out = site.deploy()
+    assert code == 0, out
+    media = shared / "media"
+
+    def mode(p):
+        st = os.lstat(p)
+        return st.st_gid, stat.S_IMODE(st.st_mode)
+
+    assert mode(media) == (gid, 0o2775)
+    # What migrate made there: the group's (setgid), group-writable (umask 002).
+    assert mode(media / "thumbs") == (gid, 0o2775)
+    assert mode(media / "thumbs" / "made.txt") == (gid, 0o664)
+    # What an earlier deploy made: given to the group (chgrp -h), and counted, not chmod'ed.
+    assert mode(media / "old" / "before.txt") == (gid, 0o644)
+    assert "2 file(s) or folder(s) in" in out and "are not writable for group www-data; fix them once" in out
+    assert (site.live() / "media").resolve() == media.resolve()

@@ -9,6 +9,31 @@
 set -eu
 release=$1 shared=$2 group=$3
 shift 3
+# A writable folder (w:): the folder itself belongs to `group`, setgid and
+# group-writable, so that all made in it later belongs to the group; and
+# what the deploy user already made in it (migrate, a hook, an earlier
+# deploy) is given to the group with chgrp -h, which never follows a link.
+# Making those group-writable would need chmod, which follows a link the
+# web server may swap in meanwhile (the folder is its to write): deployer
+# only counts them, and says how to fix them once. What another user owns
+# (the web server's uploads) is theirs.
+writable() {
+    if [ -L "$1" ] || [ ! -d "$1" ]; then
+        echo "$1 is not a folder (a link?); deployer will not make it writable" >&2
+        exit 1
+    fi
+    me=$(id -u)
+    chgrp -- "$group" "$1"
+    chmod 2775 "$1"
+    find "$1" -mindepth 1 -user "$me" ! -group "$group" -exec chgrp -h -- "$group" {} + 2> /dev/null || :
+    left=$(find "$1" -mindepth 1 -user "$me" \( -type d ! -perm -2070 -o -type f ! -perm -060 \) -print |
+        wc -l)
+    if [ "$left" -gt 0 ]; then
+        echo "note: $left file(s) or folder(s) in $1 that $(id -un) made are not writable for group $group;" \
+             "fix them once: find $1 -user $(id -un) \\( -type d -exec chmod g+rwxs {} + -o -type f -exec" \
+             "chmod g+rw {} + \\)"
+    fi
+}
 for entry in "$@"; do
     kind=${entry%%:*} rel=${entry#*:}
     at=$release
@@ -20,12 +45,15 @@ for entry in "$@"; do
             exit 1
         fi
     done
-    if [ "$kind" = d ] && [ ! -d "$shared/$rel" ]; then
+    if [ "$kind" != f ] && [ ! -d "$shared/$rel" ]; then
         mkdir -p -- "$shared/$rel"
         if [ -n "$group" ]; then
             chgrp -- "$group" "$shared/$rel"
             chmod 2775 "$shared/$rel"
         fi
+    fi
+    if [ "$kind" = w ]; then
+        writable "$shared/$rel"
     fi
     mkdir -p -- "${release}/$(dirname -- "$rel")"
     rm -rf -- "${release:?}/$rel"
