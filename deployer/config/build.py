@@ -110,6 +110,8 @@ class Builder:
             stages={name: Hook(h.run, h.on) for name, h in t.stages.items()},
             before={stage: tuple(Hook(h.run, h.on) for h in hooks) for stage, hooks in t.hooks.before.items()},
             after={stage: tuple(Hook(h.run, h.on) for h in hooks) for stage, hooks in t.hooks.after.items()},
+            first_deploy=tuple(Hook(h.run, h.on) for h in t.hooks.first_deploy),
+            on_destroy=tuple(Hook(h.run, h.on) for h in t.hooks.destroy),
         )
 
     def host_path(self, value: str, path: str, transport: str) -> str:

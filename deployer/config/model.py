@@ -215,6 +215,8 @@ class Target:
     stages: dict[str, Hook] = field(hash=False)
     before: dict[str, tuple[Hook, ...]] = field(hash=False)
     after: dict[str, tuple[Hook, ...]] = field(hash=False)
+    first_deploy: tuple[Hook, ...] = ()  # where the instance has no live release yet, before migrate
+    on_destroy: tuple[Hook, ...] = ()  # by `deployer destroy`, once the site is no longer served
 
 
 @dataclass(frozen=True)

@@ -508,6 +508,20 @@ class HooksSpec(_Spec):
     before: dict[str, Hooks] = Field(
         {}, description="Stage name: a command, or a list of them, run before it.")
     after: dict[str, Hooks] = Field({}, description="Stage name: a command, or a list of them, run after it.")
+    first_deploy: Hooks = Field(
+        [], description="Run on a host where the instance has no live release yet, before migrate (e.g."
+        " createdb for a demo instance: on: first); a command, or a list. Not on: local.")
+    destroy: Hooks = Field(
+        [], description="Run by `deployer destroy`, once the site is no longer served and before its files go"
+        " (e.g. dropdb: on: first); a command, or a list. A failure puts the site back.")
+
+    @model_validator(mode="after")
+    def _on_the_hosts(self) -> "HooksSpec":
+        for key in ("first_deploy", "destroy"):
+            for i, hook in enumerate(getattr(self, key)):
+                if hook.on == "local":
+                    raise _problem("runs on the hosts: on: all or first", key, i, "on")
+        return self
 
 HostItem = Annotated[HostSpec, BeforeValidator(_host_shorthand, json_schema_input_type=Text | HostSpec)]
 Var = Annotated[VarSpec, BeforeValidator(_var_shorthand, json_schema_input_type=str | int | float | VarSpec)]

@@ -28,9 +28,13 @@ def build(ctx: Context) -> Plan:
         made = found[name](ctx)
         if not isinstance(made, (list, tuple)) or not all(isinstance(s, steps.Step) for s in made):
             raise UsageError(f"stage {name!r} returned {made!r}: expected a list of steps (deployer.steps)")
+        # Before migrate (the database it makes, migrate needs), or at the end of the upload without it.
+        first = stage_lib.first_deploy(ctx) if name == ("migrate" if "migrate" in ctx.stages else "upload") else ()
         stage_steps = [
+            *(first if name == "migrate" else ()),
             *(stage_lib.hook_step(ctx, h, f"before {name}: {h.run}") for h in t.before.get(name, ())),
             *made,
+            *(first if name == "upload" else ()),
             *(stage_lib.hook_step(ctx, h, f"after {name}: {h.run}") for h in t.after.get(name, ())),
         ]
         built.append((name, tuple(stage_steps)))
@@ -78,7 +82,8 @@ def destroy(ctx: Context, keep_shared: bool) -> Plan:
     # Its state goes with what deployer wrote: shared files placed by hand are not (see stages.purge).
     gone_with = () if keep_shared or ctx.target.shared.files else (ctx.shared_dir,)
     lock = replace(stage_lib.lock(ctx), forgets=(ctx.deploy_path, ctx.releases_dir, *gone_with))
-    return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", (lock, *stage_lib.retire(ctx)))), lock=lock,
+    retire = (lock, *stage_lib.retire(ctx), *stage_lib.on_destroy(ctx))
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("destroy", retire)), lock=lock,
                 after=(stage_lib.purge(ctx, keep_shared),
                        *([stage_lib.prune_venvs(ctx)] if ctx.target.python else ())))
 

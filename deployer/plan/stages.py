@@ -197,7 +197,8 @@ _GROUP_WRITES = "umask 002\n"
 
 def _script(ctx: Context, text: str, cwd: str | None) -> Command:
     """A command from targets.yaml, run in `cwd` on the hosts (None: here, where deploy runs)."""
-    parts = ((_ACTIVATE, ctx.target.python), (_EXPORTS, ctx.exported), (_GROUP_WRITES, ctx.target.shared.writable))
+    exports = any(v.export for v in ctx.target.vars.values())  # a destroy reads the live release's
+    parts = ((_ACTIVATE, ctx.target.python), (_EXPORTS, exports), (_GROUP_WRITES, ctx.target.shared.writable))
     prefix = "".join(part for part, applies in parts if applies and cwd is not None)
     return Command.script(prefix + text, cwd=cwd, env=ctx.environment())
 
@@ -348,6 +349,26 @@ def hook_step(ctx: Context, hook: Hook, title: str) -> steps.Run:
     hosts = {"all": ctx.host_names, "first": ctx.host_names[:1], "local": ()}[hook.on]
     # Remote hooks start in the new release; local ones where deploy was started.
     return steps.Run(title, hosts, command=_script(ctx, hook.run, ctx.code_path if hosts else None), lasting=True)
+
+
+# A first-deploy hook runs where the live path is not there yet: the switch
+# to the new release comes later, in restart.
+_FIRST_DEPLOY = ('if [ -e "$DEPLOY_PATH" ] || [ -L "$DEPLOY_PATH" ]; then'
+                 ' echo "not the first deploy of $CONFIG_NAME on this host: not run"; exit 0; fi\n')
+
+
+def first_deploy(ctx: Context) -> tuple[steps.Run, ...]:
+    """The hooks for an instance's first deploy to a host (a database of its own)."""
+    if not ctx.uploads:
+        return ()
+    return tuple(replace(hook_step(ctx, h, f"on the first deploy: {h.run}"),
+                         command=_script(ctx, _FIRST_DEPLOY + h.run, ctx.code_path))
+                 for h in ctx.target.first_deploy)
+
+
+def on_destroy(ctx: Context) -> tuple[steps.Run, ...]:
+    """The hooks of `deployer destroy`, run in the live release."""
+    return tuple(hook_step(ctx, h, f"on destroy: {h.run}") for h in ctx.target.on_destroy)
 
 
 def shell_stage(hook: Hook) -> StageFn:

@@ -120,3 +120,28 @@ def test_writable_folders_stay_writable_for_the_web_servers_group(site):
     assert mode(media / "old" / "before.txt") == (gid, 0o644)
     assert "2 file(s) or folder(s) in" in out and "are not writable for group www-data; fix them once" in out
     assert (site.live() / "media").resolve() == media.resolve()
+
+
+def test_hooks_on_an_instances_first_deploy_and_on_its_destroy(site):
+    import io
+
+    from deployer.cli.manage import main as manage
+
+    log = site.root / "db.log"
+    site.edit(hooks={"first_deploy": {"run": f'echo "createdb app_$CONFIG_NAME" >> {log}', "on": "first"},
+                     "destroy": {"run": f'echo "dropdb app_$CONFIG_NAME in $PWD" >> {log}', "on": "first"}},
+              migrate=f"test -s {log}")  # the database is made before migrate
+    code, out = site.deploy()
+    assert code == 0, out
+    assert log.read_text() == "createdb app_alpha\n"
+    (site.source / "manage.py").write_text("print('again')\n")
+    code, out = site.deploy()
+    assert code == 0, out
+    assert "not the first deploy of alpha on this host: not run" in out
+    assert log.read_text() == "createdb app_alpha\n"
+    out = io.StringIO()
+    code = manage(["destroy", "alpha", "--targets", str(site.targets_file), "--yes", "--output", "plain"],
+                  stdout=out)
+    assert code == 0, out.getvalue()
+    assert log.read_text().splitlines()[1] == f"dropdb app_alpha in {site.root / 'www' / 'alpha'}"
+    assert not site.live().exists()
