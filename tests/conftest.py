@@ -21,14 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def pytest_collection_modifyitems(items):
-    # CI runs two workers (pytest-xdist, --dist loadgroup): every lab test on
-    # the same one, as the lab is one per machine; the rest share the other.
-    for item in items:
-        if item.get_closest_marker("lab"):
-            item.add_marker(pytest.mark.xdist_group("lab"))
-
-
 def default_template_with(path: Path, tail: str) -> Path:
     """Write templates/default_template with `tail` at its end to `path`:
     a vhost that differs from the default's (Apache reloads), or adds lines."""
