@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from deployer import context, steps
 from deployer.cli import completion
-from deployer.cli.guard import Run, guarded, parse_vars
+from deployer.cli.guard import Run, guarded, output_options, parse_vars
 from deployer.config import Target, load, names
 from deployer.connectors.result import Result
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
@@ -74,7 +74,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     # As deploy takes it: a token a CI build sets must not fail the template check.
     c.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
                    help="a template token, over vars: in targets.yaml (repeatable), as for deploy")
-    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output_options(c)
     return c
 
 
@@ -101,7 +101,8 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
     ctx = _context(name, hostname, target, overrides)
     # From here on every text may quote a secret: an internal error's traceback is masked too.
     redactor = run.report_to(ctx.secrets)
-    if not args.json:
+    as_json = args.output == "json"
+    if not as_json:
         stdout.write(_heading(ctx) + "\n")
         stdout.flush()
     resolved = Outcome(OK, f"{args.targets}: {name} is entry {target.entry!r}, {_hosts(len(target.hosts))}")
@@ -113,18 +114,16 @@ def _check(args: argparse.Namespace, run: Run, stdout) -> int:
         runner["vpn"] = vpn
     report = _redacted(Report(name, hostname, runner, hosts, tuple(notes)), redactor)
     # What hosts wrote (a lock's owner, configtest's output) cannot drive the terminal.
-    stdout.write((_json(report) if args.json else printable_lines(_table(report, _marks(stdout)))) + "\n")
+    stdout.write((_json(report) if as_json else printable_lines(_table(report, _marks(stdout)))) + "\n")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _context(name: str, hostname: str, target: Target, overrides: dict[str, str]) -> context.Context:
     """A context with the target's vars, as a deploy's has them (context.make,
     without hashing the source tree: nothing is packaged)."""
-    values = {k: v.value for k, v in target.vars.items()}
-    values.update(overrides)
-    masked = frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
     ctx = context.for_instance(name, target, "check", hostname=hostname)
-    return replace(ctx, values=values, secrets=masked)
+    return replace(ctx, values={**{k: v.value for k, v in target.vars.items()}, **overrides},
+                   secrets=context.secret_values(target, overrides))
 
 
 def _hosts(n: int) -> str:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from deployer import __version__, context, steps
 from deployer.cli import completion
-from deployer.cli.guard import Run, guarded, parse_vars, parsed
+from deployer.cli.guard import Run, guarded, output_options, parse_vars, parsed
 from deployer.config import DEFAULT_PIPELINE, Missing, load, names
 from deployer.errors import (
     DryRunLacks,
@@ -92,9 +92,7 @@ def parser() -> argparse.ArgumentParser:
                    help="at most N hosts at once (default: parallel: in targets.yaml, else all up to 32)")
     p.add_argument("--lock-wait", type=_seconds, default=0, metavar="SECONDS",
                    help="wait up to SECONDS for another run of this instance to end (default: fail at once)")
-    p.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"),
-                   default="auto",
-                   help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain")
+    output_options(p)
     p.add_argument("--version", action="version", version=f"deployer {__version__}")
     return p
 

@@ -34,6 +34,14 @@ def parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         return EXIT_USAGE if e.code else EXIT_OK
 
 
+def output_options(c: argparse.ArgumentParser) -> None:
+    """--output, as every command of deploy and deployer takes it, and --json for --output json."""
+    c.add_argument("--output", choices=("auto", "rich", "plain", "teamcity", "json"), default="auto",
+                   help="auto: teamcity if TEAMCITY_VERSION is set, rich on a terminal, else plain; json: JSON"
+                   " (an object a line, for a run)")
+    c.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
+
+
 def parse_vars(pairs: list[str]) -> dict[str, str]:
     """--var KEY=VALUE, each: a token deployer does not set, one line of text."""
     out = {}

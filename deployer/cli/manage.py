@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deployer import __version__, context
 from deployer.cli import check, completion, init
-from deployer.cli.guard import Run, guarded, parsed
+from deployer.cli.guard import Run, guarded, output_options, parsed
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load, names
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import printable_lines
@@ -62,9 +62,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_OUTPUT = ("auto", "rich", "plain", "teamcity", "json")
-
-
 def _targets(c: argparse.ArgumentParser) -> None:
     c.add_argument("--targets", default="targets.yaml", metavar="PATH",
                    help="the targets file (default: ./targets.yaml)")
@@ -101,7 +98,7 @@ def _fleet_commands(sub) -> None:
     completion.names(listing.add_argument("config_name", metavar="CONFIG_NAME", nargs="?",
                      help="any instance of the target whose hosts to list (default: the catch-all entry)"))
     _targets(listing)
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output_options(listing)
     destroy = sub.add_parser(
         "destroy", help="remove an instance from every host (or every unprotected one older than --older-than)",
         description="Remove an instance from every host of its target: its site disabled and its vhost removed,"
@@ -117,7 +114,7 @@ def _fleet_commands(sub) -> None:
                          help="keep the instance's shared files (database, uploads) in <root>/<name>.shared")
     _targets(destroy)
     destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    destroy.add_argument("--output", choices=_OUTPUT, default="auto")
+    output_options(destroy)
 
 
 def _instance_commands(sub) -> None:
@@ -127,24 +124,21 @@ def _instance_commands(sub) -> None:
         completion.names(c.add_argument("config_name", metavar="CONFIG_NAME",
                                         help="the instance, as given to deploy"))
         _targets(c)
+        output_options(c)
         return c
 
-    releases = command("releases", "the releases each host keeps, the live one marked, and where hosts disagree")
-    releases.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    command("releases", "the releases each host keeps, the live one marked, and where hosts disagree")
     history = command("history", "the instance's runs as each host recorded them, oldest first")
-    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
     history.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
                          help="the last N runs (default 20)")
     rollback = command("rollback", "every host back to the previous release present on all of them (or --to"
                        " one), with the vhost it was deployed with; migrate is never run")
-    rollback.add_argument("--output", choices=_OUTPUT, default="auto")
     rollback.add_argument("--to", metavar="RELEASE", help="the release to go back to (deployer releases)")
     rollback.add_argument("-n", "--dry-run", action="store_true",
                           help="read the hosts and print the plan; change nothing")
     rollback.add_argument("--lock-wait", type=_count, default=0, metavar="SECONDS",
                           help="wait up to SECONDS for another run of this instance to end")
     unlock = command("unlock", "remove the lock of a run that is gone (killed), undoing what it left")
-    unlock.add_argument("--output", choices=_OUTPUT, default="auto")
     unlock.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
@@ -207,12 +201,13 @@ def _show(args, run: Run, stdout) -> str:
     ctx = context.for_instance(name, target, args.command)
     run.report_to(frozenset())
     states = reading.states(ctx, getattr(args, "lines", 20))
+    as_json = args.output == "json"
     if args.command == "releases":
-        text = _releases_json(states) if args.json else _releases_table(states)
+        text = _releases_json(states) if as_json else _releases_table(states)
     else:
         rows = _history_rows(states)[-args.lines:]
-        text = json.dumps(rows, indent=2) if args.json else _history_table(rows, ctx.host_names)
-    stdout.write((text if args.json else printable_lines(text)) + "\n")
+        text = json.dumps(rows, indent=2) if as_json else _history_table(rows, ctx.host_names)
+    stdout.write((text if as_json else printable_lines(text)) + "\n")
     return "read every host"
 
 
@@ -368,15 +363,21 @@ def _list(args, run: Run, stdout) -> str:
     run.report_to(frozenset())
     found = _instances(name, target)
     now, protected = datetime.now(UTC), _protection(args)
-    if args.json:
+    if args.output == "json":
         stdout.write(json.dumps([{"name": i.name, "hostname": _field(i, "hostname"), "live": sorted(i.lives),
                                   "deployed": _field(i, "time"), "by": _by(i), "age_seconds": i.age(now),
                                   "hosts": {h: f.live or None for h, f in i.hosts.items()},
                                   "protected": protected(i.name), "problems": i.problems()}
                                  for i in found], indent=2) + "\n")
     else:
-        stdout.write(printable_lines(_instances_table(found, now, protected)) + "\n")
-    return f"read every host of target {target.entry!r}"
+        stdout.write(printable_lines(f"instances on the hosts of {_which(name, target)}:\n"
+                                     + _instances_table(found, now, protected)) + "\n")
+    return f"read every host of {_which(name, target)}"
+
+
+def _which(name: str, target) -> str:
+    catch_all = " (the catch-all entry, where demo instances go)" if target.entry == CATCH_ALL else ""
+    return f"target {target.entry!r}{catch_all}"
 
 
 def _hosts_of(args) -> tuple[str, object]:
@@ -388,7 +389,12 @@ def _hosts_of(args) -> tuple[str, object]:
     if CATCH_ALL not in targets.entries:
         raise UsageError(f"{args.targets}: no catch-all entry {CATCH_ALL!r}: name an instance whose target's"
                          " hosts to look on")
-    return CATCH_ALL, targets.resolve(CATCH_ALL)
+    try:
+        return CATCH_ALL, targets.resolve(CATCH_ALL)
+    except UsageError as e:
+        # `deployer list` names no target: say which one it read, and how to read another.
+        raise UsageError(f"{e} (deployer {args.command} with no CONFIG_NAME looks on the hosts of the catch-all"
+                         f" entry {CATCH_ALL!r}; name an instance to look on its target's hosts)") from None
 
 
 def _instances(name: str, target) -> list[instance.Instance]:

@@ -61,7 +61,10 @@ def digest_of(site, name: str) -> dict[str, str]:
 def test_list_shows_every_instance_who_deployed_it_and_when(demos):
     code, out = deployer(demos, "list")
     assert code == 0, out
-    rows = out.splitlines()
+    # It says which target's hosts it read: with no name, the catch-all's.
+    assert out.splitlines()[0] == ("instances on the hosts of target '*' (the catch-all entry, where demo"
+                                   " instances go):")
+    rows = out.splitlines()[1:]
     assert rows[0].split() == ["instance", "hostname", "live", "release", "deployed", "by", "hosts"]
     assert [r.split()[0] for r in rows[1:]] == ["alpha", "demo-a", "demo-b"]
     assert "(protected)" in rows[1]
@@ -223,3 +226,14 @@ def test_destroy_that_cannot_remove_a_shared_file_keeps_the_state_and_exits_1(de
     code, out = deployer(demos, "destroy", "demo-a", "--yes", "--output", "plain")
     assert code == 0, out
     assert parts(demos, "demo-a") == []
+
+
+@pytest.mark.parametrize("command", [("list",), ("releases", "demo-a"), ("history", "demo-a")])
+def test_every_command_takes_output_json_and_json_is_its_alias(demos, command):
+    code, long = deployer(demos, *command, "--output", "json")
+    assert code == 0, long
+    code, short = deployer(demos, *command, "--json")
+
+    def same(doc):  # but for the age, which grows between the two
+        return [{k: v for k, v in i.items() if k != "age_seconds"} for i in doc] if isinstance(doc, list) else doc
+    assert code == 0 and same(json.loads(short)) == same(json.loads(long))

@@ -218,7 +218,9 @@ def test_plain_ends_with_a_table_of_hosts_then_the_last_line(local):
     assert table[1].split()[0] == "runner" and table[1].endswith("ok")
     assert table[2].startswith("local ") and table[2].endswith("FAILED in migrate")
     assert "upload, render, migrate" in table[2]
-    assert table[-1].startswith("every host is as it was") or table[-2].startswith("error: ")
+    # Migrate began: what it did is not undone, and the last line says so.
+    assert table[-1].startswith("every host's files are as they were before the run;")
+    assert "; NOT undone: migrate: echo migrating;" in table[-1] and table[-1].endswith("what it changed stays")
 
 
 def test_json_finished_says_per_host_what_ran_and_how_long(local):
