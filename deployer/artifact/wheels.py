@@ -70,6 +70,26 @@ def uv_platform(platform: str) -> str:
     return f"{m.group(2)}-{m.group(1)}" if m else platform
 
 
+# The old names of manylinux_2_17, _2_12 and _2_5 (PEP 600): wheels still use them.
+_LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def pip_platforms(platform: str) -> list[str]:
+    """--platform for pip download: the hosts' manylinux tag and every older
+    one, which their glibc runs too (pip takes only the tags it is given),
+    then plain linux."""
+    m = re.fullmatch(r"manylinux_2_([0-9]+)_(.+)", platform)
+    if m is None:
+        return ["--platform", platform]
+    newest, arch = int(m.group(1)), m.group(2)
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)]
+    tags += [f"{_LEGACY[minor]}_{arch}" for minor in sorted(_LEGACY, reverse=True)
+             if minor <= newest and (minor == 17 or arch in ("x86_64", "i686"))]
+    # Last: a wheel built here with `pip wheel` (a find_links folder), for a package PyPI has no wheel of.
+    tags.append(f"linux_{arch}")
+    return [word for tag in tags for word in ("--platform", tag)]
+
+
 def _sources(python: Python) -> list[str]:
     out = []
     if python.index_url:
@@ -113,7 +133,7 @@ def commands(python: Python, work: str) -> list[Command]:
                             *_sources(python), "--output-file", pinned, source)))
     made.append(Command.of((sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
                             "--only-binary=:all:", "--disable-pip-version-check", "--no-input",
-                            "--platform", python.platform, "--python-version", python.version,
+                            *pip_platforms(python.platform), "--python-version", python.version,
                             "--implementation", "cp", "--abi", python.abi, *_sources(python),
                             "--dest", os.path.join(work, "wheels"), "--requirement", pinned)))
     return made
