@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from deployer.artifact import packaging, wheels
 from deployer.config import Target
+from deployer.quoting import quoted
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,9 @@ def secret_values(target: Target, overrides: dict[str, str]) -> frozenset[str]:
     """What every output masks. Secret by name: a value given with --var
     for a secret var is masked too."""
     values = _values(target, overrides)
-    return frozenset(values[k] for k, v in target.vars.items() if v.secret and values[k])
+    plain = {values[k] for k, v in target.vars.items() if v.secret and values[k]}
+    # And as the shell reads it back (.deployer-env): a quote in it splits it there.
+    return frozenset(plain | {quoted(s) for s in plain})
 
 
 def _python(target: Target) -> tuple[str, str]:

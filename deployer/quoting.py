@@ -45,7 +45,12 @@ class Command:
 
 def assignment(name: str, value: str) -> str:
     """NAME='value', as a shell reads it back (`set -a; . FILE`); `name` is a token name (checked)."""
-    return f"{name}={shlex.quote(value)}"
+    return f"{name}={quoted(value)}"
+
+
+def quoted(value: str) -> str:
+    """`value` as one word of the shell."""
+    return shlex.quote(value)
 
 
 def words(text: str) -> tuple[str, ...]:

@@ -234,7 +234,7 @@ class HealthCheck(Step):
     """From the runner, through the VPN: GET `path` on each host (at the
     address in `addresses`, same order as `hosts`) with Host: `host_header`
     and `headers`, until it answers one of `statuses`, for at most `timeout`
-    seconds per host; another 3xx or 4xx, twice in a row, fails at once."""
+    seconds per host; another 3xx or 4xx that lasts (health.SETTLED) fails sooner."""
 
     addresses: tuple[str, ...] = ()
     port: int = 80

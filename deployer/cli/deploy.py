@@ -11,9 +11,10 @@ from dataclasses import replace
 
 from deployer import __version__, context, steps
 from deployer.cli import completion
-from deployer.cli.guard import Run, guarded, output_options, parse_vars, parsed
+from deployer.cli.guard import Run, guarded, output_options, parse_vars, parsed, verbose_option
 from deployer.config import DEFAULT_PIPELINE, Missing, load, names
 from deployer.errors import (
+    DeployError,
     DryRunLacks,
     StepFailed,
     UsageError,
@@ -93,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-wait", type=_seconds, default=0, metavar="SECONDS",
                    help="wait up to SECONDS for another run of this instance to end (default: fail at once)")
     output_options(p)
+    verbose_option(p)
     p.add_argument("--version", action="version", version=f"deployer {__version__}")
     return p
 
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None, stdout=None) -> int:
     args = parsed(parser(), argv)
     if isinstance(args, int):
         return args
-    return guarded(args.output, stdout or sys.stdout, lambda run: _deploy(args, run))
+    return guarded(args.output, stdout or sys.stdout, lambda run: _deploy(args, run), args.verbose)
 
 
 def _deploy(args, run: Run) -> str:
@@ -157,6 +159,10 @@ def _deploy(args, run: Run) -> str:
                            scan="source" not in lacks)
         if copy_to:
             ctx = replace(ctx, revision=context.git_revision(source))
+        if target.python and "package" in stages and not ctx.wheels and not args.dry_run:
+            # Made by the build above, for the requirements as they were then.
+            raise DeployError(f"{target.python.requirements}: no wheels were made for it as it is now (did a build"
+                              " command change it?); deploy again")
         the_plan = pipeline.build(ctx)
         if not builds:
             reporter.start(name, hostname, ctx.release, args.dry_run)

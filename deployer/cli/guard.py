@@ -42,6 +42,11 @@ def output_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
 
 
+def verbose_option(c: argparse.ArgumentParser) -> None:
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="with --dry-run: every command in full, not only the steps and what they write")
+
+
 def parse_vars(pairs: list[str]) -> dict[str, str]:
     """--var KEY=VALUE, each: a token deployer does not set, one line of text."""
     out = {}
@@ -62,21 +67,21 @@ class Run:
     """What a command has set up so far, for its last line: the reporter,
     once the secrets are known, and the executor, once it has started."""
 
-    def __init__(self, output: str, stdout):
-        self.output, self.stdout = output, Unbroken(stdout)
+    def __init__(self, output: str, stdout, verbose: bool = False):
+        self.output, self.stdout, self.verbose = output, Unbroken(stdout), verbose
         self.reporter: Reporter | None = None
         self.executor = None
 
     def report_to(self, secrets: frozenset[str]) -> Reporter:
         # From here on every message may quote a secret: all go through it.
-        self.reporter = choose(self.output, self.stdout, secrets)
+        self.reporter = choose(self.output, self.stdout, secrets, self.verbose)
         return self.reporter
 
 
-def guarded(output: str, stdout, body) -> int:
+def guarded(output: str, stdout, body, verbose: bool = False) -> int:
     """Run `body(run)`, which returns the summary of a run that succeeded;
     every way it can end becomes an exit code and a last line."""
-    run = Run(output, stdout)
+    run = Run(output, stdout, verbose)
 
     def on_repeat():
         if run.reporter is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deployer import __version__, context
 from deployer.cli import check, completion, init
-from deployer.cli.guard import Run, guarded, output_options, parsed
+from deployer.cli.guard import Run, guarded, output_options, parsed, verbose_option
 from deployer.config import CATCH_ALL, SCHEMA_FILE, load, names
 from deployer.errors import EXIT_OK, EXIT_USAGE, DeployError, UsageError
 from deployer.output import printable_lines
@@ -136,6 +136,7 @@ def _instance_commands(sub) -> None:
     rollback.add_argument("--to", metavar="RELEASE", help="the release to go back to (deployer releases)")
     rollback.add_argument("-n", "--dry-run", action="store_true",
                           help="read the hosts and print the plan; change nothing")
+    verbose_option(rollback)
     rollback.add_argument("--lock-wait", type=_count, default=0, metavar="SECONDS",
                           help="wait up to SECONDS for another run of this instance to end")
     unlock = command("unlock", "remove the lock of a run that is gone (killed), undoing what it left")
@@ -175,7 +176,8 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
         show = _list if args.command == "list" else _show
         return guarded("quiet", sys.stderr, lambda run: show(args, run, stdout))
     body = {"rollback": _rollback, "unlock": _unlock, "destroy": _destroy}[args.command]
-    return guarded(args.output, stdout, lambda run: body(args, run, stdin or sys.stdin))
+    return guarded(args.output, stdout, lambda run: body(args, run, stdin or sys.stdin),
+                   getattr(args, "verbose", False))
 
 
 def _init(directory: Path, stdout) -> int:

@@ -117,7 +117,7 @@ def _release_path(value: str) -> str:
         raise _problem(f"{value!r} {problem}")
     if value.startswith("/") or norm == "." or norm.startswith("../") or norm == ".." or "/../" in value:
         raise _problem(f"expected a path inside the release, such as media or var/db, got {value!r}")
-    if norm.split("/")[0].startswith(".deployer"):
+    if norm.split("/")[0].startswith(".deployer") or norm.split("/")[0] == ".venv":
         raise _problem(f"{value!r} is a name deployer keeps in every release")
     return norm
 
@@ -346,9 +346,10 @@ class SharedSpec(_Spec):
         [], description="Files, relative to the release (local_settings.py): must be there already; deployer"
         " never writes them.")
     writable: ReleasePaths = Field(
-        [], description="Folders the web server writes (media): as dirs, and kept writable for `group`, all of"
-        " them: setgid folders of that group, and what the deploy user made in them (migrate, hooks, earlier"
-        " deploys) made group-writable on every deploy; migrate and hooks run with umask 002.")
+        [], description="Folders the web server writes (media): as dirs, and writable for `group` all the way"
+        " down: the folder setgid and group-writable, migrate and hooks run with umask 002, and what the deploy"
+        " user made there before given to the group (a file it left without the group's write bit is counted,"
+        " with the command that fixes it once).")
     group: Account | None = Field(
         None, description="The group of the folders it makes, group-writable (setgid), if the app writes there"
         " (www-data); needed by `writable`.")
@@ -393,7 +394,7 @@ class HealthSpec(_Spec):
     path: UrlPath = Field(description="The URL path to ask for, e.g. /health.")
     status: Annotated[list[int], BeforeValidator(_statuses, json_schema_input_type=Status | list[Status])] = Field(
         [200], description="The HTTP status it must answer, or a list of them. Any other 3xx or 4xx fails"
-        " the check at once (asked once more, in case a reload was in flight): waiting does not change it.")
+        " the check once it has lasted 5 s, before its timeout: waiting does not change it.")
     headers: dict[Annotated[str, Field(pattern=_anchored(_HEADER_NAME))], HeaderValue] = Field(
         {}, description="Headers sent besides Host, e.g. {X-Forwarded-Proto: https} for an app that"
         " redirects plain HTTP.")
@@ -473,6 +474,13 @@ class VarSpec(_Spec):
         if (self.value is None) == (self.env is None):
             raise _problem("expected exactly one of value or env")
         return self
+
+
+# What migrate and hooks get from deployer (context.environment) or must
+# keep from the shell: an exported var of that name would change it.
+_NOT_EXPORTED = frozenset({"CONFIG_NAME", "HOSTNAME", "DEPLOY_PATH", "RELEASE", "RELEASE_PATH", "SHARED_PATH",
+                           "VIRTUAL_ENV", "PATH", "IFS", "ENV", "HOME", "SHELL", "PWD", "OLDPWD", "PS4",
+                           "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME"})
 
 
 class FileSpec(_Spec):
@@ -597,6 +605,14 @@ class TargetSpec(_Spec):
         {}, description="Shell stages to name in `pipeline`: `name: command` or {run: command, on:"
         " all|first|local}.")
     hooks: HooksSpec = Field({}, validate_default=True, description="Commands before or after a stage.")
+
+    @model_validator(mode="after")
+    def _exports_apart(self) -> "TargetSpec":
+        for name, var in self.vars.items():
+            if var.export and name in _NOT_EXPORTED:
+                raise _problem(f"{name} is set for migrate and hooks by deployer or the shell; export another"
+                               " name", "vars", name, "export")
+        return self
 
     @model_validator(mode="after")
     def _files_apart(self) -> "TargetSpec":

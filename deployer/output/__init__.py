@@ -25,7 +25,7 @@ __all__ = ["MASK", "JsonReporter", "PlainReporter", "QuietReporter", "Reporter",
            "problem_identity"]
 
 
-def choose(kind: str, stream: IO[str], secrets: frozenset[str]) -> Reporter:
+def choose(kind: str, stream: IO[str], secrets: frozenset[str], verbose: bool = False) -> Reporter:
     if kind == "auto":
         if os.environ.get("TEAMCITY_VERSION"):
             kind = "teamcity"
@@ -35,4 +35,4 @@ def choose(kind: str, stream: IO[str], secrets: frozenset[str]) -> Reporter:
             kind = "plain"
     cls = {"plain": PlainReporter, "rich": RichReporter, "teamcity": TeamCityReporter,
            "json": JsonReporter, "quiet": QuietReporter}[kind]
-    return cls(stream, secrets)
+    return cls(stream, secrets, verbose)

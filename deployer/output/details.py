@@ -87,8 +87,8 @@ def _install(step: steps.Install, redact) -> list[str]:
 def _health(step: steps.HealthCheck, redact) -> list[str]:
     headers = "".join(f", {name}: {value}" for name, value in step.headers)
     return [f"from this machine: GET http://{a}:{step.port}{step.path} with Host: {step.host_header}{headers},"
-            f" until it answers {step.expects}, for at most {step.timeout:g} s (another 3xx or 4xx twice in a row"
-            " fails at once); on failure, every host is put back" for a in step.addresses]
+            f" until it answers {step.expects}, for at most {step.timeout:g} s (another 3xx or 4xx that lasts 5 s"
+            " fails sooner); on failure, every host is put back" for a in step.addresses]
 
 
 def _link(step: steps.Link, redact) -> list[str]:
@@ -111,6 +111,23 @@ def _relay_details(r: steps.Relay | None) -> list[str]:
             *(f"$ {line}" for line in r.fetch.line().splitlines()),
             f"then the key and the copy are removed from {r.source} in its next session, and on failure:",
             *(f"$ {line}" for line in r.close.line().splitlines())]
+
+
+def brief(step: steps.Step, redact=lambda text: text) -> list[str]:
+    """What a step changes, without the commands: the files written, in
+    full (secrets masked), the package, the links. A dry run shows this
+    unless --verbose asks for every command."""
+    if isinstance(step, steps.Install):
+        if step.source:
+            return [f"copy {step.source} to {step.path}"]
+        owner = f", chown {step.owner}" if step.owner else ""
+        return [f"write {step.path} (mode {step.mode:04o}{owner}):",
+                *(f"| {line}" for line in redact(step.content).splitlines())]
+    if isinstance(step, steps.Link):
+        return [f"point {step.path} at {step.target}"]
+    if isinstance(step, steps.Build):
+        return _build(step, redact)
+    return []
 
 
 def failure_lines(step: steps.Step, r: Result, printable) -> list[str]:

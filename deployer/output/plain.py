@@ -2,7 +2,7 @@
 
 
 
-from deployer.output.details import details, failure_lines, where
+from deployer.output.details import brief, details, failure_lines, where
 from deployer.output.reporter import Reporter
 
 
@@ -25,7 +25,7 @@ class PlainReporter(Reporter):
 
     def planned(self, stage, step):
         self.write(f"  - {step.title} [{where(step)}]")
-        for line in details(step, self.redact):
+        for line in (details if self.verbose else brief)(step, self.redact):
             self.write(f"      {line}")
 
     def step_finished(self, stage, step, host, r):

@@ -19,10 +19,12 @@ class StepResult:
 class Reporter:
     """Base: keeps the redaction; subclasses render the events."""
 
-    def __init__(self, stream: IO[str], secrets: frozenset[str] = frozenset()):
+    def __init__(self, stream: IO[str], secrets: frozenset[str] = frozenset(), verbose: bool = False):
         self.stream = stream
         self.secrets = tuple(s for s in secrets if s)
         self.tally = Tally()
+        # A plan printed for people: every command, or only what changes (see details.brief).
+        self.verbose = verbose
 
     def redact(self, text: str) -> str:
         """`text` with every secret masked, also where two overlap, and the end

@@ -18,7 +18,7 @@ class Unbroken:
         if not self.gone:
             try:
                 self.stream.write(text)
-            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            except (OSError, ValueError):  # a reader gone, a full disk; ValueError: the stream was closed
                 self._left()
         return len(text)
 
@@ -26,7 +26,7 @@ class Unbroken:
         if not self.gone:
             try:
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):
                 self._left()
 
     def _left(self) -> None:

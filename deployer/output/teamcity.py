@@ -14,8 +14,8 @@ from deployer.output.plain import PlainReporter
 class TeamCityReporter(PlainReporter):
     """Service messages for TeamCity: a block per stage, a build problem on failure."""
 
-    def __init__(self, stream, secrets=frozenset()):
-        super().__init__(stream, secrets)
+    def __init__(self, stream, secrets=frozenset(), verbose=False):
+        super().__init__(stream, secrets, verbose)
         # Values are redacted before the library escapes them: a secret
         # containing ' or | would no longer match once escaped.
         self.tc = TeamcityServiceMessages(output=_TextStream(stream), encoding="utf-8")

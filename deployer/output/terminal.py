@@ -12,8 +12,8 @@ class RichReporter(PlainReporter):
     """A terminal: a live line per running host with its time, colour, and
     a command's output only when it failed."""
 
-    def __init__(self, stream, secrets=frozenset()):
-        super().__init__(stream, secrets)
+    def __init__(self, stream, secrets=frozenset(), verbose=False):
+        super().__init__(stream, secrets, verbose)
         from rich.console import Console
 
         self.console = Console(file=stream, highlight=False)

@@ -66,8 +66,9 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
         # Before migrate and hooks, which run with it; its undo removes it if no other release uses it.
         *([steps.Run(f"virtualenv {ctx.venv} for the release: reuse it, or build it from the release's wheels",
                      ctx.host_names, waits=False,
+                     # Waits for another run's build of it, and says so before the step's own limit.
                      command=hostscripts.venv(ctx.release_path, ctx.venvs_dir, ctx.venv, python.interpreter,
-                                              int(t.step_timeout)),
+                                              int(t.step_timeout * 0.8)),
                      undo=hostscripts.prune_venvs(ctx.venvs_dir, t.deploy_root,
                                                   posixpath.join(ctx.release_path, context.VENV_LINK)),
                      undo_safe=True)]

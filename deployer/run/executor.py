@@ -359,7 +359,8 @@ def remove_stale_workdirs(parent: str) -> None:
 
 
 # Django's migrate, one line a migration: "  Applying hello.0001_initial... OK".
-_APPLYING = re.compile(r"^\s*Applying ([A-Za-z0-9_]+\.[A-Za-z0-9_]+)\.\.\.(.*)$", re.MULTILINE)
+# [ \t], not \s: \s would match line breaks, and a host's run of them makes the search quadratic.
+_APPLYING = re.compile(r"^[ \t]*Applying ([A-Za-z0-9_]+\.[A-Za-z0-9_]+)\.\.\.(.*)$", re.MULTILINE)
 
 
 def migrations(output: str) -> str:

@@ -16,6 +16,9 @@ from deployer.run.progress import Progress
 
 ATTEMPT_TIMEOUT = 5.0  # seconds for one request, connection included
 PAUSE = 0.5  # between attempts
+# How long the same 3xx or 4xx must last to fail the check before its time
+# is up: longer than old daemons of a graceful reload may still answer.
+SETTLED = 5.0
 
 
 def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Progress) -> list[str]:
@@ -43,10 +46,11 @@ _MAY_CHANGE = {408, 425, 429}
 def check(step: steps.HealthCheck, address: str, stop: threading.Event) -> Result:
     """GET the step's path at `address` until it answers one of its statuses
     (Result ok, with what it answered) or its time is up (not ok, with the
-    last answer or error). A 3xx or 4xx it does not expect, twice in a row
-    (once could be a reload in flight), fails at once."""
+    last answer or error). The same 3xx or 4xx it does not expect, for
+    SETTLED seconds (not once: a reload may be in flight), fails it sooner."""
     deadline = time.monotonic() + step.timeout
-    attempts, last, final = 0, "no answer", None
+    attempts, last = 0, "no answer"
+    final: tuple[int, float] | None = None  # a lasting status, since when
     url = f"http://{address}:{step.port}{step.path}"
     while True:
         attempts += 1
@@ -76,11 +80,12 @@ def check(step: steps.HealthCheck, address: str, stop: threading.Event) -> Resul
             cut.cancel()
             conn.close()
         lasting = answered is not None and 300 <= answered < 500 and answered not in _MAY_CHANGE
-        if lasting and final == answered:
-            return Result(1, "", f"GET {url} (Host: {step.host_header}) answered {last}, not {step.expects}; a"
-                                 f" {answered} does not change by waiting: the app's settings, or the health"
-                                 " check's status or headers, need a change")
-        final = answered if lasting else None
+        if not lasting or final is None or final[0] != answered:
+            final = (answered, time.monotonic()) if lasting else None
+        elif time.monotonic() - final[1] >= SETTLED:
+            return Result(1, "", f"GET {url} (Host: {step.host_header}) answered {last}, not {step.expects}, for"
+                                 f" {SETTLED:g} s; a {answered} does not change by waiting: the app's settings, or"
+                                 " the health check's status or headers, need a change")
         if time.monotonic() + PAUSE >= deadline or stop.wait(PAUSE):
             return Result(1, "", f"GET {url} (Host: {step.host_header}) did not answer {step.expects} within"
                                  f" {step.timeout:g} s ({attempts} attempts); last: {last}")

@@ -348,6 +348,11 @@ MALFORMED = [
      "targets/alpha/shared/writable: writable needs group: the web server's (www-data)"),
     ("targets:\n  alpha: {" + HOST + ", hooks: {first_deploy: {run: createdb x, on: local}}}\n",
      "targets/alpha/hooks/first_deploy/0/on: runs on the hosts: on: all or first"),
+    ("targets:\n  alpha: {" + HOST + ", vars: {PATH: {value: /x, export: true}}}\n",
+     "targets/alpha/vars/PATH/export: PATH is set for migrate and hooks by deployer or the shell; export another"
+     " name"),
+    ("targets:\n  alpha: {" + HOST + ", files: [{template: t, path: .venv/x}]}\n",
+     "targets/alpha/files/0/path: '.venv/x' is a name deployer keeps in every release"),
     ("targets:\n  alpha: {" + HOST + ", build: []}\n",
      "targets/alpha/build/run: expected a command or a non-empty list of commands"),
     ("targets:\n  alpha: {" + HOST + ", vars: {VENV: x}}\n",

@@ -145,3 +145,12 @@ def test_hooks_on_an_instances_first_deploy_and_on_its_destroy(site):
     assert code == 0, out.getvalue()
     assert log.read_text().splitlines()[1] == f"dropdb app_alpha in {site.root / 'www' / 'alpha'}"
     assert not site.live().exists()
+
+
+def test_a_secret_with_a_quote_is_masked_in_the_env_file_as_the_dry_run_shows_it(with_files, monkeypatch):
+    quoted = "s3cr'et-Value-7"
+    monkeypatch.setenv("DJ_SECRET", quoted)
+    code, out = with_files.deploy("--dry-run")
+    assert code == 0, out
+    # .deployer-env holds it shell-quoted ('s3cr'"'"'et-...'): that form is masked too.
+    assert "SECRET_KEY=****" in out and "s3cr" not in out and "Value-7" not in out

@@ -306,9 +306,9 @@ def test_a_redirect_fails_the_health_check_at_once_and_says_where_it_points(site
     code, out = site.deploy()
     assert code == 1, out
     assert "answered 301 Moved Permanently (Location: https://alpha.example.test/health)" in out
-    assert "not 200; a 301 does not change by waiting" in out
-    assert time.monotonic() - started < 30  # asked twice, not for the 60 s its time allows
-    assert len(http_app.hosts) == 2
+    assert "not 200, for 5 s; a 301 does not change by waiting" in out
+    assert time.monotonic() - started < 40  # for 5 s, not for the 60 s its time allows
+    assert 2 <= len(http_app.hosts) < 40
 
 
 @pytest.mark.parametrize("health", [{"headers": {"X-Forwarded-Proto": "https"}}, {"status": [200, 301]}])

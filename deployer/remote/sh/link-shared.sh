@@ -12,26 +12,33 @@ shift 3
 # A writable folder (w:): the folder itself belongs to `group`, setgid and
 # group-writable, so that all made in it later belongs to the group; and
 # what the deploy user already made in it (migrate, a hook, an earlier
-# deploy) is given to the group with chgrp -h, which never follows a link.
-# Making those group-writable would need chmod, which follows a link the
-# web server may swap in meanwhile (the folder is its to write): deployer
-# only counts them, and says how to fix them once. What another user owns
-# (the web server's uploads) is theirs.
+# deploy) is given to the group with chgrp -h from within its own folder
+# (find -execdir), so neither the file nor a folder on the way can be a
+# link swapped in meanwhile by the web server, which may write there.
+# Making those files group-writable would take chmod, which follows a
+# link: deployer only counts them, and says how to fix them once. What
+# another user owns (the web server's uploads, or the folder itself) is
+# theirs: a folder of theirs that is not the group's, setgid and
+# group-writable is reported, not changed.
 writable() {
     if [ -L "$1" ] || [ ! -d "$1" ]; then
         echo "$1 is not a folder (a link?); deployer will not make it writable" >&2
         exit 1
     fi
     me=$(id -u)
-    chgrp -- "$group" "$1"
-    chmod 2775 "$1"
-    find "$1" -mindepth 1 -user "$me" ! -group "$group" -exec chgrp -h -- "$group" {} + 2> /dev/null || :
+    if [ -n "$(find "$1" -maxdepth 0 -user "$me")" ]; then
+        chgrp -- "$group" "$1"
+        chmod 2775 "$1"
+    elif [ -z "$(find "$1" -maxdepth 0 -group "$group" -perm -2070)" ]; then
+        echo "note: $1 belongs to another user, and is not setgid and group-writable for group $group"
+    fi
+    find "$1" -mindepth 1 -user "$me" ! -group "$group" -execdir chgrp -h -- "$group" {} + 2> /dev/null || :
     left=$(find "$1" -mindepth 1 -user "$me" \( -type d ! -perm -2070 -o -type f ! -perm -060 \) -print |
         wc -l)
     if [ "$left" -gt 0 ]; then
         echo "note: $left file(s) or folder(s) in $1 that $(id -un) made are not writable for group $group;" \
-             "fix them once: find $1 -user $(id -un) \\( -type d -exec chmod g+rwxs {} + -o -type f -exec" \
-             "chmod g+rw {} + \\)"
+             "fix them once, when nothing else writes there: find '$1' -user $(id -un) \\( -type d -exec" \
+             "chmod g+rwxs {} + -o -type f -exec chmod g+rw {} + \\)"
     fi
 }
 for entry in "$@"; do

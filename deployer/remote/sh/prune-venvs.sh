@@ -19,6 +19,8 @@ gone=0
 # shellcheck disable=SC2010 # ls -q: a name with a newline in it stays one line, which the pattern then refuses.
 for name in $(ls -1q -- "$venvs" | grep -E '^[0-9]+\.[0-9]+\.[0-9]+-[0-9a-f]{16}$'); do
     if ! printf '%s\n' "$used" | grep -qxF -- "$venvs/$name"; then
+        # Not whole any more before anything else goes: a removal cut short is never reused.
+        rm -f -- "$venvs/$name/.deployer-whole"
         rm -rf -- "${venvs:?}/$name"
         gone=$((gone + 1))
     fi

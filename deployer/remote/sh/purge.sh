@@ -3,7 +3,11 @@
 # path, what it kept for an undo, and (unless kept) its shared files, but
 # for those named after `shared` (shared/files of targets.yaml: placed by
 # hand, never written by deployer), which stay where they are. The live
-# path is removed only as the link deployer made.
+# path is removed only as the link deployer made. Inside the shared folder
+# the web server may write (uploads), and may swap a folder for a link
+# while this runs: find deletes each file relative to the folder it has
+# open (-delete), and a kept file is told by its inode (-samefile), never
+# by its name as a pattern.
 live=$1 releases=$2 shared=$3
 shift 3
 if [ -L "$live" ]; then rm -f -- "$live"
@@ -12,15 +16,17 @@ if [ -L "$releases" ]; then rm -f -- "$releases"; elif [ -d "$releases" ]; then 
 if [ -L "$shared" ]; then
     rm -f -- "$shared"
 elif [ -n "$shared" ] && [ -d "$shared" ]; then
-    # Each kept path is compared as a whole line, never as a pattern.
-    keep=$(printf '%s\n' "$@")
-    find "$shared" -mindepth 1 -depth ! -type d -exec sh -c '
-        shared=$1 keep=$2
-        shift 2
-        for f do
-            printf "%s\n" "$keep" | grep -qxF -- "${f#"$shared"/}" || rm -f -- "$f"
-        done' sh "$shared" "$keep" {} +
-    find "$shared" -mindepth 1 -depth -type d -empty -exec rmdir -- {} +
-    rmdir -- "$shared" 2> /dev/null || echo "kept the shared files placed by hand in $shared: $*"
+    kept=
+    for keep do
+        if [ -f "$shared/$keep" ] && [ ! -L "$shared/$keep" ]; then
+            kept="$kept $keep"
+            set -- "$@" ! -samefile "$shared/$keep"
+        fi
+        shift
+    done
+    find "$shared" -mindepth 1 -depth ! -type d "$@" -delete
+    find "$shared" -mindepth 1 -depth -type d -empty -delete
+    rmdir -- "$shared" 2> /dev/null ||
+        echo "left in $shared:${kept:- what deployer could not remove}${kept:+ (placed by hand)}"
 fi
 rm -rf -- "$live".deployer-*
