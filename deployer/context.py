@@ -235,7 +235,7 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
     wheel_set, venv = _python(target)
     manifest = packaging.scan(target.package.source, _rules(target, wheel_set)) if scan else None
     release = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{manifest.digest[:12] if manifest else NO_SOURCE_DIGEST}"
-    values = _values(target, overrides)
+    values = values_of(target, overrides)
     return Context(
         name=name,
         hostname=hostname,
@@ -259,14 +259,15 @@ def make(name: str, hostname: str, target: Target, overrides: dict[str, str],
     )
 
 
-def _values(target: Target, overrides: dict[str, str]) -> dict[str, str]:
+def values_of(target: Target, overrides: dict[str, str]) -> dict[str, str]:
+    """Every var's value: vars: in targets.yaml, then --var."""
     return {**{k: v.value for k, v in target.vars.items()}, **overrides}
 
 
 def secret_values(target: Target, overrides: dict[str, str]) -> frozenset[str]:
     """What every output masks. Secret by name: a value given with --var
     for a secret var is masked too."""
-    values = _values(target, overrides)
+    values = values_of(target, overrides)
     plain = {values[k] for k, v in target.vars.items() if v.secret and values[k]}
     # And as the shell reads it back (.deployer-env): a quote in it splits it there.
     return frozenset(plain | {quoted(s) for s in plain})

@@ -61,9 +61,6 @@ def venv_name(python: Python, pinned: bytes) -> str:
     return f"{python.version}-{h.hexdigest()[:16]}"
 
 
-VENV_NAME = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+-[0-9a-f]{16}")
-
-
 def uv_platform(platform: str) -> str:
     """manylinux_2_28_x86_64 (the wheel tag) as uv's --python-platform: x86_64-manylinux_2_28."""
     m = re.fullmatch(r"(manylinux_2_[0-9]+)_(.+)", platform)

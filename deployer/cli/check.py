@@ -122,7 +122,7 @@ def _context(name: str, hostname: str, target: Target, overrides: dict[str, str]
     """A context with the target's vars, as a deploy's has them (context.make,
     without hashing the source tree: nothing is packaged)."""
     ctx = context.for_instance(name, target, "check", hostname=hostname)
-    return replace(ctx, values={**{k: v.value for k, v in target.vars.items()}, **overrides},
+    return replace(ctx, values=context.values_of(target, overrides),
                    secrets=context.secret_values(target, overrides))
 
 
