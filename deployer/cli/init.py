@@ -18,6 +18,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from deployer.cli import survey
+from deployer.cli.survey import Project
 from deployer.errors import UsageError
 
 TARGETS = "targets.yaml"
@@ -30,51 +32,99 @@ SCHEMA = "targets.schema.json"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def init(directory: Path = Path(".")) -> list[Path]:
+def init(directory: Path = Path(".")) -> tuple[list[Path], Project | None]:
     """Write targets.yaml, templates/default_template and .deployer/targets.schema.json
-    into `directory`; the paths written."""
-    # Read first: a broken install fails before anything is written.
-    template = for_project(_skeleton(TEMPLATE), wsgi_module(directory))
-    files = [("", TARGETS, _skeleton(TARGETS)), (TEMPLATES, TEMPLATE, template),
+    into `directory`, fitted to the Django project there if there is one: the
+    paths written, and what was found."""
+    project = survey.survey(directory)
+    # Made first: a broken install fails before anything is written.
+    targets, template = _skeleton(TARGETS), _skeleton(TEMPLATE)
+    if project:
+        targets, template = targets_for(targets, project), template_for(template, project)
+    files = [("", TARGETS, targets), (TEMPLATES, TEMPLATE, template),
              (SCHEMA_DIR, SCHEMA, (resources.files("deployer.config") / SCHEMA).read_bytes())]
     try:
-        project = os.open(directory, _DIR_FLAGS)
+        fd = os.open(directory, _DIR_FLAGS)
     except OSError as e:
         raise UsageError(f"{directory}: cannot initialise: {e.strerror}") from None
     try:
         in_the_way = [problem for folder, name, _ in files
-                      for problem in _in_the_way(project, directory, folder, name)]
+                      for problem in _in_the_way(fd, directory, folder, name)]
         if in_the_way:
             raise UsageError(f"{directory}: not initialised, nothing written: {'; '.join(in_the_way)}")
-        return _write(project, directory, files)
+        return _write(fd, directory, files), project
     finally:
-        os.close(project)
+        os.close(fd)
 
 
-def wsgi_module(directory: Path) -> str:
-    """The project's WSGI file, as `startproject` makes it (`<package>/wsgi.py`
-    beside manage.py), relative to the project; "" if there is not exactly one."""
-    try:
-        # A package name is an identifier: nothing else goes into the vhost.
-        found = sorted(p for p in directory.glob("*/wsgi.py")
-                       if p.parent.name.isidentifier() and p.parent.name.isascii()
-                       and (p.parent / "settings.py").is_file() and not p.is_symlink())
-    except OSError:
-        return ""
-    return f"{found[0].parent.name}/wsgi.py" if len(found) == 1 and (directory / "manage.py").is_file() else ""
+def _swap(text: bytes, old: str, new: str) -> bytes:
+    """`old`, which the skeleton holds exactly once, replaced by `new`."""
+    if text.count(old.encode()) != 1:
+        raise AssertionError(f"the skeleton has not exactly one {old!r}")  # the tests keep them in step
+    return text.replace(old.encode(), new.encode())
 
 
-def for_project(template: bytes, wsgi: str) -> bytes:
-    """The skeleton's vhost, serving the project's own WSGI file if it has one
-    (the skeleton serves the example app's django.wsgi, at the release's root)."""
-    if not wsgi:
-        return template
-    package, _, script = wsgi.partition("/")
-    return (template
-            .replace(b"WSGIScriptAlias / <<DEPLOY_PATH>>/django.wsgi",
-                     f"WSGIScriptAlias / <<DEPLOY_PATH>>/{wsgi}".encode())
-            .replace(b"<Directory <<DEPLOY_PATH>>>\n        <Files django.wsgi>",
-                     f"<Directory <<DEPLOY_PATH>>/{package}>\n        <Files {script}>".encode()))
+def targets_for(text: bytes, p: Project) -> bytes:
+    """The skeleton's targets.yaml, fitted to the project `p`; every value
+    in it matched a plain shape in survey, so none needs quoting."""
+    port = str(p.port)
+    text = _swap(text, "ctl: builtin, port: 8480}", f"ctl: builtin, port: {port}}}")
+    text = _swap(text, "http://127.0.0.1:8480/", f"http://127.0.0.1:{port}/")
+    defaults, local = [], []
+    if p.requirements and p.hosts_version:
+        defaults += [
+            "  # The app's packages: fetched as wheels on this machine for the hosts' Python, and",
+            "  # installed into a virtualenv on each host, which migrate and hooks run with.",
+            "  python:",
+            f"    requirements: {p.requirements}",
+            f'    version: "{p.hosts_version}"             # the hosts\' {survey.HOSTS_PYTHON}, exactly',
+            "    # platform: manylinux_2_28_x86_64  # the newest the hosts' glibc runs (Debian 12: 2_36)"]
+        python = "python"
+    else:
+        # No virtualenv of deployer's: the local target runs the Python that has Django here.
+        python = p.python or "python3"
+        local.append(f"    migrate: {python} manage.py migrate --noinput")
+    if p.static_root:
+        defaults += [f"  hooks:                            # static files into {p.static_root}/ of the release",
+                     "    after: {upload: python manage.py collectstatic --noinput}"]
+        if local:
+            local += ["    hooks:", f"      after: {{upload: {python} manage.py collectstatic --noinput}}"]
+    if p.sqlite:
+        # One database per host: more than one host wants a database server.
+        defaults += [f"  shared: {{create: [{p.sqlite}]}}   # the SQLite database: made once, kept by releases"]
+        if not p.sqlite.endswith(".sqlite3"):
+            text = _swap(text, 'exclude: [.git, ', f"exclude: [{p.sqlite}, .git, ")
+    if p.wsgi:
+        text = _swap(text, "it serves <<DEPLOY_PATH>>/django.wsgi,", f"it serves <<DEPLOY_PATH>>/{p.wsgi},")
+    if p.page:
+        text = _swap(text, "health: {path: /}                 # on apache's port",
+                     f"health: {{path: {p.page}}}" + " " * max(1, 16 - len(p.page)) + "# on apache's port")
+    text = _swap(text, """    # Runs the first python3 on PATH, in the release, where .venv is not
+    # packaged: if the project has a venv, name its python by its absolute
+    # path, e.g. /home/you/project/.venv/bin/python manage.py migrate --noinput
+    migrate: python3 manage.py migrate --noinput
+""", "".join(line + "\n" for line in local))
+    return _swap(text, "  migrate: python manage.py migrate --noinput\n",
+                 "".join(line + "\n" for line in ["  migrate: python manage.py migrate --noinput", *defaults]))
+
+
+def template_for(text: bytes, p: Project) -> bytes:
+    """The skeleton's vhost, serving the project's WSGI file, its static
+    files where collectstatic puts them, and with `python:`, its virtualenv."""
+    if p.wsgi:
+        package, _, script = p.wsgi.rpartition("/")
+        text = _swap(text, "WSGIScriptAlias / <<DEPLOY_PATH>>/django.wsgi",
+                     f"WSGIScriptAlias / <<DEPLOY_PATH>>/{p.wsgi}")
+        text = _swap(text, "<Directory <<DEPLOY_PATH>>>\n        <Files django.wsgi>",
+                     f"<Directory <<DEPLOY_PATH>>{'/' + package if package else ''}>\n        <Files {script}>")
+    if p.static_root:
+        text = _swap(text, "Alias /static/ <<DEPLOY_PATH>>/static/\n    <Directory <<DEPLOY_PATH>>/static>",
+                     f"Alias {p.static_url} <<DEPLOY_PATH>>/{p.static_root}/\n"
+                     f"    <Directory <<DEPLOY_PATH>>/{p.static_root}>")
+    if p.requirements and p.hosts_version:
+        text = _swap(text, "python-path=<<DEPLOY_PATH>> home=<<DEPLOY_PATH>>",
+                     "python-home=<<VENV>> python-path=<<DEPLOY_PATH>> home=<<DEPLOY_PATH>>")
+    return text
 
 
 def _skeleton(name: str) -> bytes:

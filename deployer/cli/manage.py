@@ -182,12 +182,23 @@ def main(argv: Sequence[str] | None = None, stdout=None, stdin=None) -> int:
 
 def _init(directory: Path, stdout) -> int:
     try:
-        written = init.init(directory)
+        written, project = init.init(directory)
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return EXIT_USAGE
     for path in written:
         stdout.write(f"wrote {path}\n")
+    if project:
+        found = [f"WSGI file {project.wsgi}" if project.wsgi else "",
+                 f"Django in {project.python}" if project.python else "",
+                 f"static files collected into {project.static_root}" if project.static_root else "",
+                 f"packages from {project.requirements} for Python {project.hosts_version}"
+                 if project.requirements and project.hosts_version else "",
+                 f"the SQLite database {project.sqlite}, kept in shared/" if project.sqlite else "",
+                 f"port {project.port} for the local target"]
+        stdout.write(f"found a Django project: {'; '.join(f for f in found if f)}\n")
+        for note in project.notes:
+            stdout.write(f"note: {note}\n")
     stdout.write("next: read targets.yaml and the template, then `deploy local localhost` to try it on this"
                  " machine\n")
     return EXIT_OK

@@ -97,8 +97,8 @@ class Builder:
                 headers=tuple(sorted(t.health.headers.items()))),
             shared=Shared(
                 root=self.deploy_root(t.shared.root or t.deploy_root, f"{path}/shared/root", transport),
-                dirs=tuple(t.shared.dirs), files=tuple(t.shared.files), group=t.shared.group or "",
-                writable=tuple(t.shared.writable)),
+                dirs=tuple(t.shared.dirs), files=tuple(t.shared.files), create=tuple(t.shared.create),
+                group=t.shared.group or "", writable=tuple(t.shared.writable)),
             template=self.file(t.template, f"{path}/template", "template"),
             build=None if t.build is None else Build(tuple(t.build.run), t.build.copy_source,
                                                      float(t.build.timeout)),

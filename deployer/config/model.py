@@ -97,13 +97,14 @@ class Shared:
     root: str = ""  # "" until resolved: the target's deploy_root
     dirs: tuple[str, ...] = ()  # made if missing
     files: tuple[str, ...] = ()  # must exist: deployer never writes them
+    create: tuple[str, ...] = ()  # made empty if missing (a SQLite database)
     group: str = ""  # the group of the directories it makes (group-writable, setgid)
     writable: tuple[str, ...] = ()  # directories kept writable for `group`, all of them
 
     @property
     def paths(self) -> tuple[str, ...]:
         """Every path of a release that is a link into the shared directory."""
-        return self.dirs + self.writable + self.files
+        return self.dirs + self.writable + self.files + self.create
 
 
 @dataclass(frozen=True)

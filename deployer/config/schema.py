@@ -345,6 +345,10 @@ class SharedSpec(_Spec):
     files: ReleasePaths = Field(
         [], description="Files, relative to the release (local_settings.py): must be there already; deployer"
         " never writes them.")
+    create: ReleasePaths = Field(
+        [], description="Files, relative to the release, made empty if missing (a SQLite database: an empty file"
+        " is an empty database, which migrate fills), group-writable if `group` is set; unlike `files`, deployer"
+        " wrote them, so `destroy` removes them.")
     writable: ReleasePaths = Field(
         [], description="Folders the web server writes (media): as dirs, and writable for `group` all the way"
         " down: the folder setgid and group-writable, migrate and hooks run with umask 002, and what the deploy"
@@ -358,7 +362,7 @@ class SharedSpec(_Spec):
     def _each_path_once(self) -> "SharedSpec":
         if self.writable and not self.group:
             raise _problem("writable needs group: the web server's (www-data)", "writable")
-        every = self.dirs + self.files + self.writable
+        every = self.dirs + self.files + self.create + self.writable
         if len(set(every)) != len(every):
             raise _problem("a path is named twice")
         for a in every:
@@ -616,7 +620,7 @@ class TargetSpec(_Spec):
 
     @model_validator(mode="after")
     def _files_apart(self) -> "TargetSpec":
-        shared = self.shared.dirs + self.shared.files + self.shared.writable
+        shared = self.shared.dirs + self.shared.files + self.shared.create + self.shared.writable
         seen: list[str] = []
         for i, f in enumerate(self.files):
             for other in (*shared, *seen):

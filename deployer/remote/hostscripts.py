@@ -202,7 +202,8 @@ def link_shared(release: str, shared: str, paths: Shared) -> Command:
     """Make each shared path of `release` a link into `shared`, the writable
     folders kept writable for the group (see sh/link-shared.sh)."""
     return program("link-shared", release, shared, paths.group, *(f"d:{d}" for d in paths.dirs),
-                   *(f"w:{w}" for w in paths.writable), *(f"f:{f}" for f in paths.files))
+                   *(f"w:{w}" for w in paths.writable), *(f"f:{f}" for f in paths.files),
+                   *(f"c:{c}" for c in paths.create))
 
 
 def python_check(interpreter: str, version: str, platform: str) -> Command:

@@ -4,24 +4,27 @@ import http.client
 import io
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from deployer import config, context
-from deployer.cli import init, manage
+from deployer.cli import init, manage, survey
 from deployer.errors import UsageError
 from deployer.plan import template
-from tests.conftest import free_port, needs_local_site
+from tests.cli.test_build_and_python import APP_WHEELS, DJANGO, needs_app_wheels
+from tests.conftest import SYSTEM_PYTHON, needs_local_site
 
 REPO = Path(__file__).resolve().parents[2]
 SKELETON = REPO / "deployer" / "skeleton"
 
 
 def test_writes_the_files_and_they_load(tmp_path):
-    written = init.init(tmp_path)
+    written, _ = init.init(tmp_path)
     assert written == [tmp_path / "targets.yaml", tmp_path / "templates" / "default_template",
                        tmp_path / ".deployer" / "targets.schema.json"]
     assert written[0].read_bytes() == (SKELETON / "targets.yaml").read_bytes()
@@ -40,7 +43,7 @@ def test_writes_the_files_and_they_load(tmp_path):
 
 def test_the_directory_defaults_to_the_current_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert init.init() == [Path("targets.yaml"), Path("templates/default_template"),
+    assert init.init()[0] == [Path("targets.yaml"), Path("templates/default_template"),
                                Path(".deployer/targets.schema.json")]
     assert (tmp_path / "templates" / "default_template").is_file()
 
@@ -175,36 +178,139 @@ def test_the_template_serves_a_startproject_layouts_wsgi_file(tmp_path):
     assert "django.wsgi" not in text
 
 
-@needs_local_site
-def test_init_in_a_new_django_project_then_deploy_local_serves_it(tmp_path):
-    """A new user's first hour: startproject, deployer init, deploy local."""
-    project = tmp_path / "shop"
-    project.mkdir()
-    subprocess.run(["/usr/bin/python3", "-m", "django", "startproject", "shop", str(project)], check=True,
-                   timeout=60)
-    assert manage.main(["init", str(project)], stdout=io.StringIO()) == 0
-    targets = project / "targets.yaml"
-    text = targets.read_text()
-    port = free_port()
-    # The machine's first python3 may have no Django (a pyenv build): the skeleton says to name one that has.
-    assert "port: 8480}" in text and "migrate: python3 manage.py migrate --noinput" in text
-    targets.write_text(text.replace("port: 8480}", f"port: {port}}}")
-                       .replace("migrate: python3 manage.py", "migrate: /usr/bin/python3 manage.py"))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "deployer", "local", "localhost", "--output", "plain"],
-                              cwd=project, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"http://127.0.0.1:{port}/" in proc.stdout.splitlines()[-1]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/", headers={"Host": "localhost"})
-        page = conn.getresponse()
-        assert page.status == 200 and b"The install worked successfully" in page.read()
-        conn.close()
-    finally:
-        subprocess.run([sys.executable, "-m", "deployer.cli.manage", "destroy", "local", "--yes"], cwd=project,
-                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert not (project / ".deployer-local" / "www" / "local").exists()
+def _startproject(where: Path, settings_package: bool = False) -> Path:
+    """`django-admin startproject shop`, with STATIC_ROOT set as Django's deployment checklist asks."""
+    where.mkdir()
+    subprocess.run([SYSTEM_PYTHON, "-m", "django", "startproject", "shop", str(where)], check=True, timeout=60)
+    settings = where / "shop" / "settings.py"
+    settings.write_text(settings.read_text() + '\nSTATIC_ROOT = BASE_DIR / "collected"\n')
+    if settings_package:
+        # As cookiecutter-django and most grown projects have it: shop/settings/{__init__,production}.py.
+        (where / "shop" / "settings").mkdir()
+        (where / "shop" / "settings" / "__init__.py").write_text("")
+        text = settings.read_text().replace("Path(__file__).resolve().parent.parent",
+                                            "Path(__file__).resolve().parent.parent.parent")
+        (where / "shop" / "settings" / "production.py").write_text(text)
+        settings.unlink()
+        (where / "shop" / "wsgi.py").rename(where / "shop" / "serving.py")
+        for name in ("manage.py", "shop/serving.py"):
+            f = where / name
+            f.write_text(f.read_text().replace("'shop.settings'", "'shop.settings.production'"))
+        (where / "shop" / "settings" / "production.py").write_text(
+            text.replace("'shop.wsgi.application'", "'shop.serving.application'"))
+    return where
 
+
+def _deploy(project: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "deployer", "local", "localhost", "--output", "plain"],
+                          cwd=project, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.splitlines()[-1]
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": "localhost"})
+        page = conn.getresponse()
+        return page.status, page.read()
+    finally:
+        conn.close()
+
+
+def _destroy(project: Path) -> None:
+    subprocess.run([sys.executable, "-m", "deployer.cli.manage", "destroy", "local", "--yes"], cwd=project,
+                   capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@needs_local_site
+def test_init_in_a_new_django_project_then_deploy_local_serves_it_with_its_static_files_and_database(tmp_path):
+    """A new user's first hour: startproject, deployer init, deploy local; nothing edited."""
+    project = _startproject(tmp_path / "shop")
+    out = io.StringIO()
+    assert manage.main(["init", str(project)], stdout=out) == 0
+    assert "found a Django project: WSGI file shop/wsgi.py; Django in " in out.getvalue()
+    port = config.load(project / "targets.yaml").resolve("local").apache.port
+    try:
+        assert f"http://127.0.0.1:{port}/" in _deploy(project)
+        status, page = _get(port, "/")
+        assert status == 200 and b"The install worked successfully" in page
+        # collectstatic ran in the release, and the vhost serves where it put them.
+        status, css = _get(port, "/static/admin/css/base.css")
+        release = project / ".deployer-local" / "www" / "local"
+        assert status == 200 and css == (release / "collected" / "admin" / "css" / "base.css").read_bytes()
+        # The SQLite database is the shared one, migrated, and outlives the next release.
+        db = project / ".deployer-local" / "www" / "local.shared" / "db.sqlite3"
+        assert (project / ".deployer-local/www/local/db.sqlite3").resolve() == db
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM django_migrations").fetchone()[0] > 10
+            conn.execute("CREATE TABLE kept (x)")
+        _deploy(project)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+        assert not (project / "db.sqlite3").exists()
+    finally:
+        _destroy(project)
+    # deployer made the database, so destroy removes it.
+    assert not (project / ".deployer-local" / "www" / "local").exists()
+    assert not (project / ".deployer-local" / "www" / "local.shared").exists()
+
+
+@needs_local_site
+@needs_app_wheels
+def test_init_with_a_settings_package_and_requirements_serves_the_project_from_its_virtualenv(tmp_path):
+    project = _startproject(tmp_path / "shop", settings_package=True)
+    (project / "requirements.txt").write_text(f"{DJANGO}\n")
+    out = io.StringIO()
+    assert manage.main(["init", str(project)], stdout=out) == 0
+    assert "WSGI file shop/serving.py" in out.getvalue()
+    assert "packages from requirements.txt for Python 3." in out.getvalue()
+    text = (project / "targets.yaml").read_text()
+    # The one thing a machine with no index needs: where the wheels are.
+    targets = project / "targets.yaml"
+    targets.write_text(text.replace("    requirements: requirements.txt\n", "    requirements: requirements.txt\n"
+                                    f"    no_index: true\n    find_links: [{APP_WHEELS}]\n"))
+    vhost = (project / "templates" / "default_template").read_text()
+    assert "python-home=<<VENV>>" in vhost and "WSGIScriptAlias / <<DEPLOY_PATH>>/shop/serving.py" in vhost
+    port = config.load(targets).resolve("local").apache.port
+    try:
+        _deploy(project)
+        # Django 4.2 from the virtualenv, not the machine's own.
+        status, page = _get(port, "/")
+        assert status == 200 and b"docs.djangoproject.com/en/4.2/" in page, page[:2000]
+        assert _get(port, "/static/admin/css/base.css")[0] == 200
+    finally:
+        _destroy(project)
+
+
+def test_what_the_project_says_is_used_only_in_its_plain_shape(tmp_path, monkeypatch):
+    project = _startproject(tmp_path / "shop")
+    settings = project / "shop" / "settings.py"
+    # Printed junk, a static root outside the project, and one that would need quoting.
+    settings.write_text("print('\\x1b[31mjunk')\n" + settings.read_text()
+                        + "STATIC_ROOT = '/tmp/elsewhere'\nDATABASES['default']['NAME'] = BASE_DIR / 'my db'\n")
+    found = survey.survey(project)
+    assert found.static_root == "" and found.sqlite == "" and found.wsgi == "shop/wsgi.py"
+    assert any("STATIC_ROOT is not set" in n for n in found.notes)
+    # A settings module that never returns: init goes on without it.
+    monkeypatch.setattr(survey, "PROBE_TIMEOUT", 2)
+    settings.write_text("import time\ntime.sleep(60)\n")
+    started = time.monotonic()
+    found = survey.survey(project)
+    assert time.monotonic() - started < 10
+    assert found.python == "" and found.wsgi == "shop/wsgi.py"
+    assert any("took over 2 s, and was stopped" in n for n in found.notes), found.notes
+    # manage.py naming a settings module that is not one.
+    (project / "manage.py").write_text("os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'x;rm -rf ~')\n")
+    assert survey.survey(project).settings == ""
+
+
+def test_an_error_in_the_settings_is_a_note_and_printable(tmp_path):
+    project = _startproject(tmp_path / "shop")
+    (project / "shop" / "settings.py").write_text("raise RuntimeError('no \\x1b[2J SECRET_KEY')\n")
+    found = survey.survey(project)
+    assert found.python and found.static_root == ""
+    assert any("could not read the settings (RuntimeError: no ?[2J SECRET_KEY)" in n for n in found.notes)
 
 
 def test_deployer_schema_prints_the_packaged_schema():

@@ -434,7 +434,7 @@ MALFORMED = [
     ("targets:\n  alpha: {" + HOST + ", health: {path: /h, status: 99}}\n",
      "targets/alpha/health/status: expected an HTTP status from 100 to 599, or a list of them, got 99"),
     ("targets:\n  alpha: {" + HOST + ", shared: {dir: [media]}}\n",
-     "targets/alpha/shared/dir: unknown key; expected one of: dirs, files, group, root, writable"),
+     "targets/alpha/shared/dir: unknown key; expected one of: create, dirs, files, group, root, writable"),
 ]
 
 

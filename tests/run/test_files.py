@@ -122,6 +122,34 @@ def test_writable_folders_stay_writable_for_the_web_servers_group(site):
     assert (site.live() / "media").resolve() == media.resolve()
 
 
+def test_a_file_to_create_is_made_once_empty_and_group_writable_and_a_link_there_is_refused(site):
+    import grp
+
+    gid = grp.getgrnam("www-data").gr_gid
+    db = site.root / "www" / "alpha.shared" / "data" / "db.sqlite3"
+    site.edit(shared={"create": ["data/db.sqlite3"], "group": "www-data"},
+              migrate="test ! -s data/db.sqlite3 || exit 9; echo migrated >> data/db.sqlite3")
+    code, out = site.deploy()
+    assert code == 0, out
+    st = os.lstat(db)
+    assert (st.st_gid, stat.S_IMODE(st.st_mode), db.read_text()) == (gid, 0o660, "migrated\n")
+    assert (site.live() / "data" / "db.sqlite3").resolve() == db.resolve()
+    # The next release links the same file: made once, never emptied.
+    site.edit(shared={"create": ["data/db.sqlite3"], "group": "www-data"}, migrate="cat data/db.sqlite3")
+    (site.source / "manage.py").write_text("print('again')\n")
+    code, out = site.deploy()
+    assert code == 0, out
+    assert db.read_text() == "migrated\n"
+    # A link planted where the file would be made: refused, not followed.
+    db.unlink()
+    elsewhere = site.root / "elsewhere"
+    db.symlink_to(elsewhere)
+    (site.source / "manage.py").write_text("print('a third')\n")
+    code, out = site.deploy()
+    assert code == 1 and "is not a file (a link?); deployer will not link it" in out, out
+    assert not elsewhere.exists()
+
+
 def test_hooks_on_an_instances_first_deploy_and_on_its_destroy(site):
     import io
 

@@ -3,7 +3,8 @@
 # directory: what the release holds there (from the package) goes, what is
 # in the shared directory is never touched; a directory missing there is
 # made (group-writable and setgid when `group` is set: the app writes
-# there). The release is this run's own, but its directories came from the
+# there), and a file to create (a SQLite database) is made empty. The
+# release is this run's own, but its directories came from the
 # package: one that is a link could lead the removal out of the release,
 # so none on the way may be one.
 set -eu
@@ -41,6 +42,31 @@ writable() {
              "chmod g+rwxs {} + -o -type f -exec chmod g+rw {} + \\)"
     fi
 }
+made_dir() {
+    mkdir -p -- "$1"
+    if [ -n "$group" ]; then
+        chgrp -- "$group" "$1"
+        chmod 2775 "$1"
+    fi
+}
+# A file made empty if missing (c:, a SQLite database): with noclobber,
+# the shell creates it with O_EXCL, so it is never one that appeared
+# meanwhile, nor a link's target.
+made_file() {
+    if [ -L "$shared/$1" ] || { [ -e "$shared/$1" ] && [ ! -f "$shared/$1" ]; }; then
+        echo "$shared/$1 is not a file (a link?); deployer will not link it" >&2
+        exit 1
+    fi
+    [ -f "$shared/$1" ] && return 0
+    # Its folder is not made the group's: the web server would then be
+    # able to replace what else is there.
+    mkdir -p -- "$(dirname -- "$shared/$1")"
+    (umask 077 && set -C && : > "$shared/$1")
+    if [ -n "$group" ]; then
+        chgrp -- "$group" "$shared/$1"
+        chmod 660 "$shared/$1"
+    fi
+}
 for entry in "$@"; do
     kind=${entry%%:*} rel=${entry#*:}
     at=$release
@@ -52,12 +78,10 @@ for entry in "$@"; do
             exit 1
         fi
     done
-    if [ "$kind" != f ] && [ ! -d "$shared/$rel" ]; then
-        mkdir -p -- "$shared/$rel"
-        if [ -n "$group" ]; then
-            chgrp -- "$group" "$shared/$rel"
-            chmod 2775 "$shared/$rel"
-        fi
+    if [ "$kind" = c ]; then
+        made_file "$rel"
+    elif [ "$kind" != f ] && [ ! -d "$shared/$rel" ]; then
+        made_dir "$shared/$rel"
     fi
     if [ "$kind" = w ]; then
         writable "$shared/$rel"
