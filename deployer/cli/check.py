@@ -8,11 +8,17 @@ host, by one host script that prints a line per check and always exits 0,
 so that every result comes back: that it answers over SSH with a known host
 key, that deploy_root and Apache's sites-available and sites-enabled are
 writable (or can be made), that the tools a deploy runs are there, that
-nobody holds the instance's lock, that Apache runs, and `<ctl> configtest`.
+nobody holds the instance's lock, that Apache runs, and `<ctl> configtest`;
+then the app's side (sh/check-app.sh, in the same session): the Python
+the wheels are for, the shared files and writable folders, and Django's
+`manage.py check --deploy --database default` in the live release, run as
+migrate runs (its virtualenv, its exported vars), which imports the
+project and asks its database.
 """
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, replace
 
@@ -24,6 +30,7 @@ from deployer.connectors.result import Result
 from deployer.errors import EXIT_FAILED, EXIT_OK, StepFailed, UsageError
 from deployer.output import Reporter, printable_lines
 from deployer.plan import stages, vhost
+from deployer.quoting import Command
 from deployer.remote import hostscripts, instance
 
 OK, FAILED, NOT_RUN = "ok", "failed", "not run"
@@ -32,6 +39,18 @@ OK, FAILED, NOT_RUN = "ok", "failed", "not run"
 # slow configtest last: a session stopped at its time limit has still said
 # the rest). "ssh" is not printed: the script ran, or it did not.
 HOST_CHECKS = ("ssh", "deploy_root", "sites-available", "sites-enabled", "tools", "lock", "apache", "configtest")
+# Then the app's side (sh/check-app.sh), as far as the target has one.
+APP_CHECKS = ("python", "shared", "django")
+# The Python of `migrate: PYTHON manage.py migrate ...`, which asks Django's checks too.
+_MANAGE = re.compile(r"([A-Za-z0-9_./+-]+) manage\.py migrate(\s|$)")
+
+
+def host_checks(target: Target) -> tuple[str, ...]:
+    """The rows of a host in the order printed: HOST_CHECKS, then those of
+    APP_CHECKS that the target has."""
+    has = {"python": target.python is not None, "shared": bool(target.shared.files or target.shared.writable),
+           "django": True}
+    return HOST_CHECKS + tuple(k for k in APP_CHECKS if has[k])
 
 
 @dataclass(frozen=True)
@@ -60,8 +79,9 @@ class Report:
 def add_parser(sub) -> argparse.ArgumentParser:
     """`check` in the subcommands `sub` of `deployer` (commands.parser)."""
     about = ("check a target before deploying: targets.yaml, the template, the VPN, and on each host SSH and"
-             " its host key, deploy_root and Apache's dirs writable, the tools, the lock, configtest;"
-             " changes nothing")
+             " its host key, deploy_root and Apache's dirs writable, the tools, the lock, configtest, the"
+             " Python the wheels are for, the shared files, and Django's own checks (--deploy, the database)"
+             " in the live release; changes nothing")
     c = sub.add_parser("check", help=about, description=about[0].upper() + about[1:] + ". Exit 0 when every"
                        " check passes, 1 when one fails or could not run, 2 when targets.yaml or an argument"
                        " is wrong.", allow_abbrev=False)
@@ -150,9 +170,13 @@ def _template(ctx: context.Context) -> tuple[Outcome, str]:
 def _plan(ctx: context.Context) -> tuple[steps.Plan, steps.Run]:
     t = ctx.target
     relay = t.transport == "ssh" and t.relay and len(t.hosts) > 1
-    # The script is constant; every value is a positional argument.
-    command = hostscripts.program("check", t.deploy_root, f"{t.apache.dir}/sites-available",
-                                  f"{t.apache.dir}/sites-enabled", ctx.state_dir, "01"[relay], *t.apache.ctl)
+    # The scripts are constant; every value is a positional argument. The
+    # environment is migrate's, which the project's settings may read.
+    manage = _MANAGE.match(t.migrate or "")
+    app = hostscripts.check_app(ctx.deploy_path, ctx.shared_dir, t.shared, manage[1] if manage else "", t.python)
+    host = hostscripts.program("check", t.deploy_root, f"{t.apache.dir}/sites-available",
+                               f"{t.apache.dir}/sites-enabled", ctx.state_dir, "01"[relay], *t.apache.ctl)
+    command = Command(argvs=host.argvs + app.argvs, env=tuple(sorted(ctx.environment().items())))
     step = steps.Run("check the host for a deploy", ctx.host_names, command=command)
     return steps.Plan((("vpn", stages.vpn(ctx)), ("check", (step,)))), step
 
@@ -196,32 +220,33 @@ def _vpn(ctx: context.Context, the_plan: steps.Plan, collector: "_Collector") ->
 def _host_outcomes(ctx: context.Context, host: str, result: Result | None, why_not: str) -> dict[str, Outcome]:
     """One host's checks from its script's output; a host that did not answer
     has run none after ssh."""
+    keys = host_checks(ctx.target)
     if result is None:
-        return dict.fromkeys(HOST_CHECKS, Outcome(NOT_RUN, why_not))
-    rows = _rows(result.stdout)
+        return dict.fromkeys(keys, Outcome(NOT_RUN, why_not))
+    rows = _rows(result.stdout, keys)
     if not rows and not result.ok:
         # The transport's message names the host; the table does already.
         return {"ssh": Outcome(FAILED, _said(result).removeprefix(f"{host}: ")),
-                **dict.fromkeys(HOST_CHECKS[1:], Outcome(NOT_RUN, "no SSH session"))}
+                **dict.fromkeys(keys[1:], Outcome(NOT_RUN, "no SSH session"))}
     local = ctx.target.transport == "local"
     out = {"ssh": Outcome(OK, "this machine (transport: local)" if local else "answers, with a known host key")}
     # Rows missing from an answer: the session ended early (its time limit).
     cut = Outcome(NOT_RUN, _said(result) if not result.ok else "the host script said nothing of it")
-    for key in HOST_CHECKS[1:]:
+    for key in keys[1:]:
         out[key] = rows.get(key, cut)
     if rows.get("lock", cut).status == "held":
         out["lock"] = _lock(ctx, result.stdout)
     return out
 
 
-def _rows(stdout: str) -> dict[str, Outcome]:
+def _rows(stdout: str, keys: tuple[str, ...]) -> dict[str, Outcome]:
     """The script's "check KEY STATUS DETAIL" lines, and their "+" lines.
     Split at newlines only, as the script wrote them: splitlines() would
     also break at a \\r inside configtest's output, which could forge a row."""
     rows: dict[str, list] = {}
     for line in stdout.split("\n"):
         word, key, status, detail = (line.split(" ", 3) + ["", "", ""])[:4]
-        if word != "check" or key not in HOST_CHECKS:
+        if word != "check" or key not in keys:
             continue
         if status == "+":
             if key in rows:
@@ -251,6 +276,11 @@ def _notes(checks: dict[str, Outcome]) -> list[str]:
         notes.append(f"tools: {checks['tools'].detail}")
     if checks["lock"].status == OK and checks["lock"].detail.startswith("held"):
         notes.append(f"lock: {checks['lock'].detail}")
+    for key in ("shared", "django"):
+        # The next deploy's changes, and what check --deploy warns of.
+        if key in checks and checks[key].status == OK and ("\n" in checks[key].detail
+                                                            or checks[key].detail.startswith("the next deploy")):
+            notes.append(f"{key}: {checks[key].detail}")
     return notes
 
 
@@ -314,10 +344,11 @@ def _table(report: Report, marks: dict[str, str]) -> str:
     width = max(map(len, report.runner))
     lines = [f"{marks[o.status]} {k.ljust(width)}  {_first(o.detail)}" for k, o in report.runner.items()]
     hosts = list(report.hosts)
+    keys = _keys(report)
     column = max(len("host"), *map(len, hosts))
-    lines += ["", "  ".join(["host".ljust(column), *HOST_CHECKS])]
+    lines += ["", "  ".join(["host".ljust(column), *keys])]
     for h in hosts:
-        cells = [marks[report.hosts[h][k].status].ljust(len(k)) for k in HOST_CHECKS]
+        cells = [marks[report.hosts[h][k].status].ljust(len(k)) for k in keys]
         lines.append("  ".join([h.ljust(column), *cells]).rstrip())
     problems = [(k, o) for k, o in report.runner.items() if o.status != OK]
     problems += [(f"{h} {k}", o) for h in hosts for k, o in _problems(report.hosts[h])]
@@ -329,6 +360,11 @@ def _table(report: Report, marks: dict[str, str]) -> str:
     lines.extend(f"note: {n}" for n in report.notes)
     lines.append(_verdict(report))
     return "\n".join(lines)
+
+
+def _keys(report: Report) -> tuple[str, ...]:
+    """The rows of every host (the same for all: one target)."""
+    return tuple(next(iter(report.hosts.values()), {})) or HOST_CHECKS
 
 
 def _first(text: str) -> str:
@@ -352,7 +388,7 @@ def _verdict(report: Report) -> str:
     if report.ok:
         n = len(report.hosts)
         where = f"on each of {n} hosts" if n > 1 else "on the host"
-        return (f"OK: every check passed ({len(report.runner)} on this machine, {len(HOST_CHECKS)} {where});"
+        return (f"OK: every check passed ({len(report.runner)} on this machine, {len(_keys(report))} {where});"
                 " nothing was changed")
     counts = [f"{failed} check{'' if failed == 1 else 's'} failed" if failed else "",
               f"{skipped} did not run" if skipped else ""]

@@ -15,7 +15,7 @@ import re
 from functools import cache
 from importlib import resources
 
-from deployer.config.model import Shared
+from deployer.config.model import Python, Shared
 from deployer.quoting import Command, forced_command
 
 # How a host program takes in a library of functions (sh/lib/): a line of
@@ -206,14 +206,25 @@ def link_shared(release: str, shared: str, paths: Shared) -> Command:
                    *(f"c:{c}" for c in paths.create))
 
 
+def check_app(live: str, shared: str, paths: Shared, python: str, packages: Python | None) -> Command:
+    """`deployer check`'s rows of the app (see sh/check-app.sh): the hosts'
+    Python for `packages`, the shared files and writable folders, and in the
+    `live` release `python manage.py check --deploy --database default`
+    ("" for no Django check)."""
+    interpreter = ((packages.interpreter, packages.version, *reversed(manylinux(packages.platform)))
+                   if packages else ("",) * 4)
+    return program("check-app", live, shared, paths.group, python, *interpreter,
+                   *(f"f:{f}" for f in paths.files), *(f"w:{w}" for w in paths.writable))
+
+
 def python_check(interpreter: str, version: str, platform: str) -> Command:
     """Fail unless the host's `interpreter` is Python `version` exactly, on the
     machine and glibc (or newer) that the wheel tag `platform` names."""
-    glibc, machine = _manylinux(platform)
+    glibc, machine = manylinux(platform)
     return program("python-check", interpreter, version, machine, glibc)
 
 
-def _manylinux(platform: str) -> tuple[str, str]:
+def manylinux(platform: str) -> tuple[str, str]:
     """manylinux_2_28_x86_64: ("2.28", "x86_64")."""
     _, major, minor, machine = platform.split("_", 3)
     return f"{major}.{minor}", machine

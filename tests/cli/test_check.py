@@ -48,7 +48,9 @@ def only_host(found: dict) -> dict:
     return host
 
 
-EVERY = dict.fromkeys(check.HOST_CHECKS, "ok")
+# A target without python: or shared files: the host's rows, and Django's check.
+ROWS = (*check.HOST_CHECKS, "django")
+EVERY = dict.fromkeys(ROWS, "ok")
 
 
 def test_every_check_passes_on_a_ready_host(site):
@@ -58,8 +60,8 @@ def test_every_check_passes_on_a_ready_host(site):
     assert lines[0].startswith("checking alpha on 1 host")
     assert lines[1].startswith("✓ targets.yaml") and lines[2].startswith("✓ template")
     header = lines.index(next(line for line in lines if line.startswith("host ")))
-    assert lines[header].split() == ["host", *check.HOST_CHECKS]
-    assert lines[header + 1].split() == [f"127.0.0.1:{site_port(site)}", *"✓" * len(check.HOST_CHECKS)]
+    assert lines[header].split() == ["host", *ROWS]
+    assert lines[header + 1].split() == [f"127.0.0.1:{site_port(site)}", *"✓" * len(ROWS)]
     assert lines[-1].startswith("OK: every check passed")
     assert "\x1b" not in out  # no colour codes in a log
     code, found = report(site.targets_file)
@@ -88,11 +90,11 @@ def test_a_host_key_not_known_fails_ssh_and_runs_nothing_else(site, tmp_path, ke
     host = only_host(found)
     assert host["ssh"]["status"] == "failed"
     assert ("is not in" if key == "unknown" else "host key CHANGED") in host["ssh"]["detail"]
-    assert {host[k]["status"] for k in check.HOST_CHECKS[1:]} == {"not run"}
+    assert {host[k]["status"] for k in ROWS[1:]} == {"not run"}
     code, out = run_check(site.targets_file)
     assert code == 1
     assert f"✗ 127.0.0.1:{site_port(site)} ssh: " in out
-    assert out.splitlines()[-1].startswith("FAILED: 1 check failed and 7 did not run; hosts not ready: 1 of 1")
+    assert out.splitlines()[-1].startswith("FAILED: 1 check failed and 8 did not run; hosts not ready: 1 of 1")
 
 
 def test_a_host_that_does_not_answer_leaves_the_others_checked(site):
@@ -104,7 +106,7 @@ def test_a_host_that_does_not_answer_leaves_the_others_checked(site):
     assert code == 1
     assert statuses(found) == {f"127.0.0.1:{port}": EVERY,
                                f"127.0.0.2:{port}": {"ssh": "failed",
-                                                     **dict.fromkeys(check.HOST_CHECKS[1:], "not run")}}
+                                                     **dict.fromkeys(ROWS[1:], "not run")}}
     assert "cannot connect" in found["hosts"][f"127.0.0.2:{port}"]["ssh"]["detail"]
 
 
@@ -168,7 +170,7 @@ def test_a_configtest_past_the_time_limit_is_stopped_and_the_rest_still_reported
     assert host["configtest"]["status"] == "not run"
     assert "stopped after 2 s" in host["configtest"]["detail"]
     assert {k: c["status"] for k, c in host.items() if k != "configtest"} == dict.fromkeys(
-        check.HOST_CHECKS[:-1], "ok")
+        check.HOST_CHECKS[:-1], "ok") | {"django": "not run"}
 
 
 def test_a_held_lock_fails_naming_its_holder(site):
@@ -317,3 +319,28 @@ def test_a_vpn_that_does_not_come_up_leaves_every_host_not_run(lab2, tmp_path):
     assert "VPN not up after 6s" in found["runner"]["vpn"]["detail"]
     assert {s for host in statuses(found).values() for s in host.values()} == {"not run"}
     assert_vpn_down(lab2)
+
+
+def test_the_shared_files_and_writable_folders_and_the_hosts_python_are_checked(site, tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    site.edit(shared={"files": ["local_settings.py"], "writable": ["media"], "group": "www-data"},
+              python={"requirements": str(requirements), "version": "3.11.99"})
+    code, found = report(site.targets_file)
+    assert code == 1
+    host = only_host(found)
+    assert list(host) == [*check.HOST_CHECKS, "python", "shared", "django"]
+    assert host["python"]["status"] == "failed"
+    assert "is Python 3.11.2, not 3.11.99 (python/version)" in host["python"]["detail"]
+    shared = site.root / "www" / "alpha.shared"
+    assert host["shared"] == {"status": "failed", "detail": f"missing in {shared} (deployer never writes them):"
+                                                            " local_settings.py"}
+    # Placed by hand: then only the folder is left for the next deploy to make writable.
+    shared.mkdir(parents=True)
+    (shared / "local_settings.py").write_text("")
+    site.edit(python={"requirements": str(requirements), "version": "3.11.2"})
+    code, out = run_check(site.targets_file)
+    assert code == 0, out
+    assert f"note: 127.0.0.1:{site_port(site)}: shared: the next deploy makes these writable for group www-data:" \
+           " media" in out
+    assert not (shared / "media").exists()

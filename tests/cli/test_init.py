@@ -249,6 +249,20 @@ def test_init_in_a_new_django_project_then_deploy_local_serves_it_with_its_stati
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
         assert not (project / "db.sqlite3").exists()
+        # check runs Django's own checks in the live release: its database answers, and
+        # --deploy warns of DEBUG (startproject's), which check passes on as a note.
+        out = io.StringIO()
+        assert manage.main(["check", "local", "localhost", "--targets", str(project / "targets.yaml")],
+                           stdout=out) == 0, out.getvalue()
+        assert "django: System check identified" in out.getvalue()
+        assert "(security.W018) You should not have DEBUG set to True in deployment." in out.getvalue()
+        # A project that no longer imports fails the check, with Django's own words.
+        (release / "shop" / "settings.py").write_text("import no_such_module\n")
+        out = io.StringIO()
+        assert manage.main(["check", "local", "localhost", "--targets", str(project / "targets.yaml")],
+                           stdout=out) == 1
+        assert "local django: manage.py check --deploy --database default, exit code 1:" in out.getvalue()
+        assert "ModuleNotFoundError: No module named 'no_such_module'" in out.getvalue()
     finally:
         _destroy(project)
     # deployer made the database, so destroy removes it.
