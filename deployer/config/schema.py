@@ -558,7 +558,9 @@ class TargetSpec(_Spec):
     known_hosts: Text = Field(
         "~/.ssh/known_hosts", description="Host keys are checked against this file only: an unknown or changed"
         " key refuses the host.")
-    connect_timeout: Seconds = Field(10, description="Seconds to wait for a host's SSH connection.")
+    connect_timeout: Seconds = Field(10, description="Seconds to wait for a host's SSH connection, and (up to"
+                                     " 30) for each command's session on it to open: a host that takes longer is"
+                                     " taken as gone (a dead link answers nothing).")
     step_timeout: Seconds = Field(
         600, description="Seconds a remote command may run before it is stopped and its step fails.")
     migrate_timeout: Seconds = Field(

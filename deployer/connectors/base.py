@@ -65,8 +65,8 @@ CHUNK = 65536
 POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
 GRACE = hostscripts.STOP_GRACE
 TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
-# How long opening a channel may take: a host that takes longer is not there
-# (a dead link answers nothing, and TCP can take many minutes to notice).
+# The most that opening a channel may take, whatever connect_timeout says: a
+# host that takes longer is not there.
 ANSWER_TIMEOUT = 30.0
 
 

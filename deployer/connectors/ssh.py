@@ -110,15 +110,15 @@ class _Watchdog:
     answers it waits for), a run that is still stuck in the SSH library is
     ended by closing the connection under it. It follows a limit that moves."""
 
-    def __init__(self, limit: Limit, give_up):
-        self.limit, self.give_up = limit, give_up
+    def __init__(self, limit: Limit, give_up, answer: float):
+        self.limit, self.give_up, self.answer = limit, give_up, answer
         self.lock = threading.Lock()
         self.cancelled = False
         self.arm(self.limit.seconds())
 
     def arm(self, wait: float | None) -> None:
         wait = 3600.0 if wait is None else max(0.0, wait)
-        self.timer = threading.Timer(wait + 2 * GRACE + 2 * ANSWER_TIMEOUT, self.fire)
+        self.timer = threading.Timer(wait + 2 * GRACE + 2 * self.answer, self.fire)
         self.timer.daemon = True
         self.timer.start()
 
@@ -157,6 +157,10 @@ class SshTransport:
         self.conn.client.load_host_keys(known_hosts)
         self.conn.client.set_missing_host_key_policy(_RejectUnknown())
         self.known_hosts = known_hosts
+        # How long the host may take to open a command's session, or to say
+        # a stopped one is gone: as long as it may take to answer a connect
+        # (a dead link answers nothing, and TCP can take many minutes to notice).
+        self.answer = min(timeout, ANSWER_TIMEOUT)
         self.lost = False
         self.unreachable = False
 
@@ -189,7 +193,7 @@ class SshTransport:
         if self.lost:
             raise StepFailed(f"{self.host.name}: the connection was lost earlier in this deploy")
         limit = as_limit(timeout)
-        watchdog = _Watchdog(limit, self.give_up)
+        watchdog = _Watchdog(limit, self.give_up, self.answer)
         try:
             return self._run(line, stdin, limit, out or Tail(), err or Tail())
         except ERRORS as e:
@@ -232,7 +236,7 @@ class SshTransport:
 
     def open_channel(self) -> paramiko.Channel:
         try:
-            return self.conn.client.get_transport().open_session(timeout=ANSWER_TIMEOUT)
+            return self.conn.client.get_transport().open_session(timeout=self.answer)
         except ERRORS:
             # Not there: every later command on this host fails at once
             # instead of waiting as long again (a rollback runs several).
@@ -314,7 +318,7 @@ class SshTransport:
             chan = self.open_channel()
             try:
                 chan.exec_command(hostscripts.stop_group(pid, GRACE).line())
-                if not chan.status_event.wait(2 * GRACE + ANSWER_TIMEOUT):
+                if not chan.status_event.wait(2 * GRACE + self.answer):
                     self.give_up()
             finally:
                 chan.close()
