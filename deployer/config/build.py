@@ -104,7 +104,8 @@ class Builder:
                                                      float(t.build.timeout)),
             python=None if t.python is None else self.python(t.python, f"{path}/python", transport),
             files=tuple(RenderedFile(self.file(f.template, f"{path}/files/{i}/template", "template"), f.path,
-                                     f.mode, f.owner or "", f.group or "") for i, f in enumerate(t.files)),
+                                     f.mode, f.owner or "", f.group or "", f.shared)
+                        for i, f in enumerate(t.files)),
             vars={key: self.var(v, f"{path}/vars/{key}", key) for key, v in t.vars.items()},
             pipeline=tuple(t.pipeline),
             stages={name: Hook(h.run, h.on) for name, h in t.stages.items()},

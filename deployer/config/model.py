@@ -158,13 +158,15 @@ class Python:
 class RenderedFile:
     """A file of settings or secrets (.env, local_settings.py) rendered from
     `template` (on this machine) with the vars, into every new release at
-    `path`; written with `mode` and, if set, `owner` and `group`."""
+    `path` (or, `shared`, the shared folder, linked from there); written
+    with `mode` and, if set, `owner` and `group`."""
 
     template: str
     path: str
     mode: int = 0o640
     owner: str = ""
     group: str = ""
+    shared: bool = False  # in the shared folder, linked into the release
 
     @property
     def chown(self) -> str:

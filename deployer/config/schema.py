@@ -489,8 +489,8 @@ _NOT_EXPORTED = frozenset({"CONFIG_NAME", "HOSTNAME", "DEPLOY_PATH", "RELEASE", 
 
 class FileSpec(_Spec):
     """A file of settings or secrets for the app, rendered from a template with the vars (as the vhost is)
-    into every new release; it begins with a comment line of deployer's (#), so the format must allow
-    one (.env, Python, INI, YAML, TOML)."""
+    into every new release, or the shared folder; it begins with a comment line of deployer's (#), so the
+    format must allow one (.env, Python, INI, YAML, TOML)."""
 
     template: Text = Field(description="The template, on this machine.")
     path: Annotated[Text, AfterValidator(_release_path)] = Field(
@@ -501,6 +501,11 @@ class FileSpec(_Spec):
     owner: Account | None = Field(None, description="Its owner (chown needs root); default: the SSH user.")
     group: Account | None = Field(
         None, description="Its group, e.g. the web server's (www-data) for mode 0640; default: the SSH user's.")
+    shared: bool = Field(
+        False, description="true: written into the instance's shared folder instead (<root>/<CONFIG_NAME>.shared/"
+        "PATH), for what outlives a release (a cron job's settings), and linked into each release; every deploy"
+        " writes it again (a failed one puts the previous back), a rollback's release reads the newest, and"
+        " `destroy` removes it.")
 
 
 class HookSpec(_Spec):

@@ -49,6 +49,7 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                             fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
     shared = t.shared
     python = t.python
+    rendered = tuple(f.path for f in t.files if f.shared)
     return (
         *([steps.Run(f"check that the shared files are in {ctx.shared_dir}", ctx.host_names, waits=False,
                      command=hostscripts.shared_files(ctx.shared_dir, shared.files))] if shared.files else []),
@@ -74,31 +75,34 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      undo_safe=True)]
           if python else []),
         # In the release before migrate and hooks run in it; undone with the release.
-        *([steps.Run(f"link {', '.join(shared.paths)} to {ctx.shared_dir}"
+        *([steps.Run(f"link {', '.join((*shared.paths, *rendered))} to {ctx.shared_dir}"
                      + (f" ({', '.join(shared.writable)} writable for group {shared.group})" if shared.writable
                         else ""), ctx.host_names, waits=False,
-                     command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared))]
-          if shared.paths else []),
+                     command=hostscripts.link_shared(ctx.release_path, ctx.shared_dir, shared, rendered))]
+          if shared.paths or rendered else []),
         *_release_files(ctx),
     )
 
 
 def _release_files(ctx: Context) -> tuple[steps.Install, ...]:
-    """The files: of targets.yaml rendered into the new release, and the
-    exported vars in context.ENV_FILE (mode 0600: for the deploy user's commands)."""
+    """The files: of targets.yaml rendered into the new release (or the
+    shared folder, which the release links to), and the exported vars in
+    context.ENV_FILE (mode 0600: for the deploy user's commands)."""
     mark = vhost.owner_mark(ctx.name)
-    made = [(f"write {f.path} in the release, from {f.template}", f.path,
+    made = [(f"write {f.path} in {'the shared folder' if f.shared else 'the release'}, from {f.template}",
+             ctx.shared_dir if f.shared else ctx.release_path, f.path,
              template.render(_read_template(f.template), ctx.vars, f.template), f.mode, f.chown)
             for f in ctx.target.files]
     exported = ctx.exported
     if exported:
         made.append((f"write {context.ENV_FILE} in the release: {', '.join(exported)} for migrate and hooks",
-                     context.ENV_FILE, "".join(f"{assignment(k, v)}\n" for k, v in exported.items()), 0o600, ""))
-    return tuple(steps.Install(title, ctx.host_names, path=posixpath.join(ctx.release_path, rel),
+                     ctx.release_path, context.ENV_FILE,
+                     "".join(f"{assignment(k, v)}\n" for k, v in exported.items()), 0o600, ""))
+    return tuple(steps.Install(title, ctx.host_names, path=posixpath.join(root, rel),
                                content=f"{mark}\n{content}", mark=mark, mode=mode, owner=owner,
-                               work=posixpath.join(ctx.release_path, posixpath.dirname(rel),
+                               work=posixpath.join(root, posixpath.dirname(rel),
                                                    f".{posixpath.basename(rel)}.deployer-{ctx.run_id}"))
-                 for title, rel, content, mode, owner in made)
+                 for title, root, rel, content, mode, owner in made)
 
 
 def _read_template(path: str) -> str:

@@ -198,11 +198,12 @@ def shared_files(shared: str, files: tuple[str, ...]) -> Command:
     return program("shared-files", shared, *files)
 
 
-def link_shared(release: str, shared: str, paths: Shared) -> Command:
-    """Make each shared path of `release` a link into `shared`, the writable
-    folders kept writable for the group (see sh/link-shared.sh)."""
+def link_shared(release: str, shared: str, paths: Shared, rendered: tuple[str, ...] = ()) -> Command:
+    """Make each shared path of `release` (and the `rendered` files: files:
+    with shared: true) a link into `shared`, the writable folders kept
+    writable for the group (see sh/link-shared.sh)."""
     return program("link-shared", release, shared, paths.group, *(f"d:{d}" for d in paths.dirs),
-                   *(f"w:{w}" for w in paths.writable), *(f"f:{f}" for f in paths.files),
+                   *(f"w:{w}" for w in paths.writable), *(f"f:{f}" for f in (*paths.files, *rendered)),
                    *(f"c:{c}" for c in paths.create))
 
 

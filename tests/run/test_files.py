@@ -74,6 +74,41 @@ def test_a_token_without_a_value_in_a_file_changes_nothing(with_files, tmp_path)
     assert tree_digest(site.root) == before
 
 
+def test_a_file_in_the_shared_folder_is_written_by_every_deploy_put_back_by_a_failed_one_and_destroyed(
+        site, tmp_path):
+    import io
+
+    from deployer.cli.manage import main as manage
+
+    template = tmp_path / "cron.template"
+    template.write_text("RUN=<<LEVEL>>\n")
+    shared = site.root / "www" / "alpha.shared"
+    mark = vhost.owner_mark("alpha")
+    site.edit(files=[{"template": str(template), "path": "conf/cron.env", "shared": True, "mode": "0600"}],
+              vars={"LEVEL": "one"})
+    code, out = site.deploy()
+    assert code == 0, out
+    written = shared / "conf" / "cron.env"
+    assert written.read_text() == f"{mark}\nRUN=one\n" and stat.S_IMODE(os.stat(written).st_mode) == 0o600
+    assert (site.live() / "conf" / "cron.env").resolve() == written
+    # A failed deploy puts the previous one back.
+    site.edit(files=[{"template": str(template), "path": "conf/cron.env", "shared": True, "mode": "0600"}],
+              vars={"LEVEL": "two"}, migrate="exit 3")
+    (site.source / "manage.py").write_text("print('again')\n")
+    code, out = site.deploy()
+    assert code == 1, out
+    assert written.read_text() == f"{mark}\nRUN=one\n"
+    site.edit(files=[{"template": str(template), "path": "conf/cron.env", "shared": True, "mode": "0600"}],
+              vars={"LEVEL": "two"}, migrate=None)
+    code, out = site.deploy()
+    assert code == 0, out
+    assert written.read_text() == f"{mark}\nRUN=two\n"
+    # deployer wrote it: destroy removes it.
+    code = manage(["destroy", "alpha", "--targets", str(site.targets_file), "--yes", "--output", "plain"],
+                  stdout=io.StringIO())
+    assert code == 0 and not shared.exists()
+
+
 def test_destroy_removes_what_deployer_wrote_and_leaves_the_shared_files_placed_by_hand(site):
     import io
 
