@@ -173,7 +173,8 @@ def _plan(ctx: context.Context) -> tuple[steps.Plan, steps.Run]:
     # The scripts are constant; every value is a positional argument. The
     # environment is migrate's, which the project's settings may read.
     manage = _MANAGE.match(t.migrate or "")
-    app = hostscripts.check_app(ctx.deploy_path, ctx.shared_dir, t.shared, manage[1] if manage else "", t.python)
+    app = hostscripts.check_app(ctx.deploy_path, ctx.shared_dir, t.shared, manage[1] if manage else "",
+                                any(v.export for v in t.vars.values()), t.python)
     host = hostscripts.program("check", t.deploy_root, f"{t.apache.dir}/sites-available",
                                f"{t.apache.dir}/sites-enabled", ctx.state_dir, "01"[relay], *t.apache.ctl)
     command = Command(argvs=host.argvs + app.argvs, env=tuple(sorted(ctx.environment().items())))

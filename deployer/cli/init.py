@@ -12,6 +12,7 @@ rather than written through.
 """
 
 import contextlib
+import json
 import os
 import stat
 from collections.abc import Callable
@@ -36,23 +37,22 @@ def init(directory: Path = Path(".")) -> tuple[list[Path], Project | None]:
     """Write targets.yaml, templates/default_template and .deployer/targets.schema.json
     into `directory`, fitted to the Django project there if there is one: the
     paths written, and what was found."""
-    project = survey.survey(directory)
-    # Made first: a broken install fails before anything is written.
-    targets, template = _skeleton(TARGETS), _skeleton(TEMPLATE)
-    if project:
-        targets, template = targets_for(targets, project), template_for(template, project)
-    files = [("", TARGETS, targets), (TEMPLATES, TEMPLATE, template),
-             (SCHEMA_DIR, SCHEMA, (resources.files("deployer.config") / SCHEMA).read_bytes())]
+    places = [("", TARGETS), (TEMPLATES, TEMPLATE), (SCHEMA_DIR, SCHEMA)]
     try:
         fd = os.open(directory, _DIR_FLAGS)
     except OSError as e:
         raise UsageError(f"{directory}: cannot initialise: {e.strerror}") from None
     try:
-        in_the_way = [problem for folder, name, _ in files
-                      for problem in _in_the_way(fd, directory, folder, name)]
+        # Before the project's settings are run: init that writes nothing runs nothing.
+        in_the_way = [problem for folder, name in places for problem in _in_the_way(fd, directory, folder, name)]
         if in_the_way:
             raise UsageError(f"{directory}: not initialised, nothing written: {'; '.join(in_the_way)}")
-        return _write(fd, directory, files), project
+        project = survey.survey(directory)
+        targets, template = _skeleton(TARGETS), _skeleton(TEMPLATE)
+        if project:
+            targets, template = targets_for(targets, project), template_for(template, project)
+        contents = [targets, template, (resources.files("deployer.config") / SCHEMA).read_bytes()]
+        return _write(fd, directory, [(*place, c) for place, c in zip(places, contents, strict=True)]), project
     finally:
         os.close(fd)
 
@@ -65,18 +65,20 @@ def _swap(text: bytes, old: str, new: str) -> bytes:
 
 
 def targets_for(text: bytes, p: Project) -> bytes:
-    """The skeleton's targets.yaml, fitted to the project `p`; every value
-    in it matched a plain shape in survey, so none needs quoting."""
+    """The skeleton's targets.yaml, fitted to the project `p`: every value
+    matched a plain shape in survey, and a path is written as a JSON string
+    (which YAML reads as it is: `null` stays a name)."""
     port = str(p.port)
     text = _swap(text, "ctl: builtin, port: 8480}", f"ctl: builtin, port: {port}}}")
     text = _swap(text, "http://127.0.0.1:8480/", f"http://127.0.0.1:{port}/")
     defaults, local = [], []
-    if p.requirements and p.hosts_version:
+    venv = bool(p.requirements and p.hosts_version)
+    if venv:
         defaults += [
             "  # The app's packages: fetched as wheels on this machine for the hosts' Python, and",
             "  # installed into a virtualenv on each host, which migrate and hooks run with.",
             "  python:",
-            f"    requirements: {p.requirements}",
+            f"    requirements: {json.dumps(p.requirements)}",
             f'    version: "{p.hosts_version}"             # the hosts\' {survey.HOSTS_PYTHON}, exactly',
             "    # platform: manylinux_2_28_x86_64  # the newest the hosts' glibc runs (Debian 12: 2_36)"]
         python = "python"
@@ -87,16 +89,21 @@ def targets_for(text: bytes, p: Project) -> bytes:
     if p.static_root:
         defaults += [f"  hooks:                            # static files into {p.static_root}/ of the release",
                      "    after: {upload: python manage.py collectstatic --noinput}"]
-        if local:
+        if not venv:
             local += ["    hooks:", f"      after: {{upload: {python} manage.py collectstatic --noinput}}"]
     if p.sqlite:
-        # One database per host: more than one host wants a database server.
-        defaults += [f"  shared: {{create: [{p.sqlite}]}}   # the SQLite database: made once, kept by releases"]
+        # On this machine only: on web hosts, the web server (www-data) would
+        # need to write the file and its folder, and each host would have a
+        # database of its own.
+        local += [f"    shared: {{create: [{json.dumps(p.sqlite)}]}}   # the SQLite database: made once, kept"]
+        defaults += ["  # shared: {create: [...]} keeps a SQLite database on each host; web hosts want a database",
+                     "  # server (Postgres): see README's \"Your own project\"."]
         if not p.sqlite.endswith(".sqlite3"):
-            text = _swap(text, 'exclude: [.git, ', f"exclude: [{p.sqlite}, .git, ")
+            text = _swap(text, 'exclude: [.git, ', f"exclude: [{json.dumps(p.sqlite)}, .git, ")
     if p.wsgi:
         text = _swap(text, "it serves <<DEPLOY_PATH>>/django.wsgi,", f"it serves <<DEPLOY_PATH>>/{p.wsgi},")
     if p.page:
+        text = _swap(text, "The health check asks for / with", f"The health check asks for {p.page} with")
         text = _swap(text, "health: {path: /}                 # on apache's port",
                      f"health: {{path: {p.page}}}" + " " * max(1, 16 - len(p.page)) + "# on apache's port")
     text = _swap(text, """    # Runs the first python3 on PATH, in the release, where .venv is not
@@ -121,7 +128,7 @@ def template_for(text: bytes, p: Project) -> bytes:
         text = _swap(text, "Alias /static/ <<DEPLOY_PATH>>/static/\n    <Directory <<DEPLOY_PATH>>/static>",
                      f"Alias {p.static_url} <<DEPLOY_PATH>>/{p.static_root}/\n"
                      f"    <Directory <<DEPLOY_PATH>>/{p.static_root}>")
-    if p.requirements and p.hosts_version:
+    if p.requirements and p.hosts_version:  # python: in targets.yaml
         text = _swap(text, "python-path=<<DEPLOY_PATH>> home=<<DEPLOY_PATH>>",
                      "python-home=<<VENV>> python-path=<<DEPLOY_PATH>> home=<<DEPLOY_PATH>>")
     return text

@@ -12,6 +12,7 @@ identifier. Nothing it says is ever run or spliced as it came.
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,8 @@ from pathlib import Path
 # of plain names, so that it needs quoting nowhere.
 _REL_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _URL_PATH = re.compile(r"/([A-Za-z0-9_][A-Za-z0-9._-]*/)*")
-_ABS_PATH = re.compile(r"(/[A-Za-z0-9_+][A-Za-z0-9._+-]*)+")
+# A dot may begin a name (.venv), but no name is . or ..
+_ABS_PATH = re.compile(r"(/(?!\.\.?(/|$))[A-Za-z0-9._+][A-Za-z0-9._+-]*)+")
 _VERSION = re.compile(r"3\.[0-9]{1,2}\.[0-9]{1,2}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # As manage.py sets it: os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings").
@@ -179,19 +181,43 @@ def _probe(python: str, directory: Path, settings: str, timeout: float) -> dict:
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:
         return {}
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    out = _tail(proc, timeout)
+    if out is None:
         return {"error": _TIMED_OUT}
     # The settings may print: the answer is the last line.
-    lines = out[-_MAX_READ:].decode("utf-8", "replace").strip().splitlines()
+    lines = out.decode("utf-8", "replace").strip().splitlines()
     try:
         found = json.loads(lines[-1]) if lines else {}
     except ValueError:
         return {}
     return found if isinstance(found, dict) and _VERSION.fullmatch(str(found.get("version", ""))) else {}
+
+
+def _tail(proc: subprocess.Popen, timeout: float) -> bytes | None:
+    """The last _MAX_READ bytes `proc` writes before it ends, whatever it
+    writes; None, and it is killed, if it has not ended within `timeout`."""
+    deadline = time.monotonic() + timeout
+    kept = b""
+    fd = proc.stdout.fileno()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                kept = (kept + chunk)[-_MAX_READ:]
+        proc.wait(max(0.0, deadline - time.monotonic()))
+        return kept
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def _version_of(python: str) -> str:
@@ -239,7 +265,7 @@ def _is_file(directory: Path, rel: str) -> bool:
 def _inside(directory: Path, path: str) -> str:
     """`path`, absolute as settings give it, relative to the project if it is
     in it (and not the project itself); "" if not."""
-    if not path or not os.path.isabs(path):
+    if not path or not os.path.isabs(path) or "\0" in path:
         return ""
     # Both resolved: settings resolve BASE_DIR (startproject's does), and the project may be reached by a link.
     rel = os.path.relpath(os.path.realpath(path), os.path.realpath(directory))

@@ -505,7 +505,7 @@ class FileSpec(_Spec):
         False, description="true: written into the instance's shared folder instead (<root>/<CONFIG_NAME>.shared/"
         "PATH), for what outlives a release (a cron job's settings), and linked into each release; every deploy"
         " writes it again (a failed one puts the previous back), a rollback's release reads the newest, and"
-        " `destroy` removes it.")
+        " `destroy` removes it. Each host writes its own: not for a `shared: root` that every host mounts.")
 
 
 class HookSpec(_Spec):
@@ -563,9 +563,9 @@ class TargetSpec(_Spec):
     known_hosts: Text = Field(
         "~/.ssh/known_hosts", description="Host keys are checked against this file only: an unknown or changed"
         " key refuses the host.")
-    connect_timeout: Seconds = Field(10, description="Seconds to wait for a host's SSH connection, and (up to"
-                                     " 30) for each command's session on it to open: a host that takes longer is"
-                                     " taken as gone (a dead link answers nothing).")
+    connect_timeout: Seconds = Field(
+        10, description="Seconds to wait for a host's SSH connection, and (from 10 to 30) for each command's"
+        " session on it to open: a host that takes longer is taken as gone (a dead link answers nothing).")
     step_timeout: Seconds = Field(
         600, description="Seconds a remote command may run before it is stopped and its step fails.")
     migrate_timeout: Seconds = Field(

@@ -68,6 +68,7 @@ TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as tim
 # The most that opening a channel may take, whatever connect_timeout says: a
 # host that takes longer is not there.
 ANSWER_TIMEOUT = 30.0
+ANSWER_FLOOR = 10.0
 
 
 def timed_out(result_err: str, timeout: float) -> str:

@@ -16,6 +16,7 @@ from fabric import Config, Connection
 
 from deployer.config import Host
 from deployer.connectors.base import (
+    ANSWER_FLOOR,
     ANSWER_TIMEOUT,
     CHUNK,
     GRACE,
@@ -159,8 +160,10 @@ class SshTransport:
         self.known_hosts = known_hosts
         # How long the host may take to open a command's session, or to say
         # a stopped one is gone: as long as it may take to answer a connect
-        # (a dead link answers nothing, and TCP can take many minutes to notice).
-        self.answer = min(timeout, ANSWER_TIMEOUT)
+        # (a dead link answers nothing, and TCP can take many minutes to
+        # notice), but never less than ANSWER_FLOOR: a loaded sshd or a PAM
+        # stall is not a dead host, and one taken for dead gets no rollback.
+        self.answer = max(ANSWER_FLOOR, min(timeout, ANSWER_TIMEOUT))
         self.lost = False
         self.unreachable = False
 

@@ -207,14 +207,15 @@ def link_shared(release: str, shared: str, paths: Shared, rendered: tuple[str, .
                    *(f"c:{c}" for c in paths.create))
 
 
-def check_app(live: str, shared: str, paths: Shared, python: str, packages: Python | None) -> Command:
+def check_app(live: str, shared: str, paths: Shared, python: str, exports: bool,
+              packages: Python | None) -> Command:
     """`deployer check`'s rows of the app (see sh/check-app.sh): the hosts'
     Python for `packages`, the shared files and writable folders, and in the
     `live` release `python manage.py check --deploy --database default`
-    ("" for no Django check)."""
+    ("" for no Django check), with its exported vars if it `exports`."""
     interpreter = ((packages.interpreter, packages.version, *reversed(manylinux(packages.platform)))
                    if packages else ("",) * 4)
-    return program("check-app", live, shared, paths.group, python, *interpreter,
+    return program("check-app", live, shared, paths.group, python, "01"[exports], *interpreter,
                    *(f"f:{f}" for f in paths.files), *(f"w:{w}" for w in paths.writable))
 
 

@@ -319,6 +319,30 @@ def test_what_the_project_says_is_used_only_in_its_plain_shape(tmp_path, monkeyp
     assert survey.survey(project).settings == ""
 
 
+def test_the_projects_own_virtualenv_is_asked_first(tmp_path):
+    project = _startproject(tmp_path / "shop")
+    # Debian's Django, seen through the system site packages: a .venv that imports it.
+    venv = project / ".venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    found = survey.survey(project)
+    assert found.python == str(project / ".venv" / "bin" / "python"), found
+    assert found.static_root == "collected" and found.sqlite == "db.sqlite3"
+
+
+def test_a_name_yaml_would_read_as_something_else_stays_a_name(tmp_path):
+    project = tmp_path / "shop"
+    project.mkdir()
+    text = init.targets_for((SKELETON / "targets.yaml").read_bytes(),
+                            survey.Project(sqlite="null", requirements="true", hosts_version="3.11.2"))
+    (project / "targets.yaml").write_bytes(text)
+    (project / "true").write_text("")
+    (project / "templates").mkdir()
+    (project / "templates" / "default_template").write_text("")
+    local = config.load(project / "targets.yaml").resolve("local")
+    assert local.shared.create == ("null",) and local.python.requirements == str(project / "true")
+
+
 def test_an_error_in_the_settings_is_a_note_and_printable(tmp_path):
     project = _startproject(tmp_path / "shop")
     (project / "shop" / "settings.py").write_text("raise RuntimeError('no \\x1b[2J SECRET_KEY')\n")

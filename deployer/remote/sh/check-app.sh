@@ -12,10 +12,11 @@
 #           --database default`, which imports the project (settings,
 #           apps, URLs) and asks its database. PYTHON "" or no manage.py:
 #           nothing to ask.
-# Arguments: LIVE SHARED GROUP PYTHON INTERPRETER VERSION MACHINE GLIBC,
-# then f:FILE and w:FOLDER entries.
-live=$1 shared=$2 group=$3 python=$4 interpreter=$5 version=$6 machine=$7 glibc=$8
-shift 8
+# Arguments: LIVE SHARED GROUP PYTHON EXPORTS (1: the release has
+# .deployer-env) INTERPRETER VERSION MACHINE GLIBC, then f:FILE and w:FOLDER
+# entries.
+live=$1 shared=$2 group=$3 python=$4 exports=$5 interpreter=$6 version=$7 machine=$8 glibc=$9
+shift 9
 . ./lib/python-check.sh
 if [ -n "$interpreter" ]; then
     if said=$(python_check "$interpreter" "$version" "$machine" "$glibc" 2>&1); then
@@ -60,15 +61,22 @@ else
         VIRTUAL_ENV=$live/.venv PATH=$live/.venv/bin:$PATH
         export VIRTUAL_ENV PATH
     fi
-    # The exported vars, as migrate reads them (mode 0600: the deploy user's).
-    # shellcheck disable=SC1091 # the release's, written by deployer
-    [ ! -f .deployer-env ] || { set -a; . ./.deployer-env; set +a; }
-    if out=$("$python" manage.py check --deploy --database default 2>&1 < /dev/null); then
-        echo "check django ok $(printf '%s\n' "$out" | tail -n 1 | head -c 300)"
+    # In a shell of its own, as migrate runs: the exported vars (the
+    # release's file, mode 0600, when the target exports any) cannot touch
+    # this script's variables. Only the end of what it says is kept, and
+    # its exit status on the last line.
+    out=$(sh -c '
+        if [ "$1" = 1 ]; then set -a; . ./.deployer-env; set +a; fi
+        "$2" manage.py check --deploy --database default 2>&1 < /dev/null
+        echo "exit $?"' sh "$exports" "$python" | tail -c 20000)
+    code=${out##*exit }
+    out=${out%exit*}
+    if [ "$code" = 0 ]; then
+        echo "check django ok $(printf '%s\n' "$out" | grep . | tail -n 1 | head -c 300)"
         printf '%s\n' "$out" | grep '^?: \|^[A-Za-z0-9_.]*: (' | head -n 15 | head -c 3000 | sed 's/^/check django + /'
     else
-        echo "check django failed manage.py check --deploy --database default, exit code $?:"
-        printf '%s\n' "$out" | tail -n 15 | head -c 3000 | sed 's/^/check django + /'
+        echo "check django failed manage.py check --deploy --database default, exit code $code:"
+        printf '%s\n' "$out" | grep . | tail -n 15 | head -c 3000 | sed 's/^/check django + /'
     fi
 fi
 exit 0

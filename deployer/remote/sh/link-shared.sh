@@ -57,13 +57,20 @@ made_file() {
         echo "$shared/$1 is not a file (a link?); deployer will not link it" >&2
         exit 1
     fi
-    [ -f "$shared/$1" ] && return 0
-    # Its folder is not made the group's: the web server would then be
-    # able to replace what else is there.
-    mkdir -p -- "$(dirname -- "$shared/$1")"
-    (umask 077 && set -C && : > "$shared/$1")
-    if [ -n "$group" ]; then
-        chgrp -- "$group" "$shared/$1"
+    if [ ! -f "$shared/$1" ]; then
+        # Its folder is not made the group's: the web server would then be
+        # able to replace what else is there.
+        mkdir -p -- "$(dirname -- "$shared/$1")"
+        # Another host may make it at the same moment (a shared root on NFS).
+        (umask 077 && set -C && : > "$shared/$1") 2> /dev/null || [ -f "$shared/$1" ] || {
+            echo "cannot make $shared/$1" >&2
+            exit 1
+        }
+    fi
+    # Every time, for a file of the deploy user's: a group set later, or a
+    # chgrp that failed once, is put right by the next deploy.
+    if [ -n "$group" ] && [ -n "$(find "$shared/$1" -maxdepth 0 -type f -user "$(id -u)")" ]; then
+        chgrp -h -- "$group" "$shared/$1"
         chmod 660 "$shared/$1"
     fi
 }
