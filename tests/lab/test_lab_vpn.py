@@ -108,7 +108,7 @@ def vpn_said(events: list[dict]) -> str:
 
 
 # The multi-client server with no linger is every other lab test's.
-CASES = [("point-to-point", 0), ("point-to-point", 10), ("multi-client", 10)]
+CASES = [("point-to-point", 0), ("point-to-point", 5), ("multi-client", 5)]
 
 
 @pytest.mark.parametrize(("server", "linger"), CASES, indirect=["server"],
