@@ -86,6 +86,10 @@ def targets_for(text: bytes, p: Project) -> bytes:
         # No virtualenv of deployer's: the local target runs the Python that has Django here.
         python = p.python or "python3"
         local.append(f"    migrate: {python} manage.py migrate --noinput")
+    if p.build:
+        defaults += ["  build:                            # here, before packaging: the front end's assets",
+                     f"    run: [{', '.join(p.build)}]",
+                     "    copy_source: true               # in a copy: your checkout stays as it is"]
     if p.static_root:
         defaults += [f"  hooks:                            # static files into {p.static_root}/ of the release",
                      "    after: {upload: python manage.py collectstatic --noinput}"]

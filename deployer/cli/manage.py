@@ -195,6 +195,7 @@ def _init(directory: Path, stdout) -> int:
                  f"packages from {project.requirements} for Python {project.hosts_version}"
                  if project.requirements and project.hosts_version else "",
                  f"the SQLite database {project.sqlite}, kept in shared/" if project.sqlite else "",
+                 f"a build: {', '.join(project.build)}" if project.build else "",
                  f"port {project.port} for the local target"]
         stdout.write(f"found a Django project: {'; '.join(f for f in found if f)}\n")
         for note in project.notes:

@@ -85,6 +85,7 @@ class Project:
     sqlite: str = ""  # the SQLite database file, relative to the project
     page: str = ""  # a path Django answers (the health check's)
     requirements: str = ""  # for python:, relative to the project
+    build: tuple[str, ...] = ()  # the front end's build commands, for build: (package.json's "build" script)
     hosts_version: str = ""  # the version of HOSTS_PYTHON
     port: int = FIRST_PORT  # free on 127.0.0.1, for the local target's Apache
     notes: tuple[str, ...] = field(default=())  # what the user must settle, in words
@@ -122,13 +123,29 @@ def survey(directory: Path) -> Project | None:
     hosts_version = _version_of(HOSTS_PYTHON) if requirements else ""
     if requirements and not hosts_version:
         notes.append(f"{HOSTS_PYTHON} is not a Python 3 here: set python: version and interpreter by hand")
+    build = _npm_build(directory)
     static_url = str(found.get("static_url", ""))
     page = str(found.get("page", ""))
     return Project(settings=settings, wsgi=wsgi, python=python,
                    static_url=static_url if _URL_PATH.fullmatch(static_url) else "/static/",
                    static_root=static_root, sqlite=sqlite, page=page if page in ("/", "/admin/login/") else "",
-                   requirements=requirements, hosts_version=hosts_version, port=free_port(),
+                   requirements=requirements, hosts_version=hosts_version, build=build, port=free_port(),
                    notes=tuple(notes))
+
+
+def _npm_build(directory: Path) -> tuple[str, ...]:
+    """`npm ci` (or `npm install` without a lockfile) and `npm run build`,
+    if the project's package.json has a build script; () if not."""
+    if not _is_file(directory, "package.json"):
+        return ()
+    try:
+        with (directory / "package.json").open("rb") as f:
+            scripts = json.loads(f.read(_MAX_READ)).get("scripts", {})
+    except (OSError, ValueError, AttributeError):
+        return ()
+    if not isinstance(scripts, dict) or "build" not in scripts:
+        return ()
+    return ("npm ci" if _is_file(directory, "package-lock.json") else "npm install", "npm run build")
 
 
 def _settings_module(manage: Path) -> str:

@@ -343,6 +343,20 @@ def test_a_name_yaml_would_read_as_something_else_stays_a_name(tmp_path):
     assert local.shared.create == ("null",) and local.python.requirements == str(project / "true")
 
 
+def test_a_front_end_build_becomes_a_build_in_a_copy(tmp_path):
+    project = _startproject(tmp_path / "shop")
+    (project / "package.json").write_text('{"scripts": {"build": "vite build"}}')
+    (project / "package-lock.json").write_text("{}")
+    out = io.StringIO()
+    assert manage.main(["init", str(project)], stdout=out) == 0
+    assert "a build: npm ci, npm run build" in out.getvalue()
+    build = config.load(project / "targets.yaml").resolve("local").build
+    assert build.run == ("npm ci", "npm run build") and build.copy_source
+    # Without a build script, no build.
+    (project / "package.json").write_text('{"scripts": {"test": "x"}}')
+    assert survey.survey(project).build == ()
+
+
 def test_an_error_in_the_settings_is_a_note_and_printable(tmp_path):
     project = _startproject(tmp_path / "shop")
     (project / "shop" / "settings.py").write_text("raise RuntimeError('no \\x1b[2J SECRET_KEY')\n")
