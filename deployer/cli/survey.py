@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployer.output.text import printable_lines
+
 # A path init writes into targets.yaml or the vhost: inside the project,
 # of plain names, so that it needs quoting nowhere.
 _REL_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
@@ -106,7 +108,9 @@ def survey(directory: Path) -> Project | None:
         notes.append("no Python here imports Django (tried the project's .venv, venv, the active virtualenv and"
                       " python3): migrate and collectstatic use the hosts' python")
     elif found.get("error"):
-        notes.append(f"{python} could not read the settings ({_printable(found['error'])}):"
+        # One line of a note: what the settings raised cannot break it, nor drive the terminal.
+        said = " ".join(printable_lines(found["error"]).split("\n"))
+        notes.append(f"{python} could not read the settings ({said}):"
                      " STATIC_ROOT, the database and the WSGI file are guessed")
     wsgi = _wsgi_file(directory, str(found.get("wsgi", "")), settings)
     if not wsgi:
@@ -299,7 +303,3 @@ def free_port(first: int = FIRST_PORT, count: int = 100) -> int:
                 continue
             return port
     return first
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
