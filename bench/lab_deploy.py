@@ -1,26 +1,42 @@
-"""Fleet speed: deployer against the old bash loop and Ansible, in the lab.
+"""Fleet speed: deployer against the old bash loop, Ansible and pyinfra, in the lab.
 
     python -m bench.lab_deploy [--hosts 1,4,16] [--rounds 3] [--shape 100mbit]
-        [--contenders deployer,loop,ansible,ansible-tuned] [--kinds cold,warm]
+        [--contenders deployer,loop,parallel,ansible,ansible-tuned,pyinfra,floor] [--kinds cold,warm]
 
 Needs root and the lab's packages (see .ci/run; python3-django for the app's
-ballast); Ansible is installed on first use into a venv of its own
-(/var/tmp/deployer-bench-ansible, `pip install ansible-core`). Brings a lab
-with the largest host count up, opens its VPN once, builds a real-sized app
-(bench/app.py: examples/djangoapp plus Django's source, about 21 MB in 3,500
-files), then, for each host count and kind, times each contender on the
-same app, round by round (contenders take turns within a round):
+ballast); Ansible and pyinfra are installed on first use, each into a venv of
+its own (/var/tmp/deployer-bench-ansible, `pip install ansible-core`;
+/var/tmp/deployer-bench-pyinfra, `pip install 'pyinfra>=3,<4'`): bench-only,
+neither is a dependency of deployer. Brings a lab with the largest host
+count up, opens its VPN once, builds a real-sized app (bench/app.py:
+examples/djangoapp plus Django's source, about 21 MB in 3,500 files), then,
+for each host count and kind, times each contender on the same app, round
+by round (contenders take turns within a round):
 
   deployer       `python -m deployer NAME NAME.example.test --targets T --skip vpn`
   loop           the old TeamCity script: tar, then per host scp and one ssh per command
+  parallel       the same script with every host at once: each host's commands in a background
+                 subshell, for the upload loop and the restart loop (migrate once between them);
+                 plain OpenSSH, no ControlMaster
   ansible        one playbook doing the same steps, at Ansible's defaults (forks 5, no pipelining)
   ansible-tuned  the same playbook with forks = hosts, pipelining, ControlPersist 300s, no ssh -C
+  pyinfra        one pyinfra 3 deploy file doing the playbook's steps, at pyinfra's defaults
+                 (its ssh connector, paramiko; parallel = min(20 x CPUs, hosts); sftp), `pyinfra -y`
+  floor          the lab's lower bound: one plain `ssh HOST apache2ctl graceful` per host, all at
+                 once, then wait; nothing is sent or unpacked
 
   cold  an instance name the hosts have never seen (a fresh one every round)
   warm  the contender's own instance, deployed once before, then one file changed
 
 Every deploy changes RELEASE.txt, and counts only if every host then serves
 that text from /health of NAME.example.test, through Apache and mod_wsgi.
+The floor sends nothing, so it cannot change RELEASE.txt: its instance is
+deployed first, untimed, by the `parallel` script (for warm rows once, as the
+others' first deploy; for cold rows before every run, a fresh name each
+round), and its check asks for the release that deploy left. Cold and warm
+floors are the same run, the same lower bound: the reload every deploy ends
+with, on every host at once.
+
 With --shape RATE, every row is run again with the VPN host's outer link
 shaped to RATE (tbf). Absolute seconds are noisy on a small machine; the
 ratios come from one run, contenders interleaved, so they hold better.
@@ -49,10 +65,12 @@ import yaml
 from bench import app as benchapp
 from tests.lab.lab import REPO, Lab, up
 
-CONTENDERS = ("deployer", "loop", "ansible", "ansible-tuned")
-SHORT = {"deployer": "dep", "loop": "loop", "ansible": "ans", "ansible-tuned": "anst", "baseline": "base"}
+CONTENDERS = ("deployer", "loop", "parallel", "ansible", "ansible-tuned", "pyinfra", "floor")
+SHORT = {"deployer": "dep", "loop": "loop", "parallel": "par", "ansible": "ans", "ansible-tuned": "anst",
+         "pyinfra": "pyi", "floor": "floor", "baseline": "base"}  # fmt: skip
 KINDS = ("cold", "warm")
 ANSIBLE_VENV = Path("/var/tmp/deployer-bench-ansible")
+PYINFRA_VENV = Path("/var/tmp/deployer-bench-pyinfra")
 TEMPLATE = REPO / "templates" / "default_template"
 CHECK_TIMEOUT = 60.0  # seconds for every host to serve the new release
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,6 +96,107 @@ for h in "$@"; do
     $ssh "root@$h" "apache2ctl configtest 2>/dev/null && ln -sfn $rel /var/www/$name.tmp \
         && mv -T /var/www/$name.tmp /var/www/$name && apache2ctl graceful"
 done
+"""
+
+# Waits for each background subshell of `pids` (host `hosts[i]`); fails,
+# naming the hosts, if any failed. bash: errexit holds in a `( ... ) &`.
+# Put into the scripts below at their line @WAIT_ALL@.
+WAIT_ALL = r"""wait_all() {
+    local failed=0 i
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || { echo "error: $1 failed on ${hosts[$i]}"; failed=1; }
+    done
+    return $failed
+}
+"""
+
+# The old script with every host at once (its per-host commands unchanged).
+PARALLEL_SCRIPT = r"""
+set -eu
+name=$1; hostname=$2; release=$3; shift 3
+ssh="ssh -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
+scp="scp -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
+rel=/var/www/$name.releases/$release
+tar -czf "$WORK/app.tgz" -C "$APP" --exclude=__pycache__ .
+sed -e "s|<<HOSTNAME>>|$hostname|g" -e "s|<<DEPLOY_PATH>>|/var/www/$name|g" \
+    -e "s|<<CONFIG_NAME>>|$name|g" -e "s|<<HTTP_PORT>>|80|g" "$TEMPLATE" > "$WORK/vhost.conf"
+@WAIT_ALL@
+pids=(); hosts=()
+for h in "$@"; do
+    (
+        $scp "$WORK/app.tgz" "root@$h:/tmp/$release.tgz"
+        $ssh "root@$h" "mkdir -p $rel && tar -xzf /tmp/$release.tgz -C $rel && rm /tmp/$release.tgz"
+        $scp "$WORK/vhost.conf" "root@$h:/etc/apache2/sites-available/$name.conf"
+        $ssh "root@$h" "ln -sfn ../sites-available/$name.conf /etc/apache2/sites-enabled/$name.conf"
+    ) &
+    pids+=($!); hosts+=("$h")
+done
+wait_all upload
+$ssh "root@$1" "cd $rel && CONFIG_NAME=$name python manage.py migrate --noinput" >/dev/null
+pids=(); hosts=()
+for h in "$@"; do
+    (
+        $ssh "root@$h" "apache2ctl configtest 2>/dev/null && ln -sfn $rel /var/www/$name.tmp \
+            && mv -T /var/www/$name.tmp /var/www/$name && apache2ctl graceful"
+    ) &
+    pids+=($!); hosts+=("$h")
+done
+wait_all restart
+""".replace("@WAIT_ALL@\n", WAIT_ALL)
+
+# The lower bound: the reload every deploy ends with, on every host at once.
+FLOOR_SCRIPT = r"""
+set -eu
+shift 3
+ssh="ssh -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
+@WAIT_ALL@
+pids=(); hosts=()
+for h in "$@"; do
+    $ssh "root@$h" "apache2ctl graceful" &
+    pids+=($!); hosts+=("$h")
+done
+wait_all graceful
+""".replace("@WAIT_ALL@\n", WAIT_ALL)
+
+# The playbook's steps as a pyinfra 3 deploy file. pyinfra runs the file
+# once per host, all hosts at once, to collect each one's operations, then
+# runs each operation on every host before the next; with -y, an
+# operation's body runs only then. So the tarball is a local operation (on
+# the runner; its time counts, as the others' packaging does) of the first
+# host only, as migrate is, and every host's files.put waits for it.
+PYINFRA_DEPLOY = r"""
+import io
+import json
+import os
+
+from pyinfra import host, local
+from pyinfra.operations import files, python, server
+
+v = json.loads(open(os.environ["BENCH_PYINFRA_VARS"]).read())
+name, tarball = v["instance"], v["tarball"]
+deploy_path = f"/var/www/{name}"
+release_dir = f"/var/www/{name}.releases/{v['release']}"
+remote_tarball = f"/tmp/{v['release']}.tgz"
+
+with open(v["vhost_template"]) as f:
+    vhost = (f.read().replace("<<HOSTNAME>>", v["hostname"]).replace("<<DEPLOY_PATH>>", deploy_path)
+             .replace("<<CONFIG_NAME>>", name).replace("<<HTTP_PORT>>", "80"))
+
+if host.name == v["first"]:
+    python.call(name="tarball of the app, on this machine", function=local.shell,
+                commands=f"tar -czf {tarball} -C {v['app']} --exclude=__pycache__ .")
+files.put(name="tarball", src=tarball, dest=remote_tarball)
+server.shell(name="unpack it into the release directory", commands=[
+    f"mkdir -p {release_dir} && tar -xzf {remote_tarball} -C {release_dir} && rm {remote_tarball}"])
+files.put(name="vhost", src=io.StringIO(vhost), dest=f"/etc/apache2/sites-available/{name}.conf")
+files.link(name="enable the site", path=f"/etc/apache2/sites-enabled/{name}.conf",
+           target=f"../sites-available/{name}.conf")
+if host.name == v["first"]:
+    server.shell(name="migrate, once",
+                 commands=[f"cd {release_dir} && CONFIG_NAME={name} python manage.py migrate --noinput"])
+server.shell(name="configtest", commands=["apache2ctl configtest"])
+files.link(name="switch DEPLOY_PATH to the release", path=deploy_path, target=release_dir)
+server.shell(name="graceful", commands=["apache2ctl graceful"])
 """
 
 # The same steps as the loop and deployer; the tarball is built by the
@@ -254,10 +373,21 @@ class Bench:
                 python = str(Path(self.args.baseline) / ".venv" / "bin" / "python")
             return [python, "-m", "deployer", name, hostname, "--targets", str(self.targets(n)),
                     "--skip", "vpn", "--output", "plain"], env  # fmt: skip
-        if contender == "loop":
+        if contender in ("loop", "parallel", "floor"):
+            script = {"loop": OLD_SCRIPT, "parallel": PARALLEL_SCRIPT, "floor": FLOOR_SCRIPT}[contender]
             env.update(KEY=str(self.lab.ssh_key), KNOWN=str(self.lab.known_hosts), WORK=str(self.work),
                        APP=str(self.app), TEMPLATE=str(TEMPLATE))  # fmt: skip
-            return ["bash", "-c", OLD_SCRIPT, "old", name, hostname, release, *self.lab.addresses[:n]], env
+            return ["bash", "-c", script, contender, name, hostname, release, *self.lab.addresses[:n]], env
+        if contender == "pyinfra":
+            deploy, inventory = self.pyinfra_files(n)
+            extra = self.work / f"vars-{self.seq}.json"
+            extra.write_text(json.dumps({
+                "instance": name, "hostname": hostname, "release": release, "app": str(self.app),
+                "tarball": str(self.work / f"pyinfra-{self.seq}.tgz"), "vhost_template": str(TEMPLATE),
+                "first": self.lab.addresses[0],
+            }))  # fmt: skip
+            env.update(BENCH_PYINFRA_VARS=str(extra))
+            return [str(PYINFRA_VENV / "bin" / "pyinfra"), "-y", str(inventory), str(deploy)], env
         tuned = contender == "ansible-tuned"
         cfg = self.ansible_files(n, tuned)
         extra = self.work / f"vars-{self.seq}.json"
@@ -290,6 +420,20 @@ class Bench:
         cfg.write_text("\n".join(lines) + "\n")
         return cfg
 
+    def pyinfra_files(self, n: int) -> tuple[Path, Path]:
+        """The deploy file and an inventory of the first n hosts, in a directory of
+        their own (pyinfra reads config.py and group_data/ next to them)."""
+        d = self.work / "pyinfra"
+        d.mkdir(exist_ok=True)
+        deploy = d / "deploy.py"
+        deploy.write_text(PYINFRA_DEPLOY)
+        inv = d / f"inventory_{n}.py"
+        known = str(self.lab.known_hosts)
+        data = {"ssh_user": "root", "ssh_key": str(self.lab.ssh_key), "ssh_known_hosts_file": known,
+                "ssh_strict_host_key_checking": "yes"}  # fmt: skip
+        inv.write_text(f"_data = {data!r}\nweb = [(a, _data) for a in {self.lab.addresses[:n]!r}]\n")
+        return deploy, inv
+
     def close_ssh_masters(self) -> None:
         """Stop Ansible's ControlPersist ssh masters (through their sockets), so
         that no round inherits a connection from the one before."""
@@ -321,6 +465,7 @@ class Bench:
         if contender.startswith("ansible"):
             self.close_ssh_masters()
             (self.work / f"ansible-{self.seq}.tgz").unlink(missing_ok=True)
+        (self.work / f"pyinfra-{self.seq}.tgz").unlink(missing_ok=True)
         text = out.read_text(errors="replace")
         run = Run(seconds=m.seconds, ok=m.code == 0, tun_tx=tx1 - tx0, tun_rx=rx1 - rx0, retrans=re1 - re0,
                   machine_cpu=cpu1 - cpu0, own_cpu=m.cpu, rss_kib=m.rss_kib)  # fmt: skip
@@ -436,6 +581,17 @@ def ensure_ansible() -> None:
         raise SystemExit(f"no {playbook} after pip install ansible-core")
 
 
+def ensure_pyinfra() -> None:
+    binary = PYINFRA_VENV / "bin" / "pyinfra"
+    if binary.exists():
+        return
+    log(f"installing pyinfra 3 into {PYINFRA_VENV} ...")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(PYINFRA_VENV)], check=True, timeout=120)
+    subprocess.run([str(PYINFRA_VENV / "bin" / "pip"), "install", "-q", "pyinfra>=3,<4"], check=True, timeout=600)
+    if not binary.exists():
+        raise SystemExit(f"no {binary} after pip install pyinfra")
+
+
 # -------------------------------------------------------------------- the table
 
 
@@ -452,10 +608,18 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
     contenders = args.contenders
     print()
     print("Median wall seconds of a whole deploy (package, upload, render, migrate, restart; VPN already up),")
-    print(f"over {args.rounds} round(s); ok/rounds where a run failed. Ratios: deployer's median / the other's.")
-    head = f"{'shape':>8} {'hosts':>5} {'kind':>4} " + " ".join(f"{c:>13}" for c in contenders)
-    ratios = [c for c in ("loop", "ansible-tuned", "baseline") if c in contenders and "deployer" in contenders]
-    head += "".join(f" {'dep/' + SHORT[c]:>9}" for c in ratios)
+    print(f"over {args.rounds} round(s); ok/rounds where a run failed. Ratios: X/dep, the other's median /")
+    print("deployer's (above 1: deployer is faster); dep/floor, deployer's / the floor's (the reload alone, every")
+    print("host at once: the lab's lower bound); dep/base, deployer's / the baseline's.")
+    widths = {c: max(len(c), 7) for c in contenders}
+    head = f"{'shape':>8} {'hosts':>5} {'kind':>4} " + " ".join(f"{c:>{widths[c]}}" for c in contenders)
+    # (label, numerator, denominator)
+    ratios: list[tuple[str, str, str]] = []
+    if "deployer" in contenders:
+        others = [c for c in contenders if c not in ("deployer", "floor", "baseline")]
+        ratios = [(f"{SHORT[c]}/dep", c, "deployer") for c in others]
+        ratios += [(f"dep/{SHORT[c]}", "deployer", c) for c in ("floor", "baseline") if c in contenders]
+    head += "".join(f" {label:>{max(len(label), 6)}}" for label, _, _ in ratios)
     print(head)
     for (shape, n, kind), by in results.items():
         cells = []
@@ -463,11 +627,11 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
             runs = by.get(c, [])
             m = median(runs, "seconds")
             ok = sum(r.ok for r in runs)
-            cells.append(f"{fmt(m) + ('' if ok == len(runs) else f' {ok}/{len(runs)}'):>13}")
+            cells.append(f"{fmt(m) + ('' if ok == len(runs) else f' {ok}/{len(runs)}'):>{widths[c]}}")
         line = f"{shape or 'none':>8} {n:>5} {kind:>4} " + " ".join(cells)
-        for c in ratios:
-            a, b = median(by.get("deployer", []), "seconds"), median(by.get(c, []), "seconds")
-            line += f" {fmt(a / b if a and b else None):>9}"
+        for label, num, den in ratios:
+            a, b = median(by.get(num, []), "seconds"), median(by.get(den, []), "seconds")
+            line += f" {fmt(a / b if a and b else None):>{max(len(label), 6)}}"
         print(line)
 
     print()
@@ -477,10 +641,11 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
     print("the CPU is busy, or at the shaped rate), each up to 1448 bytes of the tun MB up.")
     print("CPU s/host: busy CPU time of the whole machine (runner, OpenVPN both ends, sshd, tar, Apache on every")
     print("lab host; /proc/stat user+nice+system+irq+softirq+steal) during the deploy, divided by hosts.")
-    print("own CPU s: user+sys of the contender's own process tree on the runner; RSS MB: its largest process.")
+    print("own CPU s: user+sys of the contender's own process tree on the runner (own ms/host: the same, in ms,")
+    print("divided by hosts); RSS MB: its largest process.")
     print(f"{'shape':>8} {'hosts':>5} {'kind':>4} {'contender':>13} {'s':>7} {'conn':>5} {'sess':>5} "
           f"{'tun MB up':>9} {'down':>6} {'retr':>5} "
-          f"{'CPU s/host':>10} {'own CPU s':>9} {'RSS MB':>7}")  # fmt: skip
+          f"{'CPU s/host':>10} {'own CPU s':>9} {'own ms/host':>11} {'RSS MB':>7}")  # fmt: skip
     for (shape, n, kind), by in results.items():
         for c in contenders:
             runs = by.get(c, [])
@@ -488,12 +653,12 @@ def report(results: dict, args: argparse.Namespace, extra: list[str]) -> None:
                 continue
             rss = max((r.rss_kib for r in runs if r.ok), default=None)
             tx, rx = median(runs, "tun_tx"), median(runs, "tun_rx")
-            mcpu = median(runs, "machine_cpu")
+            mcpu, own = median(runs, "machine_cpu"), median(runs, "own_cpu")
             print(f"{shape or 'none':>8} {n:>5} {kind:>4} {c:>13} {fmt(median(runs, 'seconds')):>7} "
                   f"{fmt(median(runs, 'logins'), '.0f'):>5} {fmt(median(runs, 'sessions'), '.0f'):>5} "
                   f"{fmt(tx and tx / 1e6, '.2f'):>9} {fmt(rx and rx / 1e6, '.2f'):>6} "
                   f"{fmt(median(runs, 'retrans'), '.0f'):>5} "
-                  f"{fmt(mcpu and mcpu / n):>10} {fmt(median(runs, 'own_cpu')):>9} "
+                  f"{fmt(mcpu and mcpu / n):>10} {fmt(own):>9} {fmt(own and own * 1000 / n, '.0f'):>11} "
                   f"{fmt(rss and rss / 1024, '.0f'):>7}")  # fmt: skip
 
     if "deployer" in contenders:
@@ -553,6 +718,8 @@ def main() -> int:
 
     if any(c.startswith("ansible") for c in args.contenders):
         ensure_ansible()
+    if "pyinfra" in args.contenders:
+        ensure_pyinfra()
     work = Path(tempfile.mkdtemp(prefix="deployer-bench-", dir="/var/tmp"))
     work.chmod(0o755)
     started = time.monotonic()
@@ -587,15 +754,29 @@ def main() -> int:
                         if kind == "warm":
                             for c in args.contenders:
                                 name = f"w{tag}-{SHORT[c]}-{n}"
-                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({c})")
-                                first = bench.deploy(c, name, n, f"first-{name}")
+                                # The floor's instance: deployed by the parallel script.
+                                how = "parallel" if c == "floor" else c
+                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({how})")
+                                first = bench.deploy(how, name, n, f"first-{name}")
                                 if not first.ok:
                                     log(f"    first deploy of {name} failed: {first.error}")
                         for r in range(args.rounds):
                             for c in args.contenders:
                                 name = f"w{tag}-{SHORT[c]}-{n}" if kind == "warm" else f"c{tag}-{SHORT[c]}-{n}-{r}"
                                 done += 1
-                                run = bench.deploy(c, name, n, f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}")
+                                release = f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}"
+                                setup = None
+                                if c == "floor":
+                                    # It sends nothing: it checks for the release already there.
+                                    if kind == "warm":
+                                        release = f"first-{name}"
+                                    else:
+                                        log(f"    untimed: {name} deployed by the parallel script, for the floor")
+                                        setup = bench.deploy("parallel", name, n, release)
+                                if setup and not setup.ok:
+                                    run = Run(seconds=0.0, ok=False, error=f"floor's setup: {setup.error}")
+                                else:
+                                    run = bench.deploy(c, name, n, release)
                                 by[c].append(run)
                                 log(f"[{done}/{total} {time.monotonic() - started:.0f}s] shape {shape or 'none'} "
                                     f"hosts {n} {kind} round {r + 1} {c}: {run.seconds:.2f} s "
