@@ -55,7 +55,7 @@ _wsgi_daemons() (
     _wsgi_procs | while read -r p s pp; do
         case "$p$s$pp" in '' | *[!0-9]*) continue ;; esac
         [ "$pp" = "$1" ] || continue
-        a0=$(tr '\0' '\n' < "/proc/$p/cmdline" 2> /dev/null | head -n 1 | sed 's/ *$//')
+        a0=$(tr '\0' '\n' 2> /dev/null < "/proc/$p/cmdline" | head -n 1 | sed 's/ *$//')
         [ "$a0" = "$2" ] || continue
         t=$(sed -n 's/^Threads:[[:space:]]*//p' "/proc/$p/status" 2> /dev/null)
         case "$t" in '' | *[!0-9]*) continue ;; esac
@@ -80,7 +80,7 @@ wsgi_reload() (
     [ -n "$parent" ] || { echo "Apache is not running" >&2; exit 3; }
     ppid=${parent%% *}
     label="(wsgi:$group)"
-    a0=$(tr '\0' '\n' < "/proc/$ppid/cmdline" 2> /dev/null | head -n 1)
+    a0=$(tr '\0' '\n' 2> /dev/null < "/proc/$ppid/cmdline" | head -n 1)
     if [ "${#label}" -gt "${#a0}" ]; then
         echo "mod_wsgi shows at most ${#a0} characters of a daemon's name: '$label' is cut, and cannot be" \
              "told from another group's (a group name of at most $((${#a0} - 7)) characters can)" >&2
