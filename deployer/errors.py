@@ -8,6 +8,9 @@ EXIT_UNDO_INCOMPLETE = 3
 # run needs to start (an SSH key, the VPN file, a secret): a laptop's preview
 # must not pass for a green check that the CI agent could deploy.
 EXIT_DRY_RUN_LACKS = 4
+# Done on every host but some that failed within the target's max_failed: the
+# run went on without those, undid what it had changed there, and names them.
+EXIT_PARTLY_DONE = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -44,6 +47,13 @@ class DryRunLacks(DeployError):
 
 class StepFailed(DeployError):
     """A step failed on one or more hosts while the plan was running."""
+
+
+class PartlyDone(DeployError):
+    """The run succeeded on every host but those that failed within
+    max_failed, where it undid what it had changed: the message names them."""
+
+    exit_code = EXIT_PARTLY_DONE
 
 
 class UndoIncomplete(DeployError):

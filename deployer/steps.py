@@ -143,6 +143,7 @@ class Relay:
     source: str
     fetch: Command = field(default_factory=Command)
     close: Command = field(default_factory=Command)
+    limit: int = 8  # hosts reading from `source` at once
 
 
 @dataclass(frozen=True)
@@ -207,10 +208,8 @@ class Link(Step):
     point it back (or remove it, if there was none). `work` is a directory
     beside `path`, random per run, holding what the undo needs.
 
-    `commit` marks the switch to the new release: a session ends with it,
-    so nothing after it (the reload, the health check) starts until it has
-    happened on every host. Until the run ends it is undone like any other
-    change.
+    `commit` marks the switch to the new release (the dry run says so).
+    Until the run ends it is undone like any other change.
     """
 
     waits: bool = False
@@ -250,15 +249,27 @@ class HealthCheck(Step):
 
 
 @dataclass(frozen=True)
+class Pause(Step):
+    """Wait `seconds` on this machine (between two batches of hosts); an
+    interrupt ends it at once."""
+
+    seconds: float = 0.0
+    changes: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
 class Plan:
     """A deploy: stages in order, each a tuple of steps; the instance's
-    `lock`, taken before the first step on a host; and what runs only
-    once the run has succeeded (`after`: pruning old releases), whose
-    failure is reported but undoes nothing."""
+    `lock`, taken before the first step on a host; what runs only once the
+    run has succeeded (`after`: pruning old releases), whose failure is
+    reported but undoes nothing; and how many hosts may fail
+    (`max_failed`): within it, a host that fails a step is put back and
+    left out of the rest of the run, the lock's first host never."""
 
     stages: tuple[tuple[str, tuple[Step, ...]], ...]
     lock: Lock | None = None
     after: tuple[Run, ...] = ()
+    max_failed: int = 0
 
     def steps(self):
         for stage, steps in self.stages:

@@ -198,6 +198,10 @@ def _dry_run(args, reporter: Reporter, ctx: context.Context, the_plan: Plan, sel
                 if isinstance(s, steps.Install) and s.path == vhost.site(ctx).next and not s.source]
     for note in vhost.reload_notes(rendered[0]) if rendered else ():
         reporter.note(note)
+    if the_plan.max_failed:
+        reporter.note(f"max_failed: up to {the_plan.max_failed} of the {len(ctx.host_names)} hosts may fail (never"
+                      f" {ctx.host_names[0]}, which holds the lock): the run goes on without each, undoes what it"
+                      " changed there, and ends with exit code 5")
     if args.diff and any(m.kind == "connect" for m in missing):
         reporter.note("--diff: the hosts were not read: reaching them needs what is listed below")
     elif args.diff:

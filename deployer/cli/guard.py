@@ -15,6 +15,7 @@ from deployer.errors import (
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
+    PartlyDone,
     UndoIncomplete,
     UsageError,
 )
@@ -113,7 +114,7 @@ def _serving(executor, e: BaseException) -> str:
     incomplete undo already names the hosts that need a person)."""
     if executor is None or isinstance(e, UndoIncomplete):
         return ""
-    return executor.serving(False)
+    return executor.serving(isinstance(e, PartlyDone))
 
 
 def _finish(run: Run, code: int, error: str | None, summary: str = "") -> int:

@@ -199,7 +199,13 @@ class Target:
     step_timeout: float
     migrate_timeout: float
     parallel: int
+    # The switch and reload go in batches of these sizes (a number of hosts
+    # or "N%"; see plan/rollout.py); at most `max_failed` hosts may fail.
+    batches: tuple[int | str, ...]
+    batch_pause: float
+    max_failed: int | str
     relay: bool
+    relay_limit: int  # hosts reading the artifact from the first one at once
     keep_releases: int
     protected: bool  # `deployer destroy` refuses it (alpha, production)
     deploy_root: str

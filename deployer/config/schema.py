@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     WithJsonSchema,
     WrapValidator,
@@ -225,6 +226,25 @@ Seconds = Annotated[float, Field(gt=0.0), says(lambda v: "expected a positive nu
 LingerSeconds = Annotated[float, Field(ge=0.0, le=VPN_LINGER_MAX),
                           says(lambda v: f"expected seconds from 0 to {VPN_LINGER_MAX:g}")]
 Port = between(1, 65535)
+
+
+def host_count(low: int) -> Any:
+    """A number of hosts, `low` or more, or a percentage of them from `low`% to 100%: 25%."""
+    percent = r"100|[1-9][0-9]?" if low else r"100|[1-9]?[0-9]"
+
+    def check(value: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(rf"(?:{percent})%", value):
+            return value
+        raise _problem(f"expected a number of hosts ({low} or more) or a percentage of them ({low}% to 100%),"
+                       f" got {value!r}" if isinstance(value, (int, str)) else
+                       f"expected a number of hosts or a percentage, got {kind_of(value)}")
+
+    return Annotated[int | str, PlainValidator(check), WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": low}, {"type": "string", "pattern": _anchored(f"(?:{percent})%")}]})]
+
+
 # deployer.config.names' own regexes: the schema says what its checks check.
 TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names._LABEL.pattern}")})
 VarName = checked_key(_var_name, {"pattern": _anchored(names._TOKEN.pattern),
@@ -572,8 +592,27 @@ class TargetSpec(_Spec):
         3600, description="Seconds migrate may run before it is stopped and its step fails.")
     parallel: between(1, 1000) = Field(
         MAX_PARALLEL, description="Hosts at once, at most (fewer when the target has fewer).")
+    batches: Annotated[list[host_count(1)], Field(min_length=1),
+                       says(lambda v: f"expected a list of host counts such as [1, 25%, 100%], got {kind_of(v)}")
+                       ] = Field(
+        ["100%"], description="The switch to the new release and Apache's reload go over the hosts in batches,"
+        " one after another, each a number of hosts or a percentage of them (rounded down, at least 1), the"
+        " last repeated until every host has had its turn: [1, 25%, 100%] is the first host alone, then a"
+        " quarter of them, then the rest. Every host is prepared (upload, render, configtest) before the"
+        " first batch; each batch passes the health check before the next one starts.")
+    batch_pause: Annotated[float, Field(ge=0.0, le=3600.0),
+                           says(lambda v: "expected seconds from 0 to 3600")] = Field(
+        0, description="Seconds to wait between two batches, once the first one has passed its health check.")
+    max_failed: host_count(0) = Field(
+        0, description="Hosts that may fail over the whole run (a number, or a percentage of the hosts, rounded"
+        " down) before it stops and puts every host back. A host that fails within it is put back at once,"
+        " left out of the rest of the run, and named in the last line (exit code 5). The first host, which"
+        " holds the lock and runs migrate, may never fail.")
     relay: Flag = Field(
         True, description="The other hosts read the artifact from the first one: it crosses the tunnel once.")
+    relay_limit: between(1, 100) = Field(
+        8, description="Hosts that read the artifact from the first one at once; the others wait their turn."
+        " sshd's default MaxStartups (10:30:100) drops new connections past 10 that have not logged in yet.")
     keep_releases: between(2, 1000) = Field(
         5, description="Releases kept per host after a run that succeeded; the live one and the one before it"
         " are always kept.")

@@ -91,6 +91,10 @@ def _health(step: steps.HealthCheck, redact) -> list[str]:
             " fails sooner); on failure, every host is put back" for a in step.addresses]
 
 
+def _pause(step: steps.Pause, redact) -> list[str]:
+    return [f"wait {step.seconds:g} s on this machine"]
+
+
 def _link(step: steps.Link, redact) -> list[str]:
     note = " (commit point)" if step.commit else ""
     return [f"point {step.path} at {step.target}, atomically{note}:", *_commands(step.command())]
@@ -99,15 +103,15 @@ def _link(step: steps.Link, redact) -> list[str]:
 # One describer a kind of step: a new kind adds its own here.
 _DESCRIBE = {steps.Build: _build, steps.CopySource: _copy, steps.Wheels: _wheels, steps.OpenVpn: _vpn,
              steps.Run: _run, steps.Upload: _upload, steps.Install: _install, steps.HealthCheck: _health,
-             steps.Link: _link}
+             steps.Link: _link, steps.Pause: _pause}
 
 
 def _relay_details(r: steps.Relay | None) -> list[str]:
     if r is None:
         return []
     return [f"{r.source} keeps a copy of that tarball if it is 1 MiB or more, and lets a one-time key read it;"
-            " every other host that needs the same tarball reads it from there instead, before it unpacks"
-            " (else it is sent as above):",
+            f" every other host that needs the same tarball reads it from there instead, {r.limit} at a time,"
+            " before it unpacks (a refused connection is tried again; else it is sent as above):",
             *(f"$ {line}" for line in r.fetch.line().splitlines()),
             f"then the key and the copy are removed from {r.source} in its next session, and on failure:",
             *(f"$ {line}" for line in r.close.line().splitlines())]

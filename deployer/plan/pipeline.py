@@ -5,8 +5,8 @@ from dataclasses import replace
 from deployer import steps
 from deployer.context import Context
 from deployer.errors import UsageError
+from deployer.plan import rollout, vhost
 from deployer.plan import stages as stage_lib
-from deployer.plan import vhost
 from deployer.remote import hostscripts
 from deployer.steps import Plan
 
@@ -44,7 +44,7 @@ def build(ctx: Context) -> Plan:
     built = _before_first_on_hosts(built, lock)
     after = ((stage_lib.prune(ctx), *([stage_lib.prune_venvs(ctx)] if t.python else ())) if ctx.uploads
              else ())
-    return Plan(tuple(built), lock=lock, after=after)
+    return Plan(tuple(built), lock=lock, after=after, max_failed=rollout.budget(t.max_failed, len(t.hosts)))
 
 
 # What a host may answer `read` with: every release and up to 1,000 history
@@ -65,7 +65,8 @@ def read(ctx: Context, history: int = 20) -> Plan:
 def rollback(ctx: Context, seen: tuple[str, ...]) -> Plan:
     """Every host back to `ctx.release`, if each one's live release is still one of `seen`."""
     lock = stage_lib.lock(ctx)
-    return Plan((("vpn", stage_lib.vpn(ctx)), ("rollback", (lock, *stage_lib.activate(ctx, seen)))), lock=lock)
+    return Plan((("vpn", stage_lib.vpn(ctx)), ("rollback", (lock, *stage_lib.activate(ctx, seen)))), lock=lock,
+                max_failed=rollout.budget(ctx.target.max_failed, len(ctx.target.hosts)))
 
 
 def unlock(ctx: Context, run_id: str, keep: bool = False) -> Plan:

@@ -15,7 +15,7 @@ from deployer.artifact import wheels
 from deployer.config import Hook, names
 from deployer.context import Context
 from deployer.errors import DeployError, TemplateError, UsageError
-from deployer.plan import template, vhost
+from deployer.plan import rollout, template, vhost
 from deployer.quoting import Command, assignment
 from deployer.remote import hostscripts
 
@@ -46,7 +46,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     if t.transport == "ssh" and t.relay and len(t.hosts) > 1:
         source = t.hosts[0]
         relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
-                            fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)))
+                            fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)),
+                            limit=t.relay_limit)
     shared = t.shared
     python = t.python
     rendered = tuple(f.path for f in t.files if f.shared)
@@ -215,19 +216,32 @@ def restart(ctx: Context) -> tuple[steps.Step, ...]:
 
 
 def _go_live(ctx: Context, promotes: bool) -> tuple[steps.Step, ...]:
-    """After migrate has ended: every host switched to the release, then
-    each one's next vhost tested and made live and Apache reloaded; a host
-    whose test or reload fails puts every host back."""
-    return (
-        # Only to a release this run uploaded, or rolls back to: `--only restart`
-        # must not point the live path at a directory that does not exist.
-        *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}", ctx.host_names, waits=True,
-                      path=ctx.deploy_path, target=ctx.release_path,
-                      work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
-          if ctx.switches else []),
-        vhost.promote(ctx) if promotes else vhost.reload(ctx),
-        *_health(ctx),
-    )
+    """After migrate has ended: the hosts in batches (see rollout.py), each
+    host of a batch switched to the release, then its next vhost tested and
+    made live and Apache reloaded, in one session; then the batch's health
+    check, and a pause before the next batch. A host that fails puts every
+    host back (with `max_failed`, only itself, within the budget)."""
+    t = ctx.target
+    batches = rollout.batches(ctx.host_names, t.batches)
+    out: list[steps.Step] = []
+    for i, hosts in enumerate(batches):
+        which = f" (batch {i + 1} of {len(batches)})" if len(batches) > 1 else ""
+        out += [
+            # Only to a release this run uploaded, or rolls back to: `--only restart`
+            # must not point the live path at a directory that does not exist.
+            *([steps.Link(f"switch {ctx.deploy_path} to release {ctx.release}{which}", hosts, waits=True,
+                          path=ctx.deploy_path, target=ctx.release_path,
+                          work=f"{ctx.deploy_path}.deployer-{ctx.run_id}", commit=True)]
+              if ctx.switches else []),
+            # In the switch's session: each host reloads as soon as it has switched.
+            replace(vhost.promote(ctx, hosts) if promotes else vhost.reload(ctx, hosts=hosts),
+                    waits=not ctx.switches),
+            *_health(ctx, hosts),
+        ]
+        if t.batch_pause and i + 1 < len(batches):
+            out.append(steps.Pause(f"pause {t.batch_pause:g} s before batch {i + 2} of {len(batches)}",
+                                   seconds=t.batch_pause))
+    return tuple(out)
 
 
 def lock(ctx: Context, takes_over: str = "") -> steps.Lock:
@@ -333,13 +347,13 @@ def prepare(ctx: Context, copy_to: str) -> tuple[steps.Step, ...]:
     )
 
 
-def _health(ctx: Context) -> tuple[steps.Step, ...]:
+def _health(ctx: Context, hosts: tuple[str, ...]) -> tuple[steps.Step, ...]:
     h = ctx.target.health
     if h is None or not ctx.hostname:
         return ()
     local = ctx.target.transport == "local"
-    addresses = tuple("127.0.0.1" if local else host.address for host in ctx.target.hosts)
-    check = steps.HealthCheck("", ctx.host_names, addresses=addresses, port=h.port, path=h.path,
+    addresses = tuple("127.0.0.1" if local else host.address for host in ctx.target.hosts if host.name in hosts)
+    check = steps.HealthCheck("", hosts, addresses=addresses, port=h.port, path=h.path,
                               host_header=ctx.hostname, statuses=h.statuses, timeout=h.timeout, headers=h.headers)
     return (replace(check, title=f"health check: GET {h.path} answers {check.expects}"),)
 

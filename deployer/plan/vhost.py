@@ -122,22 +122,24 @@ def test(ctx: Context, waits: bool = True) -> steps.Run:
                      command=apache(ctx, "test"))
 
 
-def promote(ctx: Context) -> steps.Run:
+def promote(ctx: Context, hosts: tuple[str, ...]) -> steps.Run:
     """Locked on each host: the next vhost tested, made live, and Apache
     reloaded and seen to have loaded it. Undone, the live vhost is put back
     and Apache reloaded again once the host's other changes are undone."""
     s = site(ctx)
-    return steps.Run("apache: test the next vhost, make it live, reload and wait until loaded", ctx.host_names,
+    return steps.Run("apache: test the next vhost, make it live, reload and wait until loaded", hosts,
                      command=apache(ctx, "promote"), undo=apache(ctx, "restore"),
                      keep=hostscripts.forget(s.work(s.live, ctx.run_id)), undo_safe=True,
                      after_undo=reload(ctx, again=False))
 
 
-def reload(ctx: Context, waits: bool = True, again: bool = True) -> steps.Run:
-    """Locked on each host: configtest, graceful (or start), and wait until
-    loaded; with `again`, once more after an undo."""
+def reload(ctx: Context, waits: bool = True, again: bool = True,
+           hosts: tuple[str, ...] | None = None) -> steps.Run:
+    """Locked on each host (`hosts`, or all of the target's): configtest,
+    graceful (or start), and wait until loaded; with `again`, once more
+    after an undo."""
     title, command = "apache: configtest, reload and wait until loaded", apache(ctx, "reload")
-    return steps.Run(title, ctx.host_names, waits=waits, command=command,
+    return steps.Run(title, ctx.host_names if hosts is None else hosts, waits=waits, command=command,
                      after_undo=reload(ctx, again=False) if again else None)
 
 

@@ -23,18 +23,23 @@ class Connections:
         # and fail only on those that do not; a run that changes hosts runs
         # nowhere unless every host answers.
         self.every_host = every_host
+        # How many hosts, the first one never, may fail to connect: they
+        # are left out of the run (its max_failed, set by the executor).
+        self.budget = 0
         self.transports: dict[str, Transport] = {}
         self.opened: list[SshTransport] = []
 
     def __getitem__(self, host: str) -> Transport:
         return self.transports[host]
 
-    def connect(self) -> None:
+    def connect(self) -> dict[str, str]:
+        """Every host connected to, all at once; those that did not answer,
+        with why, when the run may go on without them (else it fails)."""
         if self.transports:
-            return
+            return {}
         if self.target.transport == "local":
             self.transports[LOCAL_HOST.name] = self.local
-            return
+            return {}
 
         def open_one(host) -> str | None:
             t = SshTransport(host, self.target.known_hosts, self.target.connect_timeout, self.fanout.stop)
@@ -46,13 +51,14 @@ class Connections:
             return None
 
         found = self.fanout.map(self.target.hosts, open_one)
-        errors = [e for e in found if e]
-        if errors and not self.every_host:
+        missing = {h.name: e for h, e in zip(self.target.hosts, found, strict=True) if e}
+        if missing and not self.every_host and (found[0] or len(missing) > self.budget):
             raise StepFailed("cannot connect to every host; nothing was changed on any host:\n  "
-                             + "\n  ".join(errors))
+                             + "\n  ".join(missing.values()))
         self.transports.update({t.host.name: t for t in self.opened})
-        self.transports.update({h.name: Unreachable(e)
-                                for h, e in zip(self.target.hosts, found, strict=True) if e})
+        self.transports.update({h: Unreachable(e) for h, e in missing.items()})
+        # Why, without the host's name, which each reason starts with.
+        return {} if self.every_host else {h: e.removeprefix(f"{h}: ") for h, e in missing.items()}
 
     def run_quietly(self, host: str, line: str) -> Result:
         """For rollback and tidying, which go on past a host that fails; a host

@@ -28,7 +28,7 @@ from deployer.artifact import delta
 from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
 from deployer.context import Context
-from deployer.errors import DeployError, StepFailed, UndoIncomplete
+from deployer.errors import DeployError, PartlyDone, StepFailed, UndoIncomplete
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
 from deployer.run import health, interrupts, records, session
@@ -64,6 +64,11 @@ class Executor:
         self.changed = False  # whether a step past the lock has begun on a host
         self.lasting: list[steps.Run] = []  # the steps begun whose effects no undo reverts (migrate, hooks)
         self.results: dict[int, dict[str, Result]] = {}  # per step (by id), per host
+        # Hosts that failed within the plan's max_failed, put back and left
+        # out of the rest of the run: why, per host.
+        self.dropped: dict[str, str] = {}
+        self.stuck: dict[str, list[str]] = {}  # of those, the hosts whose undo did not complete: what failed
+        self.plan = steps.Plan(())
         self.on_host = {steps.Lock: self.locking.entries, steps.Run: self._command,
                         steps.Upload: self.uploads.entries, steps.Install: self._install, steps.Link: self._link}
         self.on_runner = OnRunner(local, self.teardown, self.timeout)
@@ -94,6 +99,8 @@ class Executor:
         # run that finds it holding a lock asks here whether it lives.
         alive = self.record_run() if plan.lock else None
         released = False
+        self.plan = plan
+        self.hosts.budget = 0 if plan.lock is None else plan.max_failed
         try:
             remove_stale_workdirs(os.path.dirname(self.ctx.workdir))
             try:
@@ -129,6 +136,15 @@ class Executor:
                         # A lock a host still holds for this run must read as a
                         # run that is gone, which a later run may take over.
                         alive.release(forget=released)
+        if self.dropped:
+            said = (f"{len(self.dropped)} of {len(self.ctx.host_names)} hosts failed, within max_failed"
+                    f" {self.plan.max_failed}: the run went on without them, and undid what it had changed there: "
+                    + "; ".join(f"{h}: {why}" for h, why in self.dropped.items()))
+            if self.stuck:
+                raise UndoIncomplete(f"{said}\nTHE UNDO DID NOT COMPLETE; these hosts need a person:\n  "
+                                     + "\n  ".join(p for found in self.stuck.values() for p in found)
+                                     + f"\n{self.serving(True)}")
+            raise PartlyDone(said)
 
     def record_run(self) -> "records.RunLock | None":
         """This run, alive, in this machine's record (see records.py); without a
@@ -146,9 +162,11 @@ class Executor:
     def serving(self, ok: bool) -> str:
         """What each host serves now that the run is over, for its last line."""
         if ok:
-            if not self.ctx.switches:
-                return f"the live release is unchanged on every host ({len(self.ctx.host_names)})"
             count = len(self.ctx.host_names)
+            if self.dropped:
+                return self._partly(count)
+            if not self.ctx.switches:
+                return f"the live release is unchanged on every host ({count})"
             return f"release {self.ctx.release} is live on every host ({count})" + _where(self.ctx)
         if not self.changed:
             return "nothing was changed on any host"
@@ -158,6 +176,22 @@ class Executor:
         # Not "every host is as it was" once a migrate or a hook has run: only what deployer changed is.
         undone = "every host's files are as they were" if stays else "every host is as it was"
         return undone + self._before() + "".join(f"; NOT undone: {what}" for what in stays)
+
+    def _partly(self, count: int) -> str:
+        """The last line of a run that left hosts out within max_failed."""
+        done = count - len(self.dropped)
+        out = [f"release {self.ctx.release} is live on {done} of {count} hosts" if self.ctx.switches
+               else f"done on {done} of {count} hosts"]
+        back = [h for h in self.dropped if h not in self.stuck]
+        before = {self.previous.get(h) for h in back}
+        serve = "serves" if len(back) == 1 else "serve"
+        if back:
+            out.append(f"{', '.join(back)} {serve} {_serves(before.pop())} as before the run"
+                       if len(before) == 1 and None not in before
+                       else f"{', '.join(back)} {'is' if len(back) == 1 else 'are'} as before the run")
+        if self.stuck:
+            out.append(f"{', '.join(self.stuck)} {'needs' if len(self.stuck) == 1 else 'need'} a person")
+        return "; ".join([*out, *(f"NOT undone: {what}" for what in self._not_undone())])
 
     def _before(self) -> str:
         before = {self.previous.get(h) for h in self.ctx.host_names}
@@ -183,6 +217,10 @@ class Executor:
         return out
 
     def run_group(self, group: session.Group) -> None:
+        if self.dropped and group.hosts:
+            group = session.without(group, self.dropped)
+            if not group.hosts:
+                return
         stage, step = group.steps[0]
         if isinstance(step, steps.HealthCheck):
             self.progress.enter(stage)
@@ -193,23 +231,51 @@ class Executor:
             self.progress.enter(stage)
             failed = self.on_this_machine(stage, step)
         if failed:
-            raise StepFailed("\n".join(failed))
+            self.settle(failed)
+
+    def settle(self, failed: list[tuple[steps.Step, list[tuple[str, Result]]]]) -> None:
+        """Steps failed on some hosts: within the plan's max_failed, those
+        hosts are put back (their own changes undone) and left out of the
+        rest of the run; beyond it, or on the lock's first host or this
+        machine, the run fails (and every host is put back)."""
+        messages = [failure_message(step, on, self.reporter.redact) for step, on in failed]
+        hosts = list(dict.fromkeys(h for _, on in failed for h, _ in on))
+        first = self.plan.lock.hosts[0] if self.plan.lock else None
+        if (RUNNER in hosts or first in hosts
+                or len(self.dropped) + len(hosts) > self.plan.max_failed):
+            raise StepFailed("\n".join(messages))
+        self.drop({h: next(step.title for step, on in failed if any(h == x for x, _ in on)) for h in hosts})
+
+    def drop(self, why: dict[str, str]) -> None:
+        """`why`'s hosts left out of the rest of the run, their changes undone."""
+        self.dropped.update(why)
+        self.progress.note(f"{', '.join(why)} failed; within max_failed {self.plan.max_failed}"
+                           f" ({len(self.dropped)} used), put back and left out of the rest of the run")
+        # A host that died is why most hosts fail: its undo failing too
+        # stops nothing else (the run's end says it needs a person).
+        problems = self.rollback(list(why))
+        for host in why:
+            if mine := [p for p in problems if p.startswith(f"{host}: ")]:
+                self.stuck[host] = mine
 
     # -- steps on hosts, a session per host --------------------------------------
 
-    def on_hosts(self, group: session.Group) -> list[str]:
+    def on_hosts(self, group: session.Group) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
         """A group of steps, in one session on each of its hosts, all hosts at
-        once; what failed, a message a step."""
+        once; the steps that failed, each with its hosts' results."""
         if not self.hosts.transports:
             self.teardown.append(("close connections", self.hosts.close))
-        self.hosts.connect()
+            missing = self.hosts.connect()
+            if missing:
+                self.drop(missing)
+                group = session.without(group, self.dropped)
         self.uploads.begin(group)
         gate = Gate(self.progress, group)
         results = self.fanout.map(group.hosts, lambda host: self.host_session(group, host, gate))
         for j, (_, step) in enumerate(group.steps):
             self.results[id(step)] = {h: r[j] for h, r in zip(group.hosts, results, strict=True)
                                       if r[j] is not None}
-        return [failure_message(step, failed, self.reporter.redact) for j, (_, step) in enumerate(group.steps)
+        return [(step, failed) for j, (_, step) in enumerate(group.steps)
                 if (failed := [(h, r[j]) for h, r in zip(group.hosts, results, strict=True)
                                if r[j] is not None and not r[j].ok])]
 
@@ -271,7 +337,7 @@ class Executor:
 
     # -- steps on this machine ---------------------------------------------------
 
-    def on_this_machine(self, stage: str, step: steps.Step) -> list[str]:
+    def on_this_machine(self, stage: str, step: steps.Step) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
         self.progress.say(lambda r: r.step_started(stage, step, RUNNER))
         started = time.monotonic()
         # Until the step says otherwise it did not succeed (an interrupt lands here).
@@ -282,16 +348,17 @@ class Executor:
             result = Result(1, "", describe_error(e))
         finally:
             self.progress.step_finished(stage, step, RUNNER, StepResult(result, time.monotonic() - started))
-        return [] if result.ok else [f"{step.title}: {detail(result)}"]
+        return [] if result.ok else [(step, [(RUNNER, result)])]
 
     def timeout(self, step: steps.Step) -> float:
         return getattr(step, "timeout", None) or self.ctx.target.step_timeout
 
     # -- rollback, the run's end, teardown ---------------------------------------
 
-    def rollback(self) -> list[str]:
-        """Every host's changes undone (see UndoLog.replay); what could not be."""
-        problems = self.undo.replay(self.hosts.run_quietly, self.fanout.map, self.progress.note)
+    def rollback(self, hosts: list[str] | None = None) -> list[str]:
+        """Every host's changes undone (see UndoLog.replay), or only those of
+        `hosts`; what could not be."""
+        problems = self.undo.replay(self.hosts.run_quietly, self.fanout.map, self.progress.note, hosts)
         return [self.reporter.redact(p) for p in problems]
 
     def finish(self, plan: steps.Plan, outcome: str) -> bool:
@@ -300,12 +367,20 @@ class Executor:
         AFTER_LIMIT: a slow prune must not keep the lock), then the history
         gets its line as the lock is released. On the first host last: a run
         waiting for the lock takes it there first."""
+        done = outcome == "done"
         after = [(step.hosts, f"timeout -k 5 {AFTER_LIMIT} {step.command.line()}")
-                 for step in plan.after] if outcome == "done" else []
-        release = (plan.lock.finish(context.history_line(self.ctx, outcome), outcome == "done").line()
-                   if plan.lock else None)
-        lines = {h: " ; ".join([*self.undo.take_tidying(h), *(a for hosts, a in after if h in hosts),
-                                *([release] if release and h in self.locking.asked else [])])
+                 for step in plan.after] if done else []
+
+        def release(host: str) -> list[str]:
+            if not plan.lock or host not in self.locking.asked:
+                return []
+            # A host put back within max_failed: its history says so, not "done".
+            put_back = host in self.dropped
+            line = context.history_line(self.ctx, "failed, undone" if put_back else outcome)
+            return [plan.lock.finish(line, done and not put_back).line()]
+
+        lines = {h: " ; ".join([*self.undo.take_tidying(h),
+                                *(a for hosts, a in after if h in hosts and h not in self.dropped), *release(h)])
                  for h in self.hosts.transports}
         hosts = [h for h, line in lines.items() if line]
         first = plan.lock.hosts[0] if plan.lock else None

@@ -10,7 +10,6 @@ import time
 from deployer import steps
 from deployer.connectors.result import Result
 from deployer.output import StepResult
-from deployer.run.failures import failure_message
 from deployer.run.fanout import Fanout
 from deployer.run.progress import Progress
 
@@ -21,8 +20,10 @@ PAUSE = 0.5  # between attempts
 SETTLED = 5.0
 
 
-def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Progress) -> list[str]:
-    """Every host of `step` asked from the runner, all at once; what failed."""
+def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout,
+              progress: Progress) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
+    """Every host of `step` asked from the runner, all at once; the hosts
+    that failed, with their results (none: no failure)."""
 
     def one(i: int) -> Result:
         host = step.hosts[i]
@@ -34,7 +35,7 @@ def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Pro
 
     results = fanout.map(range(len(step.hosts)), one)
     failed = [(h, r) for h, r in zip(step.hosts, results, strict=True) if not r.ok]
-    return [failure_message(step, failed, progress.reporter.redact)] if failed else []
+    return [(step, failed)] if failed else []
 
 
 # Of the statuses a health check may get and not expect, those that waiting

@@ -3,6 +3,7 @@ tarball, the VPN, and a command (a local hook, the local target's steps)."""
 
 import os
 import shutil
+import time
 
 from deployer import steps
 from deployer.artifact import packaging, wheels
@@ -17,7 +18,7 @@ class OnRunner:
     def __init__(self, local: LocalTransport, teardown: list, timeout):
         self.local, self.teardown, self.timeout = local, teardown, timeout
         self.handlers = {steps.Build: self.build, steps.OpenVpn: self.vpn, steps.Run: self.command,
-                         steps.CopySource: self.copy, steps.Wheels: self.wheels}
+                         steps.CopySource: self.copy, steps.Wheels: self.wheels, steps.Pause: self.pause}
 
     def run(self, step: steps.Step) -> Result:
         handler = steps.of_kind(self.handlers, step)
@@ -54,6 +55,14 @@ class OnRunner:
         self.teardown.append(("close VPN", tunnel.close))
         tunnel.open()
         return Result(0, tunnel.said(), "")
+
+    def pause(self, step: steps.Pause) -> Result:
+        # In slices: an interrupt lands between them, on this (the main) thread.
+        until = time.monotonic() + step.seconds
+        while (left := until - time.monotonic()) > 0:
+            if self.local.stop.wait(min(left, 0.1)):
+                return Result(1, "", "stopped")
+        return Result(0, f"paused {step.seconds:g} s", "")
 
     def command(self, step: steps.Run) -> Result:
         return self.local.run(step.command.line(), timeout=self.timeout(step))

@@ -39,6 +39,7 @@ class Offer:
     # Whether the other hosts may read it: None until the source has unpacked.
     open: bool | None = None
     asked: set[str] = field(default_factory=set)  # hosts whose fetch has ended
+    reading: set[str] = field(default_factory=set)  # hosts told to read it, whose fetch has not ended
     fetched: set[str] = field(default_factory=set)  # those that read the copy from the source
 
     @classmethod

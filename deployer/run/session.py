@@ -4,16 +4,14 @@ split back into each step's result.
 A session costs a process start on the host and a round trip, and over an
 office VPN the round trips add up, so consecutive steps share one when the
 plan allows it: same hosts, and the later step does not have to wait for
-the others to end on every host (`Step.waits`). A step that commits (the
-switch of the live path) ends its session: what follows it starts only once
-it has happened everywhere.
+the others to end on every host (`Step.waits`).
 """
 
 import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployer import steps
 from deployer.connectors.base import Reader
@@ -43,9 +41,23 @@ def groups(plan: steps.Plan) -> list[Group]:
     return out
 
 
+def without(group: Group, hosts) -> Group:
+    """`group` on its hosts but `hosts` (those a run has left out); a health
+    check asks only the addresses of those that remain."""
+    keep = tuple(h for h in group.hosts if h not in hosts)
+
+    def fewer(step: steps.Step) -> steps.Step:
+        if isinstance(step, steps.HealthCheck):
+            kept = [(h, a) for h, a in zip(step.hosts, step.addresses, strict=True) if h not in hosts]
+            return replace(step, hosts=tuple(h for h, _ in kept), addresses=tuple(a for _, a in kept))
+        return step
+
+    return Group(keep, tuple((stage, fewer(step)) for stage, step in group.steps))
+
+
 def _ends(step: steps.Step) -> bool:
-    """A switch ends its session; a health check runs on the runner, in no session."""
-    return isinstance(step, steps.Link) and step.commit or isinstance(step, steps.HealthCheck)
+    """A health check runs on the runner, in no session."""
+    return isinstance(step, steps.HealthCheck)
 
 
 @dataclass(frozen=True)

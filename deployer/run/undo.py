@@ -55,24 +55,25 @@ class UndoLog:
                     self.pending.setdefault(u.host, []).append(u.keep.line())
             self.entries.clear()
 
-    def replay(self, run_quietly, on_each, note) -> list[str]:
-        """Every host's changes undone, newest first, hosts at once
-        (`on_each`), then what must run again there (Apache reloads the
-        previous config); each command with `run_quietly`'s time limit, so
-        a host that stopped answering cannot hold the rollback of the
-        others. The log is empty after. Returns what could not be undone."""
+    def replay(self, run_quietly, on_each, note, hosts: list[str] | None = None) -> list[str]:
+        """Every host's changes undone (only those of `hosts`, if given),
+        newest first, hosts at once (`on_each`), then what must run again
+        there (Apache reloads the previous config); each command with
+        `run_quietly`'s time limit, so a host that stopped answering cannot
+        hold the rollback of the others. Their entries leave the log.
+        Returns what could not be undone."""
         with self.lock:
-            count = len(self.entries)
+            mine = [u for u in self.entries if hosts is None or u.host in hosts]
+            self.entries = [u for u in self.entries if hosts is not None and u.host not in hosts]
             # Hosts in the order of their first change, each one's changes newest first.
-            todo: dict[str, list[tuple[str, Command]]] = {u.host: [] for u in self.entries}
-            for u in reversed(self.entries):
+            todo: dict[str, list[tuple[str, Command]]] = {u.host: [] for u in mine}
+            for u in reversed(mine):
                 todo[u.host].append((u.title, u.command))
             for host, undo in todo.items():
-                undo += [(f"then: {title}", c) for title, c in self.again.get(host, ())]
-            self.entries.clear()
+                undo += [(f"then: {title}", c) for title, c in self.again.pop(host, ())]
         if not todo:
             return []
-        note(f"rolling back {count} change(s)")
+        note(f"rolling back {len(mine)} change(s)" + (f" on {', '.join(todo)}" if hosts is not None else ""))
 
         def undo_host(host: str) -> list[str]:
             return [f"{host}: {title}: {detail(result)}" for title, command in todo[host]

@@ -98,6 +98,7 @@ class Uploads:
         said = result.stdout.strip()
         with self.lock:
             self.offer.asked.add(host)
+            self.offer.reading.discard(host)
             if result.ok and said == "fetched":
                 self.offer.fetched.add(host)
         if result.ok and said and said != "fetched":
@@ -109,8 +110,10 @@ class Uploads:
         to read the artifact from it."""
         with self.lock:
             self.live.setdefault(host, delta.Live())
-            if self.offer is not None and host == self.offer.plan.source:
-                self.offer.give_up()
+            if self.offer is not None:
+                self.offer.reading.discard(host)
+                if host == self.offer.plan.source:
+                    self.offer.give_up()
 
     def choice(self, step: steps.Upload, host: str) -> Sending | None:
         """What makes the new release on `host`, once it is known what the
@@ -148,8 +151,9 @@ class Uploads:
 
     def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
         """The fetch's stdin on `host` (see remote/sh/fetch.sh): what it needs to
-        read the artifact from the source, once the source offers it, or `-`
-        when it does not or `host` needs another tarball; None until known."""
+        read the artifact from the source, once the source offers it and
+        fewer than the relay's limit read it, or `-` when it does not or
+        `host` needs another tarball; None until known."""
         s = self.choice(step, host)
         if s is None:
             return None
@@ -158,6 +162,12 @@ class Uploads:
             if offer.path is None or (offer.path == s.path and offer.open is None):
                 return None
             go = offer.path == s.path and offer.open
+            if go:
+                # At most `limit` hosts connect to the source at once: the
+                # others wait their turn (its sshd drops what MaxStartups does not take).
+                if len(offer.reading) >= offer.plan.limit:
+                    return None
+                offer.reading.add(host)
         data = b"-\n"
         if go:
             source = self.transports[offer.plan.source]

@@ -123,6 +123,24 @@ def test_the_plan_is_the_one_a_machine_that_has_everything_prints(laptop):
     assert "| SetEnv DB_PASSWORD ********" in vhost
 
 
+def test_the_dry_run_shows_the_batches_and_the_failure_budget(laptop):
+    doc = yaml.safe_load(laptop.targets.read_text())
+    hosts = [f"web{i}.alpha.internal" for i in range(1, 9)]
+    doc["targets"]["alpha"].update(hosts=hosts, batches=[1, "25%", "100%"], batch_pause=30, max_failed="25%")
+    laptop.targets.write_text(yaml.safe_dump(doc))
+    laptop.ci()
+    code, out = run(laptop.targets, "--dry-run")
+    assert code == 0, out
+    lines = out.splitlines()
+    switches = [line for line in lines if line.startswith("  - switch ")]
+    assert [line.split(" (")[1] for line in switches] == [
+        f"batch 1 of 3) [{hosts[0]}]", f"batch 2 of 3) [{', '.join(hosts[1:3])}]",
+        f"batch 3 of 3) [{', '.join(hosts[3:])}]"]
+    assert lines.count("  - pause 30 s before batch 2 of 3 [runner]") == 1
+    assert ("!! max_failed: up to 2 of the 8 hosts may fail (never web1.alpha.internal, which holds the lock): the"
+            " run goes on without each, undoes what it changed there, and ends with exit code 5") in lines
+
+
 def test_json_names_each_missing_item_in_one_event(laptop):
     code, out = run(laptop.targets, "--dry-run", output="json")
     assert code == 4

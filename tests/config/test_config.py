@@ -315,9 +315,10 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 # -- malformed files ---------------------------------------------------------------
 
 HOST = "hosts: [web1.alpha.internal]"
-UNKNOWN = ("unknown key; expected one of: apache, build, connect_timeout, deploy_root, files, health, hooks,"
-           " hosts, identity_file, keep_releases, known_hosts, migrate, migrate_timeout, package, parallel,"
-           " pipeline, port, protected, python, relay, shared, stages, step_timeout, template, transport, user,"
+UNKNOWN = ("unknown key; expected one of: apache, batch_pause, batches, build, connect_timeout, deploy_root,"
+           " files, health, hooks, hosts, identity_file, keep_releases, known_hosts, max_failed, migrate,"
+           " migrate_timeout, package, parallel, pipeline, port, protected, python, relay, relay_limit, shared,"
+           " stages, step_timeout, template, transport, user,"
            " vars, vpn")
 
 MALFORMED = [

@@ -185,7 +185,8 @@ def test_restart_switches_then_makes_the_next_vhost_live_and_reloads(make):
              target=f"/var/www/alpha.releases/{ctx.release}", work=f"/var/www/alpha.deployer-{ctx.run_id}",
              commit=True),
         # Its undo is recorded before it starts: a promote that fails half way is put back too.
-        Run("apache: test the next vhost, make it live, reload and wait until loaded", H,
+        # In the switch's session: each host reloads as soon as it has switched.
+        Run("apache: test the next vhost, make it live, reload and wait until loaded", H, waits=False,
             command=apache("promote"), undo=apache("restore"),
             keep=hostscripts.forget(f"{available}/.alpha.conf.deployer-{ctx.run_id}"), undo_safe=True,
             after_undo=vhost.reload(ctx, again=False)),
@@ -206,22 +207,22 @@ def _sessions(ctx):
 def test_steps_share_a_session_per_host_until_one_must_wait_for_every_host(make):
     ctx, _ = make()
     sessions = _sessions(ctx)
-    assert [len(g) for g in sessions] == [1, 1, 9, 1, 1, 1]
-    package, vpn, prepare, migrate, switch, reload = sessions
+    assert [len(g) for g in sessions] == [1, 1, 9, 1, 2]
+    package, vpn, prepare, migrate, switch = sessions
     # The lock, the release and the vhost, checked, in one session; migrate
-    # only once every host has passed; the switch once migrate has ended, and
-    # the vhost made live and Apache reloaded once the switch has happened everywhere.
+    # only once every host has passed; the switch once migrate has ended,
+    # and in its session, the vhost made live and Apache reloaded.
     assert prepare[0] == "upload: lock instance alpha on every host"
     assert prepare[1].startswith("upload: ") and prepare[-1] == "render: apache configtest with the next vhost"
     assert migrate[0].startswith("migrate: ")
-    assert len(switch) == 1 and switch[0].startswith("restart: switch ")
-    assert reload == ["restart: apache: test the next vhost, make it live, reload and wait until loaded"]
+    assert switch[0].startswith("restart: switch ")
+    assert switch[1] == "restart: apache: test the next vhost, make it live, reload and wait until loaded"
 
 
 def test_a_hook_waits_for_every_host_and_the_changes_after_it_join_its_session(make):
     ctx, _ = make({"hooks": {"before": {"render": ["echo hi"]}}, "migrate": None})
     hosts_sessions = [g for g in _sessions(ctx) if not g[0].startswith(("package", "vpn"))]
-    assert [len(g) for g in hosts_sessions] == [2, 8, 1, 1]
+    assert [len(g) for g in hosts_sessions] == [2, 8, 2]
     assert hosts_sessions[1][0] == "render: before render: echo hi"
 
 
@@ -502,3 +503,59 @@ def test_a_vhost_that_defines_a_name_deployer_tests_with_is_refused(make, tmp_pa
     template.write_text(f"ServerName <<HOSTNAME>>\n{line}\n")
     with pytest.raises(UsageError, match="defines a deployer-next-\\* name"):
         make({"template": str(template)})
+
+
+# -- batches and the failure budget ---------------------------------------------
+
+@pytest.mark.parametrize(("sizes", "hosts", "expected"), [
+    (("100%",), 8, [8]),
+    ((1, "25%", "100%"), 8, [1, 2, 5]),
+    ((2,), 5, [2, 2, 1]),  # the last size repeats
+    (("10%",), 8, [1] * 8),  # rounded down, at least 1
+    ((1, "50%"), 2, [1, 1]),
+    ((20, 1), 3, [3]),
+])
+def test_batches_are_counted_as_ansibles_serial(sizes, hosts, expected):
+    from deployer.plan import rollout
+    names = tuple(f"h{i}" for i in range(hosts))
+    batches = rollout.batches(names, sizes)
+    assert [len(b) for b in batches] == expected
+    assert sum(batches, ()) == names  # every host once, in order: the first host first
+
+
+@pytest.mark.parametrize(("max_failed", "hosts", "expected"), [(0, 8, 0), (1, 8, 1), ("25%", 8, 2),
+                                                                ("10%", 8, 0), (9, 8, 8), ("100%", 3, 3)])
+def test_the_budget_is_counted_over_the_whole_fleet(max_failed, hosts, expected):
+    from deployer.plan import rollout
+    assert rollout.budget(max_failed, hosts) == expected
+
+
+def test_each_batch_switches_reloads_and_passes_its_health_check_before_the_next(make):
+    ctx, stages = make({"hosts": [f"web{i}.internal" for i in range(1, 9)], "batches": [1, "25%", "100%"],
+                        "batch_pause": 2.5, "max_failed": "25%", "health": {"path": "/health"}})
+    batches = [("web1.internal",), ("web2.internal", "web3.internal"),
+               tuple(f"web{i}.internal" for i in range(4, 9))]
+    restart = stages["restart"]
+    assert [(type(s).__name__, s.hosts) for s in restart] == [
+        *[(kind, b) for b in batches[:1] for kind in ("Link", "Run", "HealthCheck")], ("Pause", ()),
+        *[(kind, b) for b in batches[1:2] for kind in ("Link", "Run", "HealthCheck")], ("Pause", ()),
+        *[(kind, b) for b in batches[2:] for kind in ("Link", "Run", "HealthCheck")],
+    ]
+    assert restart[0].title == f"switch /var/www/alpha to release {ctx.release} (batch 1 of 3)"
+    assert restart[3].seconds == 2.5 and restart[3].title == "pause 2.5 s before batch 2 of 3"
+    # Each health check asks its own batch's addresses.
+    assert restart[6].addresses == ("web2.internal", "web3.internal")
+    assert make.plan.max_failed == 2
+    # Per batch, the switch and the reload share one session on each host.
+    groups = session.groups(make.plan)
+    switches = [g for g in groups if isinstance(g.steps[0][1], Link) and g.steps[0][1].commit]
+    assert [(g.hosts, len(g.steps)) for g in switches] == [(b, 2) for b in batches]
+
+
+def test_a_bad_batch_or_budget_is_refused(make):
+    for entry, said in (({"batches": []}, "batches"), ({"batches": ["0%"]}, "batches/0"),
+                        ({"batches": [0]}, "batches/0"), ({"max_failed": -1}, "max_failed"),
+                        ({"max_failed": "101%"}, "max_failed"), ({"batches": "25%"}, "batches"),
+                        ({"batch_pause": -1}, "batch_pause")):
+        with pytest.raises(UsageError, match=f"targets/alpha/{said}: expected"):
+            make(entry)

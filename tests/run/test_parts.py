@@ -188,3 +188,28 @@ def test_a_mark_with_a_number_no_session_writes_is_output_not_an_error():
     split.out.add(b"\n" + split.token + b" 0 0\n")
     split.err.add(b"\n" + split.token + b" 0 0\n")
     assert seen[-1][0] == "end" and b"9" * 5000 in seen[-1][2].stdout.encode()
+
+
+def test_no_more_hosts_than_the_relays_limit_read_from_the_first_one_at_once(tmp_path):
+    from deployer.run import relay
+    from deployer.run.upload import Sending
+
+    class Source:  # the first host's transport, as far as the fetch's input needs it
+        user = "deploy"
+
+        def known_line(self, alias):
+            return f"{alias} ssh-ed25519 AAAA"
+
+    hosts = ("web1", "web2", "web3", "web4")
+    step = steps.Upload("upload", hosts, build=steps.Build("package"), relay=steps.Relay("web1", limit=2))
+    uploads = Uploads(str(tmp_path), Progress(QuietReporter(io.StringIO())), UndoLog(), {"web1": Source()})
+    sending = Sending(str(tmp_path / "t.tar.gz"), 10, b"s", b"-", b"w", b"", b"c")
+    uploads.sendings[delta.Live()] = sending
+    uploads.live = dict.fromkeys(hosts, delta.Live())
+    uploads.offer = relay.Offer(step.relay, private=b"KEY", path=sending.path, open=True)
+    first, second, third = (uploads.fetch_input(step, h) for h in hosts[1:])
+    assert first is not None and second is not None and third is None  # web4 waits its turn
+    assert b"KEY" in first.open().read()
+    uploads.fetched("web2", Result(0, "fetched\n", ""))
+    assert uploads.fetch_input(step, "web4") is not None
+    assert uploads.offer.fetched == {"web2"} and uploads.offer.reading == {"web3", "web4"}

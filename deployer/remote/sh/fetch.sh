@@ -26,17 +26,30 @@ cat > key
 printf '%s\n' "$known" > known
 # Names relative to the run's directory: ssh would expand % and ${...} in
 # a path, and split it at quotes. Never more than the copy's size is kept.
-# shellcheck disable=SC2094 # the remote's word `copy` is no file here
-timeout -k 5 "$limit" ssh -F /dev/null -T -n -i ./key -l "$user" -p "$port" \
-    -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
-    -o UserKnownHostsFile=./known -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
-    -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlPath=none \
-    -o LogLevel=ERROR -- "$address" copy 2> error | head -c "$size" > copy
+# A connection the source refused before a byte came (its sshd drops new
+# ones past MaxStartups when many hosts start at once) is tried again, up
+# to 3 times, a little later each time, while `limit` seconds allow.
+until=$(($(date +%s) + limit))
+tries=0
+while :; do
+    tries=$((tries + 1))
+    # shellcheck disable=SC2094 # the remote's word `copy` is no file here
+    timeout -k 5 "$limit" ssh -F /dev/null -T -n -i ./key -l "$user" -p "$port" \
+        -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
+        -o UserKnownHostsFile=./known -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
+        -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlPath=none \
+        -o LogLevel=ERROR -- "$address" copy 2> error | head -c "$size" > copy
+    if [ -s copy ] || [ "$tries" -ge 3 ] || [ "$(($(date +%s) + tries + 1))" -ge "$until" ]; then
+        break
+    fi
+    # 1.x s then 2.x s: the hosts that were refused together do not come back together.
+    sleep "$tries.$(($$ % 10))"
+done
 rm -f key known
 got=$(sha256sum < copy)
 if [ "${got%% *}" = "$want" ]; then
     echo fetched
     exit 0
 fi
-echo "not fetched: $(head -c 300 error | tr '\n' ' ')(read $(wc -c < copy) of $size bytes)"
+echo "not fetched: $(head -c 300 error | tr '\n' ' ')(read $(wc -c < copy) of $size bytes; $tries tries)"
 cd / && rm -rf -- "$relay"
