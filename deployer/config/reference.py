@@ -53,8 +53,12 @@ def _type(p: dict) -> str:
         return f"list of {_type(p.get('items', {}))}"
     if kind == "object":
         return f"mapping of name to {_type(p.get('additionalProperties', {}))}"
-    if kind == "integer" and ("minimum" in p or "maximum" in p):
-        return f"integer, {p.get('minimum', '')} to {p.get('maximum', '')}"
+    if kind == "integer" and "maximum" in p:
+        return f"integer, {p.get('minimum', '')} to {p['maximum']}"
+    if kind == "integer" and "minimum" in p:
+        return f"integer, {p['minimum']} or more"
+    if kind == "string" and str(p.get("pattern", "")).endswith("%)$"):
+        return "percentage (25%)"
     return {"string": "string", "integer": "integer", "number": "number", "boolean": "true or false",
             "null": "null", None: "any"}.get(kind, str(kind))
 

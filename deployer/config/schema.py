@@ -605,9 +605,9 @@ class TargetSpec(_Spec):
         0, description="Seconds to wait between two batches, once the first one has passed its health check.")
     max_failed: host_count(0) = Field(
         0, description="Hosts that may fail over the whole run (a number, or a percentage of the hosts, rounded"
-        " down) before it stops and puts every host back. A host that fails within it is put back at once,"
-        " left out of the rest of the run, and named in the last line (exit code 5). The first host, which"
-        " holds the lock and runs migrate, may never fail.")
+        " down) before it stops and puts every host back. The run goes on without a host that fails within"
+        " it, undoes at once what it changed there, and names it in its last lines (exit code 5). The first"
+        " host, which holds the lock and runs migrate, may never fail.")
     relay: Flag = Field(
         True, description="The other hosts read the artifact from the first one: it crosses the tunnel once.")
     relay_limit: between(1, 100) = Field(

@@ -31,5 +31,6 @@ def batches(hosts: tuple[str, ...], sizes: tuple[int | str, ...]) -> tuple[tuple
 
 
 def budget(max_failed: int | str, hosts: int) -> int:
-    """How many of `hosts` may fail in one run (max_failed: 0, 2 or "10%")."""
-    return min(count(max_failed, hosts), hosts)
+    """How many of `hosts` may fail in one run (max_failed: 0, 2 or "10%"):
+    never the first, which holds the lock."""
+    return max(0, min(count(max_failed, hosts), hosts - 1))

@@ -160,23 +160,35 @@ def holder_here(owner: str) -> tuple[str, int | None] | None:
     return run, (pid or None)
 
 
+# A host's history: the run went on without this host (within max_failed)
+# and undid what it had changed there.
+LEFT_OUT = "left out, undone"
+
+
 def past_commit(states: dict[str, HostState], run_id: str) -> list[str]:
     """The hosts whose history says run `run_id` was done there. Done is
-    written after the switch, which is one step on every host: so done on one
-    host, the run had switched them all, and its changes are kept, never
-    undone on some. But a host can write anything in its history: each other
-    host must bear it out by its own state (it still holds that run's lock,
-    and serves the release the run was making live), or this raises, naming
-    the hosts: one host's word never decides what happens on another."""
+    written once every host has switched (but those the run left out within
+    max_failed, which say so): so done on one host, the run had switched
+    them all, and its changes are kept, never undone on some. But a host can
+    write anything in its history: each other host must bear it out by its
+    own state (it still holds that run's lock, and serves the release the
+    run was making live; or it says the run left it out and holds no lock of
+    that run), or this raises, naming the hosts: one host's word never
+    decides what happens on another."""
     done_on = [h for h, s in states.items()
                if any(e["run"] == run_id and e["outcome"] == "done" for e in s.history)]
     if not done_on:
         return []
+
+    def borne_out(s: HostState) -> bool:
+        if s.lock_run == run_id:
+            return bool(s.lock_release) and s.live == s.lock_release
+        return any(e["run"] == run_id and e["outcome"] == LEFT_OUT for e in s.history)
+
     unborne = [f"{h} serves {s.live or 'no release'}, its lock "
                + (f"says run {run_id} was making {s.lock_release} live" if s.lock_run == run_id and s.lock_release
                   else "is not that run's")
-               for h, s in states.items()
-               if h not in done_on and not (s.lock_run == run_id and s.lock_release and s.live == s.lock_release)]
+               for h, s in states.items() if h not in done_on and not borne_out(s)]
     if unborne:
         raise DeployError(f"the hosts disagree about run {run_id}: the history of {', '.join(done_on)} says it was"
                           f" done there, but {'; '.join(unborne)}. deployer neither keeps nor undoes what it left:"

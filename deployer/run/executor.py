@@ -31,6 +31,7 @@ from deployer.context import Context
 from deployer.errors import DeployError, PartlyDone, StepFailed, UndoIncomplete
 from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
+from deployer.remote import instance
 from deployer.run import health, interrupts, records, session
 from deployer.run.connections import Connections
 from deployer.run.failures import describe_error, detail, failure_message
@@ -43,6 +44,7 @@ from deployer.run.undo import Undo, UndoLog
 from deployer.run.upload import Uploads
 
 RUNNER = ""  # the host name under which steps on this machine are reported
+LEFT_OUT = instance.LEFT_OUT  # a host's history: the run went on without it, and undid its changes there
 AFTER_LIMIT = 90  # seconds for what runs after a run that succeeded (pruning), within UNDO_TIMEOUT
 
 
@@ -117,7 +119,8 @@ class Executor:
         except BaseException as e:
             with interrupts.deferred():
                 self.progress.leave(False)
-                problems = self.rollback()
+                # A host left out whose undo did not complete needs a person too.
+                problems = [p for found in self.stuck.values() for p in found] + self.rollback()
             interrupted = isinstance(e, (interrupts.Interrupted, KeyboardInterrupt))
             if problems:
                 outcome = "undo incomplete"
@@ -209,8 +212,9 @@ class Executor:
         a migrate changed (the migrations Django said it applied), a hook."""
         out = []
         for step in self.lasting:
-            where = ", ".join(step.hosts) if step.hosts else "this machine"
             ran = self.outputs(step)
+            # Where it ran: not the hosts it never reached (left out before it).
+            where = ", ".join(h for h in step.hosts if h in ran or h not in self.dropped) or "this machine"
             said = migrations(" ".join(r.stdout for r in ran.values())) if step.title.startswith("migrate") else ""
             out.append(f"{step.title} ran on {where}{said}; what it changed stays" if not said
                        else f"{step.title} ran on {where}, and the database is not rolled back:{said}")
@@ -238,25 +242,32 @@ class Executor:
         hosts are put back (their own changes undone) and left out of the
         rest of the run; beyond it, or on the lock's first host or this
         machine, the run fails (and every host is put back)."""
-        messages = [failure_message(step, on, self.reporter.redact) for step, on in failed]
         hosts = list(dict.fromkeys(h for _, on in failed for h, _ in on))
         first = self.plan.lock.hosts[0] if self.plan.lock else None
-        if (RUNNER in hosts or first in hosts
+        # A lock another run holds is never "a host that failed": that run
+        # must be waited for, or taken over if it is gone.
+        if (RUNNER in hosts or first in hosts or any(isinstance(step, steps.Lock) for step, _ in failed)
                 or len(self.dropped) + len(hosts) > self.plan.max_failed):
-            raise StepFailed("\n".join(messages))
+            raise StepFailed("\n".join(
+                f"{step.title}: {detail(on[0][1])}" if on[0][0] == RUNNER
+                else failure_message(step, on, self.reporter.redact) for step, on in failed))
         self.drop({h: next(step.title for step, on in failed if any(h == x for x, _ in on)) for h in hosts})
 
     def drop(self, why: dict[str, str]) -> None:
         """`why`'s hosts left out of the rest of the run, their changes undone."""
         self.dropped.update(why)
         self.progress.note(f"{', '.join(why)} failed; within max_failed {self.plan.max_failed}"
-                           f" ({len(self.dropped)} used), put back and left out of the rest of the run")
+                           f" ({len(self.dropped)} used), left out of the rest of the run, and what the run"
+                           " changed there is undone")
         # A host that died is why most hosts fail: its undo failing too
-        # stops nothing else (the run's end says it needs a person).
-        problems = self.rollback(list(why))
+        # stops nothing else (the run's end says it needs a person). Not
+        # interrupted half way: its entries have left the log.
+        with interrupts.deferred():
+            problems = self.rollback(list(why))
         for host in why:
             if mine := [p for p in problems if p.startswith(f"{host}: ")]:
                 self.stuck[host] = mine
+                self.progress.note(f"{host}: THE UNDO DID NOT COMPLETE; it needs a person: " + "; ".join(mine))
 
     # -- steps on hosts, a session per host --------------------------------------
 
@@ -376,8 +387,8 @@ class Executor:
                 return []
             # A host put back within max_failed: its history says so, not "done".
             put_back = host in self.dropped
-            line = context.history_line(self.ctx, "failed, undone" if put_back else outcome)
-            return [plan.lock.finish(line, done and not put_back).line()]
+            said = ("undo incomplete" if host in self.stuck else LEFT_OUT) if put_back else outcome
+            return [plan.lock.finish(context.history_line(self.ctx, said), done and not put_back).line()]
 
         lines = {h: " ; ".join([*self.undo.take_tidying(h),
                                 *(a for hosts, a in after if h in hosts and h not in self.dropped), *release(h)])

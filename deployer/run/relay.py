@@ -25,6 +25,10 @@ from deployer import steps
 MIN_SIZE = 1 << 20
 # The name under which a host knows the first host's key (ssh's HostKeyAlias).
 ALIAS = "deployer-relay"
+# Seconds a host waits for its turn to read from the first host before the
+# runner sends it the artifact instead (at most half the step's limit: the
+# fetch's is twice the step's, and its read takes up to one).
+TURN_WAIT = 60.0
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Offer:
     open: bool | None = None
     asked: set[str] = field(default_factory=set)  # hosts whose fetch has ended
     reading: set[str] = field(default_factory=set)  # hosts told to read it, whose fetch has not ended
+    # Hosts waiting for their turn to read, in the order they came, since when (monotonic seconds).
+    waiting: dict[str, float] = field(default_factory=dict)
     fetched: set[str] = field(default_factory=set)  # those that read the copy from the source
 
     @classmethod

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from deployer import steps
@@ -79,7 +80,7 @@ class Uploads:
         # It waits for the source to unpack, then reads within its own
         # limit: a slow source means the runner sends, not a failed step.
         fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
-                              data=session.Deferred(lambda: self.fetch_input(step, host)))
+                              data=session.Deferred(lambda: self.fetch_input(step, host, timeout)))
         return [*made, session.Made(fetch, then=lambda result: self.fetched(host, result)), session.Made(unpack)]
 
     def learned(self, host: str, result: Result) -> None:
@@ -149,7 +150,7 @@ class Uploads:
             return session.Piece(len(head), lambda: io.BytesIO(head))
         return session.Piece(len(head) + s.size, lambda: _Prefixed(head, open(s.path, "rb")))
 
-    def fetch_input(self, step: steps.Upload, host: str) -> session.Piece | None:
+    def fetch_input(self, step: steps.Upload, host: str, timeout: float = 600.0) -> session.Piece | None:
         """The fetch's stdin on `host` (see remote/sh/fetch.sh): what it needs to
         read the artifact from the source, once the source offers it and
         fewer than the relay's limit read it, or `-` when it does not or
@@ -163,11 +164,18 @@ class Uploads:
                 return None
             go = offer.path == s.path and offer.open
             if go:
-                # At most `limit` hosts connect to the source at once: the
-                # others wait their turn (its sshd drops what MaxStartups does not take).
-                if len(offer.reading) >= offer.plan.limit:
+                # At most `limit` hosts connect to the source at once, the
+                # others in turn, first come first (its sshd drops what
+                # MaxStartups does not take). One that has waited too long is
+                # sent the artifact instead: its fetch's time runs meanwhile.
+                since = offer.waiting.setdefault(host, time.monotonic())
+                turn = list(offer.waiting).index(host) < offer.plan.limit - len(offer.reading)
+                if not turn and time.monotonic() - since < min(relay.TURN_WAIT, timeout / 2):
                     return None
-                offer.reading.add(host)
+                del offer.waiting[host]
+                go = turn
+                if go:
+                    offer.reading.add(host)
         data = b"-\n"
         if go:
             source = self.transports[offer.plan.source]

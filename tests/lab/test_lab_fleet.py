@@ -107,12 +107,12 @@ def test_batches_stop_at_a_failed_health_check_and_max_failed_lets_one_host_thro
                                          f" as before the run; NOT undone: migrate:"
                                          f" python manage.py migrate --noinput ran on {site.lab.addresses[0]};"
                                          " what it changed stays")
-        # The bad host's history says it was undone; the others' say done;
+        # The bad host's history says the run left it out; the others' say done;
         # the dead one was never reached, and holds no lock.
         history = [h.path(f"/var/www/{name}.deployer/history").read_text().splitlines()[-1].split("\t")
                    for h in site.lab.hosts]
         assert [line[2] for i, line in enumerate(history) if i != DEAD] == [
-            "failed, undone" if i == BAD else "done" for i in range(HOSTS) if i != DEAD]
+            "left out, undone" if i == BAD else "done" for i in range(HOSTS) if i != DEAD]
         assert history[DEAD][3] != release_of(events)
         assert not any(h.path(f"/var/www/{name}.deployer/lock").exists() for h in site.lab.hosts)
         # The new release, unused on the bad host, was removed there.

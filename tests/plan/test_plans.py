@@ -435,14 +435,15 @@ def test_a_hosts_answer_is_held_to_deployers_shapes():
     assert ok.live == "20260101T000000Z-abc" and ok.lock_run == "0123456789abcdef" and not ok.odd
 
 
-def _answer(live: str, lock: tuple[str, str] | None = None, done: tuple[str, str] | None = None) -> str:
+def _answer(live: str, lock: tuple[str, str] | None = None, done: tuple[str, str] | None = None,
+            outcome: str = "done") -> str:
     """A host's answer to the state program: its live release, the lock (run,
-    release it was making live) and a done line (run, release) in its history."""
+    release it was making live) and a line (run, release) in its history."""
     rows = [f"live {live}"]
     if lock:
         rows.append(f"lock 5 {lock[0]} deploy of release {lock[1]} by ci@agent (run {lock[0]})")
     if done:
-        rows.append("history " + "\t".join(("2026-12-06T10:00:00Z", "deploy", "done", done[1], "alpha.test",
+        rows.append("history " + "\t".join(("2026-12-06T10:00:00Z", "deploy", outcome, done[1], "alpha.test",
                                              "ci@agent", "-", "-", done[0])))
     return "\n".join(rows) + "\n"
 
@@ -468,6 +469,13 @@ def test_a_gone_run_done_on_one_host_is_kept_only_if_every_other_host_bears_it_o
     # A host with no lock of that run and no done line does not bear it out either.
     with pytest.raises(DeployError, match="web2 serves 20260102T000000Z-bbb, its lock is not that run's"):
         past_commit({"web1": parse(_answer(new, done=(run, new))), "web2": parse(_answer(new))}, run)
+    # A host the run left out within max_failed, its lock released, bears it out; with the lock still held, not.
+    from deployer.remote.instance import LEFT_OUT
+    left = parse(_answer(old, done=(run, new), outcome=LEFT_OUT))
+    assert past_commit({**states, "web3": left}, run) == ["web2"]
+    with pytest.raises(DeployError, match="web3 serves 20260101T000000Z-aaa, its lock says"):
+        past_commit({**states, "web3": parse(_answer(old, lock=(run, new), done=(run, new), outcome=LEFT_OUT))},
+                    run)
     # The lock's line for people names the release only in deployer's shape.
     assert parse(_answer(old, lock=(run, "../../x"))).lock_release == ""
 
@@ -524,7 +532,8 @@ def test_batches_are_counted_as_ansibles_serial(sizes, hosts, expected):
 
 
 @pytest.mark.parametrize(("max_failed", "hosts", "expected"), [(0, 8, 0), (1, 8, 1), ("25%", 8, 2),
-                                                                ("10%", 8, 0), (9, 8, 8), ("100%", 3, 3)])
+                                                                ("10%", 8, 0), (9, 8, 7), ("100%", 3, 2),
+                                                                (1, 1, 0)])
 def test_the_budget_is_counted_over_the_whole_fleet(max_failed, hosts, expected):
     from deployer.plan import rollout
     assert rollout.budget(max_failed, hosts) == expected

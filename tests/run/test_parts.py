@@ -200,16 +200,20 @@ def test_no_more_hosts_than_the_relays_limit_read_from_the_first_one_at_once(tmp
         def known_line(self, alias):
             return f"{alias} ssh-ed25519 AAAA"
 
-    hosts = ("web1", "web2", "web3", "web4")
+    hosts = ("web1", "web2", "web3", "web4", "web5", "web6")
     step = steps.Upload("upload", hosts, build=steps.Build("package"), relay=steps.Relay("web1", limit=2))
     uploads = Uploads(str(tmp_path), Progress(QuietReporter(io.StringIO())), UndoLog(), {"web1": Source()})
     sending = Sending(str(tmp_path / "t.tar.gz"), 10, b"s", b"-", b"w", b"", b"c")
     uploads.sendings[delta.Live()] = sending
     uploads.live = dict.fromkeys(hosts, delta.Live())
     uploads.offer = relay.Offer(step.relay, private=b"KEY", path=sending.path, open=True)
-    first, second, third = (uploads.fetch_input(step, h) for h in hosts[1:])
+    first, second, third = (uploads.fetch_input(step, h) for h in hosts[1:4])
     assert first is not None and second is not None and third is None  # web4 waits its turn
     assert b"KEY" in first.open().read()
     uploads.fetched("web2", Result(0, "fetched\n", ""))
     assert uploads.fetch_input(step, "web4") is not None
     assert uploads.offer.fetched == {"web2"} and uploads.offer.reading == {"web3", "web4"}
+    # One that waited half its step's limit for its turn is sent the artifact instead.
+    uploads.offer.reading.add("web5")
+    assert uploads.fetch_input(step, "web6", timeout=0.0).open().read() == b"-\n"
+    assert "web6" not in uploads.offer.reading and not uploads.offer.waiting

@@ -26,24 +26,28 @@ cat > key
 printf '%s\n' "$known" > known
 # Names relative to the run's directory: ssh would expand % and ${...} in
 # a path, and split it at quotes. Never more than the copy's size is kept.
-# A connection the source refused before a byte came (its sshd drops new
-# ones past MaxStartups when many hosts start at once) is tried again, up
-# to 3 times, a little later each time, while `limit` seconds allow.
+# A read that ended within 5 s with no byte (the source's sshd resetting new
+# connections past MaxStartups when many hosts start at once) is tried
+# again, up to 3 times, a little later each time, all within `limit`
+# seconds; one that timed out or was refused a login is not.
 until=$(($(date +%s) + limit))
 tries=0
 while :; do
     tries=$((tries + 1))
+    began=$(date +%s)
     # shellcheck disable=SC2094 # the remote's word `copy` is no file here
-    timeout -k 5 "$limit" ssh -F /dev/null -T -n -i ./key -l "$user" -p "$port" \
+    timeout -k 5 "$((until - began))" ssh -F /dev/null -T -n -i ./key -l "$user" -p "$port" \
         -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=yes \
         -o UserKnownHostsFile=./known -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=deployer-relay \
         -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ControlPath=none \
         -o LogLevel=ERROR -- "$address" copy 2> error | head -c "$size" > copy
-    if [ -s copy ] || [ "$tries" -ge 3 ] || [ "$(($(date +%s) + tries + 1))" -ge "$until" ]; then
+    ended=$(date +%s)
+    if [ -s copy ] || [ "$tries" -ge 3 ] || [ $((ended - began)) -ge 5 ] || grep -q 'Permission denied' error \
+            || [ $((ended + tries + 2)) -ge "$until" ]; then
         break
     fi
     # 1.x s then 2.x s: the hosts that were refused together do not come back together.
-    sleep "$tries.$(($$ % 10))"
+    sleep "$tries.$(printf %02d $(($$ % 100)))"
 done
 rm -f key known
 got=$(sha256sum < copy)
