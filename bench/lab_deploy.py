@@ -22,20 +22,23 @@ by round (contenders take turns within a round):
   ansible-tuned  the same playbook with forks = hosts, pipelining, ControlPersist 300s, no ssh -C
   pyinfra        one pyinfra 3 deploy file doing the playbook's steps, at pyinfra's defaults
                  (its ssh connector, paramiko; parallel = min(20 x CPUs, hosts); sftp), `pyinfra -y`
-  floor          the lab's lower bound: one plain `ssh HOST apache2ctl graceful` per host, all at
-                 once, then wait; nothing is sent or unpacked
+  floor          the lab's lower bound: one plain ssh per host, all at once, that switches the live
+                 link to a release already on the host and runs `apache2ctl graceful`; nothing sent
 
   cold  an instance name the hosts have never seen (a fresh one every round)
   warm  the contender's own instance, deployed once before, then one file changed
 
+Each run is timed until every host serves the new release (the command's
+own time, then polling /health every 0.1 s): a graceful reload returns
+before Apache has reloaded, and the app loads after that.
 Every deploy changes RELEASE.txt, and counts only if every host then serves
 that text from /health of NAME.example.test, through Apache and mod_wsgi.
-The floor sends nothing, so it cannot change RELEASE.txt: its instance is
-deployed first, untimed, by the `parallel` script (for warm rows once, as the
-others' first deploy; for cold rows before every run, a fresh name each
-round), and its check asks for the release that deploy left. Cold and warm
-floors are the same run, the same lower bound: the reload every deploy ends
-with, on every host at once.
+The floor sends nothing: before each of its runs, untimed, the `parallel`
+script deploys the release, then every host is switched to a copy of it
+that says another release, and seen to serve that. Its timed run switches
+back and reloads; its clock, too, stops when every host serves the release.
+Cold and warm floors are the same run, the same lower bound: the switch and
+reload every deploy ends with, on every host at once.
 
 With --shape RATE, every row is run again with the VPN host's outer link
 shaped to RATE (tbf). Absolute seconds are noisy on a small machine; the
@@ -147,12 +150,13 @@ wait_all restart
 # The lower bound: the reload every deploy ends with, on every host at once.
 FLOOR_SCRIPT = r"""
 set -eu
-shift 3
+name=$1; release=$3; shift 3
 ssh="ssh -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
 @WAIT_ALL@
 pids=(); hosts=()
 for h in "$@"; do
-    $ssh "root@$h" "apache2ctl graceful" &
+    $ssh "root@$h" "ln -sfn /var/www/$name.releases/$release /var/www/$name.tmp \
+        && mv -T /var/www/$name.tmp /var/www/$name && apache2ctl graceful" &
     pids+=($!); hosts+=("$h")
 done
 wait_all graceful
@@ -477,7 +481,12 @@ class Bench:
             tail = "\n".join(line[:300] for line in text.splitlines()[-15:])
             log(f"    FAILED ({run.error}), log {out}:\n{tail}")
         else:
+            # The clock stops when every host serves the release, not when the
+            # command returns: `apache2ctl graceful` returns before Apache has
+            # reloaded, and a daemon loads the app after that.
+            started = time.perf_counter()
             bad = self.check(name, n, release)
+            run.seconds += time.perf_counter() - started
             if bad:
                 run.ok, run.error = False, f"check: {bad[0]}"
                 log(f"    CHECK FAILED on {len(bad)} host(s): {bad[:3]} (log {out})")
@@ -502,11 +511,31 @@ class Bench:
                     seen = f"{status} {body[:120]!r}"
                 except (OSError, ValueError) as e:
                     seen = repr(e)
-                time.sleep(0.2)
+                time.sleep(0.1)
             return f"{self.lab.addresses[i]}: {seen}"
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
+        # Every host at once: a host waiting for another's turn would add to the clock.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
             return [r for r in pool.map(one, range(n)) if r]
+
+    def stage_floor(self, name: str, n: int, release: str) -> str:
+        """For the floor's run: `release` of `name` on every host, not live.
+        It is deployed by the parallel script (untimed), then each host
+        switched to a copy of it that says another release, and seen to
+        serve that; "" if all went so, else what did not."""
+        setup = self.deploy("parallel", name, n, release)
+        if not setup.ok:
+            return setup.error
+        rel = f"/var/www/{name}.releases/{release}"
+        script = (f"rm -rf {rel}-pre && cp -a {rel} {rel}-pre && echo {release}-pre > {rel}-pre/RELEASE.txt"
+                  f" && ln -sfn {rel}-pre /var/www/{name}.tmp && mv -T /var/www/{name}.tmp /var/www/{name}"
+                  " && apache2ctl graceful")  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+            done = list(pool.map(lambda i: self.lab.run(i, script, check=False, timeout=120), range(n)))
+        failed = [f"{self.lab.addresses[i]}: {d.stderr.strip()[-200:]}" for i, d in enumerate(done)
+                  if d.returncode]
+        bad = failed or self.check(name, n, f"{release}-pre")
+        return f"floor's setup: {bad[0]}" if bad else ""
 
     def remove(self, name: str, n: int) -> None:
         """Take an instance off the hosts (untimed), so the lab does not fill
@@ -754,10 +783,10 @@ def main() -> int:
                         if kind == "warm":
                             for c in args.contenders:
                                 name = f"w{tag}-{SHORT[c]}-{n}"
-                                # The floor's instance: deployed by the parallel script.
-                                how = "parallel" if c == "floor" else c
-                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({how})")
-                                first = bench.deploy(how, name, n, f"first-{name}")
+                                if c == "floor":
+                                    continue  # staged before each of its runs
+                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({c})")
+                                first = bench.deploy(c, name, n, f"first-{name}")
                                 if not first.ok:
                                     log(f"    first deploy of {name} failed: {first.error}")
                         for r in range(args.rounds):
@@ -765,16 +794,13 @@ def main() -> int:
                                 name = f"w{tag}-{SHORT[c]}-{n}" if kind == "warm" else f"c{tag}-{SHORT[c]}-{n}-{r}"
                                 done += 1
                                 release = f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}"
-                                setup = None
+                                failed = ""
                                 if c == "floor":
-                                    # It sends nothing: it checks for the release already there.
-                                    if kind == "warm":
-                                        release = f"first-{name}"
-                                    else:
-                                        log(f"    untimed: {name} deployed by the parallel script, for the floor")
-                                        setup = bench.deploy("parallel", name, n, release)
-                                if setup and not setup.ok:
-                                    run = Run(seconds=0.0, ok=False, error=f"floor's setup: {setup.error}")
+                                    # It sends nothing: the release is put on the hosts first, untimed.
+                                    log(f"    untimed: {release} of {name} staged on every host, for the floor")
+                                    failed = bench.stage_floor(name, n, release)
+                                if failed:
+                                    run = Run(seconds=0.0, ok=False, error=failed)
                                 else:
                                     run = bench.deploy(c, name, n, release)
                                 by[c].append(run)
