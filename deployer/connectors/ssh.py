@@ -8,6 +8,7 @@ host that stops answering."""
 import base64
 import hashlib
 import re
+import select
 import threading
 import time
 
@@ -251,6 +252,10 @@ class SshTransport:
         pid_line = _PidLine(self.host.name)
         pid = None
         feed = Feed(stdin)
+        # Woken by the channel's data or end (paramiko's pipe for select;
+        # poll, not select: past 1,024 open files select fails).
+        ready = select.poll()
+        ready.register(chan.fileno(), select.POLLIN)
         try:
             chan.exec_command(reporting_pid(line))
             if feed.done:
@@ -294,7 +299,15 @@ class SshTransport:
                         if pid is not None:
                             self.stop_group(pid)
                         return Result(TIMED_OUT, out.text(), timed_out(err.text(), limit.seconds()))
-                    time.sleep(0.005)
+                    # Waits that cost nothing while a host works: a thread a
+                    # host woke every 5 ms, 64 hosts took 4 s of the runner's
+                    # CPU a deploy. Only what the channel cannot tell is asked
+                    # sooner: room in its window for what we have to send
+                    # (5 ms), stdin that another host's answer decides (20 ms).
+                    if not feed.done and feed.buffer:
+                        time.sleep(0.005)
+                    else:
+                        ready.poll(250 if feed.done else 20)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
                 out.add(chan.recv(CHUNK))
