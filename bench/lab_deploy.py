@@ -79,7 +79,9 @@ CHECK_TIMEOUT = 60.0  # seconds for every host to serve the new release
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HZ = os.sysconf("SC_CLK_TCK")
 
-OLD_SCRIPT = r"""
+# What both loops do first, as the old script did: its arguments, the
+# tarball and the vhost, made once on this machine.
+LOOP_PROLOGUE = r"""
 set -eu
 name=$1; hostname=$2; release=$3; shift 3
 ssh="ssh -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
@@ -88,7 +90,9 @@ rel=/var/www/$name.releases/$release
 tar -czf "$WORK/app.tgz" -C "$APP" --exclude=__pycache__ .
 sed -e "s|<<HOSTNAME>>|$hostname|g" -e "s|<<DEPLOY_PATH>>|/var/www/$name|g" \
     -e "s|<<CONFIG_NAME>>|$name|g" -e "s|<<HTTP_PORT>>|80|g" "$TEMPLATE" > "$WORK/vhost.conf"
-for h in "$@"; do
+"""
+
+OLD_SCRIPT = LOOP_PROLOGUE + r"""for h in "$@"; do
     $scp "$WORK/app.tgz" "root@$h:/tmp/$release.tgz"
     $ssh "root@$h" "mkdir -p $rel && tar -xzf /tmp/$release.tgz -C $rel && rm /tmp/$release.tgz"
     $scp "$WORK/vhost.conf" "root@$h:/etc/apache2/sites-available/$name.conf"
@@ -114,16 +118,7 @@ WAIT_ALL = r"""wait_all() {
 """
 
 # The old script with every host at once (its per-host commands unchanged).
-PARALLEL_SCRIPT = r"""
-set -eu
-name=$1; hostname=$2; release=$3; shift 3
-ssh="ssh -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
-scp="scp -q -i $KEY -o UserKnownHostsFile=$KNOWN -o StrictHostKeyChecking=yes -o BatchMode=yes"
-rel=/var/www/$name.releases/$release
-tar -czf "$WORK/app.tgz" -C "$APP" --exclude=__pycache__ .
-sed -e "s|<<HOSTNAME>>|$hostname|g" -e "s|<<DEPLOY_PATH>>|/var/www/$name|g" \
-    -e "s|<<CONFIG_NAME>>|$name|g" -e "s|<<HTTP_PORT>>|80|g" "$TEMPLATE" > "$WORK/vhost.conf"
-@WAIT_ALL@
+PARALLEL_SCRIPT = LOOP_PROLOGUE + r"""@WAIT_ALL@
 pids=(); hosts=()
 for h in "$@"; do
     (
