@@ -34,7 +34,7 @@ from deployer.quoting import Command
 from deployer.remote import instance
 from deployer.run import health, interrupts, records, session
 from deployer.run.connections import Connections
-from deployer.run.failures import describe_error, detail, failure_message
+from deployer.run.failures import Failures, describe_error, detail, failure_message
 from deployer.run.fanout import Fanout
 from deployer.run.host_session import HostSession
 from deployer.run.locking import Locking
@@ -237,7 +237,7 @@ class Executor:
         if failed:
             self.settle(failed)
 
-    def settle(self, failed: list[tuple[steps.Step, list[tuple[str, Result]]]]) -> None:
+    def settle(self, failed: Failures) -> None:
         """Steps failed on some hosts: within the plan's max_failed, those
         hosts are put back (their own changes undone) and left out of the
         rest of the run; beyond it, or on the lock's first host or this
@@ -271,7 +271,7 @@ class Executor:
 
     # -- steps on hosts, a session per host --------------------------------------
 
-    def on_hosts(self, group: session.Group) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
+    def on_hosts(self, group: session.Group) -> Failures:
         """A group of steps, in one session on each of its hosts, all hosts at
         once; the steps that failed, each with its hosts' results."""
         if not self.hosts.transports:
@@ -348,7 +348,7 @@ class Executor:
 
     # -- steps on this machine ---------------------------------------------------
 
-    def on_this_machine(self, stage: str, step: steps.Step) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
+    def on_this_machine(self, stage: str, step: steps.Step) -> Failures:
         self.progress.say(lambda r: r.step_started(stage, step, RUNNER))
         started = time.monotonic()
         # Until the step says otherwise it did not succeed (an interrupt lands here).

@@ -4,6 +4,10 @@ from deployer import steps
 from deployer.connectors.result import Result
 from deployer.errors import DeployError
 
+# What a group of steps ended with, when it did not all succeed: each step
+# that failed, with the (host, result) of each host it failed on.
+Failures = list[tuple[steps.Step, list[tuple[str, Result]]]]
+
 
 def describe_error(e: Exception) -> str:
     if isinstance(e, DeployError):

@@ -10,6 +10,7 @@ import time
 from deployer import steps
 from deployer.connectors.result import Result
 from deployer.output import StepResult
+from deployer.run.failures import Failures
 from deployer.run.fanout import Fanout
 from deployer.run.progress import Progress
 
@@ -20,8 +21,7 @@ PAUSE = 0.5  # between attempts
 SETTLED = 5.0
 
 
-def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout,
-              progress: Progress) -> list[tuple[steps.Step, list[tuple[str, Result]]]]:
+def check_all(step: steps.HealthCheck, stage: str, fanout: Fanout, progress: Progress) -> Failures:
     """Every host of `step` asked from the runner, all at once; the hosts
     that failed, with their results (none: no failure)."""
 
