@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +65,13 @@ class LabSession:
         # app loaded, by each reload of this test's deploys (a deploy took
         # 2.6 s after the first tests of a file, 9.5 s after fifteen). The
         # next reload stops their daemons; their files stay.
+        # A deploy killed mid-switch leaves its own staging directory here too.
         for h in self.lab.hosts:
             for site in h.path("/etc/apache2/sites-enabled").iterdir():
-                site.unlink()
+                if site.is_dir() and not site.is_symlink():
+                    shutil.rmtree(site)
+                else:
+                    site.unlink()
         return self.lab
 
     def release(self) -> None:
@@ -108,7 +114,35 @@ def vpn(lab: Lab, tmp_path: Path) -> Iterator[VpnClient]:
 
 # What a lab test deploys with, and how it reads the result.
 
-DEPLOY = [sys.executable, "-m", "deployer"]
+# SIGUSR1 dumps every thread's stack to stderr: a deploy that overruns its
+# test's limit says where it waits (see `_run`) instead of only "timed out".
+DEPLOY = [sys.executable, "-c",
+          "import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+          "runpy.run_module('deployer', run_name='__main__', alter_sys=True)"]
+OVERRUN_GRACE = 60
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a deploy; past `timeout`, dump its stacks, then SIGTERM it (its
+    own undo runs, so the lab stays usable by the next tests) and fail with
+    the stacks and the last events."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=OVERRUN_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        tail = "\n".join(out.splitlines()[-30:])
+        what = " ".join(args[len(DEPLOY):])
+        pytest.fail(f"deploy {what} overran {timeout} s; last events:\n{tail}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 class Site:
@@ -131,10 +165,8 @@ class Site:
         self.targets.write_text(yaml.safe_dump(self.lab.targets(self.app, **changes)))
 
     def deploy(self, name: str, *extra: str) -> tuple[int, list[dict]]:
-        proc = subprocess.run(
-            [*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets),
-             "--output", "json", *extra],
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        proc = _run([*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets),
+                     "--output", "json", *extra], timeout=300)
         events = [json.loads(line) for line in proc.stdout.splitlines()]
         assert proc.stderr == "" or proc.returncode != 0, proc.stderr
         return proc.returncode, events

@@ -11,7 +11,8 @@
 #
 #   ours     NAME.conf is deployer's to replace (its first line is `mark`)
 #   test     the config with NAME.next in place of NAME.conf
-#   promote  locked: test; NAME.next becomes NAME.conf, the previous one
+#   promote  locked: test (unless NAME.next is NAME.conf as it is); NAME.next
+#            becomes NAME.conf, the previous one
 #            kept in `work` (as install.sh keeps it, for restore.sh); reload,
 #            or, if the vhost is the same, restart its mod_wsgi daemons one
 #            at a time (lib/wsgi-reload.sh): a code-only deploy drops no
@@ -171,9 +172,12 @@ promote)
         fail "$next is not the vhost this run wrote; deployer will not make it live"
     fi
     ours "$live" "$mark" || exit 1
-    test_next "$@"
     same=false
     if [ -f "$live" ] && cmp -s -- "$next" "$live"; then same=true; fi
+    # The same vhost: Apache already runs it, and only its daemons restart
+    # (render tested the config with it before migrate). Should they not
+    # restart, the graceful instead is apache2ctl's, which tests first.
+    $same || test_next "$@"
     mkdir -- "$work" || exit 1
     if [ -e "$live" ]; then ln -T -- "$live" "$work/previous"; else : > "$work/none"; fi
     mv -fT -- "$next" "$live"
