@@ -44,7 +44,6 @@ from deployer.run.undo import Undo, UndoLog
 from deployer.run.upload import Uploads
 
 RUNNER = ""  # the host name under which steps on this machine are reported
-LEFT_OUT = instance.LEFT_OUT  # a host's history: the run went on without it, and undid its changes there
 AFTER_LIMIT = 90  # seconds for what runs after a run that succeeded (pruning), within UNDO_TIMEOUT
 
 
@@ -387,7 +386,7 @@ class Executor:
                 return []
             # A host put back within max_failed: its history says so, not "done".
             put_back = host in self.dropped
-            said = ("undo incomplete" if host in self.stuck else LEFT_OUT) if put_back else outcome
+            said = ("undo incomplete" if host in self.stuck else instance.LEFT_OUT) if put_back else outcome
             return [plan.lock.finish(context.history_line(self.ctx, said), done and not put_back).line()]
 
         lines = {h: " ; ".join([*self.undo.take_tidying(h),

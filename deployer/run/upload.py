@@ -8,6 +8,7 @@ others read it from there (see relay.py)."""
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import threading
 import time
@@ -169,7 +170,7 @@ class Uploads:
                 # MaxStartups does not take). One that has waited too long is
                 # sent the artifact instead: its fetch's time runs meanwhile.
                 since = offer.waiting.setdefault(host, time.monotonic())
-                turn = list(offer.waiting).index(host) < offer.plan.limit - len(offer.reading)
+                turn = host in itertools.islice(offer.waiting, max(0, offer.plan.limit - len(offer.reading)))
                 if not turn and time.monotonic() - since < min(relay.TURN_WAIT, timeout / 2):
                     return None
                 del offer.waiting[host]
