@@ -1,8 +1,9 @@
 """Faults in the lab, during real deploys through the VPN: a dying sshd or
 VPN server, a full disk, a failed reload, SIGTERM in every stage, and runs
-at once (a failed health check: test_lab_fleet.py, at 8 hosts). Each case checks that every host
-serves one release (the old or the new, never a mix), that no lock is left,
-that the VPN is down, and that a plain re-run of the deploy succeeds."""
+at once (a failed health check: test_lab_fleet.py, at 8 hosts). Each case
+checks that every host serves one release (the old or the new, never a
+mix), that no lock is left, that the VPN is down, and that a plain re-run
+of the deploy succeeds."""
 
 # Fixtures are imported, so test parameters "redefine" them.
 # ruff: noqa: F811
