@@ -68,13 +68,22 @@ _wsgi_daemons() (
 # signal, which asks ten times a second: in this shell, with builtins only
 # but one $(...) and, once per new process, the read of its argv[0]. Sets
 # `now` to "PID START THREADS" of each daemon; `seen` keeps "PID START y|n"
-# (a daemon of the group or not) of every child already read. (Forking a
+# (a daemon of the group or not) of every child already read (`hz`: clock
+# ticks a second). (Forking a
 # few programs per child each time, as _wsgi_daemons does, took more CPU
 # than the app's own start: 16 hosts, 2 daemons each, 8.8 s where an Apache
 # graceful of all of them took 3.3 s.)
 _wsgi_scan() {
     children=$(_wsgi_procs)
     now=
+    # A child shows Apache's argv[0] from its fork until mod_wsgi names it:
+    # only one that has run for a second is known for good not to be a
+    # daemon (else a new daemon read in that instant is never counted, and
+    # the wait runs to its deadline). Seconds since boot, in clock ticks.
+    up=0.0
+    { read -r up _ < /proc/uptime; } 2> /dev/null
+    cs=${up#*.}
+    up=$((${up%.*} * hz + ${cs#0} * hz / 100))
     while read -r p s pp; do
         [ "$pp" = "$1" ] || continue
         case "$p$s" in '' | *[!0-9]*) continue ;; esac
@@ -86,7 +95,7 @@ $p $s n"*) continue ;;
             *)
                 a0=$(tr '\0' '\n' 2> /dev/null < "/proc/$p/cmdline" | head -n 1 | sed 's/ *$//')
                 if [ "$a0" != "$2" ]; then
-                    seen="$seen
+                    [ $((up - s)) -lt "$hz" ] || seen="$seen
 $p $s n"
                     continue
                 fi
@@ -161,6 +170,8 @@ wsgi_reload() (
     fi
     done_n=0
     seen=
+    hz=$(getconf CLK_TCK 2> /dev/null)
+    case "$hz" in '' | *[!0-9]*) hz=100 ;; esac
     # From a here-document, not a pipe: the loop runs in this shell, so its exit ends the function.
     while read -r pid start _ <&3; do
         # Still that daemon (the same pid, start, parent and name), or its
