@@ -122,15 +122,17 @@ DEPLOY = [sys.executable, "-c",
 OVERRUN_GRACE = 60
 
 
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a deploy; past `timeout`, dump its stacks, then SIGTERM it (its
-    own undo runs, so the lab stays usable by the next tests) and fail with
-    the stacks and the last events."""
+def _run(args: list[str], timeout: float, lab: Lab) -> subprocess.CompletedProcess:
+    """Run a deploy; past `timeout`, dump its stacks and what runs on each
+    host, then SIGTERM it (its own undo runs, so the lab stays usable by the
+    next tests) and fail with those and the last events."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        hosts = "\n".join(f"web{i}:\n" + lab.run(i, "ps -eo pid,ppid,etimes,args", check=False).stdout[-3000:]
+                          for i in range(len(lab.hosts)))
         proc.send_signal(signal.SIGUSR1)
         time.sleep(1)
         proc.terminate()
@@ -141,7 +143,8 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
             out, err = proc.communicate()
         tail = "\n".join(out.splitlines()[-30:])
         what = " ".join(args[len(DEPLOY):])
-        pytest.fail(f"deploy {what} overran {timeout} s; last events:\n{tail}\nstderr:\n{err}")
+        pytest.fail(f"deploy {what} overran {timeout} s; last events:\n{tail}\nstderr:\n{err}\n"
+                    f"on the hosts then:\n{hosts}")
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
@@ -166,7 +169,7 @@ class Site:
 
     def deploy(self, name: str, *extra: str) -> tuple[int, list[dict]]:
         proc = _run([*DEPLOY, name, f"{name}.example.test", "--targets", str(self.targets),
-                     "--output", "json", *extra], timeout=300)
+                     "--output", "json", *extra], 300, self.lab)
         events = [json.loads(line) for line in proc.stdout.splitlines()]
         assert proc.stderr == "" or proc.returncode != 0, proc.stderr
         return proc.returncode, events
