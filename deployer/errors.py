@@ -60,3 +60,8 @@ class UndoIncomplete(DeployError):
     """A run failed and its undo did not complete: the message names the hosts."""
 
     exit_code = EXIT_UNDO_INCOMPLETE
+
+
+class StoreError(DeployError):
+    """An artifact store (S3) could not be used: the message names the store
+    and what it answered, never a credential, a signature or a presigned URL."""
