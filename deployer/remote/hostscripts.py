@@ -80,6 +80,12 @@ def fetch(relay: str, address: str, port: int, seconds: int) -> Command:
     return program("fetch", relay, address, str(port), str(seconds))
 
 
+def fetch_url(relay: str, seconds: int) -> Command:
+    """Read the artifact into `relay` from the presigned URL on stdin, after
+    its sha256 and size, in at most `seconds` (see sh/fetch-url.sh)."""
+    return program("fetch-url", relay, str(seconds))
+
+
 def close(relay: str, tag: str) -> Command:
     """Withdraw what `unpack` offered: its copy, and the key tagged `tag`."""
     return program("close-relay", relay, tag)

@@ -13,15 +13,8 @@ relay=$1 address=$2 port=$3 limit=$4
 IFS=' ' read -r want size || exit 0
 [ "$want" != - ] || exit 0
 IFS= read -r user && IFS= read -r known || exit 0
-if ! command -v ssh > /dev/null; then
-    echo "not fetched: no ssh client on this host"
-    exit 0
-fi
-if ! mkdir -p -- "${relay%/*}" || ! mkdir -m 700 -- "$relay" || ! cd -- "$relay"; then
-    echo "not fetched: cannot make $relay"
-    exit 0
-fi
-umask 077
+. ./lib/fetch-start.sh
+fetch_start "$relay" ssh "ssh client"
 cat > key
 printf '%s\n' "$known" > known
 # Names relative to the run's directory: ssh would expand % and ${...} in
