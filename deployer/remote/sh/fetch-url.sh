@@ -81,7 +81,11 @@ while True:
         fetch()
         break
     except urllib.error.HTTPError as e:
-        code = re.search(b"<Code>([A-Za-z]{1,64})</Code>", e.read(4096) or b"")
+        try:
+            body = e.read(4096) or b""
+        except Exception:
+            body = b""
+        code = re.search(b"<Code>([A-Za-z]{1,64})</Code>", body)
         why = "HTTP %d%s" % (e.code, " (%s)" % code.group(1).decode() if code else "")
         again = e.code == 503
     except (TimeoutError, socket.timeout):
