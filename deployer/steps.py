@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from deployer.artifact import packaging
-from deployer.config.model import VPN_LINGER, Python
+from deployer.config.model import VPN_LINGER, ArtifactStore, Python
 from deployer.quoting import Command
 from deployer.remote import hostscripts
 
@@ -147,6 +147,16 @@ class Relay:
 
 
 @dataclass(frozen=True)
+class Store:
+    """The tunnel crossed once, through an object store: the runner puts the
+    artifact in `store` once, and every host runs `fetch`, which reads it
+    with a presigned URL (see run/stored.py and sh/fetch-url.sh)."""
+
+    store: ArtifactStore = field(default_factory=lambda: ArtifactStore(""))
+    fetch: Command = field(default_factory=Command)
+
+
+@dataclass(frozen=True)
 class Upload(Step):
     """Make a new release on the host from the artifact `build` makes, in one
     session: `state` says what the live release holds (`state_first` on the
@@ -154,7 +164,8 @@ class Upload(Step):
     what differs from it on stdin, checks its sha256 and links the rest from
     the live release. `undo` removes what this run made, whatever point the
     upload reached. With `relay`, most hosts read the artifact from the
-    first one instead of from the runner."""
+    first one instead of from the runner; with `store`, every host reads it
+    from an object store."""
 
     waits: bool = False
     build: Build = field(default_factory=Build)
@@ -163,6 +174,7 @@ class Upload(Step):
     command: Command = field(default_factory=Command)
     undo: Command = field(default_factory=Command)
     relay: Relay | None = None
+    store: Store | None = None  # instead of a relay
 
     @property
     def local(self) -> str:

@@ -13,6 +13,7 @@ from deployer.config.model import (
     LOCAL_APACHE_CTL,
     LOCAL_HOST,
     Apache,
+    ArtifactStore,
     Build,
     Health,
     Hook,
@@ -88,6 +89,7 @@ class Builder:
             max_failed=t.max_failed,
             relay=t.relay,
             relay_limit=t.relay_limit,
+            artifact_store=None if t.artifact_store is None else artifact_store(t.artifact_store),
             keep_releases=t.keep_releases,
             protected=t.protected,
             deploy_root=deploy_root,
@@ -224,3 +226,10 @@ class Builder:
         if problem:
             raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
         return Var(value or "", v.secret, v.env, v.export)
+
+
+def artifact_store(spec: Any) -> ArtifactStore:  # spec: an ArtifactStoreSpec
+    bucket, _, prefix = spec.url.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    return ArtifactStore(bucket, f"{prefix}/" if prefix else "", spec.endpoint and spec.endpoint.rstrip("/"),
+                         spec.region)

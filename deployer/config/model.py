@@ -108,6 +108,22 @@ class Shared:
 
 
 @dataclass(frozen=True)
+class ArtifactStore:
+    """An S3 (or S3-compatible) bucket of the private network: objects
+    `prefix` + sha256; `endpoint` None is AWS's own, `region` None the
+    AWS configuration's."""
+
+    bucket: str
+    prefix: str = ""  # empty, or ending in /
+    endpoint: str | None = None
+    region: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
 class Health:
     """Asked of every host after the reload: GET `path` with the instance's
     Host header (and `headers`) must answer one of `statuses` within
@@ -225,6 +241,7 @@ class Target:
     before: dict[str, tuple[Hook, ...]] = field(hash=False)
     after: dict[str, tuple[Hook, ...]] = field(hash=False)
     first_deploy: tuple[Hook, ...] = ()  # where the instance has no live release yet, before migrate
+    artifact_store: ArtifactStore | None = None  # where the hosts read the artifact, if not from the runner
     on_destroy: tuple[Hook, ...] = ()  # by `deployer destroy`, once the site is no longer served
 
 

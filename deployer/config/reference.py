@@ -11,11 +11,11 @@ from typing import Any
 
 # The order a reader meets them in: the file, an entry, then what an entry holds.
 _ORDER = ("TargetSpec", "HostSpec", "VpnSpec", "ApacheSpec", "PackageSpec", "SharedSpec", "HealthSpec",
-          "BuildSpec", "PythonSpec", "FileSpec", "VarSpec", "HookSpec", "HooksSpec")
+          "BuildSpec", "PythonSpec", "FileSpec", "VarSpec", "HookSpec", "HooksSpec", "ArtifactStoreSpec")
 _NAMES = {"TargetSpec": "A target", "HostSpec": "hosts: an item", "VpnSpec": "vpn", "ApacheSpec": "apache",
           "PackageSpec": "package", "SharedSpec": "shared", "HealthSpec": "health", "VarSpec": "vars: a value",
           "HookSpec": "A hook, or a shell stage", "HooksSpec": "hooks", "BuildSpec": "build",
-          "PythonSpec": "python", "FileSpec": "files: an item"}
+          "PythonSpec": "python", "FileSpec": "files: an item", "ArtifactStoreSpec": "artifact_store"}
 
 
 def markdown(schema: dict) -> str:
@@ -82,4 +82,4 @@ def _text(text: Any) -> str:
 
 
 def _anchor(title: str) -> str:
-    return "".join(c for c in title.lower() if c.isalnum() or c in " -").replace(" ", "-")
+    return "".join(c for c in title.lower() if c.isalnum() or c in " -_").replace(" ", "-")

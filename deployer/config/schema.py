@@ -433,6 +433,33 @@ class HealthSpec(_Spec):
         return self
 
 
+# A bucket as S3 names them (S3-compatible stores take these too), then a
+# key prefix of characters that no URL needs to escape.
+_S3_URL = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/[A-Za-z0-9._/-]*)?"
+_ENDPOINT = r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/?"
+
+
+class ArtifactStoreSpec(_Spec):
+    """An object store of the private network (S3, or one that speaks its API): the runner puts
+    the artifact there once, and every host reads it from there with a presigned URL that
+    expires. Credentials come from this machine's AWS configuration (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, an instance role), never from targets.yaml."""
+
+    url: Annotated[str, Field(pattern=_anchored(_S3_URL)),
+                   says(lambda v: f"expected s3://BUCKET or s3://BUCKET/PREFIX/, got {v!r}" if isinstance(v, str)
+                        else _non_empty(v))] = Field(
+        description="The bucket and the key prefix of the artifacts, e.g. s3://deploys/deployer/. Each"
+        " object is named by its sha256; deployer removes none: give the prefix a lifecycle rule that"
+        " expires objects after a day.")
+    endpoint: Annotated[str, Field(pattern=_anchored(_ENDPOINT)),
+                        says(lambda v: f"expected http(s)://HOST[:PORT], got {v!r}" if isinstance(v, str)
+                             else _non_empty(v))] | None = Field(
+        None, description="The store's address, as this machine and the hosts both reach it, e.g."
+        " http://10.0.0.5:8333; default: AWS's own for the region.")
+    region: matching(r"[a-z0-9-]{1,32}") | None = Field(
+        None, description="The region to sign for; default: the AWS configuration's, else us-east-1.")
+
+
 def _commands_shorthand(value: Any) -> Any:
     return {"run": value} if isinstance(value, (str, list)) else value
 
@@ -613,6 +640,10 @@ class TargetSpec(_Spec):
     relay_limit: between(1, 100) = Field(
         8, description="Hosts that read the artifact from the first one at once; the others wait their turn."
         " sshd's default MaxStartups (10:30:100) drops new connections past 10 that have not logged in yet.")
+    artifact_store: ArtifactStoreSpec | None = Field(
+        None, description="Every host reads the artifact from this object store instead, once the runner has"
+        " put it there (artifacts of 1 MiB and more); the first host then serves no other. Needs `pip install"
+        " 'deployer[s3]'`. Default: none.")
     keep_releases: between(2, 1000) = Field(
         5, description="Releases kept per host after a run that succeeded; the live one and the one before it"
         " are always kept.")

@@ -70,6 +70,7 @@ def _upload(step: steps.Upload, redact) -> list[str]:
             f"reading the files that differ from the host's live release (all of {step.local} if it has"
             " none) and the changes to the file list, on its standard input",
             *_relay_details(step.relay),
+            *_store_details(step.store),
             *(f"on failure: {line}" for line in _commands(step.undo))]
 
 
@@ -115,6 +116,17 @@ def _relay_details(r: steps.Relay | None) -> list[str]:
             *(f"$ {line}" for line in r.fetch.line().splitlines()),
             f"then the key and the copy are removed from {r.source} in its next session, and on failure:",
             *(f"$ {line}" for line in r.close.line().splitlines())]
+
+
+def _store_details(s: steps.Store | None) -> list[str]:
+    if s is None:
+        return []
+    where = s.store.endpoint or f"AWS S3{f' ({s.store.region})' if s.store.region else ''}"
+    return [f"this machine puts that tarball in {s.store.url} at {where} once, if it is 1 MiB or more (named by"
+            " its sha256; one already there is not sent again), and every host that needs it reads it from"
+            " there with a URL that expires, presigned for it, before it unpacks (if the put fails, or a host"
+            " cannot read it, it is sent as above):",
+            *(f"$ {line}" for line in s.fetch.line().splitlines())]
 
 
 def brief(step: steps.Step, redact=lambda text: text) -> list[str]:

@@ -42,8 +42,10 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     relay_dir = posixpath.join(ctx.releases_dir, f".deployer-relay-{ctx.run_id}")
     tag = f"deployer-relay-{ctx.run_id}"
     t = ctx.target
-    relay = None
-    if t.transport == "ssh" and t.relay and len(t.hosts) > 1:
+    relay = store = None
+    if t.transport == "ssh" and t.artifact_store is not None:
+        store = steps.Store(t.artifact_store, fetch=hostscripts.fetch_url(relay_dir, int(t.step_timeout)))
+    elif t.transport == "ssh" and t.relay and len(t.hosts) > 1:
         source = t.hosts[0]
         relay = steps.Relay(source.name, close=hostscripts.close(relay_dir, tag),
                             fetch=hostscripts.fetch(relay_dir, source.address, source.port, int(t.step_timeout)),
@@ -64,7 +66,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      # The key may read the copy as long as a step may take.
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
                                                 ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
-                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay),
+                     undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay,
+                     store=store),
         # Before migrate and hooks, which run with it; its undo removes it if no other release uses it.
         *([steps.Run(f"virtualenv {ctx.venv} for the release: reuse it, or build it from the release's wheels",
                      ctx.host_names, waits=False,

@@ -3,7 +3,8 @@ the same session that makes it. Each host first says what its live release
 holds; the runner then builds, once per live release, a tarball of only
 what differs (with the lists of what goes and what comes), and sends it on
 the unpack's stdin; or, with a relay, the first host keeps a copy and the
-others read it from there (see relay.py)."""
+others read it from there (see relay.py); or, with a store, the runner puts
+it there and every host reads it from there (see stored.py)."""
 
 import gzip
 import hashlib
@@ -19,6 +20,7 @@ from deployer.artifact import delta, packaging
 from deployer.connectors.result import Result
 from deployer.run import relay, session
 from deployer.run.progress import Progress
+from deployer.run.stored import Stored
 from deployer.run.undo import Undo, UndoLog
 
 
@@ -36,7 +38,11 @@ class Sending:
 
     def head(self, how: str) -> bytes:
         line = b"%s %s %s %s\n" % (self.sha, self.base, self.want, how.encode())
-        return line if how == "fetched" else line + self.lists
+        return line if how in ("fetched", "stored") else line + self.lists
+
+    def copy(self) -> "_Prefixed":
+        """What a host that reads it from elsewhere checks by `copy_sha`: the lists, then the tarball."""
+        return _Prefixed(self.lists, open(self.path, "rb"))
 
 
 class Uploads:
@@ -53,15 +59,19 @@ class Uploads:
         # it: made by the first host that needs it, while the others wait.
         self.sendings: dict[delta.Live, Sending] = {}
         self.offer: relay.Offer | None = None  # the upload's relay, once it starts
+        self.stored: Stored | None = None  # the upload's store, once it starts
         # Held while a tarball is looked for or built, apart from `lock`: a
         # build reads, hashes and compresses the whole tree, one at a time.
         self.building = threading.Lock()
 
     def begin(self, group: session.Group) -> None:
-        """Before a group's sessions start: the relay's one-time key, if an upload in it has a relay."""
+        """Before a group's sessions start: the relay's one-time key, or the
+        store's client, if an upload in it has either."""
         for _, step in group.steps:
             if isinstance(step, steps.Upload) and step.relay is not None and self.offer is None:
                 self.offer = relay.Offer.make(step.relay)
+            if isinstance(step, steps.Upload) and step.store is not None and self.stored is None:
+                self.stored = Stored.make(step.store)
 
     def entries(self, step: steps.Upload, host: str, timeout: float) -> list[session.Made]:
         self.undo.record(Undo(host, f"undo {step.title}", step.undo))
@@ -71,17 +81,22 @@ class Uploads:
         unpack = session.Entry(step.command.line(), timeout=timeout,
                                data=session.Deferred(lambda: self.sending(step, host)))
         offer = self.offer
-        if offer is None:
+        if self.stored is not None:
+            # The put may take as long as a step, then the read as long again.
+            fetch = session.Entry(step.store.fetch.line(), timeout=2 * timeout,
+                                  data=session.Deferred(lambda: self.store_input(step, host, timeout)))
+        elif offer is None:
             return [*made, session.Made(unpack)]
-        if host == offer.plan.source:
+        elif host == offer.plan.source:
             # Withdrawn in the source's next session, and on failure.
             self.undo.record(Undo(host, "withdraw the relay key", offer.plan.close))
             self.undo.tidy(host, offer.plan.close.line())
             return [*made, session.Made(unpack, then=lambda result: self.offered(host, result))]
-        # It waits for the source to unpack, then reads within its own
-        # limit: a slow source means the runner sends, not a failed step.
-        fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
-                              data=session.Deferred(lambda: self.fetch_input(step, host, timeout)))
+        else:
+            # It waits for the source to unpack, then reads within its own
+            # limit: a slow source means the runner sends, not a failed step.
+            fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
+                                  data=session.Deferred(lambda: self.fetch_input(step, host, timeout)))
         return [*made, session.Made(fetch, then=lambda result: self.fetched(host, result)), session.Made(unpack)]
 
     def learned(self, host: str, result: Result) -> None:
@@ -98,11 +113,13 @@ class Uploads:
 
     def fetched(self, host: str, result: Result) -> None:
         said = result.stdout.strip()
+        via = self.stored or self.offer
         with self.lock:
-            self.offer.asked.add(host)
-            self.offer.reading.discard(host)
+            via.asked.add(host)
+            if self.offer is not None:
+                self.offer.reading.discard(host)
             if result.ok and said == "fetched":
-                self.offer.fetched.add(host)
+                via.fetched.add(host)
         if result.ok and said and said != "fetched":
             self.progress.note(f"{host}: the artifact was {said}; the runner sends it instead")
 
@@ -137,17 +154,17 @@ class Uploads:
             return None
         how, key = "sent", b""
         with self.lock:
-            offer = self.offer
+            offer, via = self.offer, self.stored or self.offer
             if offer is not None and host == offer.plan.source:
                 offer.path = s.path if s.size >= relay.MIN_SIZE else ""
                 if offer.path:
                     how, key = "keep", b"%s %s\n" % (s.copy_sha, offer.public.encode())
-            elif offer is not None and host not in offer.asked:
+            elif via is not None and host not in via.asked:
                 return None  # not before the fetch has ended
-            elif offer is not None and host in offer.fetched:
-                how = "fetched"
+            elif via is not None and host in via.fetched:
+                how = "stored" if via is self.stored else "fetched"
         head = s.head(how) + key
-        if how == "fetched":
+        if how in ("fetched", "stored"):
             return session.Piece(len(head), lambda: io.BytesIO(head))
         return session.Piece(len(head) + s.size, lambda: _Prefixed(head, open(s.path, "rb")))
 
@@ -184,6 +201,23 @@ class Uploads:
                                              source.known_line(relay.ALIAS).encode()) + offer.private)
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
+    def store_input(self, step: steps.Upload, host: str, timeout: float) -> session.Piece | None:
+        """The store fetch's stdin on `host` (see remote/sh/fetch-url.sh): the
+        copy's sha256 and size and a URL presigned for it, once the copy is
+        in the store; `-` when it is small (sent as it is) or not there."""
+        s = self.choice(step, host)
+        if s is None:
+            return None
+        url = None
+        if s.size >= relay.MIN_SIZE:
+            there = self.stored.there(s.copy_sha, len(s.lists) + s.size, s.copy, self.progress.note)
+            if there is None:
+                return None
+            # Valid for as long as the fetch may take: it starts now.
+            url = self.stored.url(s.copy_sha, timeout) if there else None
+        data = b"-\n" if url is None else b"%s %d\n%s\n" % (s.copy_sha, len(s.lists) + s.size, url.encode())
+        return session.Piece(len(data), lambda: io.BytesIO(data))
+
     def prepared(self, step: steps.Upload, live: delta.Live) -> Sending:
         """The tarball and the lists for a host whose live release is `live`:
         made once per deploy for all the hosts that hold the same one (a
@@ -216,16 +250,35 @@ class Uploads:
 
 
 class _Prefixed:
-    """Some bytes, then a file: read in chunks, so the artifact is never in memory whole."""
+    """Some bytes, then a file: read in chunks, so the artifact is never in
+    memory whole; seekable, for a store's put that is tried again."""
 
     def __init__(self, head: bytes, f):
-        self.head, self.f = head, f
+        self.head, self.f, self.pos = head, f, 0
 
-    def read(self, n: int) -> bytes:
-        if self.head:
-            chunk, self.head = self.head[:n], self.head[n:]
-            return chunk
-        return self.f.read(n)
+    def read(self, n: int = -1) -> bytes:
+        if self.pos < len(self.head):
+            chunk = self.head[self.pos:] if n < 0 else self.head[self.pos:self.pos + n]
+        else:
+            chunk = self.f.read(n)
+        self.pos += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET:
+            offset += self.pos if whence == io.SEEK_CUR else len(self.head) + os.fstat(self.f.fileno()).st_size
+        self.pos = offset
+        self.f.seek(max(0, offset - len(self.head)))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
     def close(self) -> None:
         self.f.close()
+
+    def __enter__(self) -> "_Prefixed":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()

@@ -315,11 +315,10 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 # -- malformed files ---------------------------------------------------------------
 
 HOST = "hosts: [web1.alpha.internal]"
-UNKNOWN = ("unknown key; expected one of: apache, batch_pause, batches, build, connect_timeout, deploy_root,"
-           " files, health, hooks, hosts, identity_file, keep_releases, known_hosts, max_failed, migrate,"
-           " migrate_timeout, package, parallel, pipeline, port, protected, python, relay, relay_limit, shared,"
-           " stages, step_timeout, template, transport, user,"
-           " vars, vpn")
+UNKNOWN = ("unknown key; expected one of: apache, artifact_store, batch_pause, batches, build, connect_timeout,"
+           " deploy_root, files, health, hooks, hosts, identity_file, keep_releases, known_hosts, max_failed,"
+           " migrate, migrate_timeout, package, parallel, pipeline, port, protected, python, relay, relay_limit,"
+           " shared, stages, step_timeout, template, transport, user, vars, vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")
@@ -328,6 +327,12 @@ MALFORMED = [
     ("targets:\n  alpha: {hosts: [web1.alpha.internal], port: 70000}\n",
      "targets/alpha/port: expected an integer from 1 to 65535, got 70000"),
     ("targets:\n  alpha: {hots: [web1.alpha.internal]}\n", "targets/alpha/hots: " + UNKNOWN),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 'https://bucket/x'}}\n",
+     "targets/alpha/artifact_store/url: expected s3://BUCKET or s3://BUCKET/PREFIX/, got 'https://bucket/x'"),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://bkt/p', endpoint: 'http://h/$(id)'}}\n",
+     "targets/alpha/artifact_store/endpoint: expected http(s)://HOST[:PORT], got 'http://h/$(id)'"),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {endpoint: 'http://h:8333'}}\n",
+     "targets/alpha/artifact_store/url: missing; this key is required"),
     ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: 3.11}}\n",
      "targets/alpha/python/version: expected the hosts' Python version, exactly, such as \"3.11.2\", got '3.11'"),
     ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: '3.11.2', platform: linux}}\n",

@@ -27,7 +27,8 @@
 # after the lists ("<sha256 of the copy> <public key>") may then read
 # through `offer` (options for authorized_keys) until its expiry; `fetched`
 # from `relay/copy`, which the fetch made (nothing follows the first line
-# on stdin).
+# on stdin); `stored` the same, fetch-url.sh having read it from the
+# artifact store.
 . ./lib/offer.sh
 set -eu
 releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9
@@ -45,7 +46,7 @@ mkdir -m 700 -- "$tmp"
 mkdir -m 755 -- "$tmp/tree"
 case $how in
 keep) mkdir -m 700 -- "$relay"; : > "$relay/copy" ;;
-fetched) exec < "$relay/copy" ;;
+fetched | stored) exec < "$relay/copy" ;;
 esac
 for part in drop add; do
     IFS= read -r size
@@ -95,10 +96,14 @@ if [ "${got%% *}" != "$want" ]; then
 fi
 printf '%s\n' "$run" > "$tmp/tree/.deployer-release-id"
 mv -T -- "$tmp/tree" "$release"
-if [ "$how" = fetched ]; then came="read from the first host"; else came=sent; fi
+case $how in
+fetched) came="read from the first host" ;;
+stored) came="read from the artifact store" ;;
+*) came=sent ;;
+esac
 echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp/add") $came"
 rm -rf -- "$tmp"
 case $how in
-fetched) rm -rf -- "$relay" ;;
+fetched | stored) rm -rf -- "$relay" ;;
 keep) offer "$relay" "$offer $key $tag" "$seconds" "$copysum" ;;
 esac
