@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from deployer.run import relay
+from tests import s3server
 from tests.conftest import REPO, tree_digest
 from tests.lab import lab as tests_lab
 from tests.lab.fixtures import (  # noqa: F401
@@ -366,29 +368,79 @@ def no_relay_left(site: Site, name: str) -> None:
         assert not list(h.path("/var/www").glob(f"{name}.releases/.deployer-relay-*")), h.name
 
 
-def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after(four):
-    keys = [tree_digest(h.path("/root/.ssh")) for h in four.lab.hosts]
-    logins = four.lab.ssh_log_offsets()
+def deploy_once_through(site: Site, name: str) -> tuple[list[dict], list[int]]:
+    """A deploy that must send the artifact into the tunnel once (plus the
+    sessions' own traffic; sent to each host it would be once a host) and
+    leave every host's ~/.ssh as it was: its events, and each host's SSH
+    logins meanwhile."""
+    keys = [tree_digest(h.path("/root/.ssh")) for h in site.lab.hosts]
+    logins = site.lab.ssh_log_offsets()
     sent = into_tunnel()
-    code, events = four.deploy("demo-relay")
+    code, events = site.deploy(name)
     sent = into_tunnel() - sent
     assert code == 0, error_of(events)
+    package = next(e for e in events if e["event"] == "step_finished" and e["stage"] == "package")
+    artifact = int(package["stdout"].split(" bytes compressed")[0].rsplit(" ", 1)[1])
+    assert artifact < sent < 1.5 * artifact, (sent, artifact)
+    assert [tree_digest(h.path("/root/.ssh")) for h in site.lab.hosts] == keys
+    no_relay_left(site, name)
+    return events, site.lab.ssh_logins(logins)
+
+
+def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after(four):
+    events, logins = deploy_once_through(four, "demo-relay")
     first, *others = four.lab.addresses
     said = uploads(events)
     assert said[first].startswith("0 files linked from the live release, ") and " sent\n" in said[first]
     assert "is offered to the other hosts until" in said[first]
     for host in others:
         assert said[host].strip().endswith("read from the first host"), said[host]
-    package = next(e for e in events if e["event"] == "step_finished" and e["stage"] == "package")
-    artifact = int(package["stdout"].split(" bytes compressed")[0].rsplit(" ", 1)[1])
-    # Once, plus the sessions' own traffic; sent to each host it would be 4 times.
-    assert artifact < sent < 1.5 * artifact, (sent, artifact)
     # Each other host logged in to the first one once, with the one-time key.
-    assert four.lab.ssh_logins(logins) == [1 + len(others), 1, 1, 1]
-    assert [tree_digest(h.path("/root/.ssh")) for h in four.lab.hosts] == keys
-    no_relay_left(four, "demo-relay")
+    assert logins == [1 + len(others), 1, 1, 1]
     for i in range(4):
         assert four.health(i, "demo-relay")["release_dir"] == release_of(events)
+
+
+@pytest.fixture
+def store(four, tmp_path):
+    """A real S3-compatible store (SeaweedFS) in the private network: in the
+    VPN host's namespace, on its private address, which the hosts reach and
+    the runner reaches through the tunnel."""
+    why = s3server.available()
+    if why:
+        pytest.skip(why)
+    with four.lab.vpn_client(log=tmp_path / "vpn-s3.log"):
+        server = s3server.start(tests_lab.VPN_NETNS, tests_lab.VPN_PRIVATE_ADDRESS, tmp_path / "s3", offset=200)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_with_an_artifact_store_every_host_reads_the_artifact_from_it(four, store, monkeypatch):
+    for name, value in store.env().items():
+        monkeypatch.setenv(name, value)
+    four.write(artifact_store={"url": f"s3://{store.bucket}/deploys/", "endpoint": store.endpoint})
+    events, logins = deploy_once_through(four, "demo-store")
+    said = uploads(events)
+    for host in four.lab.addresses:
+        assert said[host].strip().endswith("read from the artifact store"), said[host]
+    assert logins == [1, 1, 1, 1]  # no host logged in to another
+    for i in range(4):
+        assert four.health(i, "demo-store")["release_dir"] == release_of(events)
+
+    # The store gone: the put fails, the runner sends the artifact to each
+    # host itself, and the deploy goes on.
+    store.stop()
+    (four.app / "static" / "ballast.bin").write_bytes(os.urandom(relay.MIN_SIZE + 1000))
+    code, events = four.deploy("demo-store")
+    assert code == 0, error_of(events)
+    notes = " ".join(e["text"] for e in events if e["event"] == "note")
+    assert f"could not be put in s3://{store.bucket}/deploys/" in notes, notes
+    said = uploads(events)
+    for host in four.lab.addresses:
+        assert said[host].strip().endswith(" sent"), said[host]
+    no_relay_left(four, "demo-store")
 
 
 def test_the_key_is_gone_after_an_interrupt_while_the_others_read_the_artifact(four):
