@@ -48,5 +48,5 @@ if [ "${got%% *}" = "$want" ]; then
     echo fetched
     exit 0
 fi
-echo "not fetched: $(head -c 300 error | tr '\n' ' ')(read $(wc -c < copy) of $size bytes; $tries tries)"
+echo "not fetched: $(head -c 300 error | tr -c '[:print:]' ' ')(read $(wc -c < copy) of $size bytes; $tries tries)"
 cd / && rm -rf -- "$relay"
