@@ -147,7 +147,10 @@ code_reload() {
         wsgi_reload "$group" "$deadline" "$code"
         case $? in
         0) ;;
-        3) echo "so Apache reloads gracefully instead"; reload "$@"; return ;;
+        3)
+            # Its config was not tested under the lock (the vhost was the same).
+            out=$("$@" configtest 2>&1 9<&-) || fail "Apache's config fails its test; not reloading: $out"
+            echo "so Apache reloads gracefully instead"; reload "$@"; return ;;
         *) exit 1 ;;
         esac
     done
@@ -175,8 +178,8 @@ promote)
     same=false
     if [ -f "$live" ] && cmp -s -- "$next" "$live"; then same=true; fi
     # The same vhost: Apache already runs it, and only its daemons restart
-    # (render tested the config with it before migrate). Should they not
-    # restart, the graceful instead is apache2ctl's, which tests first.
+    # (render tested the config with it before migrate); should they not
+    # restart, code_reload tests the config before the graceful instead.
     $same || test_next "$@"
     mkdir -- "$work" || exit 1
     if [ -e "$live" ]; then ln -T -- "$live" "$work/previous"; else : > "$work/none"; fi

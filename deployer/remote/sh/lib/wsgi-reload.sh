@@ -77,13 +77,18 @@ _wsgi_scan() {
     children=$(_wsgi_procs)
     now=
     # A child shows Apache's argv[0] from its fork until mod_wsgi names it:
-    # only one that has run for a second is known for good not to be a
-    # daemon (else a new daemon read in that instant is never counted, and
-    # the wait runs to its deadline). Seconds since boot, in clock ticks.
-    up=0.0
+    # only one that has run for 5 s is known for good not to be a daemon
+    # (else a new daemon read in that instant is never counted, and the wait
+    # runs to its deadline). The time since boot, in clock ticks; unknown,
+    # 0: no child is cached as no daemon (slower, never wrong).
+    up=
     { read -r up _ < /proc/uptime; } 2> /dev/null
-    cs=${up#*.}
-    up=$((${up%.*} * hz + ${cs#0} * hz / 100))
+    case "$up" in
+        [0-9]*.[0-9][0-9])
+            cs=${up#*.}
+            up=$((${up%.*} * hz + ${cs#0} * hz / 100)) ;;
+        *) up=0 ;;
+    esac
     while read -r p s pp; do
         [ "$pp" = "$1" ] || continue
         case "$p$s" in '' | *[!0-9]*) continue ;; esac
@@ -95,7 +100,7 @@ $p $s n"*) continue ;;
             *)
                 a0=$(tr '\0' '\n' 2> /dev/null < "/proc/$p/cmdline" | head -n 1 | sed 's/ *$//')
                 if [ "$a0" != "$2" ]; then
-                    [ $((up - s)) -lt "$hz" ] || seen="$seen
+                    [ $((up - s)) -lt $((5 * hz)) ] || seen="$seen
 $p $s n"
                     continue
                 fi
