@@ -2,6 +2,7 @@
 paths on this machine or on the hosts, rules that depend on the transport,
 and, for the one target being deployed, files and environment variables."""
 
+import importlib.util
 import os
 import posixpath
 import re
@@ -55,6 +56,16 @@ class Builder:
         if all((m.kind, m.problem) != (kind, problem) for m in self.missing):
             self.missing.append(Missing(path, problem, kind, var))
 
+    def artifact_store(self, spec: Any, path: str) -> ArtifactStore:  # spec: an ArtifactStoreSpec
+        # Before anything runs: without it, a run would fail at the upload.
+        if self.check_environment and importlib.util.find_spec("botocore") is None:
+            self.lacks(path, "an S3 artifact store needs botocore on this machine: pip install 'deployer[s3]'",
+                       "library")
+        bucket, _, prefix = spec.url.removeprefix("s3://").partition("/")
+        prefix = prefix.strip("/")
+        return ArtifactStore(bucket, f"{prefix}/" if prefix else "", spec.endpoint and spec.endpoint.rstrip("/"),
+                             spec.region)
+
     def path(self, value: str) -> str:
         return str(self.base / os.path.expanduser(value))
 
@@ -89,7 +100,8 @@ class Builder:
             max_failed=t.max_failed,
             relay=t.relay,
             relay_limit=t.relay_limit,
-            artifact_store=None if t.artifact_store is None else artifact_store(t.artifact_store),
+            artifact_store=None if t.artifact_store is None or transport != "ssh" else self.artifact_store(
+                t.artifact_store, f"{path}/artifact_store"),
             keep_releases=t.keep_releases,
             protected=t.protected,
             deploy_root=deploy_root,
@@ -227,9 +239,3 @@ class Builder:
             raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
         return Var(value or "", v.secret, v.env, v.export)
 
-
-def artifact_store(spec: Any) -> ArtifactStore:  # spec: an ArtifactStoreSpec
-    bucket, _, prefix = spec.url.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
-    return ArtifactStore(bucket, f"{prefix}/" if prefix else "", spec.endpoint and spec.endpoint.rstrip("/"),
-                         spec.region)

@@ -251,7 +251,8 @@ class Missing:
     environment variable. A real run fails on the first one (exit 2); a dry
     run lists them all. `kind` says what a dry run can do without it:
     "connect" (a key, known_hosts, the VPN file: needed to reach the hosts),
-    "template", "source" (the package source), "value" (of the var `var`)."""
+    "template", "source" (the package source), "value" (of the var `var`),
+    "library" (a Python package a feature needs: botocore for artifact_store)."""
 
     key: str  # the key path, as errors name it: targets/alpha/vpn/config
     problem: str

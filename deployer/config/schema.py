@@ -10,6 +10,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -434,9 +435,21 @@ class HealthSpec(_Spec):
 
 
 # A bucket as S3 names them (S3-compatible stores take these too), then a
-# key prefix of characters that no URL needs to escape.
-_S3_URL = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/[A-Za-z0-9._/-]*)?"
+# key prefix: names of characters that no URL needs to escape, none of them
+# . or .. (a store that normalizes the path would read another key).
+_S3_URL = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/(?:[A-Za-z0-9_-][A-Za-z0-9._-]*/?)*)?"
 _ENDPOINT = r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/?"
+
+
+def _endpoint(value: str) -> str:
+    """What the pattern cannot say: a port from 1 to 65535, an IPv6 address that is one."""
+    try:
+        port = urlsplit(value).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise _problem(f"expected http(s)://HOST[:PORT] with a port from 1 to 65535, got {value!r}")
+    return value
 
 
 class ArtifactStoreSpec(_Spec):
@@ -453,7 +466,7 @@ class ArtifactStoreSpec(_Spec):
         " expires objects after a day.")
     endpoint: Annotated[str, Field(pattern=_anchored(_ENDPOINT)),
                         says(lambda v: f"expected http(s)://HOST[:PORT], got {v!r}" if isinstance(v, str)
-                             else _non_empty(v))] | None = Field(
+                             else _non_empty(v)), AfterValidator(_endpoint)] | None = Field(
         None, description="The store's address, as this machine and the hosts both reach it, e.g."
         " http://10.0.0.5:8333; default: AWS's own for the region.")
     region: matching(r"[a-z0-9-]{1,32}") | None = Field(

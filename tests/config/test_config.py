@@ -1,5 +1,6 @@
 """targets.yaml: merging, the catch-all, paths, hosts, errors that read like paths, and its JSON Schema."""
 
+import importlib.util
 import io
 import json
 import re
@@ -14,6 +15,7 @@ import yaml
 from deployer import config
 from deployer.cli.deploy import main
 from deployer.config import Apache, Host, Var, Vpn, loader
+from deployer.config.model import ArtifactStore
 from deployer.errors import ConfigError, UsageError
 
 
@@ -331,6 +333,14 @@ MALFORMED = [
      "targets/alpha/artifact_store/url: expected s3://BUCKET or s3://BUCKET/PREFIX/, got 'https://bucket/x'"),
     ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://bkt/p', endpoint: 'http://h/$(id)'}}\n",
      "targets/alpha/artifact_store/endpoint: expected http(s)://HOST[:PORT], got 'http://h/$(id)'"),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://bkt/a/../b/'}}\n",
+     "targets/alpha/artifact_store/url: expected s3://BUCKET or s3://BUCKET/PREFIX/, got 's3://bkt/a/../b/'"),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://bkt', endpoint: 'http://h:99999'}}\n",
+     "targets/alpha/artifact_store/endpoint: expected http(s)://HOST[:PORT] with a port from 1 to 65535,"
+     " got 'http://h:99999'"),
+    ("targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://bkt', endpoint: 'http://[:]'}}\n",
+     "targets/alpha/artifact_store/endpoint: expected http(s)://HOST[:PORT] with a port from 1 to 65535,"
+     " got 'http://[:]'"),
     ("targets:\n  alpha: {" + HOST + ", artifact_store: {endpoint: 'http://h:8333'}}\n",
      "targets/alpha/artifact_store/url: missing; this key is required"),
     ("targets:\n  alpha: {" + HOST + ", python: {requirements: r.txt, version: 3.11}}\n",
@@ -473,6 +483,21 @@ def test_missing_files_fail_when_the_target_is_resolved(site, text, expected):
     with pytest.raises(ConfigError) as e:
         targets.resolve("alpha")
     assert str(e.value) == f"{path}: {expected.format(site=site)}"
+
+
+def test_an_artifact_store_without_botocore_fails_when_the_target_is_resolved(site, monkeypatch):
+    path = write(site, "defaults: {known_hosts: keys/known_hosts, package: {source: app}}\n"
+                       "targets:\n  alpha: {" + HOST + ", artifact_store: {url: 's3://deploys/x'}}\n")
+    targets = config.load(path)
+    assert targets.resolve("alpha").artifact_store == ArtifactStore("deploys", "x/")
+    # This machine without it (an uninstall would change the venv the other tests use).
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "botocore" else find_spec(name, *a))
+    with pytest.raises(ConfigError) as e:
+        targets.resolve("alpha")
+    assert str(e.value) == (f"{path}: targets/alpha/artifact_store: an S3 artifact store needs botocore on this"
+                            " machine: pip install 'deployer[s3]'")
 
 
 @pytest.mark.parametrize(
