@@ -67,10 +67,13 @@ class S3Store:
                  profile: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 30.0,
                  attempts: int = 3):
         self.bucket, self.prefix = bucket, prefix
-        split = urlsplit(endpoint) if endpoint else None
-        # What messages name: scheme, host and port (a URL's user part or query stays out).
-        self.where = f"{split.scheme}://{split.hostname}{f':{split.port}' if split.port else ''}" if split \
-            else f"AWS S3 ({region or 'default region'})"
+        try:
+            split = urlsplit(endpoint) if endpoint else None
+            # What messages name: scheme, host and port (a URL's user part or query stays out).
+            self.where = f"{split.scheme}://{split.hostname}{f':{split.port}' if split.port else ''}" if split \
+                else f"AWS S3 ({region or 'default region'})"
+        except ValueError as e:
+            raise StoreError(f"{endpoint!r} is not the URL of a store: {e}") from None
         bc = _botocore()
         self._errors = bc.exceptions
         config = bc.config.Config(
@@ -87,7 +90,7 @@ class S3Store:
         try:
             session = bc.session.Session(profile=profile)
             self._client = session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
-        except bc.exceptions.BotoCoreError as e:
+        except (bc.exceptions.BotoCoreError, ValueError) as e:  # ValueError: an endpoint botocore refuses
             raise StoreError(f"{self.where}: {_reason(e)}") from None
 
     def key(self, sha256: str) -> str:

@@ -43,7 +43,8 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
     tag = f"deployer-relay-{ctx.run_id}"
     t = ctx.target
     relay = store = None
-    if t.transport == "ssh" and t.artifact_store is not None:
+    # One host is sent the artifact: through a store or a relay, it would cross the tunnel as often.
+    if t.transport == "ssh" and t.artifact_store is not None and len(t.hosts) > 1:
         store = steps.Store(t.artifact_store, fetch=hostscripts.fetch_url(relay_dir, int(t.step_timeout)))
     elif t.transport == "ssh" and t.relay and len(t.hosts) > 1:
         source = t.hosts[0]

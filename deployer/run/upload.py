@@ -210,11 +210,13 @@ class Uploads:
             return None
         url = None
         if s.size >= relay.MIN_SIZE:
-            there = self.stored.there(s.copy_sha, len(s.lists) + s.size, s.copy, self.progress.note)
+            # As a relay's turn: a put that takes half the step's time means the runner sends.
+            there = self.stored.there(s.copy_sha, len(s.lists) + s.size, s.copy, self.progress.note,
+                                      min(relay.TURN_WAIT, timeout / 2))
             if there is None:
                 return None
             # Valid for as long as the fetch may take: it starts now.
-            url = self.stored.url(s.copy_sha, timeout) if there else None
+            url = self.stored.url(s.copy_sha, timeout, self.progress.note) if there else None
         data = b"-\n" if url is None else b"%s %d\n%s\n" % (s.copy_sha, len(s.lists) + s.size, url.encode())
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
@@ -259,16 +261,20 @@ class _Prefixed:
     def read(self, n: int = -1) -> bytes:
         if self.pos < len(self.head):
             chunk = self.head[self.pos:] if n < 0 else self.head[self.pos:self.pos + n]
+            if n < 0 or len(chunk) < n:
+                chunk += self.f.read(n if n < 0 else n - len(chunk))
         else:
             chunk = self.f.read(n)
         self.pos += len(chunk)
         return chunk
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence != io.SEEK_SET:
-            offset += self.pos if whence == io.SEEK_CUR else len(self.head) + os.fstat(self.f.fileno()).st_size
-        self.pos = offset
-        self.f.seek(max(0, offset - len(self.head)))
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos,
+                io.SEEK_END: len(self.head) + os.fstat(self.f.fileno()).st_size}.get(whence)
+        if base is None or base + offset < 0:
+            raise ValueError(f"cannot seek to {offset} from {whence}")
+        self.pos = base + offset
+        self.f.seek(max(0, self.pos - len(self.head)))
         return self.pos
 
     def tell(self) -> int:

@@ -9,13 +9,17 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from deployer import steps
 from deployer.artifact.store import S3Store
+from deployer.config.model import ArtifactStore
 from deployer.errors import StoreError
 from deployer.remote import hostscripts
+from deployer.run.stored import Stored
 from tests.store.conftest import HERE, THERE, why_not
 
 pytestmark = [pytest.mark.s3, pytest.mark.skipif(bool(why_not), reason=why_not or "")]
@@ -224,3 +228,44 @@ def test_a_store_that_is_down_fails_within_its_bounds(s3, monkeypatch, silent, d
     with pytest.raises(StoreError, match=why):
         store.put(io.BytesIO(DATA), len(DATA), SHA)
     assert time.monotonic() - began < 15  # bounded, not a measure of speed
+
+
+def wait_for_put(stored: Stored, path, notes: list[str], wait: float = 60) -> bool | None:
+    """What `there` says once the put has ended, asked as a host's session asks."""
+    until = time.monotonic() + 15
+    while (there := stored.there(SHA.encode(), len(DATA), lambda: open(path, "rb"), notes.append, wait)) is None:
+        assert time.monotonic() < until, "the put did not end"
+        time.sleep(0.05)
+    return there
+
+
+def test_the_runner_puts_the_copy_once_and_each_host_gets_a_url_for_it(s3, monkeypatch, tmp_path):
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "copy").write_bytes(DATA)
+    plan = steps.Store(ArtifactStore(s3.bucket, "stored/", s3.endpoint, s3.region))
+    notes: list[str] = []
+    stored = Stored.make(plan)
+    assert wait_for_put(stored, tmp_path / "copy", notes) is True and notes == []
+    with urllib.request.urlopen(stored.url(SHA.encode(), 60, notes.append), timeout=10) as answer:
+        assert answer.read() == DATA
+    # Another run with the same bytes sends nothing.
+    assert wait_for_put(Stored.make(plan), tmp_path / "copy", notes) is True
+    assert notes == [f"the artifact was in s3://{s3.bucket}/stored/ already: not sent again"]
+
+
+def test_a_put_the_store_never_answers_is_given_up_and_the_runner_sends(s3, monkeypatch, silent, tmp_path):
+    """While the put waits on a store that took the connection and says
+    nothing, the hosts wait; past the wait it is given up, once, in words."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "copy").write_bytes(DATA)
+    stored = Stored.make(steps.Store(ArtifactStore(s3.bucket, "stored/", silent[0], s3.region)))
+    notes: list[str] = []
+    began = time.monotonic()
+    assert wait_for_put(stored, tmp_path / "copy", notes, wait=1) is False
+    assert 1 <= time.monotonic() - began < 5  # bounded by the wait, not botocore's read timeout
+    assert notes == [f"the put in s3://{s3.bucket}/stored/ took more than 1 s; the runner sends the artifact to"
+                     " each host instead"]
+    assert stored.there(SHA.encode(), len(DATA), lambda: open(tmp_path / "copy", "rb"), notes.append, 1) is False
+    assert len(notes) == 1

@@ -2,6 +2,9 @@
 store is made, a clear word when it is missing, and presigned URLs (no
 network: signing is local)."""
 
+import io
+import os
+import random
 import subprocess
 import sys
 from urllib.parse import parse_qs, urlsplit
@@ -10,6 +13,7 @@ import pytest
 
 from deployer.artifact.store import S3Store
 from deployer.errors import StoreError
+from deployer.run.upload import _Prefixed
 
 SHA = "ab" * 32
 
@@ -72,3 +76,31 @@ def test_an_unknown_profile_is_a_store_error(monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     with pytest.raises(StoreError, match="no such AWS profile"):
         S3Store("http://198.18.9.2:8333", "artifacts", profile="nosuch").presign(SHA, 60)
+
+
+def test_an_endpoint_botocore_refuses_is_a_store_error():
+    with pytest.raises(StoreError):
+        S3Store("http://[:]", "bucket")
+
+
+def test_the_copy_a_put_reads_seeks_and_reads_as_the_bytes_it_stands_for(tmp_path):
+    """The lists, then the tarball (upload._Prefixed), for a put that botocore
+    may read again from the start: every seek and read as io.BytesIO of the
+    same bytes does them."""
+    head, body = os.urandom(37), os.urandom(5000)
+    (tmp_path / "tarball").write_bytes(body)
+    rng = random.Random(20)
+    for _ in range(500):
+        mine, same = _Prefixed(head, open(tmp_path / "tarball", "rb")), io.BytesIO(head + body)
+        with mine:
+            for _ in range(6):
+                whence, offset = rng.choice([io.SEEK_SET, io.SEEK_CUR, io.SEEK_END]), rng.randint(-50, 6000)
+                if offset + {io.SEEK_SET: 0, io.SEEK_CUR: same.tell(), io.SEEK_END: len(head + body)}[whence] < 0:
+                    with pytest.raises(ValueError):  # before the start: refused, where BytesIO may clamp
+                        mine.seek(offset, whence)
+                    continue
+                same.seek(offset, whence)
+                assert mine.seek(offset, whence) == same.tell()
+                n = rng.choice([-1, 1, 10, 100, 10000])
+                assert mine.read(n) == same.read(n)
+                assert mine.tell() == same.tell()
