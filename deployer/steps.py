@@ -99,9 +99,11 @@ class Run(Step):
 
 
 # On a host other than the first, a lock is taken only once the first
-# host's is: a run that holds it there is releasing the others (see
-# remote/sh/lock.sh), so waiting this long for it is always enough.
-OTHER_HOSTS_WAIT = 15
+# host's is: a run that holds it there has released the others already, but
+# for a release the runner stopped waiting for (see remote/sh/lock.sh), so
+# waiting this long for it is enough. A run that was killed holds it for
+# good: a re-run waits this long before it takes that run's lock over.
+OTHER_HOSTS_WAIT = 5
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,8 @@ def test_a_host_whose_link_dies_mid_step_fails_the_deploy_within_its_time_limit(
     shared = site.lab.shared_dir
     for old in shared.glob("slow-*"):
         old.unlink()
-    site.write(step_timeout=5, hooks={"before": {"restart": [
+    # connect_timeout: the rollback's new connection to the dead host gives up sooner (CI's time).
+    site.write(step_timeout=5, connect_timeout=3, hooks={"before": {"restart": [
         f"touch {site.lab.shared_dir_on_hosts}/slow-$(hostname); sleep 30"]}})
     link = f"{tests_lab.HOST_LINK_PREFIX}1"
     try:
