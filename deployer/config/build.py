@@ -238,4 +238,3 @@ class Builder:
         if problem:
             raise self.fail(f"{path}/env", f"environment variable {v.env} {problem}")
         return Var(value or "", v.secret, v.env, v.export)
-

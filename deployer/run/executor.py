@@ -410,6 +410,7 @@ class Executor:
 
     def close(self) -> None:
         self.fanout.close()
+        self.uploads.close()
         for title, action in reversed(self.teardown):
             try:
                 action()

@@ -30,7 +30,7 @@ class Stored:
         # Per copy (its sha256): None while it is put, then whether it is there.
         self.puts: dict[bytes, bool | None] = {}
         self.since: dict[bytes, float] = {}  # per copy, when its put started (monotonic seconds)
-        self.given_up = threading.Event()  # a put that took too long stops reading its file
+        self.given_up = threading.Event()  # a put that took too long, or a run over, stops reading its file
         self.asked: set[str] = set()  # hosts whose fetch has ended
         self.fetched: set[str] = set()  # those that read the copy from the store
 
@@ -82,8 +82,12 @@ class Stored:
         with self.lock:
             late = self.puts.get(sha) is False  # given up meanwhile: said already
             self.puts[sha] = ok and not late
-        if said and not late:
+        if said and not late and not self.given_up.is_set():
             note(said + ("" if ok else "; the runner sends it to each host instead"))
+
+    def close(self) -> None:
+        """The run is over: a put still going stops, and says nothing after the run's last line."""
+        self.given_up.set()
 
     def url(self, sha: bytes, seconds: float, note: Callable[[str], None]) -> str | None:
         """A URL that reads the copy for `seconds`; None if none can be made."""

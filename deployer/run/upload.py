@@ -73,6 +73,10 @@ class Uploads:
             if isinstance(step, steps.Upload) and step.store is not None and self.stored is None:
                 self.stored = Stored.make(step.store)
 
+    def close(self) -> None:
+        if self.stored is not None:
+            self.stored.close()
+
     def entries(self, step: steps.Upload, host: str, timeout: float) -> list[session.Made]:
         self.undo.record(Undo(host, f"undo {step.title}", step.undo))
         state = step.state_first if host == step.hosts[0] else step.state
