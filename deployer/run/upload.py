@@ -40,6 +40,10 @@ class Sending:
         line = b"%s %s %s %s\n" % (self.sha, self.base, self.want, how.encode())
         return line if how in ("fetched", "stored") else line + self.lists
 
+    @property
+    def copy_size(self) -> int:
+        return len(self.lists) + self.size
+
     def copy(self) -> "_Prefixed":
         """What a host that reads it from elsewhere checks by `copy_sha`: the lists, then the tarball."""
         return _Prefixed(self.lists, open(self.path, "rb"))
@@ -201,7 +205,7 @@ class Uploads:
         data = b"-\n"
         if go:
             source = self.transports[offer.plan.source]
-            data = (b"%s %d\n%s\n%s\n" % (s.copy_sha, len(s.lists) + s.size, source.user.encode(),
+            data = (b"%s %d\n%s\n%s\n" % (s.copy_sha, s.copy_size, source.user.encode(),
                                              source.known_line(relay.ALIAS).encode()) + offer.private)
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
@@ -215,13 +219,13 @@ class Uploads:
         url = None
         if s.size >= relay.MIN_SIZE:
             # As a relay's turn: a put that takes half the step's time means the runner sends.
-            there = self.stored.there(s.copy_sha, len(s.lists) + s.size, s.copy, self.progress.note,
+            there = self.stored.there(s.copy_sha, s.copy_size, s.copy, self.progress.note,
                                       min(relay.TURN_WAIT, timeout / 2))
             if there is None:
                 return None
             # Valid for as long as the fetch may take: it starts now.
             url = self.stored.url(s.copy_sha, timeout, self.progress.note) if there else None
-        data = b"-\n" if url is None else b"%s %d\n%s\n" % (s.copy_sha, len(s.lists) + s.size, url.encode())
+        data = b"-\n" if url is None else b"%s %d\n%s\n" % (s.copy_sha, s.copy_size, url.encode())
         return session.Piece(len(data), lambda: io.BytesIO(data))
 
     def prepared(self, step: steps.Upload, live: delta.Live) -> Sending:
