@@ -256,6 +256,8 @@ class SshTransport:
         # poll, not select: past 1,024 open files select fails).
         ready = select.poll()
         ready.register(chan.fileno(), select.POLLIN)
+        # What stdin still to come is waited on with, if its reader says (session.Input).
+        wake, waking = getattr(stdin, "wake", None), None
         try:
             chan.exec_command(reporting_pid(line))
             if feed.done:
@@ -304,10 +306,19 @@ class SshTransport:
                     # CPU a deploy. Only what the channel cannot tell is asked
                     # sooner: room in its window for what we have to send
                     # (5 ms), stdin that another host's answer decides (20 ms).
+                    # A held session's stdin (its Deferred has a descriptor to
+                    # wait on) costs no wakeups until it comes.
+                    fd = wake() if wake is not None and not feed.done else None
+                    if fd != waking:
+                        if waking is not None:
+                            ready.unregister(waking)
+                        if fd is not None:
+                            ready.register(fd, select.POLLIN)
+                        waking = fd
                     if not feed.done and feed.buffer:
                         time.sleep(0.005)
                     else:
-                        ready.poll(250 if feed.done else 20)
+                        ready.poll(250 if feed.done or fd is not None else 20)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
                 out.add(chan.recv(CHUNK))

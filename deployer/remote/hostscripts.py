@@ -136,6 +136,11 @@ def session(run_id: str, entries: tuple[tuple[str, bool], ...]) -> Command:
                    *(w for line, reads in entries for w in (line, "01"[reads])))
 
 
+def run_end() -> Command:
+    """Run the commands stdin holds, once all of it is read (see sh/run-end.sh)."""
+    return program("run-end")
+
+
 def stop_run(run_id: str, grace: float) -> Command:
     """Stop every session of run `run_id` still running on the host (see sh/stop-run.sh)."""
     return program("stop-run", run_id, str(int(grace)))

@@ -33,9 +33,10 @@ from deployer.output import Reporter, StepResult
 from deployer.quoting import Command
 from deployer.remote import instance
 from deployer.run import health, interrupts, records, session
-from deployer.run.connections import Connections
+from deployer.run.connections import UNDO_TIMEOUT, Connections
 from deployer.run.failures import Failures, describe_error, detail, failure_message
 from deployer.run.fanout import Fanout
+from deployer.run.held import Held
 from deployer.run.host_session import HostSession
 from deployer.run.locking import Locking
 from deployer.run.on_runner import OnRunner
@@ -70,6 +71,8 @@ class Executor:
         self.dropped: dict[str, str] = {}
         self.stuck: dict[str, list[str]] = {}  # of those, the hosts whose undo did not complete: what failed
         self.plan = steps.Plan(())
+        # Per host, its last session, held open for the run's end (see held.py).
+        self.held: dict[str, Held] = {}
         self.on_host = {steps.Lock: self.locking.entries, steps.Run: self._command,
                         steps.Upload: self.uploads.entries, steps.Install: self._install, steps.Link: self._link}
         self.on_runner = OnRunner(local, self.teardown, self.timeout)
@@ -110,8 +113,10 @@ class Executor:
                 # Never exist_ok: a directory planted at our path is not ours to write into.
                 raise StepFailed(f"work dir {self.ctx.workdir} already exists; not using it") from None
             self.teardown.append(("remove work dir", lambda: shutil.rmtree(self.ctx.workdir)))
-            for group in session.groups(plan):
-                self.run_group(group)
+            groups = session.groups(plan)
+            last = self.last_sessions(plan, groups)
+            for i, group in enumerate(groups):
+                self.run_group(group, last.get(i, {}))
             self.progress.leave(True)
             self.undo.keep()
             outcome = "done"
@@ -219,7 +224,23 @@ class Executor:
                        else f"{step.title} ran on {where}, and the database is not rolled back:{said}")
         return out
 
-    def run_group(self, group: session.Group) -> None:
+    def last_sessions(self, plan: steps.Plan, groups: list[session.Group]) -> dict[int, dict[str, float]]:
+        """Per group, the hosts whose last session it is, each with how long
+        that session may wait for the run's end: every later step at its
+        limit. Only in a run that has an end on the hosts (a lock to release)."""
+        if plan.lock is None:
+            return {}
+        last: dict[str, int] = {}
+        for i, group in enumerate(groups):
+            if group.hosts and not isinstance(group.steps[0][1], steps.HealthCheck):
+                last.update(dict.fromkeys(group.hosts, i))
+        rest = [sum(self.timeout(step) for g in groups[i + 1:] for _, step in g.steps) for i in range(len(groups))]
+        out: dict[int, dict[str, float]] = {}
+        for host, i in last.items():
+            out.setdefault(i, {})[host] = rest[i] + UNDO_TIMEOUT
+        return out
+
+    def run_group(self, group: session.Group, held: dict[str, float]) -> None:
         if self.dropped and group.hosts:
             group = session.without(group, self.dropped)
             if not group.hosts:
@@ -229,7 +250,7 @@ class Executor:
             self.progress.enter(stage)
             failed = health.check_all(step, stage, self.fanout, self.progress)
         elif group.hosts:
-            failed = self.on_hosts(group)
+            failed = self.on_hosts(group, held)
         else:
             self.progress.enter(stage)
             failed = self.on_this_machine(stage, step)
@@ -270,9 +291,10 @@ class Executor:
 
     # -- steps on hosts, a session per host --------------------------------------
 
-    def on_hosts(self, group: session.Group) -> Failures:
+    def on_hosts(self, group: session.Group, held: dict[str, float]) -> Failures:
         """A group of steps, in one session on each of its hosts, all hosts at
-        once; the steps that failed, each with its hosts' results."""
+        once; the steps that failed, each with its hosts' results. The
+        sessions of `held`'s hosts wait on for the run's end."""
         if not self.hosts.transports:
             self.teardown.append(("close connections", self.hosts.close))
             missing = self.hosts.connect()
@@ -281,7 +303,10 @@ class Executor:
                 group = session.without(group, self.dropped)
         self.uploads.begin(group)
         gate = Gate(self.progress, group)
-        results = self.fanout.map(group.hosts, lambda host: self.host_session(group, host, gate))
+        for host in group.hosts:
+            if host in held:
+                self.held[host] = Held(held[host], UNDO_TIMEOUT)
+        results = self.fanout.map(group.hosts, lambda host: self.host_session(group, host, gate, host in held))
         for j, (_, step) in enumerate(group.steps):
             self.results[id(step)] = {h: r[j] for h, r in zip(group.hosts, results, strict=True)
                                       if r[j] is not None}
@@ -289,9 +314,11 @@ class Executor:
                 if (failed := [(h, r[j]) for h, r in zip(group.hosts, results, strict=True)
                                if r[j] is not None and not r[j].ok])]
 
-    def host_session(self, group: session.Group, host: str, gate: Gate) -> list[Result | None]:
-        """The group's steps on one host, in one session (in a thread of the pool)."""
-        one = HostSession(group, host, gate, self.progress, self.undo.take_tidying(host), self.started)
+    def host_session(self, group: session.Group, host: str, gate: Gate, held: bool) -> list[Result | None]:
+        """The group's steps on one host, in one session (in a thread of the
+        pool), `held` open for the run's end if it is the host's last."""
+        one = HostSession(group, host, gate, self.progress, self.undo.take_tidying(host), self.started,
+                          self.held[host] if held else None)
         for j, (_, step) in enumerate(group.steps):
             handler = steps.of_kind(self.on_host, step)
             if handler is None:
@@ -372,11 +399,12 @@ class Executor:
         return [self.reporter.redact(p) for p in problems]
 
     def finish(self, plan: steps.Plan, outcome: str) -> bool:
-        """The run's last command on each host: what kept changes left for
-        their undo goes, old releases are pruned if the run succeeded (within
-        AFTER_LIMIT: a slow prune must not keep the lock), then the history
-        gets its line as the lock is released. On the first host last: a run
-        waiting for the lock takes it there first."""
+        """The run's last command on each host, in its held session if it
+        has one: what kept changes left for their undo goes, old releases
+        are pruned if the run succeeded (within AFTER_LIMIT: a slow prune
+        must not keep the lock), then the history gets its line as the lock
+        is released. On the first host last: a run waiting for the lock
+        takes it there first."""
         done = outcome == "done"
         after = [(step.hosts, f"timeout -k 5 {AFTER_LIMIT} {step.command.line()}")
                  for step in plan.after] if done else []
@@ -393,22 +421,39 @@ class Executor:
                                 *(a for hosts, a in after if h in hosts and h not in self.dropped), *release(h)])
                  for h in self.hosts.transports}
         hosts = [h for h, line in lines.items() if line]
+        self.end_held(set(self.held) - set(hosts))
         first = plan.lock.hosts[0] if plan.lock else None
         ok = True
         for batch in ([h for h in hosts if h != first], [h for h in hosts if h == first]):
-            ok &= self._on_each(batch, lines.get, "after the run")
+            ok &= self._end_on(batch, lines)
         return ok
 
-    def _on_each(self, hosts: list[str], line, what: str) -> bool:
-        """`line(host)` on each of `hosts`, all at once; what fails is a note.
-        Whether it succeeded on every host."""
-        results = self.fanout.map(hosts, lambda h: self.hosts.run_quietly(h, line(h)))
+    def _end_on(self, hosts: list[str], lines: dict[str, str]) -> bool:
+        """Each host's line, all hosts at once, in its held session if it has
+        one; what fails is a note. Whether it succeeded on every host."""
+        def one(host: str) -> Result:
+            held = self.held.pop(host, None)
+            result = None
+            if held is not None:
+                held.give(lines[host])
+                result = held.wait()
+            return result if result is not None else self.hosts.run_quietly(host, lines[host])
+        results = self.fanout.map(hosts, one)
         for host, result in zip(hosts, results, strict=True):
             if not result.ok or result.stderr.strip():
-                self.progress.note(f"{host}: {what}: {detail(result)}")
+                self.progress.note(f"{host}: after the run: {detail(result)}")
         return all(r.ok for r in results)
 
+    def end_held(self, hosts) -> None:
+        """The held sessions of `hosts` end with nothing more to run."""
+        ending = [self.held.pop(h) for h in hosts]
+        for held in ending:
+            held.give("")
+        for held in ending:
+            held.wait()
+
     def close(self) -> None:
+        self.end_held(list(self.held))
         self.fanout.close()
         self.uploads.close()
         for title, action in reversed(self.teardown):

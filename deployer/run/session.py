@@ -90,10 +90,12 @@ class Piece:
 
 class Deferred:
     """A Piece that can be made only once the session has answered something:
-    `make` returns None until then."""
+    `make` returns None until then. `wake`, if given, is a file descriptor
+    that turns readable once it may not: a transport that waits on it needs
+    no poll (a session held through the rest of a run would poll for seconds)."""
 
-    def __init__(self, make: Callable[[], Piece | None]):
-        self.make = make
+    def __init__(self, make: Callable[[], Piece | None], wake: int | None = None):
+        self.make, self.wake = make, wake
 
 
 def command(run_id: str, entries: list[Entry]) -> Command:
@@ -112,6 +114,12 @@ class Input:
             elif e.data is not None:
                 self.parts.append(e.data)
         self.reader = None
+
+    def wake(self) -> int | None:
+        """What to wait on for the next bytes, when read() has said they are
+        not known yet and the Deferred that holds them gave a descriptor."""
+        part = self.parts[0] if self.parts else None
+        return part.wake if isinstance(part, Deferred) else None
 
     def read(self, n: int) -> bytes | None:
         """The next bytes; None when the next ones are not known yet."""
@@ -176,6 +184,13 @@ class Split:
 
     def seconds(self) -> float:
         return self.entries[min(self.current, len(self.entries) - 1)].timeout
+
+    def limit(self, index: int, seconds: float) -> None:
+        """Step `index` has `seconds` from now (or from its start, if it has
+        not started): a held step given its work has the time that work needs."""
+        self.entries[index] = replace(self.entries[index], timeout=seconds)
+        if index == self.current:
+            self.since = time.monotonic()
 
     def _marked(self, stream: int, index: int, code: int) -> None:
         self.marks[stream][index] = code

@@ -1,10 +1,16 @@
 """SshTransport takes hosts from targets.yaml only and always checks host keys."""
 
+import io
+import os
+import threading
+import time
+
 import pytest
 
 from deployer.config import Host
 from deployer.connectors.ssh import PID_HEAD_LIMIT, SshTransport, _PidLine, _RejectUnknown
 from deployer.errors import StepFailed
+from deployer.run import session
 from tests.conftest import start_sshd
 
 
@@ -72,3 +78,36 @@ def test_the_pid_line_is_found_when_it_arrives_a_byte_at_a_time():
     for b in b"hello\ndeployer-pid:4242\nrest":
         got += p.add(bytes([b])) if p.pid is None else bytes([b])  # as SshTransport reads
     assert p.pid == 4242 and got == b"hello\nrest"
+
+
+def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_there(sshd):
+    # A held session (run/held.py) waits for the run's end: its transport
+    # sleeps on the Deferred's descriptor, not on a 20 ms poll.
+    wake, waker = os.pipe()
+    asked = []
+    given = threading.Event()
+
+    def make():
+        asked.append(time.monotonic())
+        return session.Piece(3, lambda: io.BytesIO(b"hi\n")) if given.is_set() else None
+
+    stdin = session.Input(b"", [session.Entry("cat", data=session.Deferred(make, wake))])
+    t = SshTransport(Host("127.0.0.1", port=sshd.port, user="root", identity_file=str(sshd.client_key)),
+                     str(sshd.known_hosts), timeout=10)
+    t.open()
+    try:
+        def give():
+            time.sleep(1.5)
+            given.set()
+            os.write(waker, b"x")
+        threading.Thread(target=give).start()
+        result = t.run("cat", stdin=stdin, timeout=30)
+        ended = time.monotonic()
+    finally:
+        t.close()
+        os.close(wake)
+        os.close(waker)
+    assert result.ok and result.stdout == "\n3\nhi\n", result  # the token line, the size, the bytes
+    # A 20 ms poll would have asked some 75 times in 1.5 s; 250 ms, about 6.
+    assert len(asked) <= 12, len(asked)
+    assert ended - asked[-1] < 1.0

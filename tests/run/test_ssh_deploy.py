@@ -41,15 +41,42 @@ def test_full_deploy_lands_release_vhost_and_one_migration(site):
     assert leftovers == []
 
 
-def test_second_deploy_switches_to_changed_app_and_keeps_previous(site):
+def _history(site) -> list[list[str]]:
+    history = site.root / "www" / "alpha.deployer" / "history"
+    return [line.split("\t") for line in history.read_text().splitlines()]
+
+
+def test_second_deploy_switches_to_changed_app_and_keeps_previous(site, sshd):
     assert site.deploy()[0] == 0
     first = os.readlink(site.live())
     (site.source / "static" / "site.css").write_text("body { color: blue }\n")
+    since = sshd.log.stat().st_size
     code, out = site.deploy()
     assert code == 0, out
     assert os.readlink(site.live()) != first
     assert (site.live() / "static" / "site.css").read_text() == "body { color: blue }\n"
     assert Path(first).is_dir()  # the previous release stays for rollback
+    # Three sessions: the lock to the configtest; migrate, once every host
+    # has passed; the switch and reload, held open for the run's end (the
+    # history line, the lock's release), which takes none of its own.
+    assert sshd.log.read_bytes()[since:].decode().count("Starting session: ") == 3
+    assert _history(site)[-1][2] == "done"
+    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+
+
+def test_a_step_failing_after_the_switch_puts_it_back_and_its_held_session_ends_the_run(site):
+    assert site.deploy()[0] == 0
+    first = os.readlink(site.live())
+    site.edit(hooks={"after": {"restart": [{"run": "echo no >&2; false", "on": "local"}]}})
+    (site.source / "static" / "site.css").write_text("body { color: blue }\n")
+    code, out = site.deploy()
+    assert code == 1, out
+    assert os.readlink(site.live()) == first
+    assert _history(site)[-1][2] == "failed, undone"
+    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    # And the next run takes the lock at once.
+    site.edit(hooks={})
+    assert site.deploy()[0] == 0
 
 
 def test_dry_run_changes_nothing_on_the_host(site):
