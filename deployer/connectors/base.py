@@ -31,6 +31,12 @@ class Limit(Protocol):
     def seconds(self) -> float | None: ...   # the limit, as the message about it says
 
 
+def holding(limit: Limit) -> bool:
+    """Whether the command is a session held for the run's end, at its wait
+    (run/held.py): the run's stop flag does not stop it, the run's end does."""
+    return getattr(limit, "holding", lambda: False)()
+
+
 class _Fixed:
     def __init__(self, seconds: float | None):
         self.limit = seconds

@@ -1,6 +1,7 @@
 """This machine, through /bin/sh: the embedded default and the runner's own steps."""
 
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from deployer.connectors.base import (
     Stdin,
     Stopped,
     as_limit,
+    holding,
     timed_out,
 )
 from deployer.connectors.result import Result, Tail
@@ -60,6 +62,7 @@ class LocalTransport:
         side waits on a full pipe; False if the time limit came first."""
         tails = {proc.stdout: out, proc.stderr: err}
         feed = Feed(stdin)
+        wake = getattr(stdin, "wake", None)
         feeding = proc.stdin.fileno()
         with selectors.DefaultSelector() as sel:
             for stream in tails:
@@ -71,7 +74,7 @@ class LocalTransport:
             # Until the output is closed and the command has ended (a daemon
             # it left may hold no pipe while the command still runs).
             while sel.get_map() or proc.poll() is None:
-                if self.stop.is_set():
+                if self.stop.is_set() and not holding(limit):
                     raise Stopped("stopped")
                 deadline = limit.deadline()
                 if deadline is not None and time.monotonic() > deadline:
@@ -89,7 +92,13 @@ class LocalTransport:
                     if key.fileobj is proc.stdin:
                         chunk = feed.pending()
                         if not chunk and not feed.done:
-                            time.sleep(POLL / 10)  # what comes next is not there yet
+                            # What comes next is not there yet: a held session's
+                            # stdin has a descriptor to wait on (session.Input).
+                            fd = wake() if wake is not None else None
+                            if fd is not None:
+                                select.select([fd], [], [], 1.0)
+                            else:
+                                time.sleep(POLL / 10)
                             continue
                         try:
                             feed.sent(os.write(proc.stdin.fileno(), chunk))

@@ -28,6 +28,7 @@ from deployer.connectors.base import (
     Stdin,
     Stopped,
     as_limit,
+    holding,
     timed_out,
 )
 from deployer.connectors.result import Result, Tail
@@ -263,7 +264,7 @@ class SshTransport:
             if feed.done:
                 chan.shutdown_write()
             while True:
-                if self.stop.is_set():
+                if self.stop.is_set() and not holding(limit):
                     raise Stopped("stopped")
                 busy = False
                 if not feed.done and chan.send_ready():
@@ -307,7 +308,7 @@ class SshTransport:
                     # sooner: room in its window for what we have to send
                     # (5 ms), stdin that another host's answer decides (20 ms).
                     # A held session's stdin (its Deferred has a descriptor to
-                    # wait on) costs no wakeups until it comes.
+                    # wait on) wakes it once a second, to look at its deadline.
                     fd = wake() if wake is not None and not feed.done else None
                     if fd != waking:
                         if waking is not None:
@@ -318,7 +319,7 @@ class SshTransport:
                     if not feed.done and feed.buffer:
                         time.sleep(0.005)
                     else:
-                        ready.poll(250 if feed.done or fd is not None else 20)
+                        ready.poll(1000 if fd is not None else 250 if feed.done else 20)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
                 out.add(chan.recv(CHUNK))

@@ -136,9 +136,10 @@ def session(run_id: str, entries: tuple[tuple[str, bool], ...]) -> Command:
                    *(w for line, reads in entries for w in (line, "01"[reads])))
 
 
-def run_end() -> Command:
-    """Run the commands stdin holds, once all of it is read (see sh/run-end.sh)."""
-    return program("run-end")
+def run_end(mark: str) -> Command:
+    """Run the commands stdin holds, once all of it is read, up to its last
+    line "# MARK"; MARK is echoed first (see sh/run-end.sh)."""
+    return program("run-end", mark)
 
 
 def stop_run(run_id: str, grace: float) -> Command:

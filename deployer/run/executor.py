@@ -36,7 +36,7 @@ from deployer.run import health, interrupts, records, session
 from deployer.run.connections import UNDO_TIMEOUT, Connections
 from deployer.run.failures import Failures, describe_error, detail, failure_message
 from deployer.run.fanout import Fanout
-from deployer.run.held import Held
+from deployer.run.held import HOLD_MARGIN, Held
 from deployer.run.host_session import HostSession
 from deployer.run.locking import Locking
 from deployer.run.on_runner import OnRunner
@@ -136,8 +136,10 @@ class Executor:
         finally:
             with interrupts.deferred():
                 try:
-                    released = self.finish(plan, outcome)
-                    self.close()
+                    try:
+                        released = self.finish(plan, outcome)
+                    finally:
+                        self.close()
                 finally:
                     if alive is not None:
                         # A lock a host still holds for this run must read as a
@@ -227,17 +229,19 @@ class Executor:
     def last_sessions(self, plan: steps.Plan, groups: list[session.Group]) -> dict[int, dict[str, float]]:
         """Per group, the hosts whose last session it is, each with how long
         that session may wait for the run's end: every later step at its
-        limit. Only in a run that has an end on the hosts (a lock to release)."""
+        limit, and HOLD_MARGIN. Only in a run that has an end on the hosts
+        (a lock to release)."""
         if plan.lock is None:
             return {}
         last: dict[str, int] = {}
         for i, group in enumerate(groups):
             if group.hosts and not isinstance(group.steps[0][1], steps.HealthCheck):
                 last.update(dict.fromkeys(group.hosts, i))
-        rest = [sum(self.timeout(step) for g in groups[i + 1:] for _, step in g.steps) for i in range(len(groups))]
+        # Each group at its steps' limits (a pause at its length), its own included: its other hosts may still run.
+        bound = [sum(max(self.timeout(s), getattr(s, "seconds", 0.0)) for _, s in g.steps) for g in groups]
         out: dict[int, dict[str, float]] = {}
         for host, i in last.items():
-            out.setdefault(i, {})[host] = rest[i] + UNDO_TIMEOUT
+            out.setdefault(i, {})[host] = sum(bound[i:]) + HOLD_MARGIN
         return out
 
     def run_group(self, group: session.Group, held: dict[str, float]) -> None:
@@ -445,12 +449,14 @@ class Executor:
         return all(r.ok for r in results)
 
     def end_held(self, hosts) -> None:
-        """The held sessions of `hosts` end with nothing more to run."""
+        """The held sessions of `hosts` end with nothing more to run: each
+        has a few seconds, then the connections' closing ends it."""
         ending = [self.held.pop(h) for h in hosts]
         for held in ending:
             held.give("")
+        until = time.monotonic() + 5
         for held in ending:
-            held.wait()
+            held.wait(max(0.0, until - time.monotonic()))
 
     def close(self) -> None:
         self.end_held(list(self.held))

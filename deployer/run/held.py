@@ -6,35 +6,47 @@ known only then, after the health checks and the later batches: in a
 session of its own it would cost each host one more. So the session of a
 host's last group of steps ends with an entry (sh/run-end.sh) that reads
 those commands on stdin, and waits for them while the run goes on; the
-runner sends them at the run's end. Until then the session costs a thread
-and an idle channel, and nothing on the host.
+runner sends them at the run's end. Until then the session costs the
+runner a thread and an idle channel, and the host an sshd session and a
+shell that wait on a read. An interrupt does not stop it: the rollback runs
+in sessions of its own, and the run's end then comes as always.
 
-A session that ended before its commands were sent (a step failed, the
-connection died, its time ran out) has not run them: they run in a session
-of their own, as they would have without this.
+Commands that did not run there (the session had ended: a step failed, its
+limit ran out; or they came cut short) run in a session of their own, as
+they would have without this. The host echoes a random mark once it has
+read them whole, so the runner knows which.
 """
 
 import io
 import os
+import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
+from deployer.connectors.base import ANSWER_TIMEOUT, GRACE
 from deployer.connectors.result import Result
 from deployer.remote import hostscripts
 from deployer.run import interrupts, session
 
+# Past the plan's own limits, how long a session waits for the run's end
+# (a rollback on many hosts, hosts in waves of `parallel`): past it, it ends
+# and the run's end takes a session of its own.
+HOLD_MARGIN = 3600.0
+
 
 class Held:
     """One host's session, held at its last entry until `give` sends it the
-    run's last commands. `seconds` bounds the wait for them (the rest of the
-    run's steps, at their limits); `after` is the time the commands have
-    once given."""
+    run's last commands. `seconds` bounds the wait for them; `after` is the
+    time they have once given."""
 
     def __init__(self, seconds: float, after: float):
         self.seconds, self.after = seconds, after
+        self.mark = secrets.token_hex(16)
         self.lock = threading.Lock()
         self.script: bytes | None = None
-        self.sent = False  # whether the session began reading the script
+        self.taken = False  # whether the session began reading the script
+        self.revoked = False  # given up on: the script must never be taken now
         self.result: Result | None = None  # the last entry's, once it ended
         self.thread: threading.Thread | None = None
         # Readable once the script is there: the transport waits on it (session.Deferred).
@@ -45,26 +57,23 @@ class Held:
         there, in the transport's thread, before they are sent."""
         def piece() -> session.Piece | None:
             with self.lock:
-                script = self.script
-            if script is None:
-                return None
+                if self.script is None or self.revoked:
+                    return None
+                script, self.taken = self.script, True
             given()
-            return session.Piece(len(script), lambda: self._opened(script))
-        return session.Entry(hostscripts.run_end().line(), data=session.Deferred(piece, self.wake),
-                             timeout=self.seconds)
-
-    def _opened(self, script: bytes) -> io.BytesIO:
-        self.sent = True
-        return io.BytesIO(script)
+            return session.Piece(len(script), lambda: io.BytesIO(script))
+        return session.Entry(hostscripts.run_end(self.mark).line(), data=session.Deferred(piece, self.wake),
+                             timeout=self.seconds, held=True)
 
     def start(self, run: Callable[[], object]) -> None:
         """The session, in a thread of its own: it outlives its group's
-        steps (the pool's threads are for the steps still to run)."""
+        steps (the pool's threads are for the steps still to run). What it
+        raises is `run`'s to report; here it only ends the thread."""
         def body() -> None:
             interrupts.block_in_thread()
             try:
                 run()
-            except BaseException as e:  # noqa: BLE001 - a stop ends it; what it says is the result
+            except BaseException as e:  # noqa: BLE001 - reported by `run` (HostSession)
                 if self.result is None:
                     self.result = Result(1, "", f"the session ended: {e or type(e).__name__}")
         self.thread = threading.Thread(target=body, name="held", daemon=True)
@@ -77,22 +86,30 @@ class Held:
         """The commands to run (may be "": nothing), once."""
         with self.lock:
             if self.script is None:
-                self.script = line.encode()
+                self.script = f"{line}\n# {self.mark}".encode()
                 os.write(self.waker, b"x")
 
-    def wait(self) -> Result | None:
-        """The result of the commands given, or None if the session had ended
-        before it read them (they did not run: they must run elsewhere).
-        Its descriptors go once the session has."""
+    def wait(self, seconds: float | None = None) -> Result | None:
+        """The result of the commands given, or None if they did not run
+        there (they must run elsewhere). Its descriptors go once the
+        session has."""
         if self.thread is not None:
-            # Bounded by the session's own limit: `after`, from when it has
-            # the script (or less, had it ended already); the margin is for a
-            # transport that stops a command past its limit.
-            self.thread.join(self.after + 60)
-        if self.thread is None or not self.thread.is_alive():
+            # Bounded by the session's own limit, `after` from when it has the
+            # script, and by what the transport takes to stop a command past it.
+            self.thread.join(self.after + 2 * GRACE + 2 * ANSWER_TIMEOUT + 5 if seconds is None else seconds)
+        with self.lock:
+            alive = self.thread is not None and self.thread.is_alive()
+            self.revoked = alive
+            taken = self.taken
+        if not alive:
             for fd in (self.wake, self.waker):
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
             self.wake = self.waker = -1
-        result = self.result
-        return result if self.sent and result is not None else None
+        result, ack = self.result, f"{self.mark}\n"
+        if alive:
+            # Still going: whether they run is not known, so they must not run again.
+            return Result(1, "", "the run's last commands did not end in time") if taken else None
+        if result is None or not result.stdout.startswith(ack):
+            return None
+        return replace(result, stdout=result.stdout[len(ack):])
+

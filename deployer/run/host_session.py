@@ -31,6 +31,7 @@ class HostSession:
         self.on_start = started
         self.held = held
         self.done = False
+        self.reached = False  # whether a held session got to its wait
         self.steps_over = threading.Event()  # set once every step's result is in
         self.entries: list[session.Entry] = []
         # Per entry: the index of its step in group.steps (None for the
@@ -63,28 +64,38 @@ class HostSession:
         self.entries.append(held.entry(lambda: split.limit(index, held.after)))
         self.owners.append((HELD, True, None))
         split = session.Split(self.entries, self._started, self._ended)
-        held.start(lambda: self._session(on, run_id, split))
+        error: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                self._session(on, run_id, split)
+            except BaseException as e:
+                if not self.reached:
+                    error.append(e)  # of the steps: raised where they were run from
+                raise
+            finally:
+                self.steps_over.set()
+        held.start(body)
         self.steps_over.wait()
+        if error:
+            raise error[0]
         return self.results
 
     def _session(self, on: Transport, run_id: str, split: session.Split | None = None) -> list[Result | None]:
         split = split or session.Split(self.entries, self._started, self._ended)
         stdin = session.Input(split.token, self.entries)
         try:
-            try:
-                result = on.run(session.command(run_id, self.entries).line(), stdin=stdin, timeout=split,
-                                out=split.out, err=split.err)
-            except (StepFailed, *ERRORS) as e:
-                result = Result(1, "", describe_error(e))
-            except BaseException:
-                split.finish(Result(1, "", "stopped"))
-                raise
-            finally:
-                stdin.close()
-                self._over()
-            split.finish(result)
+            result = on.run(session.command(run_id, self.entries).line(), stdin=stdin, timeout=split,
+                            out=split.out, err=split.err)
+        except (StepFailed, *ERRORS) as e:
+            result = Result(1, "", describe_error(e))
+        except BaseException:
+            split.finish(Result(1, "", "stopped"))
+            raise
         finally:
-            self.steps_over.set()  # every step's result is in
+            stdin.close()
+            self._over()
+        split.finish(result)
         return self.results
 
     def _over(self) -> None:
@@ -98,6 +109,7 @@ class HostSession:
         j, _, made = self.owners[i]
         if j == HELD:
             # The last step has ended (and said so): the run may go on.
+            self.reached = True
             self._over()
             self.steps_over.set()
         if j is None or j == HELD or j in self.began:

@@ -68,6 +68,7 @@ class Entry:
     data: "Piece | Deferred | None" = None
     timeout: float = 600.0
     keep: int = 256 * 1024  # bytes of its stdout kept (the end)
+    held: bool = False  # waits for the run's end, which an interrupt does not stop (run/held.py)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class Split:
     def __init__(self, entries: list[Entry], started: Callable[[int], None],
                  ended: Callable[[int, Result], None]):
         self.token = secrets.token_hex(16).encode()
-        self.entries = entries
+        self.entries = list(entries)
         self.started, self.ended = started, ended
         self.marks: list[dict[int, int]] = [{}, {}]  # per stream: step index -> exit code
         self.parts: list[list[Tail]] = [[Tail(entries[0].keep)], [Tail()]]
@@ -184,6 +185,9 @@ class Split:
 
     def seconds(self) -> float:
         return self.entries[min(self.current, len(self.entries) - 1)].timeout
+
+    def holding(self) -> bool:
+        return self.running and self.entries[self.current].held
 
     def limit(self, index: int, seconds: float) -> None:
         """Step `index` has `seconds` from now (or from its start, if it has

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from deployer.config import Host
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.ssh import PID_HEAD_LIMIT, SshTransport, _PidLine, _RejectUnknown
 from deployer.errors import StepFailed
 from deployer.run import session
@@ -80,9 +81,11 @@ def test_the_pid_line_is_found_when_it_arrives_a_byte_at_a_time():
     assert p.pid == 4242 and got == b"hello\nrest"
 
 
-def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_there(sshd):
+@pytest.mark.parametrize("kind", ["ssh", "local"])
+def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_there(request, kind):
     # A held session (run/held.py) waits for the run's end: its transport
-    # sleeps on the Deferred's descriptor, not on a 20 ms poll.
+    # sleeps on the Deferred's descriptor, not on a 20 ms (ssh) or 5 ms
+    # (local) poll.
     wake, waker = os.pipe()
     asked = []
     given = threading.Event()
@@ -92,9 +95,13 @@ def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_
         return session.Piece(3, lambda: io.BytesIO(b"hi\n")) if given.is_set() else None
 
     stdin = session.Input(b"", [session.Entry("cat", data=session.Deferred(make, wake))])
-    t = SshTransport(Host("127.0.0.1", port=sshd.port, user="root", identity_file=str(sshd.client_key)),
-                     str(sshd.known_hosts), timeout=10)
-    t.open()
+    if kind == "ssh":
+        sshd = request.getfixturevalue("sshd")
+        t = SshTransport(Host("127.0.0.1", port=sshd.port, user="root", identity_file=str(sshd.client_key)),
+                         str(sshd.known_hosts), timeout=10)
+        t.open()
+    else:
+        t = LocalTransport()
     try:
         def give():
             time.sleep(1.5)
@@ -108,6 +115,7 @@ def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_
         os.close(wake)
         os.close(waker)
     assert result.ok and result.stdout == "\n3\nhi\n", result  # the token line, the size, the bytes
-    # A 20 ms poll would have asked some 75 times in 1.5 s; 250 ms, about 6.
+    # A 20 ms poll would have asked some 75 times in 1.5 s, 5 ms 300: here a few
+    # times as the session starts, then once a second.
     assert len(asked) <= 12, len(asked)
     assert ended - asked[-1] < 1.0

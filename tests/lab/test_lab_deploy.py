@@ -67,11 +67,15 @@ def test_deploy_alpha_through_the_vpn(site):
 def test_second_deploy_serves_the_changed_app_on_every_host(site):
     assert site.deploy("alpha")[0] == 0
     (site.app / "RELEASE.txt").write_text("second\n")
+    since = site.lab.ssh_log_offsets()
     code, events = site.deploy("alpha")
     assert code == 0, error_of(events)
     for i in range(len(site.lab.hosts)):
         info = site.health(i, "alpha")
         assert info["release"] == "second" and info["release_dir"] == release_of(events)
+    # Sessions: the lock to the configtest; migrate on the first host; the
+    # switch and reload, whose session the run's end takes (run/held.py).
+    assert site.lab.ssh_sessions(since) == [3] + [2] * (len(site.lab.hosts) - 1)
 
 
 def test_an_upload_outlives_two_deploys_and_a_rollback_on_every_host(site):

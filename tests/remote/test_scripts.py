@@ -64,3 +64,16 @@ def test_a_program_runs_with_its_name_in_ps_and_its_arguments_positional(tmp_pat
     assert command.argvs[0][:2] == ("sh", "-c") and command.argvs[0][3] == "deployer-shared-files"
     assert run.returncode != 0 and "missing; touch pwned" in run.stderr
     assert not (tmp_path / "pwned").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("came", [None, -2, 20, 0])
+def test_the_runs_last_commands_run_only_when_they_came_whole(tmp_path, came):
+    # sh/run-end.sh, on the held session's stdin: cut short (the connection
+    # closed while they came), none runs, not even the part that came.
+    script = f"touch {tmp_path}/a\ntouch {tmp_path}/b\n# MARK".encode()
+    r = subprocess.run(["sh", "-c", hostscripts.run_end("MARK").line()], input=script[:came], capture_output=True)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    if came is None:  # whole: the mark echoed first
+        assert (r.returncode, r.stdout, made) == (0, b"MARK\n", ["a", "b"])
+    else:
+        assert r.returncode == 1 and b"came cut short; none of them ran" in r.stderr and made == []

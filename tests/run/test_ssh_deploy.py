@@ -79,6 +79,28 @@ def test_a_step_failing_after_the_switch_puts_it_back_and_its_held_session_ends_
     assert site.deploy()[0] == 0
 
 
+def test_sigterm_while_sessions_are_held_undoes_the_switch_and_their_end_still_comes(site, sshd, tmp_path):
+    # The interrupt stops what runs, not the held sessions: the rollback
+    # takes sessions of its own, then the held one ends the run.
+    assert site.deploy()[0] == 0
+    first = os.readlink(site.live())
+    started = tmp_path / "started"
+    site.edit(hooks={"after": {"restart": [{"run": f"touch {started}; sleep 30", "on": "local"}]}})
+    (site.source / "static" / "site.css").write_text("body { color: blue }\n")
+    proc = deploy_process("alpha", "alpha.example.test", site.targets_file)
+    wait_until(started.exists, proc, 30)
+    since = sshd.log.stat().st_size
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert os.readlink(site.live()) == first
+    assert _history(site)[-1][2] == "interrupted, undone"
+    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    # One a command of the undo (each change, then Apache reloaded), none for the run's end.
+    changes = int(out.split("rolling back ", 1)[1].split(" change(s)", 1)[0])
+    assert sshd.log.read_bytes()[since:].decode().count("Starting session: ") == changes + 1, out
+
+
 def test_dry_run_changes_nothing_on_the_host(site):
     assert site.deploy()[0] == 0
     before = tree_digest(site.root)
