@@ -730,7 +730,10 @@ def main() -> int:
     if args.baseline:
         if not (Path(args.baseline) / ".venv" / "bin" / "python").exists():
             p.error(f"--baseline {args.baseline}: no .venv/bin/python there")
-        args.contenders.append("baseline")
+        if "baseline" not in args.contenders:
+            args.contenders.append("baseline")
+    elif "baseline" in args.contenders:
+        p.error("the contender baseline needs --baseline DIR")
     unknown = set(args.contenders) - set(CONTENDERS) - {"baseline"} | set(kinds) - set(KINDS)
     if unknown or not counts or min(counts) < 1 or args.rounds < 1:
         p.error(f"unknown {sorted(unknown)}" if unknown else "bad --hosts or --rounds")
