@@ -107,8 +107,11 @@ def vpn_said(events: list[dict]) -> str:
     return next(e["stdout"] for e in events if e["event"] == "step_finished" and e["stage"] == "vpn")
 
 
-# The multi-client server with no linger is every other lab test's.
-CASES = [("point-to-point", 0), ("point-to-point", 5), ("multi-client", 5)]
+# The multi-client server with no linger is every other lab test's. The
+# point-to-point server's hazard is a tunnel that closes and opens again
+# between runs (linger 0); a linger keeps one tunnel for the whole series,
+# the same on either server, so it is run on one (CI's time).
+CASES = [("point-to-point", 0), ("multi-client", 5)]
 
 
 @pytest.mark.parametrize(("server", "linger"), CASES, indirect=["server"],
