@@ -288,6 +288,14 @@ def site(tmp_path, sshd):
         def live(self) -> Path:
             return host / "www" / "alpha"
 
+        def history(self) -> list[list[str]]:
+            """The instance's history, a list of fields a line ([] if none)."""
+            path = host / "www" / "alpha.deployer" / "history"
+            return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
+
+        def lock(self) -> Path:
+            return host / "www" / "alpha.deployer" / "lock"
+
     return Site()
 
 

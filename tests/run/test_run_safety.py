@@ -23,18 +23,9 @@ from tests.conftest import (
 pytestmark = pytest.mark.sshd
 
 
-def _history(site) -> list[list[str]]:
-    path = site.root / "www" / "alpha.deployer" / "history"
-    return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _lock(site) -> Path:
-    return site.root / "www" / "alpha.deployer" / "lock"
-
-
 def _plant_lock(site, who="deploy of release X by someone@elsewhere (pid 1) (run feedfacefeedface)") -> None:
-    _lock(site).mkdir(parents=True)
-    (_lock(site) / "owner").write_text(f"feedfacefeedface\n{who}\n")
+    site.lock().mkdir(parents=True)
+    (site.lock() / "owner").write_text(f"feedfacefeedface\n{who}\n")
 
 
 def _failing_graceful(site, tmp_path, fails: str) -> Path:
@@ -71,10 +62,10 @@ def test_a_run_records_its_outcome_in_the_history_and_leaves_no_lock(site):
     site.edit(migrate="exit 4")
     (site.source / "manage.py").write_text("print('new')\n")
     assert site.deploy()[0] == 1
-    history = _history(site)
+    history = site.history()
     assert [h[1:3] for h in history] == [["deploy", "done"], ["deploy", "failed, undone"]]
     assert all(h[4] == "alpha.example.test" and "@" in h[5] for h in history)
-    assert not _lock(site).exists()
+    assert not site.lock().exists()
 
 
 def test_a_held_lock_fails_the_run_at_once_says_who_holds_it_and_is_left_alone(site):
@@ -98,14 +89,14 @@ def test_lock_wait_waits_for_the_holder_to_finish(site):
 
     def release():
         time.sleep(2)
-        (_lock(site) / "owner").unlink()
-        _lock(site).rmdir()
+        (site.lock() / "owner").unlink()
+        site.lock().rmdir()
     t = threading.Thread(target=release)
     t.start()
     code, out = site.deploy("--lock-wait", "30")
     t.join()
     assert code == 0, out
-    assert not _lock(site).exists()
+    assert not site.lock().exists()
 
 
 def test_a_second_deploy_of_the_instance_cannot_undo_the_first(site, tmp_path):
@@ -126,7 +117,7 @@ def test_a_second_deploy_of_the_instance_cannot_undo_the_first(site, tmp_path):
             a.kill()
     assert a.returncode == 1, out_a
     assert not site.live().exists()
-    assert not _lock(site).exists()
+    assert not site.lock().exists()
     # And the next run, unhindered, goes live.
     assert site.deploy()[0] == 0
     assert site.live().is_symlink()
@@ -152,7 +143,7 @@ def test_a_failed_graceful_after_the_switch_puts_every_host_back_and_reloads(sit
     assert len(runs) == 2 and runs[0] != old and runs[1] == old
     assert (f"every host's files are as they were before the run: release {Path(old).name} is live; NOT undone:"
             " migrate: echo") in out.splitlines()[-1]
-    assert _history(site)[-1][2] == "failed, undone"
+    assert site.history()[-1][2] == "failed, undone"
 
 
 def test_the_last_line_of_a_run_undone_after_migrate_says_the_database_was_not_rolled_back(site):
@@ -196,8 +187,8 @@ def test_sigterm_during_graceful_after_the_switch_undoes_and_says_so(site, tmp_p
     assert os.readlink(site.live()) == old
     assert log.read_text().split()[-1] == old  # Apache read the old config again
     assert f"before the run: release {Path(old).name} is live; NOT undone: migrate" in out.splitlines()[-1]
-    assert _history(site)[-1][2] == "interrupted, undone"
-    assert not _lock(site).exists()
+    assert site.history()[-1][2] == "interrupted, undone"
+    assert not site.lock().exists()
 
 
 def test_an_undo_that_cannot_complete_exits_3_and_names_the_host(site, tmp_path):
@@ -210,8 +201,8 @@ def test_an_undo_that_cannot_complete_exits_3_and_names_the_host(site, tmp_path)
     assert code == 3, out
     assert "THE UNDO DID NOT COMPLETE; these hosts need a person:" in out
     assert f"127.0.0.1:{site_port(site)}: then: apache: configtest, reload and wait until loaded:" in out
-    assert _history(site)[-1][2] == "undo incomplete"
-    assert not _lock(site).exists()
+    assert site.history()[-1][2] == "undo incomplete"
+    assert not site.lock().exists()
 
 
 def site_port(site) -> int:
@@ -294,7 +285,7 @@ def test_a_failed_health_check_puts_every_host_back(site, http_app, tmp_path):
     assert "did not answer 200 within 2 s" in out and "last: 503" in out
     assert os.readlink(site.live()) == old
     assert log.read_text().split()[-1] == old  # reloaded with the old release back
-    assert _history(site)[-1][2] == "failed, undone"
+    assert site.history()[-1][2] == "failed, undone"
 
 
 def test_a_redirect_fails_the_health_check_at_once_and_says_where_it_points(site, http_app):
@@ -376,13 +367,13 @@ def test_lock_wait_takes_the_lock_anew_after_the_instance_was_destroyed_meanwhil
 
     def destroyed():
         time.sleep(2)
-        shutil.rmtree(_lock(site).parent)
+        shutil.rmtree(site.lock().parent)
     t = threading.Thread(target=destroyed)
     t.start()
     code, out = site.deploy("--lock-wait", "30")
     t.join()
     assert code == 0, out
-    assert site.live().is_symlink() and not _lock(site).exists()
+    assert site.live().is_symlink() and not site.lock().exists()
 
 
 def test_a_closed_output_pipe_never_stops_a_deploy(site):
@@ -396,4 +387,4 @@ def test_a_closed_output_pipe_never_stops_a_deploy(site):
     assert proc.returncode == 0, err
     assert err == b""
     assert site.live().is_symlink() and (site.live() / "manage.py").is_file()
-    assert _history(site)[-1][2] == "done"
+    assert site.history()[-1][2] == "done"

@@ -41,11 +41,6 @@ def test_full_deploy_lands_release_vhost_and_one_migration(site):
     assert leftovers == []
 
 
-def _history(site) -> list[list[str]]:
-    history = site.root / "www" / "alpha.deployer" / "history"
-    return [line.split("\t") for line in history.read_text().splitlines()]
-
-
 def test_second_deploy_switches_to_changed_app_and_keeps_previous(site, sshd):
     assert site.deploy()[0] == 0
     first = os.readlink(site.live())
@@ -60,8 +55,8 @@ def test_second_deploy_switches_to_changed_app_and_keeps_previous(site, sshd):
     # has passed; the switch and reload, held open for the run's end (the
     # history line, the lock's release), which takes none of its own.
     assert sshd.log.read_bytes()[since:].decode().count("Starting session: ") == 3
-    assert _history(site)[-1][2] == "done"
-    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    assert site.history()[-1][2] == "done"
+    assert not site.lock().exists()
 
 
 def test_a_step_failing_after_the_switch_puts_it_back_and_its_held_session_ends_the_run(site):
@@ -72,8 +67,8 @@ def test_a_step_failing_after_the_switch_puts_it_back_and_its_held_session_ends_
     code, out = site.deploy()
     assert code == 1, out
     assert os.readlink(site.live()) == first
-    assert _history(site)[-1][2] == "failed, undone"
-    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    assert site.history()[-1][2] == "failed, undone"
+    assert not site.lock().exists()
     # And the next run takes the lock at once.
     site.edit(hooks={})
     assert site.deploy()[0] == 0
@@ -94,8 +89,8 @@ def test_sigterm_while_sessions_are_held_undoes_the_switch_and_their_end_still_c
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert os.readlink(site.live()) == first
-    assert _history(site)[-1][2] == "interrupted, undone"
-    assert not (site.root / "www" / "alpha.deployer" / "lock").exists()
+    assert site.history()[-1][2] == "interrupted, undone"
+    assert not site.lock().exists()
     # One a command of the undo (each change, then Apache reloaded), none for the run's end.
     changes = int(out.split("rolling back ", 1)[1].split(" change(s)", 1)[0])
     assert sshd.log.read_bytes()[since:].decode().count("Starting session: ") == changes + 1, out
