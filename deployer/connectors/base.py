@@ -29,12 +29,9 @@ class Limit(Protocol):
 
     def deadline(self) -> float | None: ...  # time.monotonic() past which the command is stopped
     def seconds(self) -> float | None: ...   # the limit, as the message about it says
-
-
-def holding(limit: Limit) -> bool:
-    """Whether the command is a session held for the run's end, at its wait
-    (run/held.py): the run's stop flag does not stop it, the run's end does."""
-    return getattr(limit, "holding", lambda: False)()
+    # Whether the command is a session held for the run's end, at its wait
+    # (run/held.py): the run's stop flag does not stop it, the run's end does.
+    def holding(self) -> bool: ...
 
 
 class _Fixed:
@@ -50,6 +47,9 @@ class _Fixed:
 
     def seconds(self) -> float | None:
         return self.limit
+
+    def holding(self) -> bool:
+        return False
 
 
 def as_limit(timeout: "float | None | Limit") -> Limit:

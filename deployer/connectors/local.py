@@ -19,7 +19,6 @@ from deployer.connectors.base import (
     Stdin,
     Stopped,
     as_limit,
-    holding,
     timed_out,
 )
 from deployer.connectors.result import Result, Tail
@@ -74,7 +73,7 @@ class LocalTransport:
             # Until the output is closed and the command has ended (a daemon
             # it left may hold no pipe while the command still runs).
             while sel.get_map() or proc.poll() is None:
-                if self.stop.is_set() and not holding(limit):
+                if self.stop.is_set() and not limit.holding():
                     raise Stopped("stopped")
                 deadline = limit.deadline()
                 if deadline is not None and time.monotonic() > deadline:

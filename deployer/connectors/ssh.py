@@ -28,7 +28,6 @@ from deployer.connectors.base import (
     Stdin,
     Stopped,
     as_limit,
-    holding,
     timed_out,
 )
 from deployer.connectors.result import Result, Tail
@@ -264,7 +263,7 @@ class SshTransport:
             if feed.done:
                 chan.shutdown_write()
             while True:
-                if self.stop.is_set() and not holding(limit):
+                if self.stop.is_set() and not limit.holding():
                     raise Stopped("stopped")
                 busy = False
                 if not feed.done and chan.send_ready():
