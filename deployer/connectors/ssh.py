@@ -141,13 +141,27 @@ class _Watchdog:
             self.timer.cancel()
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's transport, its thread waking once a second instead of ten
+    times to see whether it was closed. Ten times cost an idle connection
+    0.38 ms of the runner's CPU a second (16 idle connections to a local
+    sshd, 10 s): 1.2 s over a 64-host run of 50 s, growing with the hosts
+    and the run's length alike. Closing is no slower: close() closes the
+    socket itself and does not wait for the thread; only the handshake's and
+    keepalive's timers are now looked at once a second, against limits of
+    seconds."""
+
+    _active_check_timeout = 1.0
+
+
 class SshTransport:
     """One SSH connection to one host, opened once and reused for the whole deploy."""
 
     def __init__(self, host: Host, known_hosts: str, timeout: float, stop: threading.Event | None = None):
         self.host = host
         self.stop = stop or threading.Event()
-        kwargs: dict = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
+        kwargs: dict = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
+                        "transport_factory": _Transport}
         if host.identity_file:
             kwargs.update(key_filename=host.identity_file, look_for_keys=False)
         # targets.yaml is the only source: no ~/.ssh/config (whose ProxyJump
