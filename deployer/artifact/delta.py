@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployer.artifact import packaging
 from deployer.config import names
@@ -46,16 +46,22 @@ class Live:
     """What `hostscripts.live_state` said of a host's live release."""
 
     base: str | None = None        # sha256 of its list; None: no live release with a list
-    drift: frozenset[str] = frozenset()  # its files changed in place since they were unpacked
+    drift: frozenset[str] = frozenset()  # its files that may not be linked (changed in place, or not ours)
     listed: bytes | None = None    # the list itself, from the host that was asked for it
+    # The instance whose live release it is, when it is not the deployed
+    # one's (a new instance starts from another's); not part of what is
+    # built, so hosts whose seeds hold the same list share one tarball.
+    seed: str = field(default="", compare=False)
 
 
 def parse(stdout: str) -> Live:
-    base, drift, listed = None, set(), None
+    base, drift, listed, seed = None, set(), None, ""
     for row in stdout.splitlines():
         kind, _, value = row.partition(" ")
         if kind == "base" and len(value) == 64:
             base = value
+        elif kind == "seed" and names.CONFIG_NAME.fullmatch(value):
+            seed = value
         elif kind == "drift":
             drift.add(value)
         elif kind == "sums":
@@ -65,7 +71,7 @@ def parse(stdout: str) -> Live:
                 listed = None
             if listed is not None and hashlib.sha256(listed).hexdigest() != base:
                 listed = None  # not the list the host said it has: send everything
-    return Live(base, frozenset(drift), listed)
+    return Live(base, frozenset(drift), listed, seed)
 
 
 def live_release(stdout: str) -> str:
@@ -110,7 +116,9 @@ def full(manifest: packaging.Manifest) -> Delta:
 
 
 def against(manifest: packaging.Manifest, live: Live) -> Delta:
-    """The smallest sending that turns `live` into the release of `manifest`."""
+    """The smallest sending that turns `live` into the release of `manifest`:
+    the whole artifact (already built) when `live` would give it less than
+    a tenth of its files (another app's release as a seed)."""
     if live.base is None or live.listed is None:
         return full(manifest)
     new = _lines(manifest)
@@ -122,6 +130,8 @@ def against(manifest: packaging.Manifest, live: Live) -> Delta:
     sent = {_path(line).decode() for line in add}
     # Files that cannot be listed travel every time.
     sent |= {path for path, _, _ in manifest.sums if path not in new}
+    if 10 * (len(manifest.sums) - len(sent)) < len(manifest.sums):
+        return full(manifest)
     return Delta(live.base, hashlib.sha256(_text(new)).hexdigest(), b"".join(sorted(drop)),
                  b"".join(sorted(add, key=_path)), frozenset(sent))
 

@@ -100,6 +100,7 @@ class Builder:
             max_failed=t.max_failed,
             relay=t.relay,
             relay_limit=t.relay_limit,
+            link_from_other_instances=t.link_from_other_instances,
             artifact_store=None if t.artifact_store is None or transport != "ssh" else self.artifact_store(
                 t.artifact_store, f"{path}/artifact_store"),
             keep_releases=t.keep_releases,

@@ -222,6 +222,7 @@ class Target:
     max_failed: int | str
     relay: bool
     relay_limit: int  # hosts reading the artifact from the first one at once
+    link_from_other_instances: bool  # a new instance starts from another's live release
     keep_releases: int
     protected: bool  # `deployer destroy` refuses it (alpha, production)
     deploy_root: str

@@ -12,14 +12,14 @@ import unicodedata
 
 from deployer.errors import UsageError
 
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+CONFIG_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def config_name(value: str) -> str:
     """A lowercase DNS label (RFC 1035 section 2.3.1, digits allowed first)."""
-    if not _LABEL.fullmatch(value):
+    if not CONFIG_NAME.fullmatch(value):
         raise UsageError(
             f"invalid config name {value!r}: use 1-63 lowercase letters, digits"
             " and hyphens, not starting or ending with a hyphen (e.g. demo-acme)"

@@ -247,7 +247,7 @@ def host_count(low: int) -> Any:
 
 
 # deployer.config.names' own regexes: the schema says what its checks check.
-TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names._LABEL.pattern}")})
+TargetName = checked_key(_config_name, {"pattern": _anchored(rf"\*|{names.CONFIG_NAME.pattern}")})
 VarName = checked_key(_var_name, {"pattern": _anchored(names._TOKEN.pattern),
                                   "not": {"enum": list(BUILTIN_TOKENS)}})
 StageName = checked_key(_stage_name, {"not": {"enum": list(DEFAULT_PIPELINE)}})
@@ -653,6 +653,11 @@ class TargetSpec(_Spec):
     relay_limit: between(1, 100) = Field(
         8, description="Hosts that read the artifact from the first one at once; the others wait their turn."
         " sshd's default MaxStartups (10:30:100) drops new connections past 10 that have not logged in yet.")
+    link_from_other_instances: Flag = Field(
+        True, description="A new instance (no live release yet) links the files it shares with the newest live"
+        " release of another instance under deploy_root, as a redeploy links them from its own, instead of"
+        " being sent them all: a demo beside staging. Only a release deployer made, all of it owned by the"
+        " deploy user, is linked from; false: a new instance is always sent every file.")
     artifact_store: ArtifactStoreSpec | None = Field(
         None, description="Every host reads the artifact from this object store instead, once the runner has"
         " put it there (artifacts of 1 MiB and more); the first host then serves no other. Needs `pip install"

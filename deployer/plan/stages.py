@@ -62,11 +62,12 @@ def upload(ctx: Context) -> tuple[steps.Step, ...]:
                      command=hostscripts.python_check(python.interpreter, python.version, python.platform))]
           if python else []),
         steps.Upload(f"upload and unpack release {ctx.release}", ctx.host_names, build=package(ctx)[0],
-                     state_first=hostscripts.live_state(ctx.deploy_path, True),
-                     state=hostscripts.live_state(ctx.deploy_path, False),
+                     state_first=hostscripts.live_state(ctx.deploy_path, True, t.link_from_other_instances),
+                     state=hostscripts.live_state(ctx.deploy_path, False, t.link_from_other_instances),
                      # The key may read the copy as long as a step may take.
                      command=hostscripts.unpack(ctx.releases_dir, ctx.release_path, tmp, ctx.run_id,
-                                                ctx.deploy_path, relay_dir, tag, int(t.step_timeout)),
+                                                ctx.deploy_path, relay_dir, tag, int(t.step_timeout),
+                                                t.link_from_other_instances),
                      undo=hostscripts.discard(ctx.release_path, tmp, ctx.run_id, relay_dir), relay=relay,
                      store=store),
         # Before migrate and hooks, which run with it; its undo removes it if no other release uses it.

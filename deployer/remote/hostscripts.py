@@ -64,14 +64,14 @@ def forget(work: str) -> Command:
 
 
 def unpack(releases: str, release: str, tmp: str, run_id: str, live: str, relay: str, tag: str,
-           seconds: int) -> Command:
+           seconds: int, others: bool) -> Command:
     """Make `release` from stdin (see sh/unpack.sh), the files that did not change
-    linked from the live release, if `live` can be switched to it later.
-    Asked to, it keeps a copy of the artifact in `relay` and lets a key
-    tagged `tag` read it for `seconds`."""
+    linked from the live release (or, `others`, from another instance's),
+    if `live` can be switched to it later. Asked to, it keeps a copy of the
+    artifact in `relay` and lets a key tagged `tag` read it for `seconds`."""
     offer = forced_command(Command.of(("cat", "--", f"{relay}/copy")).line())
     return program("unpack", releases, release, tmp, run_id, live,
-                   relay, offer, tag, str(seconds))
+                   relay, offer, tag, str(seconds), "01"[others])
 
 
 def fetch(relay: str, address: str, port: int, seconds: int) -> Command:
@@ -91,9 +91,10 @@ def close(relay: str, tag: str) -> Command:
     return program("close-relay", relay, tag)
 
 
-def live_state(live: str, full: bool) -> Command:
-    """What the release `live` points to holds, for sending only what changed."""
-    return program("live-state", live, "01"[full])
+def live_state(live: str, full: bool, others: bool) -> Command:
+    """What the release `live` points to holds (with none, and `others`, the
+    newest live release of another instance), for sending only what changed."""
+    return program("live-state", live, "01"[full], "01"[others])
 
 
 def discard(release: str, tmp: str, run_id: str, relay: str) -> Command:

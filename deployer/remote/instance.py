@@ -230,7 +230,7 @@ def parse_instances(stdout: str) -> dict[str, Found]:
             name, live, count, vhost, lock, since = (rest.split("\t") + [""] * 6)[:6]
             # A host's answer is not trusted to name things: a link whose
             # target holds a newline could forge a row.
-            if not names._LABEL.fullmatch(name) or not (live == "-" or names.RELEASE.fullmatch(live)):
+            if not names.CONFIG_NAME.fullmatch(name) or not (live == "-" or names.RELEASE.fullmatch(live)):
                 continue
             found[name] = Found("" if live == "-" else live, _number(count) or 0,
                                 "" if vhost == "-" else vhost, _number(lock), _number(since), None)

@@ -18,7 +18,7 @@ import binascii
 import difflib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployer import steps
 from deployer.artifact import delta
@@ -53,7 +53,7 @@ def read_plan(ctx: Context) -> steps.Plan:
     vhost = read_vhost(ctx.deploy_path, vhost_path(ctx))
 
     def read(which: tuple[str, ...], full: bool) -> steps.Run:
-        state = hostscripts.live_state(ctx.deploy_path, full)
+        state = hostscripts.live_state(ctx.deploy_path, full, ctx.target.link_from_other_instances)
         # Whole: a vhost and a file list can be longer than a log's tail.
         return steps.Run("read the vhost and the live release" + (", with its file list" if full else ""), which,
                          command=Command(argvs=vhost.argvs + state.argvs),
@@ -112,7 +112,7 @@ def show(ctx: Context, plan: steps.Plan, reporter: Reporter, missing: tuple[Miss
         # As the upload has it: a host other than the first is sent what
         # differs from the first host's list only if it holds the same one.
         if host != first and live.base and live.listed is None and views[first].live.base == live.base:
-            live = delta.Live(live.base, live.drift, views[first].live.listed)
+            live = replace(live, listed=views[first].live.listed)
         upload, send = _upload(ctx, live)
         vhost, diff, refusals = _vhost(ctx, host, view, rendered or unrendered, masks)
         if view.live_not_link:
@@ -151,9 +151,11 @@ def _upload(ctx: Context, live: delta.Live) -> tuple[str, dict | None]:
         return "cannot say: the package source is not on this machine", None
     plan = delta.against(m, live)
     total = sum(_sizes(ctx, (p for p, _, _ in m.sums)))
+    where = f"the live release of {live.seed}" if live.seed else "the live release"
     if plan.send is None:
         why = ("no live release with a file list" if live.base is None else
-               "its live release is not the first host's")
+               f"{where} is not the first host's" if live.listed is None else
+               f"{where} has less than a tenth of its files")
         count = {"files": len(m.sums), "of": len(m.sums), "bytes": total, "whole": True}
         return f"the whole artifact, {len(m.sums)} files ({human_size(total)}): {why}", count
     size = sum(_sizes(ctx, plan.send))
@@ -161,7 +163,7 @@ def _upload(ctx: Context, live: delta.Live) -> tuple[str, dict | None]:
     changed = f", {drifted} of them changed on the host since they were unpacked" if drifted else ""
     count = {"files": len(plan.send), "of": len(m.sums), "bytes": size, "whole": False}
     return (f"would send {len(plan.send)} of {len(m.sums)} files ({human_size(size)}){changed}; the rest is"
-            " linked from the live release", count)
+            f" linked from {where}", count)
 
 
 def _sizes(ctx: Context, paths) -> list[int]:

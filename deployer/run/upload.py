@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deployer import steps
 from deployer.artifact import delta, packaging
@@ -152,7 +152,7 @@ class Uploads:
             if live is None or (live.base and live.listed is None and first not in self.live):
                 return None
             if live.listed is None and live.base and self.live[first].base == live.base:
-                live = delta.Live(live.base, live.drift, self.live[first].listed)
+                live = replace(live, listed=self.live[first].listed)
         return self.prepared(step, live)
 
     def sending(self, step: steps.Upload, host: str) -> session.Piece | None:

@@ -337,6 +337,23 @@ def test_diff_without_the_template_still_reads_the_hosts(deployed):
 
 
 @pytest.mark.sshd
+def test_diff_of_a_new_instance_beside_another_says_it_links_from_that_ones_release(deployed):
+    site = deployed
+    doc = yaml.safe_load(site.targets_file.read_text())
+    doc["targets"]["beta"] = doc["targets"]["alpha"]
+    site.targets_file.write_text(yaml.safe_dump(doc))
+    before = tree_digest(site.root, history=True)
+    out = io.StringIO()
+    code = main(["beta", "beta.example.test", "--targets", str(site.targets_file), "--dry-run", "--diff"],
+                stdout=out)
+    assert code == 0, out.getvalue()
+    assert section(out.getvalue())[1:3] == [
+        "  live release: none",
+        "  upload: would send 0 of 3 files (0 bytes); the rest is linked from the live release of alpha"]
+    assert tree_digest(site.root, history=True) == before
+
+
+@pytest.mark.sshd
 def test_diff_of_a_host_with_nothing_deployed(site):
     code, out = site.deploy("--dry-run", "--diff")
     assert code == 0, out

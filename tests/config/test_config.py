@@ -318,9 +318,10 @@ def test_another_targets_missing_env_does_not_fail(site, monkeypatch):
 
 HOST = "hosts: [web1.alpha.internal]"
 UNKNOWN = ("unknown key; expected one of: apache, artifact_store, batch_pause, batches, build, connect_timeout,"
-           " deploy_root, files, health, hooks, hosts, identity_file, keep_releases, known_hosts, max_failed,"
-           " migrate, migrate_timeout, package, parallel, pipeline, port, protected, python, relay, relay_limit,"
-           " shared, stages, step_timeout, template, transport, user, vars, vpn")
+           " deploy_root, files, health, hooks, hosts, identity_file, keep_releases, known_hosts,"
+           " link_from_other_instances, max_failed, migrate, migrate_timeout, package, parallel, pipeline, port,"
+           " protected, python, relay, relay_limit, shared, stages, step_timeout, template, transport, user, vars,"
+           " vpn")
 
 MALFORMED = [
     # (targets.yaml text, "<key/path>: <problem>" after "<file>: ")

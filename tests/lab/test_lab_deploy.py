@@ -7,6 +7,7 @@ opens, onto the lab's web hosts (sshd + Apache + mod_wsgi in namespaces)."""
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -393,6 +394,8 @@ def deploy_once_through(site: Site, name: str) -> tuple[list[dict], list[int]]:
 
 
 def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after(four):
+    # A first deploy on hosts with nothing to start from: not alpha's files.
+    four.write(link_from_other_instances=False)
     events, logins = deploy_once_through(four, "demo-relay")
     first, *others = four.lab.addresses
     said = uploads(events)
@@ -404,6 +407,27 @@ def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after
     assert logins == [1 + len(others), 1, 1, 1]
     for i in range(4):
         assert four.health(i, "demo-relay")["release_dir"] == release_of(events)
+
+
+def test_a_new_instance_beside_another_is_sent_only_what_it_lacks(four):
+    # alpha live on every host, from the same source but RELEASE.txt; an
+    # artifact well above what a deploy's sessions send anyway (0.4 MB for 4 hosts).
+    (four.app / "static" / "ballast.bin").write_bytes(os.urandom(4_000_000))
+    assert four.deploy("alpha")[0] == 0
+    (four.app / "RELEASE.txt").write_text("beside\n")
+    sent = into_tunnel()
+    code, events = four.deploy("demo-beside")
+    sent = into_tunnel() - sent
+    assert code == 0, error_of(events)
+    linked = re.compile(r"^[1-9][0-9]* files linked from the live release of alpha, 1 sent$", re.M)
+    for host, said in uploads(events).items():
+        assert linked.search(said), (host, said)
+    package = next(e for e in events if e["event"] == "step_finished" and e["stage"] == "package")
+    artifact = int(package["stdout"].split(" bytes compressed")[0].rsplit(" ", 1)[1])
+    assert sent < artifact / 4, (sent, artifact)  # not once: the relay has nothing to carry either
+    for i in range(4):
+        health = four.health(i, "demo-beside")
+        assert health["release_dir"] == release_of(events) and health["release"] == "beside"
 
 
 @pytest.fixture
@@ -425,7 +449,8 @@ def store(four, tmp_path):
 def test_with_an_artifact_store_every_host_reads_the_artifact_from_it(four, store, monkeypatch):
     for name, value in store.env().items():
         monkeypatch.setenv(name, value)
-    four.write(artifact_store={"url": f"s3://{store.bucket}/deploys/", "endpoint": store.endpoint})
+    four.write(artifact_store={"url": f"s3://{store.bucket}/deploys/", "endpoint": store.endpoint},
+               link_from_other_instances=False)
     events, logins = deploy_once_through(four, "demo-store")
     said = uploads(events)
     for host in four.lab.addresses:
@@ -457,7 +482,7 @@ def test_the_key_is_gone_after_an_interrupt_while_the_others_read_the_artifact(f
                    'exec apache2ctl "$@"\n')
     ctl.chmod(0o755)
     (shared / "slow-ctl").unlink(missing_ok=True)
-    four.write(apache={"ctl": f"{on_hosts}/slowctl"})
+    four.write(apache={"ctl": f"{on_hosts}/slowctl"}, link_from_other_instances=False)
     before = four.hosts_digest()
     code, events, err = four.deploy_and("demo-stop", (shared / "slow-ctl").exists,
                                         lambda p: p.send_signal(signal.SIGTERM))
@@ -474,6 +499,7 @@ def test_a_first_host_that_cannot_offer_the_artifact_does_not_fail_the_deploy(fo
     shutil.copy2(keys, real)
     keys.unlink()
     keys.symlink_to("authorized_keys.real")
+    four.write(link_from_other_instances=False)
     try:
         code, events = four.deploy("demo-direct")
         assert code == 0, error_of(events)

@@ -136,12 +136,13 @@ RELAY_TAG = "deployer-relay-run-1"
 
 
 def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None, release="r1",
-           base="-", drop=b"", add=None, want=None, how="sent", env="", copy=None, root="www"):
-    """Run the unpack script; by default a whole release of `files`, as for a host with none.
-    `how` as the runner says it: `keep` (with a key on stdin after the lists) and
+           base="-", drop=b"", add=None, want=None, how="sent", env="", copy=None, root="www", name="a",
+           others=True):
+    """Run the unpack script for instance `name`; by default a whole release of `files`, as for a host
+    with none. `how` as the runner says it: `keep` (with a key on stdin after the lists) and
     `sent` read `artifact` on stdin, `fetched` finds it in the relay directory."""
     files = files or {}
-    releases = tmp_path / root / "a.releases"
+    releases = tmp_path / root / f"{name}.releases"
     release = releases / release
     tmp, relay = releases / f".{release.name}.tmp", releases / ".relay"
     digest = checksum or hashlib.sha256(artifact).hexdigest().encode()
@@ -154,8 +155,8 @@ def unpack(tmp_path, artifact: bytes, checksum: bytes | None = None, files=None,
         copy = copy or hashlib.sha256(lists(drop, add) + artifact).hexdigest().encode()
         head += b"%s ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBJLRtV6OsJmtgr6BhS8XeENBQNr8FbNapEU/JhKLhSZ\n" % copy
     t = LocalTransport()
-    command = hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / "a"),
-                                 str(relay), RELAY_TAG, 600)
+    command = hostscripts.unpack(str(releases), str(release), str(tmp), "run-1", str(tmp_path / "www" / name),
+                                 str(relay), RELAY_TAG, 600, others)
     result = t.run(f"{env} HOME={shlex.quote(str(tmp_path / 'home'))} " + command.line(),
                    stdin=head + (b"" if how == "fetched" else artifact))
     return result, release, tmp, lambda: t.run(hostscripts.discard(str(release), str(tmp), "run-1",
@@ -214,12 +215,12 @@ def test_a_truncated_artifact_fails_the_unpack(tmp_path):
     assert discard().ok
 
 
-def _live(tmp_path, files):
-    """A release of `files` made by unpack, and DEPLOY_PATH pointing at it."""
-    result, release, _, _ = unpack(tmp_path, tarball(files), files=files, release="r0")
+def _live(tmp_path, files, name="a", release="r0"):
+    """A release of `files` made by unpack, and instance `name`'s DEPLOY_PATH pointing at it."""
+    result, made, _, _ = unpack(tmp_path, tarball(files), files=files, release=release, name=name)
     assert result.ok, result.stderr
-    (tmp_path / "www" / "a").symlink_to(release)
-    return release
+    (tmp_path / "www" / name).symlink_to(made)
+    return made
 
 
 def _manifest(files):
@@ -227,8 +228,8 @@ def _manifest(files):
     return packaging.Manifest(digest="d", files=tuple(files), size=0, withheld=(), included=(), sums=sums)
 
 
-def _state(tmp_path, full=True):
-    result = LocalTransport().run(hostscripts.live_state(str(tmp_path / "www" / "a"), full).line())
+def _state(tmp_path, full=True, name="a", others=True):
+    result = LocalTransport().run(hostscripts.live_state(str(tmp_path / "www" / name), full, others).line())
     assert result.ok, result.stderr
     return delta.parse(result.stdout)
 
@@ -288,8 +289,129 @@ def test_a_live_release_that_changed_since_it_was_read_fails_the_unpack(tmp_path
     _live(tmp_path, files)
     result, release, _, discard = unpack(tmp_path, tarball({}), files=files, release="r1", base="0" * 64,
                                          add=b"")
-    assert not result.ok and "changed during the deploy" in result.stderr
+    assert not result.ok and "changed or went during the deploy" in result.stderr
     assert not release.exists() and discard().ok
+
+
+# Releases named as deployer names them: only those are another instance's to start from.
+OLDER, NEWER = "20261201T000000Z-0a", "20261202T000000Z-0b"
+
+
+def test_a_new_instance_starts_from_the_newest_live_release_of_another_and_links_what_it_shares(tmp_path):
+    old = {"manage.py": b"x\n", "app/v.py": b"y\n", "app/w.py": b"w\n"}
+    _live(tmp_path, {"manage.py": b"older\n"}, name="alpha", release=OLDER)
+    staging = _live(tmp_path, old, name="staging", release=NEWER)
+    state = _state(tmp_path)
+    assert state.seed == "staging" and state.base == hashlib.sha256(listing(old)).hexdigest()
+    new = {**old, "app/v.py": b"changed\n"}
+    plan = delta.against(_manifest(new), state)
+    assert plan.send == {"app/v.py"}
+    result, release, _, _ = unpack(tmp_path, tarball({"app/v.py": new["app/v.py"]}), files=new, base=plan.base,
+                                   drop=plan.drop, add=plan.add, want=plan.want)
+    assert result.ok, result.stderr
+    assert "2 files linked from the live release of staging, 1 sent" in result.stdout
+    assert (release / "manage.py").stat().st_ino == (staging / "manage.py").stat().st_ino
+    assert {p: (release / p).read_bytes() for p in new} == new
+    # Its own live release, once it has one, comes first.
+    (tmp_path / "www" / "a").symlink_to(release)
+    assert _state(tmp_path).seed == ""
+
+
+def _not_ours(path):
+    os.lchown(path, 65534, 65534)
+
+
+def _plant(www, made, how):
+    """Make a link `b` that leads to the release `made` (c's) in a way `how` names."""
+    if how == "other-instances-folder":
+        (www / "b").symlink_to(made)
+        return
+    if how == "no-instance":
+        (www / "b").symlink_to(made.rename(www / made.name))
+        return
+    name = "B" if how == "not-a-config-name" else "b"
+    releases = www / f"{name}.releases"
+    release = "mine" if how == "not-a-release-name" else made.name
+    (www / name).symlink_to(releases / release)
+    if how == "releases-is-a-link":
+        releases.symlink_to(made.parent)
+    elif how == "release-is-a-link":
+        releases.mkdir()
+        (releases / release).symlink_to(made)
+    else:
+        made.rename(made.parent / release)
+        made.parent.rename(releases)
+    if how.endswith("not-ours"):
+        _not_ours({"release-not-ours": releases / release, "releases-not-ours": releases,
+                   "list-not-ours": releases / release / ".deployer-sums"}[how])
+
+
+@pytest.mark.parametrize("how", ["other-instances-folder", "no-instance", "release-is-a-link",
+                                 "releases-is-a-link", "not-a-release-name", "not-a-config-name",
+                                 "release-not-ours", "releases-not-ours", "list-not-ours"])
+def test_another_instances_release_is_started_from_only_when_it_is_all_deployers_and_ours(tmp_path, how):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: files of another user")
+    made = _live(tmp_path, {"manage.py": b"x\n"}, name="c", release=NEWER)
+    (tmp_path / "www" / "c").unlink()  # only the planted link may lead to the release
+    _plant(tmp_path / "www", made, how)
+    state = _state(tmp_path)
+    assert state.base is None and state.seed == ""
+
+
+def test_a_file_of_another_instances_release_that_is_not_ours_is_sent_not_linked(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: files of another user")
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n", "app/w.py": b"w\n"}
+    staging = _live(tmp_path, files, name="staging", release=NEWER)
+    _not_ours(staging / "app" / "v.py")
+    state = _state(tmp_path)
+    assert state.seed == "staging" and state.drift == {"app/v.py"}
+    assert delta.against(_manifest(files), state).send == {"app/v.py"}
+
+
+def test_a_seed_that_went_during_the_deploy_fails_the_unpack_and_says_why(tmp_path):
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    _live(tmp_path, files, name="staging", release=NEWER)
+    plan = delta.against(_manifest(files), _state(tmp_path))
+    (tmp_path / "www" / "staging").unlink()
+    result, release, _, discard = unpack(tmp_path, tarball({}), files=files, base=plan.base, drop=plan.drop,
+                                         add=plan.add, want=plan.want)
+    assert not result.ok and "changed or went during the deploy" in result.stderr
+    assert not release.exists() and discard().ok
+
+
+def test_told_not_to_a_new_instance_starts_from_no_other_instances_release(tmp_path):
+    files = {"manage.py": b"x\n"}
+    _live(tmp_path, files, name="staging", release=NEWER)
+    assert _state(tmp_path, others=False).base is None
+    # Nor does the unpack look there for the release to start from.
+    plan = delta.against(_manifest(files), _state(tmp_path))
+    result, release, _, _ = unpack(tmp_path, tarball({}), files=files, base=plan.base, drop=plan.drop,
+                                   add=plan.add, want=plan.want, others=False)
+    assert not result.ok and "changed or went during the deploy" in result.stderr
+
+
+def test_a_file_edited_in_place_between_the_read_and_the_unpack_fails_the_unpack(tmp_path):
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
+    live = _live(tmp_path, files)
+    plan = delta.against(_manifest(files), _state(tmp_path))
+    assert plan.send == set()
+    (live / "app" / "v.py").write_bytes(b"edited on the host\n")
+    result, release, _, discard = unpack(tmp_path, tarball({}), files=files, base=plan.base, drop=plan.drop,
+                                         add=plan.add, want=plan.want)
+    assert not result.ok and "changed since this deploy read it (1 of its files" in result.stderr
+    assert not release.exists() and discard().ok
+
+
+def test_a_release_that_shares_less_than_a_tenth_of_the_files_is_not_started_from(tmp_path):
+    other = {f"other/{i}.py": b"%d\n" % i for i in range(20)}
+    _live(tmp_path, {**other, "manage.py": b"x\n"}, name="another-app", release=NEWER)
+    state = _state(tmp_path)
+    mine = {f"mine/{i}.py": b"mine %d\n" % i for i in range(20)}
+    assert delta.against(_manifest({**mine, "manage.py": b"x\n"}), state).send is None  # 1 of 21 shared
+    assert delta.against(_manifest({**mine, **dict(list(other.items())[:2]), "manage.py": b"x\n"}),
+                         state).send == set(mine)  # 3 of 23
 
 
 def test_a_release_that_would_differ_from_the_runners_fails_the_unpack(tmp_path):

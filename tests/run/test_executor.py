@@ -46,7 +46,7 @@ def _deploy_at(tmp_path, minute, name="demo-acme"):
     return ctx, out.getvalue()
 
 
-def test_a_redeploy_sends_only_what_changed_and_makes_the_same_release_as_a_cold_deploy(tmp_path):
+def test_a_redeploy_and_a_new_instance_beside_send_only_what_changed_and_match_a_cold_deploy(tmp_path):
     armed_local_target(tmp_path)
     app = tmp_path / "app"
     for i in range(20):
@@ -57,11 +57,16 @@ def test_a_redeploy_sends_only_what_changed_and_makes_the_same_release_as_a_cold
     (app / "m3.py").write_text("changed\n")
     ctx, out = _deploy_at(tmp_path, 3)
     assert "20 files linked from the live release, 1 sent" in out
-    # The same tree deployed cold, as an instance with no release yet.
-    cold, out = _deploy_at(tmp_path, 4, name="demo-cold")
+    # The same tree as a new instance beside it: every file linked from demo-acme's live release.
+    beside, out = _deploy_at(tmp_path, 4, name="demo-beside")
+    assert "21 files linked from the live release of demo-acme, 0 sent" in out
+    # And cold, with no other instance's release to start from: every file sent.
+    for made in (ctx, beside):
+        (tmp_path / "www" / made.name).unlink()
+    cold, out = _deploy_at(tmp_path, 5, name="demo-cold")
     assert "0 files linked from the live release, 21 sent" in out
-    trees = [tree_digest(tmp_path / "www" / f"{c.name}.releases" / c.release) for c in (ctx, cold)]
+    trees = [tree_digest(tmp_path / "www" / f"{c.name}.releases" / c.release) for c in (ctx, beside, cold)]
     for tree in trees:
         del tree[".deployer-release-id"]  # the run that made it
         del tree[".deployer-vhost"]  # the instance's own vhost
-    assert trees[0] == trees[1] and "m3.py" in trees[0]
+    assert trees[0] == trees[1] == trees[2] and "m3.py" in trees[0]

@@ -12,12 +12,14 @@
 # the live release's list (by its sha256, `base`), it sends the lines that
 # no longer hold (`drop`), the new ones (`add`) and a tarball of only the
 # files of `add`; every other file of the new release is a hard link to the
-# same file of the live release (`cp -l`: no copy, no read). Releases are
+# same file of the live release (`cp -l`: no copy, no read), or, for a new
+# instance, of another instance's live release (lib/seeds.sh). Releases are
 # never written to (media and uploads live outside them), so sharing their
 # files is safe; a file changed in place since it was unpacked (its mtime is
-# no longer the artifact's 0) is never linked: `live_state` reports it and
-# it is sent. The new list must hash to `want`, so a host that would make a
-# release other than the runner's fails instead.
+# no longer the artifact's 0), or not this user's, is never linked:
+# `live_state` reports it and it is sent, and one that became so since
+# fails the unpack. The new list must hash to `want`, so a host that would
+# make a release other than the runner's fails instead.
 #
 # stdin: "<tarball sha256> <base or -> <want> <how>\n", then the size of
 # `drop` (gzipped) on a line and `drop`, the same for `add`, then the
@@ -30,8 +32,9 @@
 # on stdin); `stored` the same, fetch-url.sh having read it from the
 # artifact store.
 . ./lib/offer.sh
+. ./lib/seeds.sh
 set -eu
-releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9
+releases=$1 release=$2 tmp=$3 run=$4 live=$5 relay=$6 offer=$7 tag=$8 seconds=$9 others=${10}
 IFS=' ' read -r expect base want how
 if [ -e "$live" ] && [ ! -L "$live" ]; then
     echo "$live exists and is not a symlink; deployer will not replace it (move it aside)" >&2
@@ -76,16 +79,36 @@ if [ "${got%% *}" != "$expect" ]; then
     exit 1
 fi
 : > "$tmp/keep"
+what="the live release"
 if [ "$base" != - ]; then
-    from=$(readlink -- "$live")
-    have=$(sha256sum < "$from/.deployer-sums")
-    if [ "${have%% *}" != "$base" ]; then
-        echo "the live release $from changed during the deploy; deploy again" >&2
+    # The release live-state.sh chose, found again by its list's sha256.
+    from=$({ readlink -- "$live" || :; [ "$others" = 0 ] || seeds "$live"; } | while IFS= read -r r; do
+        have=$(sha256sum < "$r/.deployer-sums" 2> /dev/null) || continue
+        if [ "${have%% *}" = "$base" ]; then
+            printf '%s\n' "$r"
+            break
+        fi
+    done)
+    if [ -z "$from" ]; then
+        echo "the release this deploy starts from (file list $base) changed or went during the deploy" \
+             "(the live release, or another instance's, switched or pruned); deploy again" >&2
         exit 1
+    fi
+    if [ "$from" != "$(readlink -- "$live")" ]; then
+        seed=${from%.releases/*}
+        what="the live release of ${seed##*/}"
     fi
     # By file name, not NR == FNR: an empty `drop` has no records of its own.
     awk 'FILENAME == ARGV[1] { drop[$0] = 1; next } !($0 in drop)' "$tmp/drop" "$from/.deployer-sums" \
         > "$tmp/keep"
+    # As live-state.sh saw them, or the new release would not hold what its list says.
+    moved=$(cd "$from" && cut -d ' ' -f 3- "$tmp/keep" | xargs -r -d '\n' stat -c '%Y %u' -- |
+        awk -v uid="$(id -u)" '$1 != 0 || $2 != uid' | wc -l)
+    if [ "$moved" != 0 ]; then
+        echo "$from changed since this deploy read it ($moved of its files edited in place, or given" \
+             "another owner); deploy again" >&2
+        exit 1
+    fi
     (cd "$from" && cut -d ' ' -f 3- "$tmp/keep" | xargs -r -d '\n' cp -l --parents -t "$tmp/tree" --)
 fi
 LC_ALL=C sort -t ' ' -k 3 -- "$tmp/keep" "$tmp/add" > "$tmp/tree/.deployer-sums"
@@ -101,7 +124,7 @@ fetched) came="read from the first host" ;;
 stored) came="read from the artifact store" ;;
 *) came=sent ;;
 esac
-echo "$(wc -l < "$tmp/keep") files linked from the live release, $(wc -l < "$tmp/add") $came"
+echo "$(wc -l < "$tmp/keep") files linked from $what, $(wc -l < "$tmp/add") $came"
 rm -rf -- "$tmp"
 case $how in
 fetched | stored) rm -rf -- "$relay" ;;
