@@ -1,7 +1,7 @@
 """Fleet speed: deployer against the old bash loop, Ansible and pyinfra, in the lab.
 
     python -m bench.lab_deploy [--hosts 1,4,16] [--rounds 3] [--shape 100mbit]
-        [--contenders deployer,loop,parallel,ansible,ansible-tuned,pyinfra,floor] [--kinds cold,warm]
+        [--contenders deployer,loop,parallel,ansible,ansible-tuned,pyinfra,floor] [--kinds cold,demo,warm]
 
 Needs root and the lab's packages (see .ci/run; python3-django for the app's
 ballast); Ansible and pyinfra are installed on first use, each into a venv of
@@ -25,7 +25,11 @@ by round (contenders take turns within a round):
   floor          the lab's lower bound: one plain ssh per host, all at once, that switches the live
                  link to a release already on the host and runs `apache2ctl graceful`; nothing sent
 
-  cold  an instance name the hosts have never seen (a fresh one every round)
+  cold  an instance name the hosts have never seen (a fresh one every round), on hosts that hold no
+        other instance of the app
+  demo  the same, on hosts that run another instance of the app (a demo beside staging): deployer's
+        own, deployed once before (untimed) with another RELEASE.txt; the other contenders never
+        start from another instance, so theirs is a cold deploy again
   warm  the contender's own instance, deployed once before, then one file changed
 
 Each run is timed until every host serves the new release (the command's
@@ -71,7 +75,9 @@ from tests.lab.lab import REPO, Lab, up
 CONTENDERS = ("deployer", "loop", "parallel", "ansible", "ansible-tuned", "pyinfra", "floor")
 SHORT = {"deployer": "dep", "loop": "loop", "parallel": "par", "ansible": "ans", "ansible-tuned": "anst",
          "pyinfra": "pyi", "floor": "floor", "baseline": "base"}  # fmt: skip
-KINDS = ("cold", "warm")
+KINDS = ("cold", "demo", "warm")
+# The contenders that start a new instance from another's files.
+SIBLINGS = ("deployer", "baseline")
 ANSIBLE_VENV = Path("/var/tmp/deployer-bench-ansible")
 PYINFRA_VENV = Path("/var/tmp/deployer-bench-pyinfra")
 TEMPLATE = REPO / "templates" / "default_template"
@@ -778,18 +784,20 @@ def main() -> int:
                     for kind in kinds:
                         by: dict[str, list[Run]] = {c: [] for c in args.contenders}
                         results[(shape, n, kind)] = by
-                        if kind == "warm":
-                            for c in args.contenders:
-                                name = f"w{tag}-{SHORT[c]}-{n}"
-                                if c == "floor":
-                                    continue  # staged before each of its runs
-                                log(f"[shape {shape or 'none'} hosts {n} warm] first deploy of {name} ({c})")
-                                first = bench.deploy(c, name, n, f"first-{name}")
-                                if not first.ok:
-                                    log(f"    first deploy of {name} failed: {first.error}")
+                        # The instance deployed before the timed ones: warm's own (the floor
+                        # stages its own), demo's sibling, for those that can start from one.
+                        own = {c: f"{kind[0]}{tag}-{SHORT[c]}-{n}" for c in args.contenders}
+                        firsts = {c: own[c] for c in args.contenders
+                                  if kind != "cold" and c != "floor" and (kind == "warm" or c in SIBLINGS)}
+                        for c, name in firsts.items():
+                            log(f"[shape {shape or 'none'} hosts {n} {kind}] first deploy of {name} ({c})")
+                            first = bench.deploy(c, name, n, f"first-{name}")
+                            if not first.ok:
+                                log(f"    first deploy of {name} failed: {first.error}")
                         for r in range(args.rounds):
                             for c in args.contenders:
-                                name = f"w{tag}-{SHORT[c]}-{n}" if kind == "warm" else f"c{tag}-{SHORT[c]}-{n}-{r}"
+                                # warm: its own instance again; else a new one each round
+                                name = own[c] if kind == "warm" else f"{own[c]}-{r}"
                                 done += 1
                                 release = f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}"
                                 failed = ""
@@ -805,11 +813,11 @@ def main() -> int:
                                 log(f"[{done}/{total} {time.monotonic() - started:.0f}s] shape {shape or 'none'} "
                                     f"hosts {n} {kind} round {r + 1} {c}: {run.seconds:.2f} s "
                                     f"{'ok' if run.ok else 'FAILED ' + run.error}")  # fmt: skip
-                                if kind == "cold":
+                                if kind != "warm":
                                     bench.remove(name, n)
-                        if kind == "warm":
-                            for c in args.contenders:
-                                bench.remove(f"w{tag}-{SHORT[c]}-{n}", n)
+                        for c in args.contenders:
+                            if kind == "warm" or c in firsts:
+                                bench.remove(own[c], n)
             lab.shape(None)
     finally:
         if lab is not None:
