@@ -28,8 +28,9 @@ by round (contenders take turns within a round):
   cold  an instance name the hosts have never seen (a fresh one every round), on hosts that hold no
         other instance of the app
   demo  the same, on hosts that run another instance of the app (a demo beside staging): deployer's
-        own, deployed once before (untimed) with another RELEASE.txt; the other contenders never
-        start from another instance, so theirs is a cold deploy again
+        own, deployed once before (untimed) with another RELEASE.txt; deployer's targets.yaml says
+        `link_from_other_instances: true` for its catch-all; the other contenders (and a baseline
+        from before it) never start from another instance, so theirs is a cold deploy again
   warm  the contender's own instance, deployed once before, then one file changed
 
 Each run is timed until every host serves the new release (the command's
@@ -355,13 +356,16 @@ class Bench:
 
     # -- the contenders
 
-    def targets(self, n: int) -> Path:
-        path = self.work / f"targets-{n}.yaml"
+    def targets(self, n: int, contender: str) -> Path:
+        path = self.work / f"targets-{n}-{contender}.yaml"
         if not path.exists():
             doc = self.lab.targets(self.app, hosts=self.lab.addresses[:n])
             # Deploys run with --skip vpn (the bench holds the tunnel open), and
             # a --baseline from before `linger` refuses the key.
             doc["defaults"]["vpn"].pop("linger", None)
+            if contender == "deployer":
+                # Its instances are demos (the catch-all): a new one starts from another's files.
+                doc["targets"]["*"]["link_from_other_instances"] = True
             path.write_text(yaml.safe_dump(doc))
         return path
 
@@ -376,7 +380,7 @@ class Bench:
             python = sys.executable
             if contender == "baseline":
                 python = str(Path(self.args.baseline) / ".venv" / "bin" / "python")
-            return [python, "-m", "deployer", name, hostname, "--targets", str(self.targets(n)),
+            return [python, "-m", "deployer", name, hostname, "--targets", str(self.targets(n, contender)),
                     "--skip", "vpn", "--output", "plain"], env  # fmt: skip
         if contender in ("loop", "parallel", "floor"):
             script = {"loop": OLD_SCRIPT, "parallel": PARALLEL_SCRIPT, "floor": FLOOR_SCRIPT}[contender]

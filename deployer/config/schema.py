@@ -654,10 +654,13 @@ class TargetSpec(_Spec):
         8, description="Hosts that read the artifact from the first one at once; the others wait their turn."
         " sshd's default MaxStartups (10:30:100) drops new connections past 10 that have not logged in yet.")
     link_from_other_instances: Flag = Field(
-        True, description="A new instance (no live release yet) links the files it shares with the newest live"
-        " release of another instance under deploy_root, as a redeploy links them from its own, instead of"
-        " being sent them all: a demo beside staging. Only a release deployer made, all of it owned by the"
-        " deploy user, is linked from; false: a new instance is always sent every file.")
+        False, description="A new instance (no live link yet) hard-links the files it shares with the newest"
+        " live release of another instance under deploy_root, as a redeploy links them from its own, instead"
+        " of being sent them all: a demo beside staging deploys in a redeploy's time. Only a release deployer"
+        " made, its folders the deploy user's, is linked from, and only files of the deploy user's that no"
+        " one else may write and that were not changed since they were unpacked. The two instances then"
+        " share those files: a hook of the new one that writes into its release in place (instead of"
+        " writing a new file) changes the other's live files. Default: off.")
     artifact_store: ArtifactStoreSpec | None = Field(
         None, description="Every host reads the artifact from this object store instead, once the runner has"
         " put it there (artifacts of 1 MiB and more); the first host then serves no other. Needs `pip install"

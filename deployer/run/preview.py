@@ -155,7 +155,7 @@ def _upload(ctx: Context, live: delta.Live) -> tuple[str, dict | None]:
     if plan.send is None:
         why = ("no live release with a file list" if live.base is None else
                f"{where} is not the first host's" if live.listed is None else
-               f"{where} has less than a tenth of its files")
+               f"{where} would give it less than a tenth of its files")
         count = {"files": len(m.sums), "of": len(m.sums), "bytes": total, "whole": True}
         return f"the whole artifact, {len(m.sums)} files ({human_size(total)}): {why}", count
     size = sum(_sizes(ctx, plan.send))

@@ -340,7 +340,7 @@ def test_diff_without_the_template_still_reads_the_hosts(deployed):
 def test_diff_of_a_new_instance_beside_another_says_it_links_from_that_ones_release(deployed):
     site = deployed
     doc = yaml.safe_load(site.targets_file.read_text())
-    doc["targets"]["beta"] = doc["targets"]["alpha"]
+    doc["targets"]["beta"] = {**doc["targets"]["alpha"], "link_from_other_instances": True}
     site.targets_file.write_text(yaml.safe_dump(doc))
     before = tree_digest(site.root, history=True)
     out = io.StringIO()

@@ -394,8 +394,6 @@ def deploy_once_through(site: Site, name: str) -> tuple[list[dict], list[int]]:
 
 
 def test_the_artifact_crosses_the_tunnel_once_and_the_one_time_key_is_gone_after(four):
-    # A first deploy on hosts with nothing to start from: not alpha's files.
-    four.write(link_from_other_instances=False)
     events, logins = deploy_once_through(four, "demo-relay")
     first, *others = four.lab.addresses
     said = uploads(events)
@@ -415,6 +413,7 @@ def test_a_new_instance_beside_another_is_sent_only_what_it_lacks(four):
     (four.app / "static" / "ballast.bin").write_bytes(os.urandom(4_000_000))
     assert four.deploy("alpha")[0] == 0
     (four.app / "RELEASE.txt").write_text("beside\n")
+    four.write(link_from_other_instances=True)
     sent = into_tunnel()
     code, events = four.deploy("demo-beside")
     sent = into_tunnel() - sent
@@ -449,8 +448,7 @@ def store(four, tmp_path):
 def test_with_an_artifact_store_every_host_reads_the_artifact_from_it(four, store, monkeypatch):
     for name, value in store.env().items():
         monkeypatch.setenv(name, value)
-    four.write(artifact_store={"url": f"s3://{store.bucket}/deploys/", "endpoint": store.endpoint},
-               link_from_other_instances=False)
+    four.write(artifact_store={"url": f"s3://{store.bucket}/deploys/", "endpoint": store.endpoint})
     events, logins = deploy_once_through(four, "demo-store")
     said = uploads(events)
     for host in four.lab.addresses:
@@ -482,7 +480,7 @@ def test_the_key_is_gone_after_an_interrupt_while_the_others_read_the_artifact(f
                    'exec apache2ctl "$@"\n')
     ctl.chmod(0o755)
     (shared / "slow-ctl").unlink(missing_ok=True)
-    four.write(apache={"ctl": f"{on_hosts}/slowctl"}, link_from_other_instances=False)
+    four.write(apache={"ctl": f"{on_hosts}/slowctl"})
     before = four.hosts_digest()
     code, events, err = four.deploy_and("demo-stop", (shared / "slow-ctl").exists,
                                         lambda p: p.send_signal(signal.SIGTERM))
@@ -499,7 +497,6 @@ def test_a_first_host_that_cannot_offer_the_artifact_does_not_fail_the_deploy(fo
     shutil.copy2(keys, real)
     keys.unlink()
     keys.symlink_to("authorized_keys.real")
-    four.write(link_from_other_instances=False)
     try:
         code, events = four.deploy("demo-direct")
         assert code == 0, error_of(events)

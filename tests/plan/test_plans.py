@@ -86,10 +86,10 @@ def test_upload_steps(make):
     relay, tag = f"/var/www/alpha.releases/.deployer-relay-{ctx.run_id}", f"deployer-relay-{ctx.run_id}"
     assert stages["upload"] == (
         Upload(f"upload and unpack release {ctx.release}", H, build=stages["package"][0],
-               state_first=hostscripts.live_state("/var/www/alpha", True, True),
-               state=hostscripts.live_state("/var/www/alpha", False, True),
+               state_first=hostscripts.live_state("/var/www/alpha", True, False),
+               state=hostscripts.live_state("/var/www/alpha", False, False),
                command=hostscripts.unpack("/var/www/alpha.releases", rel, tmp, ctx.run_id, "/var/www/alpha",
-                                          relay, tag, 600, True),
+                                          relay, tag, 600, False),
                undo=hostscripts.discard(rel, tmp, ctx.run_id, relay),
                relay=Relay("web1.internal", fetch=hostscripts.fetch(relay, "web1.internal", 22, 600),
                            close=hostscripts.close(relay, tag))),

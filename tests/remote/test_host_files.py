@@ -359,15 +359,75 @@ def test_another_instances_release_is_started_from_only_when_it_is_all_deployers
     assert state.base is None and state.seed == ""
 
 
-def test_a_file_of_another_instances_release_that_is_not_ours_is_sent_not_linked(tmp_path):
-    if os.geteuid() != 0:
+def _spoil(release, how):
+    """Make app/v.py of `release` a file a new release may not link, as `how` says."""
+    v = release / "app" / "v.py"
+    if how == "other-users-file":
+        _not_ours(v)
+    elif how == "writable-by-others":
+        v.chmod(0o666)
+    elif how == "another-mode":
+        v.chmod(0o755)  # listed 644
+    elif how == "gone":
+        v.unlink()
+    elif how == "folder-writable-by-others":
+        v.parent.chmod(0o777)
+    elif how == "behind-a-link":
+        # What the web server could do to a folder it may write (a shared one): the same name,
+        # mtime 0 and ours, but not the file the list says.
+        elsewhere = release.parent / "elsewhere"
+        shutil.copytree(v.parent, elsewhere)
+        (elsewhere / "v.py").write_bytes(b"not the release's\n")
+        os.utime(elsewhere / "v.py", (0, 0))
+        shutil.rmtree(v.parent)
+        v.parent.symlink_to(elsewhere)
+
+
+SPOILED = ["other-users-file", "writable-by-others", "another-mode", "gone", "folder-writable-by-others",
+           "behind-a-link"]
+
+
+@pytest.mark.parametrize("how", SPOILED)
+@pytest.mark.parametrize("whose", ["own", "another-instances"])
+def test_a_file_the_new_release_may_not_link_is_sent(tmp_path, how, whose):
+    if how == "other-users-file" and os.geteuid() != 0:
         pytest.skip("needs root: files of another user")
-    files = {"manage.py": b"x\n", "app/v.py": b"y\n", "app/w.py": b"w\n"}
-    staging = _live(tmp_path, files, name="staging", release=NEWER)
-    _not_ours(staging / "app" / "v.py")
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n", "w.py": b"w\n"}
+    name = "a" if whose == "own" else "staging"
+    release = _live(tmp_path, files, name=name, release=NEWER)
+    _spoil(release, how)
     state = _state(tmp_path)
-    assert state.seed == "staging" and state.drift == {"app/v.py"}
-    assert delta.against(_manifest(files), state).send == {"app/v.py"}
+    assert state.drift == {"app/v.py"} and state.seed == ("" if whose == "own" else "staging")
+    plan = delta.against(_manifest(files), state)
+    assert plan.send == {"app/v.py"}
+    result, made, _, _ = unpack(tmp_path, tarball({"app/v.py": files["app/v.py"]}), files=files,
+                                release=f"{NEWER}1", base=plan.base, drop=plan.drop, add=plan.add, want=plan.want)
+    assert result.ok, result.stderr
+    assert {p: (made / p).read_bytes() for p in files} == files
+    assert not (made / "app").is_symlink() and (made / "app" / "v.py").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("how", SPOILED)
+def test_a_file_spoiled_between_the_read_and_the_unpack_fails_the_unpack(tmp_path, how):
+    if how == "other-users-file" and os.geteuid() != 0:
+        pytest.skip("needs root: files of another user")
+    files = {"manage.py": b"x\n", "app/v.py": b"y\n", "w.py": b"w\n"}
+    release = _live(tmp_path, files, release=NEWER)
+    plan = delta.against(_manifest(files), _state(tmp_path))
+    assert plan.send == set()
+    _spoil(release, how)
+    result, made, _, discard = unpack(tmp_path, tarball({}), files=files, release=f"{NEWER}1", base=plan.base,
+                                      drop=plan.drop, add=plan.add, want=plan.want)
+    assert not result.ok and "changed since this deploy read it (1 of its files" in result.stderr
+    assert not made.exists() and discard().ok
+
+
+def test_an_instance_whose_live_release_has_no_list_starts_from_no_other(tmp_path):
+    _live(tmp_path, {"manage.py": b"x\n"}, name="staging", release=NEWER)
+    own = _live(tmp_path, {"manage.py": b"x\n"}, release=OLDER)
+    (own / ".deployer-sums").unlink()
+    state = _state(tmp_path)
+    assert state.base is None and state.seed == ""
 
 
 def test_a_seed_that_went_during_the_deploy_fails_the_unpack_and_says_why(tmp_path):
@@ -390,18 +450,6 @@ def test_told_not_to_a_new_instance_starts_from_no_other_instances_release(tmp_p
     result, release, _, _ = unpack(tmp_path, tarball({}), files=files, base=plan.base, drop=plan.drop,
                                    add=plan.add, want=plan.want, others=False)
     assert not result.ok and "changed or went during the deploy" in result.stderr
-
-
-def test_a_file_edited_in_place_between_the_read_and_the_unpack_fails_the_unpack(tmp_path):
-    files = {"manage.py": b"x\n", "app/v.py": b"y\n"}
-    live = _live(tmp_path, files)
-    plan = delta.against(_manifest(files), _state(tmp_path))
-    assert plan.send == set()
-    (live / "app" / "v.py").write_bytes(b"edited on the host\n")
-    result, release, _, discard = unpack(tmp_path, tarball({}), files=files, base=plan.base, drop=plan.drop,
-                                         add=plan.add, want=plan.want)
-    assert not result.ok and "changed since this deploy read it (1 of its files" in result.stderr
-    assert not release.exists() and discard().ok
 
 
 def test_a_release_that_shares_less_than_a_tenth_of_the_files_is_not_started_from(tmp_path):

@@ -57,7 +57,9 @@ def test_a_redeploy_and_a_new_instance_beside_send_only_what_changed_and_match_a
     (app / "m3.py").write_text("changed\n")
     ctx, out = _deploy_at(tmp_path, 3)
     assert "20 files linked from the live release, 1 sent" in out
-    # The same tree as a new instance beside it: every file linked from demo-acme's live release.
+    # The same tree as a new instance beside it, told to: every file linked from demo-acme's live release.
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(targets.read_text().replace("defaults:", "defaults:\n  link_from_other_instances: true"))
     beside, out = _deploy_at(tmp_path, 4, name="demo-beside")
     assert "21 files linked from the live release of demo-acme, 0 sent" in out
     # And cold, with no other instance's release to start from: every file sent.

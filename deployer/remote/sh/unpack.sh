@@ -16,9 +16,9 @@
 # instance, of another instance's live release (lib/seeds.sh). Releases are
 # never written to (media and uploads live outside them), so sharing their
 # files is safe; a file changed in place since it was unpacked (its mtime is
-# no longer the artifact's 0), or not this user's, is never linked:
-# `live_state` reports it and it is sent, and one that became so since
-# fails the unpack. The new list must hash to `want`, so a host that would
+# no longer the artifact's 0), or that another user could write
+# (lib/linkable.sh), is never linked: `live_state` reports it and it is
+# sent, and one that became so since fails the unpack. The new list must hash to `want`, so a host that would
 # make a release other than the runner's fails instead.
 #
 # stdin: "<tarball sha256> <base or -> <want> <how>\n", then the size of
@@ -31,6 +31,7 @@
 # from `relay/copy`, which the fetch made (nothing follows the first line
 # on stdin); `stored` the same, fetch-url.sh having read it from the
 # artifact store.
+. ./lib/linkable.sh
 . ./lib/offer.sh
 . ./lib/seeds.sh
 set -eu
@@ -82,7 +83,7 @@ fi
 what="the live release"
 if [ "$base" != - ]; then
     # The release live-state.sh chose, found again by its list's sha256.
-    from=$({ readlink -- "$live" || :; [ "$others" = 0 ] || seeds "$live"; } | while IFS= read -r r; do
+    from=$({ readlink -- "$live" || { [ "$others" = 0 ] || seeds "$live"; }; } | while IFS= read -r r; do
         have=$(sha256sum < "$r/.deployer-sums" 2> /dev/null) || continue
         if [ "${have%% *}" = "$base" ]; then
             printf '%s\n' "$r"
@@ -102,11 +103,11 @@ if [ "$base" != - ]; then
     awk 'FILENAME == ARGV[1] { drop[$0] = 1; next } !($0 in drop)' "$tmp/drop" "$from/.deployer-sums" \
         > "$tmp/keep"
     # As live-state.sh saw them, or the new release would not hold what its list says.
-    moved=$(cd "$from" && cut -d ' ' -f 3- "$tmp/keep" | xargs -r -d '\n' stat -c '%Y %u' -- |
-        awk -v uid="$(id -u)" '$1 != 0 || $2 != uid' | wc -l)
+    moved=$(linkable "$from" | awk 'FILENAME == ARGV[1] { ok[$0] = 1; next }
+        { line = $0; sub(/^[^ ]* /, "", line); if (!(line in ok)) n++ } END { print n + 0 }' - "$tmp/keep")
     if [ "$moved" != 0 ]; then
-        echo "$from changed since this deploy read it ($moved of its files edited in place, or given" \
-             "another owner); deploy again" >&2
+        echo "$from changed since this deploy read it ($moved of its files edited in place, given" \
+             "another owner or mode, or gone); deploy again" >&2
         exit 1
     fi
     (cd "$from" && cut -d ' ' -f 3- "$tmp/keep" | xargs -r -d '\n' cp -l --parents -t "$tmp/tree" --)
