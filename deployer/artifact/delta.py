@@ -46,7 +46,7 @@ class Live:
     """What `hostscripts.live_state` said of a host's live release."""
 
     base: str | None = None        # sha256 of its list; None: no live release with a list
-    drift: frozenset[str] = frozenset()  # its files that may not be linked (changed in place, or not ours)
+    drift: frozenset[str] = frozenset()  # its files that may not be linked (see sh/lib/linkable.sh)
     listed: bytes | None = None    # the list itself, from the host that was asked for it
     # The instance whose live release it is, when it is not the deployed
     # one's (a new instance starts from another's); not part of what is

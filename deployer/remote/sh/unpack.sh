@@ -18,8 +18,9 @@
 # files is safe; a file changed in place since it was unpacked (its mtime is
 # no longer the artifact's 0), or that another user could write
 # (lib/linkable.sh), is never linked: `live_state` reports it and it is
-# sent, and one that became so since fails the unpack. The new list must hash to `want`, so a host that would
-# make a release other than the runner's fails instead.
+# sent, and one that became so since fails the unpack. The new list must
+# hash to `want`, so a host that would make a release other than the
+# runner's fails instead.
 #
 # stdin: "<tarball sha256> <base or -> <want> <how>\n", then the size of
 # `drop` (gzipped) on a line and `drop`, the same for `add`, then the
