@@ -23,9 +23,7 @@ fi
 have=$(sha256sum < "$from/.deployer-sums") || exit 0
 echo "base ${have%% *}"
 # Listed, but not as the list has it among the files that may be linked.
-linkable "$from" | awk 'FILENAME == ARGV[1] { ok[$0] = 1; next }
-    { line = $0; sub(/^[^ ]* /, "", line); if (!(line in ok)) { sub(/^[^ ]* /, "", line); print "drift " line } }' \
-    - "$from/.deployer-sums"
+unlinkable "$from" "$from/.deployer-sums" | sed 's/^/drift /'
 if [ "$full" = 1 ]; then
     printf 'sums '
     gzip -c < "$from/.deployer-sums" | base64 -w 0

@@ -104,8 +104,7 @@ if [ "$base" != - ]; then
     awk 'FILENAME == ARGV[1] { drop[$0] = 1; next } !($0 in drop)' "$tmp/drop" "$from/.deployer-sums" \
         > "$tmp/keep"
     # As live-state.sh saw them, or the new release would not hold what its list says.
-    moved=$(linkable "$from" | awk 'FILENAME == ARGV[1] { ok[$0] = 1; next }
-        { line = $0; sub(/^[^ ]* /, "", line); if (!(line in ok)) n++ } END { print n + 0 }' - "$tmp/keep")
+    moved=$(unlinkable "$from" "$tmp/keep" | wc -l)
     if [ "$moved" != 0 ]; then
         echo "$from changed since this deploy read it ($moved of its files edited in place, given" \
              "another owner or mode, or gone); deploy again" >&2

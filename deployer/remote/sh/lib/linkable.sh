@@ -11,3 +11,11 @@ linkable() {
         \( -type f -user "$(id -u)" ! -perm /022 ! -newermt @0 \
         \( -perm -100 -printf '755 %P\n' -o -printf '644 %P\n' \) \))
 }
+
+# The paths of list $2's files ("<sha256> <mode> <path>" lines) that release
+# $1 may not give a new release: they are sent, or the unpack fails.
+unlinkable() {
+    linkable "$1" | awk 'FILENAME == ARGV[1] { ok[$0] = 1; next }
+        { line = $0; sub(/^[^ ]* /, "", line); if (!(line in ok)) { sub(/^[^ ]* /, "", line); print line } }' \
+        - "$2"
+}
