@@ -27,11 +27,17 @@ by round (contenders take turns within a round):
 
   cold  an instance name the hosts have never seen (a fresh one every round), on hosts that hold no
         other instance of the app
-  demo  the same, on hosts that run another instance of the app (a demo beside staging): deployer's
-        own, deployed once before (untimed) with another RELEASE.txt; deployer's targets.yaml says
-        `link_from_other_instances: true` for its catch-all; the other contenders (and a baseline
-        from before it) never start from another instance, so theirs is a cold deploy again
-  warm  the contender's own instance, deployed once before, then one file changed
+  demo  the same, on hosts that run another instance of the app (a demo beside staging), which the
+        contender deployed just before (untimed; the parallel script for the floor's); deployer's
+        targets.yaml says `link_from_other_instances: true` for its catch-all, so it starts from
+        that instance's files; the others (and a baseline from before it) never do
+  warm  the contender's own instance, deployed just before (untimed), then one file changed
+
+Each turn runs on hosts that hold only that contender's instances: after it,
+every instance of the turn is taken off the hosts (untimed). So no
+contender's graceful reload restarts another's daemons (a reload restarts
+every instance's), and the lab's memory holds at 64 hosts. Within a round
+the contenders take turns in another order each round.
 
 Each run is timed until every host serves the new release (the command's
 own time, then polling /health every 0.1 s): a graceful reload returns
@@ -77,8 +83,6 @@ CONTENDERS = ("deployer", "loop", "parallel", "ansible", "ansible-tuned", "pyinf
 SHORT = {"deployer": "dep", "loop": "loop", "parallel": "par", "ansible": "ans", "ansible-tuned": "anst",
          "pyinfra": "pyi", "floor": "floor", "baseline": "base"}  # fmt: skip
 KINDS = ("cold", "demo", "warm")
-# The contenders that start a new instance from another's files.
-SIBLINGS = ("deployer", "baseline")
 ANSIBLE_VENV = Path("/var/tmp/deployer-bench-ansible")
 PYINFRA_VENV = Path("/var/tmp/deployer-bench-pyinfra")
 TEMPLATE = REPO / "templates" / "default_template"
@@ -500,6 +504,36 @@ class Bench:
         run.logins = sum(self.lab.ssh_logins(offsets)[:n]) / n
         return run
 
+    def turn(self, contender: str, kind: str, n: int, r: int, tag: str) -> Run:
+        """One timed deploy of `kind` by `contender`, on hosts that hold its
+        instances only: the one it starts beside (demo) or from (warm) is
+        deployed just before, untimed, and every instance of the turn is
+        taken off after. So no contender's graceful reload restarts another's
+        daemons, and the lab's memory holds at 64 hosts."""
+        own = f"{kind[0]}{tag}-{SHORT[contender]}-{n}"
+        name = own if kind == "warm" else f"{own}-{r}"
+        release = f"{kind}-{contender}-{n}-{r}-{tag}-{time.time_ns()}"
+        # The floor stages its own release (below); beside another instance,
+        # the parallel script deploys that one, as the floor cannot.
+        first = {"demo": contender, "warm": None if contender == "floor" else contender}.get(kind)
+        if first:
+            log(f"    untimed: first deploy of {own} ({'parallel' if first == 'floor' else first})")
+            before = self.deploy("parallel" if first == "floor" else first, own, n, f"first-{own}-{r}")
+            if not before.ok:
+                log(f"    first deploy of {own} failed: {before.error}")
+        try:
+            failed = ""
+            if contender == "floor":
+                # It sends nothing: the release is put on the hosts first, untimed.
+                log(f"    untimed: {release} of {name} staged on every host, for the floor")
+                failed = self.stage_floor(name, n, release)
+            if failed:
+                return Run(seconds=0.0, ok=False, error=failed)
+            return self.deploy(contender, name, n, release)
+        finally:
+            for gone in dict.fromkeys((name, own) if first else (name,)):
+                self.remove(gone, n)
+
     def check(self, name: str, n: int, release: str) -> list[str]:
         """Hosts that do not serve `release` of `name` (after a bounded wait:
         a graceful restart lets the old config answer for a moment)."""
@@ -796,40 +830,17 @@ def main() -> int:
                     for kind in kinds:
                         by: dict[str, list[Run]] = {c: [] for c in args.contenders}
                         results[(shape, n, kind)] = by
-                        # The instance deployed before the timed ones: warm's own (the floor
-                        # stages its own), demo's sibling, for those that can start from one.
-                        own = {c: f"{kind[0]}{tag}-{SHORT[c]}-{n}" for c in args.contenders}
-                        firsts = {c: own[c] for c in args.contenders
-                                  if kind != "cold" and c != "floor" and (kind == "warm" or c in SIBLINGS)}
-                        for c, name in firsts.items():
-                            log(f"[shape {shape or 'none'} hosts {n} {kind}] first deploy of {name} ({c})")
-                            first = bench.deploy(c, name, n, f"first-{name}")
-                            if not first.ok:
-                                log(f"    first deploy of {name} failed: {first.error}")
                         for r in range(args.rounds):
-                            for c in args.contenders:
-                                # warm: its own instance again; else a new one each round
-                                name = own[c] if kind == "warm" else f"{own[c]}-{r}"
+                            # Taking turns in another order each round: whoever goes after a
+                            # cold deploy pays for its disk's write-back.
+                            k = r % len(args.contenders)
+                            for c in args.contenders[k:] + args.contenders[:k]:
                                 done += 1
-                                release = f"{kind}-{c}-{n}-{r}-{tag}-{time.time_ns()}"
-                                failed = ""
-                                if c == "floor":
-                                    # It sends nothing: the release is put on the hosts first, untimed.
-                                    log(f"    untimed: {release} of {name} staged on every host, for the floor")
-                                    failed = bench.stage_floor(name, n, release)
-                                if failed:
-                                    run = Run(seconds=0.0, ok=False, error=failed)
-                                else:
-                                    run = bench.deploy(c, name, n, release)
+                                run = bench.turn(c, kind, n, r, tag)
                                 by[c].append(run)
                                 log(f"[{done}/{total} {time.monotonic() - started:.0f}s] shape {shape or 'none'} "
                                     f"hosts {n} {kind} round {r + 1} {c}: {run.seconds:.2f} s "
                                     f"{'ok' if run.ok else 'FAILED ' + run.error}")  # fmt: skip
-                                if kind != "warm":
-                                    bench.remove(name, n)
-                        for c in args.contenders:
-                            if kind == "warm" or c in firsts:
-                                bench.remove(own[c], n)
             lab.shape(None)
     finally:
         if lab is not None:
