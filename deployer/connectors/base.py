@@ -69,6 +69,7 @@ class Transport(Protocol):
 
 CHUNK = 65536
 POLL = 0.05      # how often a waiting command looks at the stop flag and its deadline
+WAKE_WAIT = 1.0  # the same, while its stdin waits on a descriptor (session.Deferred)
 GRACE = hostscripts.STOP_GRACE
 TIMED_OUT = 124   # the exit code of a command stopped at its time limit, as timeout(1) has it
 # The most that opening a channel may take, whatever connect_timeout says: a

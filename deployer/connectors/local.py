@@ -13,6 +13,7 @@ from deployer.connectors.base import (
     GRACE,
     POLL,
     TIMED_OUT,
+    WAKE_WAIT,
     Feed,
     Limit,
     Sink,
@@ -91,11 +92,17 @@ class LocalTransport:
                     if key.fileobj is proc.stdin:
                         chunk = feed.pending()
                         if not chunk and not feed.done:
-                            # What comes next is not there yet: a held session's
-                            # stdin has a descriptor to wait on (session.Input).
+                            # What comes next is not there yet: it may have a
+                            # descriptor to wait on (session.Deferred), and the
+                            # output too, which may be what it waits for.
                             fd = wake() if wake is not None else None
                             if fd is not None:
-                                select.select([fd], [], [], 1.0)
+                                parked = select.poll()
+                                parked.register(fd, select.POLLIN)
+                                for other in sel.get_map().values():
+                                    if other.fileobj is not proc.stdin:
+                                        parked.register(other.fd, select.POLLIN)
+                                parked.poll(WAKE_WAIT * 1000)
                             else:
                                 time.sleep(POLL / 10)
                             continue

@@ -22,6 +22,7 @@ from deployer.connectors.base import (
     CHUNK,
     GRACE,
     TIMED_OUT,
+    WAKE_WAIT,
     Feed,
     Limit,
     Sink,
@@ -319,9 +320,10 @@ class SshTransport:
                     # host woke every 5 ms, 64 hosts took 4 s of the runner's
                     # CPU a deploy. Only what the channel cannot tell is asked
                     # sooner: room in its window for what we have to send
-                    # (5 ms), stdin that another host's answer decides (20 ms).
-                    # A held session's stdin (its Deferred has a descriptor to
-                    # wait on) wakes it once a second, to look at its deadline.
+                    # (5 ms). Stdin that another host's answer decides has a
+                    # descriptor to wait on (session.Deferred: a Bell, or a held
+                    # session's script), and is looked at once a second besides,
+                    # for its deadline; without one, every 20 ms.
                     fd = wake() if wake is not None and not feed.done else None
                     if fd != waking:
                         if waking is not None:
@@ -332,7 +334,7 @@ class SshTransport:
                     if not feed.done and feed.buffer:
                         time.sleep(0.005)
                     else:
-                        ready.poll(1000 if fd is not None else 250 if feed.done else 20)
+                        ready.poll(WAKE_WAIT * 1000 if fd is not None else 250 if feed.done else 20)
             # Anything that arrived between the last read and the exit status.
             while chan.recv_ready():
                 out.add(chan.recv(CHUNK))

@@ -462,6 +462,7 @@ class Executor:
         self.end_held(list(self.held))
         self.fanout.close()
         self.uploads.close()
+        self.locking.close()
         for title, action in reversed(self.teardown):
             try:
                 action()

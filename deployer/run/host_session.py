@@ -93,7 +93,7 @@ class HostSession:
             split.finish(Result(1, "", "stopped"))
             raise
         finally:
-            stdin.close()
+            stdin.end()
             self._over()
         split.finish(result)
         return self.results

@@ -17,12 +17,13 @@ class Locking:
         self.asked: set[str] = set()  # the hosts asked to take it: the run's end releases it there
         self.first: bool | None = None  # whether the first host took it; None: not known yet
         self.held_by: list[str] = []  # what hosts said of the run that holds it, if not this one
+        self.bell = session.Bell()  # wakes the others once the first host has answered
 
     def entries(self, step: steps.Lock, host: str, timeout: float) -> list[session.Made]:
         first = host == step.hosts[0]
         with self.lock:
             self.asked.add(host)
-        data = None if first else session.Deferred(self.input)
+        data = None if first else self.bell.deferred(self.input)
         entry = session.Entry(step.command(first).line(), timeout=timeout + step.wait, data=data)
         return [session.Made(entry, then=lambda result: self.taken(first, result))]
 
@@ -32,6 +33,7 @@ class Locking:
                 self.first = result.ok
             if "locked by " in result.stderr:
                 self.held_by.append(result.stderr)
+        self.bell.ring()
 
     def input(self) -> session.Piece | None:
         """The lock's stdin on the hosts after the first; None until known."""
@@ -48,6 +50,10 @@ class Locking:
         with self.lock:
             if first_host and self.first is None:
                 self.first = False
+        self.bell.ring()
+
+    def close(self) -> None:
+        self.bell.close()
 
     def gone_holder(self) -> str | None:
         """The id of the run that holds the instance's lock, if it ran on this

@@ -7,8 +7,10 @@ plan allows it: same hosts, and the later step does not have to wait for
 the others to end on every host (`Step.waits`).
 """
 
+import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -92,11 +94,108 @@ class Piece:
 class Deferred:
     """A Piece that can be made only once the session has answered something:
     `make` returns None until then. `wake`, if given, is a file descriptor
-    that turns readable once it may not: a transport that waits on it needs
-    no poll (a session held through the rest of a run would poll for seconds)."""
+    that turns readable once it may not (or may: see Bell): a transport
+    that waits on it needs no poll, and looks again once a second at most
+    (a session held through the rest of a run would poll for seconds)."""
 
     def __init__(self, make: Callable[[], Piece | None], wake: int | None = None):
         self.make, self.wake = make, wake
+
+    def release(self) -> None:
+        """Its session is over: what it holds for waiting goes."""
+
+
+class Bell:
+    """Wakes the transports that wait on Deferreds made here when `ring()`
+    says what their `make` reads has changed: another host's answer.
+    Without it, 64 hosts waiting for the relay's turn each looked 50 times
+    a second."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wakers: dict[int, int] = {}  # read end -> write end, of each pipe made and not closed
+        self.closed = False
+
+    def deferred(self, make: Callable[[], "Piece | None"]) -> "Deferred":
+        return _Rung(self, make)
+
+    def ring(self) -> None:
+        with self.lock:
+            for waker in self.wakers.values():
+                try:
+                    os.write(waker, b"x")
+                except BlockingIOError:
+                    pass  # full: its waiter is awake already
+
+    def pipe(self) -> int | None:
+        """A pipe of its own for one waiter (one pipe wakes every poller until
+        one reads it: it cannot serve many), rung once already: a ring before
+        it was made must not be missed. None if none can be made (out of
+        descriptors, or the run is over): its waiter polls instead."""
+        try:
+            wake, waker = os.pipe()
+        except OSError:
+            return None
+        for fd in (wake, waker):
+            os.set_blocking(fd, False)
+        os.write(waker, b"x")
+        with self.lock:
+            if not self.closed:
+                self.wakers[wake] = waker
+                return wake
+        os.close(wake)
+        os.close(waker)
+        return None
+
+    def drop(self, wake: int) -> None:
+        with self.lock:
+            waker = self.wakers.pop(wake, None)
+        if waker is not None:
+            os.close(wake)
+            os.close(waker)
+
+    def close(self) -> None:
+        """The run is over: no transport waits any more."""
+        with self.lock:
+            wakers, self.wakers, self.closed = self.wakers, {}, True
+        for wake, waker in wakers.items():
+            os.close(wake)
+            os.close(waker)
+
+
+class _Rung(Deferred):
+    """A Bell's Deferred. Its pipe is made only once a transport waits on it
+    (at 100 hosts, a pipe for each Deferred of the plan would take 600 of
+    the runner's 1,024 descriptors), drained before each look (a ring after
+    the look wakes the next wait), and closed once it is taken or its
+    session is over (Input.end): only its own transport looks at it."""
+
+    def __init__(self, bell: Bell, make: Callable[[], "Piece | None"]):
+        self.bell, self.look, self.fd = bell, make, None
+        self.made = False  # a pipe was asked for (made or not: one try)
+
+    @property
+    def wake(self) -> int | None:
+        if not self.made:
+            self.made, self.fd = True, self.bell.pipe()
+        return self.fd
+
+    def make(self) -> "Piece | None":
+        if self.fd is not None:
+            try:
+                os.read(self.fd, 4096)
+            except BlockingIOError:
+                pass
+        piece = self.look()
+        if piece is not None:
+            self.release()
+            self.bell.ring()  # what it took (a relay's turn) may be what another waits on
+        return piece
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.bell.drop(self.fd)
+            self.fd = None
 
 
 def command(run_id: str, entries: list[Entry]) -> Command:
@@ -152,6 +251,13 @@ class Input:
         if close is not None:
             close()
         self.reader = None
+
+    def end(self) -> None:
+        """The session is over, whether or not it read everything."""
+        self.close()
+        for part in self.parts:
+            if isinstance(part, Deferred):
+                part.release()
 
 
 class Split:

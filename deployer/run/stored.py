@@ -24,8 +24,9 @@ from deployer.errors import StoreError
 class Stored:
     """One deploy's store, as the runner sees it."""
 
-    def __init__(self, plan: steps.Store, store: S3Store):
+    def __init__(self, plan: steps.Store, store: S3Store, changed: Callable[[], None] = lambda: None):
         self.plan, self.store = plan, store
+        self.changed = changed  # called once a put has ended: hosts wait for it
         self.lock = threading.Lock()
         # Per copy (its sha256): None while it is put, then whether it is there.
         self.puts: dict[bytes, bool | None] = {}
@@ -35,9 +36,9 @@ class Stored:
         self.fetched: set[str] = set()  # those that read the copy from the store
 
     @classmethod
-    def make(cls, plan: steps.Store) -> "Stored":
+    def make(cls, plan: steps.Store, changed: Callable[[], None] = lambda: None) -> "Stored":
         s = plan.store
-        return cls(plan, S3Store(s.endpoint, s.bucket, s.prefix, s.region))
+        return cls(plan, S3Store(s.endpoint, s.bucket, s.prefix, s.region), changed)
 
     def there(self, sha: bytes, size: int, reader: Callable[[], BinaryIO], note: Callable[[str], None],
               wait: float) -> bool | None:
@@ -82,6 +83,7 @@ class Stored:
         with self.lock:
             late = self.puts.get(sha) is False  # given up meanwhile: said already
             self.puts[sha] = ok and not late
+        self.changed()
         if said and not late and not self.given_up.is_set():
             note(said + ("" if ok else "; the runner sends it to each host instead"))
 

@@ -67,6 +67,8 @@ class Uploads:
         # Held while a tarball is looked for or built, apart from `lock`: a
         # build reads, hashes and compresses the whole tree, one at a time.
         self.building = threading.Lock()
+        # Wakes the hosts waiting on another's answer (the stdins below) when one comes.
+        self.bell = session.Bell()
 
     def begin(self, group: session.Group) -> None:
         """Before a group's sessions start: the relay's one-time key, or the
@@ -75,11 +77,12 @@ class Uploads:
             if isinstance(step, steps.Upload) and step.relay is not None and self.offer is None:
                 self.offer = relay.Offer.make(step.relay)
             if isinstance(step, steps.Upload) and step.store is not None and self.stored is None:
-                self.stored = Stored.make(step.store)
+                self.stored = Stored.make(step.store, self.bell.ring)
 
     def close(self) -> None:
         if self.stored is not None:
             self.stored.close()
+        self.bell.close()
 
     def entries(self, step: steps.Upload, host: str, timeout: float) -> list[session.Made]:
         self.undo.record(Undo(host, f"undo {step.title}", step.undo))
@@ -87,12 +90,12 @@ class Uploads:
         made = [session.Made(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT),
                              then=lambda result: self.learned(host, result))]
         unpack = session.Entry(step.command.line(), timeout=timeout,
-                               data=session.Deferred(lambda: self.sending(step, host)))
+                               data=self.bell.deferred(lambda: self.sending(step, host)))
         offer = self.offer
         if self.stored is not None:
             # The put may take as long as a step, then the read as long again.
             fetch = session.Entry(step.store.fetch.line(), timeout=2 * timeout,
-                                  data=session.Deferred(lambda: self.store_input(step, host, timeout)))
+                                  data=self.bell.deferred(lambda: self.store_input(step, host, timeout)))
         elif offer is None:
             return [*made, session.Made(unpack)]
         elif host == offer.plan.source:
@@ -104,17 +107,19 @@ class Uploads:
             # It waits for the source to unpack, then reads within its own
             # limit: a slow source means the runner sends, not a failed step.
             fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
-                                  data=session.Deferred(lambda: self.fetch_input(step, host, timeout)))
+                                  data=self.bell.deferred(lambda: self.fetch_input(step, host, timeout)))
         return [*made, session.Made(fetch, then=lambda result: self.fetched(host, result)), session.Made(unpack)]
 
     def learned(self, host: str, result: Result) -> None:
         with self.lock:
             self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
             self.previous[host] = delta.live_release(result.stdout)
+        self.bell.ring()
 
     def offered(self, host: str, result: Result) -> None:
         with self.lock:
             self.offer.open = result.ok and "is offered to the other hosts" in result.stdout
+        self.bell.ring()
         refused = [line for line in result.stdout.splitlines() if "is not offered" in line]
         if result.ok and refused:
             self.progress.note(f"{host}: {refused[0]}; the runner sends it to each of them")
@@ -128,6 +133,7 @@ class Uploads:
                 self.offer.reading.discard(host)
             if result.ok and said == "fetched":
                 via.fetched.add(host)
+        self.bell.ring()
         if result.ok and said and said != "fetched":
             self.progress.note(f"{host}: the artifact was {said}; the runner sends it instead")
 
@@ -138,9 +144,12 @@ class Uploads:
         with self.lock:
             self.live.setdefault(host, delta.Live())
             if self.offer is not None:
+                # Nor waits for its turn: a place it kept would hold up the others.
                 self.offer.reading.discard(host)
+                self.offer.waiting.pop(host, None)
                 if host == self.offer.plan.source:
                     self.offer.give_up()
+        self.bell.ring()
 
     def choice(self, step: steps.Upload, host: str) -> Sending | None:
         """What makes the new release on `host`, once it is known what the

@@ -119,3 +119,105 @@ def test_stdin_held_on_a_descriptor_costs_no_polling_and_flows_as_soon_as_it_is_
     # times as the session starts, then once a second.
     assert len(asked) <= 12, len(asked)
     assert ended - asked[-1] < 1.0
+
+
+def _transports(request, kind, n):
+    if kind == "local":
+        return [LocalTransport() for _ in range(n)]
+    sshd = request.getfixturevalue("sshd")
+    host = Host("127.0.0.1", port=sshd.port, user="root", identity_file=str(sshd.client_key))
+    transports = [SshTransport(host, str(sshd.known_hosts), timeout=10) for _ in range(n)]
+    for t in transports:
+        t.open()
+    return transports
+
+
+@pytest.mark.parametrize("kind", ["ssh", "local"])
+def test_a_bell_wakes_every_session_waiting_on_another_hosts_answer_and_none_polls(request, monkeypatch, kind):
+    # Three sessions wait for stdin that another host's answer decides (the
+    # unpack, the relay's turns: run/upload.py): one ring wakes all three,
+    # and each that takes its turn wakes the next at once. Their own looks
+    # come only every 10 s here: only a ring can be what wakes them.
+    monkeypatch.setattr(f"deployer.connectors.{kind}.WAKE_WAIT", 10.0)
+    bell = session.Bell()
+    lock = threading.Lock()
+    state = {"answered": False, "turn": 0}
+    asked: list[int] = []
+    taken: dict[int, float] = {}
+
+    def make(i):
+        def look():
+            with lock:
+                asked.append(i)
+                if not state["answered"] or state["turn"] != i:
+                    return None
+                state["turn"] += 1
+                taken[i] = time.monotonic()
+            return session.Piece(2, lambda: io.BytesIO(b"%d\n" % i))
+        return look
+
+    transports = _transports(request, kind, 3)
+    results = {}
+
+    def run(i):
+        stdin = session.Input(b"", [session.Entry("cat", data=bell.deferred(make(i)))])
+        results[i] = transports[i].run("cat", stdin=stdin, timeout=30)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (2, 1, 0)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        with lock:
+            state["answered"] = True
+        rung = time.monotonic()
+        bell.ring()
+        for t in threads:
+            t.join(30)
+        left = dict(bell.wakers)
+    finally:
+        for t in transports:
+            t.close()
+        bell.close()
+    assert [results[i].stdout for i in range(3)] == [f"\n2\n{i}\n" for i in range(3)], results
+    # Each turn as soon as the one before was taken: without the rings, 10 s each.
+    assert taken[2] - rung < 2.0, [taken[i] - rung for i in range(3)]
+    # A 20 ms poll would have looked some 225 times in 1.5 s: here a few as the sessions start.
+    assert len(asked) <= 3 * 12, len(asked)
+    assert not left, left  # each pipe closed once its stdin was taken, before the bell was
+
+
+@pytest.mark.parametrize("kind", ["ssh", "local"])
+def test_stdin_that_waits_for_the_sessions_own_output_is_not_held_up_by_it(request, monkeypatch, kind):
+    # An unpack's stdin waits for what the same session printed before it
+    # (the live release's list, up to 1 MB): the wait on its descriptor must
+    # go on reading the output, or each 64 KiB would cost a look's wait.
+    monkeypatch.setattr(f"deployer.connectors.{kind}.WAKE_WAIT", 10.0)
+    bell = session.Bell()
+    size = 600_000
+    got = bytearray()
+
+    class Out:
+        def add(self, chunk):
+            got.extend(chunk)
+            if len(got) >= size:
+                bell.ring()  # as Uploads.learned does, once the list is in
+
+        def text(self):
+            return ""
+
+    def look():
+        return session.Piece(3, lambda: io.BytesIO(b"hi\n")) if len(got) >= size else None
+
+    stdin = session.Input(b"", [session.Entry("cat", data=bell.deferred(look))])
+    t = _transports(request, kind, 1)[0]
+    try:
+        started = time.monotonic()
+        result = t.run(f"head -c {size} /dev/zero; cat > /dev/null; echo done >&2", stdin=stdin, timeout=60,
+                       out=Out())
+        took = time.monotonic() - started
+    finally:
+        t.close()
+        bell.close()
+    assert result.ok and len(got) == size and "done" in result.stderr, result
+    assert took < 5.0, took  # one look's wait alone is 10 s here
