@@ -513,12 +513,13 @@ class Bench:
         own = f"{kind[0]}{tag}-{SHORT[contender]}-{n}"
         name = own if kind == "warm" else f"{own}-{r}"
         release = f"{kind}-{contender}-{n}-{r}-{tag}-{time.time_ns()}"
-        # The floor stages its own release (below); beside another instance,
-        # the parallel script deploys that one, as the floor cannot.
-        first = {"demo": contender, "warm": None if contender == "floor" else contender}.get(kind)
+        # The floor stages its warm release itself (below); its demo's other
+        # instance is the parallel script's, as the floor cannot deploy.
+        first = kind == "demo" or (kind == "warm" and contender != "floor")
+        by = "parallel" if contender == "floor" else contender
         if first:
-            log(f"    untimed: first deploy of {own} ({'parallel' if first == 'floor' else first})")
-            before = self.deploy("parallel" if first == "floor" else first, own, n, f"first-{own}-{r}")
+            log(f"    untimed: first deploy of {own} ({by})")
+            before = self.deploy(by, own, n, f"first-{own}-{r}")
             if not before.ok:
                 log(f"    first deploy of {own} failed: {before.error}")
         try:

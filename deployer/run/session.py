@@ -95,7 +95,7 @@ class Deferred:
     """A Piece that can be made only once the session has answered something:
     `make` returns None until then. `wake`, if given, is a file descriptor
     that turns readable once it may not (or may: see Bell): a transport
-    that waits on it needs no poll, and looks again once a second at most
+    that waits on it needs no poll, and looks again within a second anyway
     (a session held through the rest of a run would poll for seconds)."""
 
     def __init__(self, make: Callable[[], Piece | None], wake: int | None = None):
