@@ -106,6 +106,17 @@ def test_promote_returns_once_apache_serves_the_new_vhost_from_the_same_parent(a
     assert get(live, "a") == (200, "v1")
 
 
+def test_the_local_apache_stops_even_once_its_config_no_longer_parses(apache, live):
+    # A site's file edited by hand after the start: apache2ctl stop cannot read
+    # the config, and the local ctl stops the parent it started by its pid.
+    pid = apache.pid()
+    Path(apache.site("a").live).write_text("ServerName broken.test\nNoSuchDirective here\n")
+    result = LocalTransport().run(" ".join((*apache.ctl, "stop")), timeout=60)
+    assert result.ok, result.stderr
+    assert "with SIGTERM" in result.stderr and "local Apache stopped" in result.stdout
+    assert not Path(f"/proc/{pid}").exists()
+
+
 def test_a_next_vhost_that_fails_its_test_is_never_read_by_anyones_reload(apache, live):
     pid = apache.pid()
     apache.write_next("a", live, "v2", extra="    BadDirective on\n")
