@@ -30,8 +30,16 @@ class Fanout:
         """
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.parallel, "host", initializer=interrupts.block_in_thread)
-        futures = [self.pool.submit(fn, item) for item in items]
+        futures = []
         try:
+            # An interrupt that came as the work was handed out (a SIGTERM
+            # as a stage starts) must find every item it started here and
+            # stop it: else a host's work went on unseen while the run undid
+            # and released the others (seen in CI as a lock left on the
+            # first host, taken after the run's end).
+            with interrupts.deferred():
+                for item in items:
+                    futures.append(self.pool.submit(fn, item))
             while not all(f.done() for f in futures):
                 with interrupts.deferred():
                     wait(futures, timeout=0.1)
