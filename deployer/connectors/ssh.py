@@ -343,7 +343,9 @@ class SshTransport:
                 err.add(chunk if pid is not None else pid_line.add(chunk))
                 pid = pid_line.pid
             code = chan.recv_exit_status()
-        except BaseException:
+        except BaseException as e:
+            if pid is None and isinstance(e, Stopped):
+                pid = self._late_pid(chan, pid_line)
             if pid is not None:
                 self.stop_group(pid)
             raise
@@ -352,6 +354,30 @@ class SshTransport:
         if pid is None:
             err.add(bytes(pid_line.head))
         return Result(code, out.text(), err.text())
+
+    def _late_pid(self, chan: paramiko.Channel, pid_line: _PidLine) -> int | None:
+        """The pid of a command stopped before its pid line was read. Closing
+        its channel would not stop it: it may have its stdin already (the
+        lock's "go") and act after the run's undo (a lock taken once the
+        run's end had released the others: seen in CI). sshd accepted the
+        command, so the line comes soon: waited for as long as the host may
+        take to answer. None if the command ended or never said it."""
+        ready = select.poll()
+        ready.register(chan.fileno(), select.POLLIN)
+        until = time.monotonic() + self.answer
+        try:
+            while pid_line.pid is None and not chan.closed and not chan.exit_status_ready():
+                if chan.recv_stderr_ready():
+                    pid_line.add(chan.recv_stderr(CHUNK))
+                elif chan.recv_ready():
+                    chan.recv(CHUNK)  # not wanted; read, or its wake never clears
+                elif (left := until - time.monotonic()) > 0:
+                    ready.poll(min(left, 0.1) * 1000)
+                else:
+                    break
+        except (StepFailed, *ERRORS):
+            return None
+        return pid_line.pid
 
     def stop_group(self, pid: int) -> None:
         """Stop the remote command and its children (closing the channel alone

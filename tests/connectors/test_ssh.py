@@ -8,6 +8,7 @@ import time
 import pytest
 
 from deployer.config import Host
+from deployer.connectors.base import Stopped
 from deployer.connectors.local import LocalTransport
 from deployer.connectors.ssh import PID_HEAD_LIMIT, SshTransport, _PidLine, _RejectUnknown
 from deployer.errors import StepFailed
@@ -39,10 +40,10 @@ def hostile(tmp_path):
     script.write_text("exit 0\n")
     server = start_sshd(tmp_path, f"ForceCommand /bin/sh {script}\n")
 
-    def run(force: str, line: str = "true"):
+    def run(force: str, line: str = "true", stop: threading.Event | None = None):
         script.write_text(force)
         t = SshTransport(Host("127.0.0.1", port=server.port, user="root", identity_file=str(server.client_key)),
-                         str(server.known_hosts), timeout=10)
+                         str(server.known_hosts), timeout=10, stop=stop)
         t.open()
         try:
             return t.run(line, timeout=60)
@@ -221,3 +222,21 @@ def test_stdin_that_waits_for_the_sessions_own_output_is_not_held_up_by_it(reque
         bell.close()
     assert result.ok and len(got) == size and "done" in result.stderr, result
     assert took < 5.0, took  # one look's wait alone is 10 s here
+
+
+
+def test_a_command_stopped_before_its_pid_line_was_read_is_stopped_on_the_host(hostile, tmp_path):
+    # The stop flag is seen before the pid line is read, but the line was
+    # written (it was on its way): closing the channel alone would leave the
+    # command running on the host (a lock it took would outlive the run's
+    # release of it). Ignoring SIGPIPE stands for "written before the close":
+    # the pid is waited for, and its group stopped.
+    marker = tmp_path / "acted"
+    stop = threading.Event()
+    stop.set()
+    force = (f'case $SSH_ORIGINAL_COMMAND in *deployer-pid*) trap "" PIPE; echo deployer-pid:$$ >&2;'
+             f' sleep 1; touch {marker};; *) exec /bin/sh -c "$SSH_ORIGINAL_COMMAND";; esac\n')
+    with pytest.raises(Stopped):
+        hostile(force, stop=stop)
+    time.sleep(2)
+    assert not marker.exists()
