@@ -18,7 +18,6 @@ read them whole, so the runner knows which.
 """
 
 import io
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -49,8 +48,7 @@ class Held:
         self.revoked = False  # given up on: the script must never be taken now
         self.result: Result | None = None  # the last entry's, once it ended
         self.thread: threading.Thread | None = None
-        # Readable once the script is there: the transport waits on it (session.Deferred).
-        self.wake, self.waker = os.pipe()
+        self.bell = session.Bell()  # rung once the script is there: the transport waits on it
 
     def entry(self, given: Callable[[], None]) -> session.Entry:
         """The session's last entry; `given()` runs once its commands are
@@ -62,7 +60,7 @@ class Held:
                 script, self.taken = self.script, True
             given()
             return session.Piece(len(script), lambda: io.BytesIO(script))
-        return session.Entry(hostscripts.run_end(self.mark).line(), data=session.Deferred(piece, self.wake),
+        return session.Entry(hostscripts.run_end(self.mark).line(), data=self.bell.deferred(piece),
                              timeout=self.seconds, held=True)
 
     def start(self, run: Callable[[], object]) -> None:
@@ -87,12 +85,11 @@ class Held:
         with self.lock:
             if self.script is None:
                 self.script = f"{line}\n# {self.mark}".encode()
-                os.write(self.waker, b"x")
+        self.bell.ring()
 
     def wait(self, seconds: float | None = None) -> Result | None:
         """The result of the commands given, or None if they did not run
-        there (they must run elsewhere). Its descriptors go once the
-        session has."""
+        there (they must run elsewhere)."""
         if self.thread is not None:
             # Bounded by the session's own limit, `after` from when it has the
             # script, and by what the transport takes to stop a command past it.
@@ -101,10 +98,6 @@ class Held:
             alive = self.thread is not None and self.thread.is_alive()
             self.revoked = alive
             taken = self.taken
-        if not alive:
-            for fd in (self.wake, self.waker):
-                os.close(fd)
-            self.wake = self.waker = -1
         result, ack = self.result, f"{self.mark}\n"
         if alive:
             # Still going: whether they run is not known, so they must not run again.

@@ -217,3 +217,30 @@ def test_no_more_hosts_than_the_relays_limit_read_from_the_first_one_at_once(tmp
     uploads.offer.reading.add("web5")
     assert uploads.fetch_input(step, "web6", timeout=0.0).open().read() == b"-\n"
     assert "web6" not in uploads.offer.reading and not uploads.offer.waiting
+
+
+def test_a_held_session_given_up_on_waits_for_its_end_without_polling():
+    # The run's end gave up on a held session that had not reached its last
+    # entry (wait() timed out): the commands must never run there now, and
+    # the wake rung by `give` must not turn the wait into a busy loop.
+    from deployer.connectors.local import LocalTransport
+    from deployer.run.held import Held
+
+    held = Held(seconds=3, after=1)
+    entry = held.entry(lambda: None)
+    looks = []
+    make = entry.data.make
+    entry.data.make = lambda: looks.append(1) or make()
+    # The steps before it: their stdin comes only once the test says.
+    steps_done = threading.Event()
+    before = session.Deferred(lambda: session.Piece(2, lambda: io.BytesIO(b"ok")) if steps_done.is_set() else None)
+    stdin = session.Input(b"", [session.Entry("before", data=before), entry])
+    results = []
+    held.start(lambda: results.append(LocalTransport().run("cat > /dev/null", stdin=stdin, timeout=3)))
+    held.give("echo never")
+    assert held.wait(0.2) is None  # still going: given up on, the commands run elsewhere
+    steps_done.set()
+    held.thread.join(10)
+    stdin.end()
+    assert not held.thread.is_alive() and not results[0].ok, results  # it waited to its limit, given nothing
+    assert len(looks) <= 10, len(looks)
