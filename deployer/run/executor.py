@@ -54,7 +54,7 @@ class Executor:
         # Set when the deploy is interrupted: every host's running command is
         # stopped, and transfers end between two chunks.
         self.stop = threading.Event()
-        self.fanout = Fanout(parallel, self.stop)
+        self.fanout = Fanout(parallel, self.stop, wake=self.wake_waiters)
         local = LocalTransport(self.stop, frozenset(v.source for v in ctx.target.vars.values()
                                                     if v.secret and v.source))
         self.hosts = Connections(ctx.target, local, self.fanout, every_host)
@@ -76,6 +76,11 @@ class Executor:
         self.on_host = {steps.Lock: self.locking.entries, steps.Run: self._command,
                         steps.Upload: self.uploads.entries, steps.Install: self._install, steps.Link: self._link}
         self.on_runner = OnRunner(local, self.teardown, self.timeout)
+
+    def wake_waiters(self) -> None:
+        """The run is stopping: the sessions parked on another host's answer see it now."""
+        self.locking.bell.ring()
+        self.uploads.bell.ring()
 
     @property
     def reporter(self) -> Reporter:

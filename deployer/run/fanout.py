@@ -2,6 +2,7 @@
 interrupt can always get out of."""
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from deployer.run import interrupts
@@ -10,11 +11,14 @@ from deployer.run import interrupts
 class Fanout:
     """At most `parallel` items at a time. `stop` is the run's stop flag:
     set on an interrupt, every host's running command stops (the
-    transports watch it)."""
+    transports watch it); `wake()` then rouses the transports parked on
+    another host's answer (session.Bell), which would see it only within
+    WAKE_WAIT."""
 
-    def __init__(self, parallel: int, stop: threading.Event):
+    def __init__(self, parallel: int, stop: threading.Event, wake: Callable[[], None] = lambda: None):
         self.parallel = parallel
         self.stop = stop
+        self.wake = wake
         self.pool: ThreadPoolExecutor | None = None
 
     def map(self, items, fn) -> list:
@@ -45,6 +49,7 @@ class Fanout:
                     wait(futures, timeout=0.1)
         except BaseException:
             self.stop.set()
+            self.wake()
             wait(futures)
             self.stop.clear()
             raise

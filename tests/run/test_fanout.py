@@ -4,6 +4,7 @@ before the interrupt goes on (to the rollback and the lock's release)."""
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -37,3 +38,40 @@ def test_a_sigterm_while_work_is_handed_out_stops_what_was_started_before_it_goe
         interrupts.restore(previous)
         stop.set()
         fanout.close()
+
+
+def test_a_stop_wakes_the_sessions_parked_on_another_hosts_answer(monkeypatch):
+    # Parked on a Bell, a session looks at the stop flag only when rung or
+    # every WAKE_WAIT (30 s here): the stop rings it, as the executor's does.
+    from deployer.connectors import local
+    from deployer.connectors.local import LocalTransport
+    from deployer.run import session
+
+    monkeypatch.setattr(local, "WAKE_WAIT", 30.0)
+    stop = threading.Event()
+    bell = session.Bell()
+    fanout = Fanout(2, stop, wake=bell.ring)
+    transport = LocalTransport(stop)
+    parked = threading.Event()
+
+    def work(item: int) -> None:
+        def never():
+            parked.set()
+            return None  # the answer it waits for never comes
+        transport.run("cat > /dev/null", stdin=session.Input(b"", [session.Entry("x", data=bell.deferred(never))]),
+                      timeout=60)
+
+    def items():
+        yield 0
+        parked.wait(10)
+        time.sleep(0.2)  # into its wait
+        raise interrupts.Interrupted("SIGTERM")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            fanout.map(items(), work)
+    finally:
+        bell.close()
+        fanout.close()
+    assert time.monotonic() - started < 10
