@@ -6,7 +6,7 @@ from deployer.config import LOCAL_HOST, Target
 from deployer.connectors.base import Transport
 from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
-from deployer.connectors.ssh import ERRORS, SshTransport
+from deployer.connectors.ssh import ERRORS, SshTransport, read_known_hosts
 from deployer.errors import StepFailed
 from deployer.run.failures import describe_error
 from deployer.run.fanout import Fanout
@@ -41,8 +41,10 @@ class Connections:
             self.transports[LOCAL_HOST.name] = self.local
             return {}
 
+        keys = read_known_hosts(self.target.known_hosts)
+
         def open_one(host) -> str | None:
-            t = SshTransport(host, self.target.known_hosts, self.target.connect_timeout, self.fanout.stop)
+            t = SshTransport(host, self.target.known_hosts, self.target.connect_timeout, self.fanout.stop, keys)
             try:
                 t.open()
             except StepFailed as e:
