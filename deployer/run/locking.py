@@ -33,7 +33,8 @@ class Locking:
                 self.first = result.ok
             if "locked by " in result.stderr:
                 self.held_by.append(result.stderr)
-        self.bell.ring()
+        if first:
+            self.bell.ring()  # the others wait on the first host's answer alone
 
     def input(self) -> session.Piece | None:
         """The lock's stdin on the hosts after the first; None until known."""
@@ -50,7 +51,8 @@ class Locking:
         with self.lock:
             if first_host and self.first is None:
                 self.first = False
-        self.bell.ring()
+        if first_host:
+            self.bell.ring()
 
     def close(self) -> None:
         self.bell.close()

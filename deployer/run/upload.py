@@ -88,14 +88,14 @@ class Uploads:
         self.undo.record(Undo(host, f"undo {step.title}", step.undo))
         state = step.state_first if host == step.hosts[0] else step.state
         made = [session.Made(session.Entry(state.line(), timeout=timeout, keep=delta.LIST_LIMIT),
-                             then=lambda result: self.learned(host, result))]
+                             then=lambda result: self.learned(host, result, host == step.hosts[0]))]
         unpack = session.Entry(step.command.line(), timeout=timeout,
-                               data=self.bell.deferred(lambda: self.sending(step, host)))
+                               data=self.bell.deferred(lambda: self.sending(step, host), host))
         offer = self.offer
         if self.stored is not None:
             # The put may take as long as a step, then the read as long again.
             fetch = session.Entry(step.store.fetch.line(), timeout=2 * timeout,
-                                  data=self.bell.deferred(lambda: self.store_input(step, host, timeout)))
+                                  data=self.bell.deferred(lambda: self.store_input(step, host, timeout), host))
         elif offer is None:
             return [*made, session.Made(unpack)]
         elif host == offer.plan.source:
@@ -107,14 +107,15 @@ class Uploads:
             # It waits for the source to unpack, then reads within its own
             # limit: a slow source means the runner sends, not a failed step.
             fetch = session.Entry(offer.plan.fetch.line(), timeout=2 * timeout,
-                                  data=self.bell.deferred(lambda: self.fetch_input(step, host, timeout)))
+                                  data=self.bell.deferred(lambda: self.fetch_input(step, host, timeout), host))
         return [*made, session.Made(fetch, then=lambda result: self.fetched(host, result)), session.Made(unpack)]
 
-    def learned(self, host: str, result: Result) -> None:
+    def learned(self, host: str, result: Result, first: bool) -> None:
         with self.lock:
             self.live[host] = delta.parse(result.stdout) if result.ok else delta.Live()
             self.previous[host] = delta.live_release(result.stdout)
-        self.bell.ring()
+        # Only the first host's list is the others' to wait for.
+        self.bell.ring(None if first else host)
 
     def offered(self, host: str, result: Result) -> None:
         with self.lock:
@@ -129,11 +130,13 @@ class Uploads:
         via = self.stored or self.offer
         with self.lock:
             via.asked.add(host)
-            if self.offer is not None:
+            freed = self.offer is not None and host in self.offer.reading
+            if freed:
                 self.offer.reading.discard(host)
             if result.ok and said == "fetched":
                 via.fetched.add(host)
-        self.bell.ring()
+        # Its own unpack waits for it; the others only if it frees a turn to read.
+        self.bell.ring(None if freed else host)
         if result.ok and said and said != "fetched":
             self.progress.note(f"{host}: the artifact was {said}; the runner sends it instead")
 
@@ -193,7 +196,7 @@ class Uploads:
         s = self.choice(step, host)
         if s is None:
             return None
-        offer = self.offer
+        offer, moved = self.offer, False
         with self.lock:
             if offer.path is None or (offer.path == s.path and offer.open is None):
                 return None
@@ -211,6 +214,9 @@ class Uploads:
                 go = turn
                 if go:
                     offer.reading.add(host)
+                moved = not turn
+        if moved:
+            self.bell.ring()  # it gave up its place: those behind it move up (a turn taken moves no one)
         data = b"-\n"
         if go:
             source = self.transports[offer.plan.source]

@@ -134,44 +134,51 @@ def _transports(request, kind, n):
 
 
 @pytest.mark.parametrize("kind", ["ssh", "local"])
-def test_a_bell_wakes_every_session_waiting_on_another_hosts_answer_and_none_polls(request, monkeypatch, kind):
-    # Three sessions wait for stdin that another host's answer decides (the
-    # unpack, the relay's turns: run/upload.py): one ring wakes all three,
-    # and each that takes its turn wakes the next at once. Their own looks
-    # come only every 10 s here: only a ring can be what wakes them.
+def test_a_bell_wakes_the_sessions_an_answer_is_for_and_none_polls(request, monkeypatch, kind):
+    # Three sessions (hosts a, b, c) wait for stdin that an answer decides
+    # (the unpack, the relay's turns: run/upload.py). A ring for b wakes b
+    # alone; a ring for all wakes the others. Their own looks come only
+    # every 10 s here: only a ring can be what wakes them.
     monkeypatch.setattr(f"deployer.connectors.{kind}.WAKE_WAIT", 10.0)
     bell = session.Bell()
     lock = threading.Lock()
-    state = {"answered": False, "turn": 0}
-    asked: list[int] = []
-    taken: dict[int, float] = {}
+    ready: set[str] = set()
+    asked: list[str] = []
+    taken: dict[str, float] = {}
 
-    def make(i):
+    def make(key):
         def look():
             with lock:
-                asked.append(i)
-                if not state["answered"] or state["turn"] != i:
+                asked.append(key)
+                if key not in ready:
                     return None
-                state["turn"] += 1
-                taken[i] = time.monotonic()
-            return session.Piece(2, lambda: io.BytesIO(b"%d\n" % i))
+                taken[key] = time.monotonic()
+            return session.Piece(2, lambda: io.BytesIO(b"%s\n" % key.encode()))
         return look
 
     transports = _transports(request, kind, 3)
     results = {}
 
-    def run(i):
-        stdin = session.Input(b"", [session.Entry("cat", data=bell.deferred(make(i)))])
-        results[i] = transports[i].run("cat", stdin=stdin, timeout=30)
+    def run(i, key):
+        stdin = session.Input(b"", [session.Entry("cat", data=bell.deferred(make(key), key))])
+        results[key] = transports[i].run("cat", stdin=stdin, timeout=30)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in (2, 1, 0)]
+    threads = [threading.Thread(target=run, args=(i, key)) for i, key in enumerate("abc")]
     try:
         for t in threads:
             t.start()
         time.sleep(1.5)
         with lock:
-            state["answered"] = True
+            ready.add("b")
+            before = len(asked)
         rung = time.monotonic()
+        bell.ring("b")
+        threads[1].join(30)
+        time.sleep(0.5)
+        with lock:
+            after_b = asked[before:]
+            ready.update("ac")
+        rung_all = time.monotonic()
         bell.ring()
         for t in threads:
             t.join(30)
@@ -180,10 +187,10 @@ def test_a_bell_wakes_every_session_waiting_on_another_hosts_answer_and_none_pol
         for t in transports:
             t.close()
         bell.close()
-    assert [results[i].stdout for i in range(3)] == [f"\n2\n{i}\n" for i in range(3)], results
-    # Each turn as soon as the one before was taken: without the rings, 10 s each.
-    assert taken[2] - rung < 2.0, [taken[i] - rung for i in range(3)]
-    # A 20 ms poll would have looked some 225 times in 1.5 s: here a few as the sessions start.
+    assert {k: r.stdout for k, r in results.items()} == {k: f"\n2\n{k}\n" for k in "abc"}, results
+    assert taken["b"] - rung < 2.0 and after_b == ["b"], (taken, after_b)  # b alone woke
+    assert max(taken["a"], taken["c"]) - rung_all < 2.0, taken
+    # A 20 ms poll would have looked some 300 times in 2 s: here a few as the sessions start.
     assert len(asked) <= 3 * 12, len(asked)
     assert not left, left  # each pipe closed once its stdin was taken, before the bell was
 

@@ -154,14 +154,14 @@ def _said(live: str = "", base: str = "", listed: bytes = b"") -> Result:
 def test_a_host_is_sent_nothing_until_it_has_said_what_it_holds_and_then_the_whole_artifact(upload):
     uploads, step, manifest = upload
     assert uploads.sending(step, "web2") is None
-    uploads.learned("web2", _said())
+    uploads.learned("web2", _said(), False)
     piece = uploads.sending(step, "web2")
     head = piece.open().read(200).split(b"\n", 1)[0].split()
     assert head[1:] == [b"-", delta.against(manifest, delta.Live()).want.encode(), b"sent"]
     assert piece.size > 0 and uploads.previous == {"web2": ""}
     # What a host says its live release is reaches the run's last line only in a release's shape.
-    uploads.learned("web1", _said("20260101T000000Z-abc"))
-    uploads.learned("web3", _said("\x1b]52;c;AAAA\x07"))
+    uploads.learned("web1", _said("20260101T000000Z-abc"), True)
+    uploads.learned("web3", _said("\x1b]52;c;AAAA\x07"), False)
     assert uploads.previous == {"web2": "", "web1": "20260101T000000Z-abc", "web3": delta.NOT_A_RELEASE}
 
 
@@ -169,10 +169,10 @@ def test_hosts_with_the_first_hosts_live_release_wait_for_its_list_and_share_one
     uploads, step, manifest = upload
     listed = delta.full(manifest).add  # the live release: this very tree, listed as a host lists it
     base = hashlib.sha256(listed).hexdigest()
-    uploads.learned("web2", _said("R1", base))
+    uploads.learned("web2", _said("R1", base), False)
     assert uploads.sending(step, "web2") is None  # the first host has not sent the list yet
-    uploads.learned("web1", _said("R1", base, listed))
-    uploads.learned("web3", _said("R1", base))
+    uploads.learned("web1", _said("R1", base, listed), True)
+    uploads.learned("web3", _said("R1", base), False)
     two, three = uploads.choice(step, "web2"), uploads.choice(step, "web3")
     assert two is three and two.base == base.encode()
     assert len(uploads.sendings) == 1
