@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from deployer.run import interrupts
+from deployer.connectors import local
+from deployer.connectors.local import LocalTransport
+from deployer.run import interrupts, session
 from deployer.run.fanout import Fanout
 
 
@@ -43,10 +45,6 @@ def test_a_sigterm_while_work_is_handed_out_stops_what_was_started_before_it_goe
 def test_a_stop_wakes_the_sessions_parked_on_another_hosts_answer(monkeypatch):
     # Parked on a Bell, a session looks at the stop flag only when rung or
     # every WAKE_WAIT (30 s here): the stop rings it, as the executor's does.
-    from deployer.connectors import local
-    from deployer.connectors.local import LocalTransport
-    from deployer.run import session
-
     monkeypatch.setattr(local, "WAKE_WAIT", 30.0)
     stop = threading.Event()
     bell = session.Bell()

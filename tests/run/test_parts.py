@@ -12,10 +12,12 @@ import pytest
 
 from deployer import steps
 from deployer.artifact import delta, packaging
+from deployer.connectors.local import LocalTransport
 from deployer.connectors.result import Result
 from deployer.output import QuietReporter
 from deployer.quoting import Command
 from deployer.run import session
+from deployer.run.held import Held
 from deployer.run.progress import Progress
 from deployer.run.undo import Undo, UndoLog
 from deployer.run.upload import Uploads
@@ -223,9 +225,6 @@ def test_a_held_session_given_up_on_waits_for_its_end_without_polling():
     # The run's end gave up on a held session that had not reached its last
     # entry (wait() timed out): the commands must never run there now, and
     # the wake rung by `give` must not turn the wait into a busy loop.
-    from deployer.connectors.local import LocalTransport
-    from deployer.run.held import Held
-
     held = Held(seconds=3, after=1)
     entry = held.entry(lambda: None)
     looks = []
